@@ -1,0 +1,373 @@
+"""Typed configuration, from keyword arguments, environment variables or Go Machinery's YAML.
+
+The core :class:`Config` holds only core fields. Transport sections such as ``redis:`` or
+``amqp:`` are kept, as mappings, in :attr:`Config.transport_options`; the plugin that owns a
+section parses it into its own typed options with :func:`parse_options`, which reports unknown
+keys and bad values by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from machinery.errors import ConfigError
+
+__all__ = ["Config", "parse_options", "redact_url"]
+
+T = TypeVar("T")
+
+#: Section names Go Machinery's config files use. A file may carry them even when the plugin
+#: is not installed (they are then ignored); any other unknown key is an error.
+GO_SECTIONS = frozenset({"amqp", "redis", "sqs", "gcp_pubsub", "mongodb", "dynamodb", "tls"})
+
+_CORE_ENV = {
+    "BROKER": "broker",
+    "DEFAULT_QUEUE": "default_queue",
+    "RESULT_BACKEND": "result_backend",
+    "RESULTS_EXPIRE_IN": "results_expire_in",
+    "LOCK": "lock",
+    "MULTIPLE_BROKER_SEPARATOR": "multiple_broker_separator",
+    "NO_UNIX_SIGNALS": "no_unix_signals",
+    "MACHINERY_TIMEZONE": "timezone",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Core configuration.
+
+    :param broker: broker URL; empty means the embedded default (``sqlite:///machinery.db``).
+    :param result_backend: result backend URL; empty means the broker's URL when its scheme
+        also serves results, else the embedded default.
+    :param lock: lock URL for periodic tasks; empty means the backend's (or broker's) URL.
+    :param default_queue: the queue tasks go to when they name none.
+    :param results_expire_in: seconds results are kept (0 = forever); Go's default 3600.
+    :param multiple_broker_separator: splits several broker URLs for failover (Go's setting).
+    :param no_unix_signals: do not install SIGINT/SIGTERM handlers in workers.
+    :param timezone: time zone of periodic schedules (IANA name), UTC by default.
+    :param transport_options: plugin-owned sections, e.g. ``{"redis": {"max_active": 10}}``.
+    """
+
+    broker: str = ""
+    result_backend: str = ""
+    lock: str = ""
+    default_queue: str = "machinery_tasks"
+    results_expire_in: int = 3600
+    multiple_broker_separator: str = ""
+    no_unix_signals: bool = False
+    timezone: str = "UTC"
+    transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("broker", "result_backend", "lock", "default_queue", "multiple_broker_separator", "timezone"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise ConfigError(name, f"expected a string, got {type(v).__name__}")
+        if not self.default_queue:
+            raise ConfigError("default_queue", "must not be empty")
+        rei = self.results_expire_in
+        if isinstance(rei, str):
+            object.__setattr__(self, "results_expire_in", _coerce("results_expire_in", rei, int))
+        elif type(rei) is not int:
+            raise ConfigError("results_expire_in", f"expected whole seconds, got {rei!r}")
+        if self.results_expire_in < 0:
+            raise ConfigError("results_expire_in", "must be >= 0")
+        if isinstance(self.no_unix_signals, str):
+            object.__setattr__(self, "no_unix_signals", _coerce("no_unix_signals", self.no_unix_signals, bool))
+        for url_key in ("broker", "result_backend", "lock"):
+            url = getattr(self, url_key)
+            if url and "://" not in url:
+                raise ConfigError(url_key, f"not a URL (expected scheme://...): {redact_url(url)!r}")
+        if not isinstance(self.transport_options, Mapping):
+            raise ConfigError("transport_options", "expected a mapping of sections")
+        for section, opts in self.transport_options.items():
+            if not isinstance(opts, Mapping):
+                raise ConfigError(section, "expected a mapping of options")
+
+    # -- derived ------------------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in effect (the embedded default when none is set)."""
+        return self.broker or default_url()
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The options of one plugin-owned section (empty when absent)."""
+        return self.transport_options.get(name, {})
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict with credentials removed from every URL, for logs and display."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("broker", "result_backend", "lock"):
+                v = redact_url(v)
+            elif f.name == "transport_options":
+                v = {s: {k: ("***" if _secret_key(k) else val) for k, val in o.items()} for s, o in v.items()}
+            out[f.name] = v
+        return out
+
+    # -- constructors -------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, known_sections: set[str] | None = None) -> Config:
+        """Build from a mapping with Go Machinery's keys (as in its YAML files).
+
+        Scalar keys must be core fields; mapping values are plugin sections. A section is
+        accepted when ``known_sections`` (default: sections owned by installed plugins, plus
+        Go's own section names) contains it; any other key is a :class:`ConfigError`.
+        """
+        core = {f.name for f in dataclasses.fields(cls)} - {"transport_options"}
+        kwargs: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        if known_sections is None:
+            known_sections = _plugin_sections() | set(GO_SECTIONS)
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise ConfigError(str(key), "keys must be strings")
+            if key in core:
+                kwargs[key] = value
+            elif key == "transport_options" and isinstance(value, Mapping):
+                for s, o in value.items():
+                    sections[s] = dict(o)
+            elif isinstance(value, Mapping) and key in known_sections:
+                sections[key] = dict(value)
+            elif isinstance(value, Mapping):
+                raise ConfigError(key, "unknown section (no installed plugin owns it)")
+            elif value is None and key in known_sections:
+                continue
+            else:
+                raise ConfigError(key, f"unknown key; known keys: {', '.join(sorted(core))}")
+        return cls(**kwargs, transport_options=sections)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, base: Config | None = None) -> Config:
+        """Build from environment variables with Go Machinery's names.
+
+        ``BROKER``, ``DEFAULT_QUEUE``, ``RESULT_BACKEND``, ``RESULTS_EXPIRE_IN``, ``LOCK``,
+        ``MULTIPLE_BROKER_SEPARATOR``, ``NO_UNIX_SIGNALS`` and ``MACHINERY_TIMEZONE``, plus the
+        variables each installed transport declares in ``env_options`` (``AMQP_EXCHANGE``,
+        ``REDIS_MAX_IDLE``...). Values from ``env`` override ``base``.
+        """
+        env = os.environ if env is None else env
+        changes: dict[str, Any] = {}
+        for var, key in _CORE_ENV.items():
+            if var in env and env[var] != "":
+                changes[key] = env[var]
+        base = base or cls()
+        sections = {s: dict(o) for s, o in base.transport_options.items()}
+        for var, (section, key) in _plugin_env_options().items():
+            if var in env:
+                sections.setdefault(section, {})[key] = env[var]
+        return dataclasses.replace(base, **changes, transport_options=sections)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Config:
+        """Build from a YAML file with Go Machinery's keys (needs ``machinery-core[yaml]``)."""
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(str(path), "reading YAML needs PyYAML: pip install 'machinery-core[yaml]'") from None
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"invalid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(str(path), "the file must hold a mapping of keys")
+        return cls.from_mapping(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """YAML file (optional) < environment < keyword overrides."""
+        base = cls.from_yaml(path) if path else cls()
+        cfg = cls.from_env(env, base)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def default_url() -> str:
+    """The embedded default transport URL: ``MACHINERY_DEFAULT_URL`` or ``sqlite:///machinery.db``."""
+    return os.environ.get("MACHINERY_DEFAULT_URL") or "sqlite:///machinery.db"
+
+
+def _plugin_sections() -> set[str]:
+    from machinery.plugins import get_plugin_host
+
+    try:
+        return get_plugin_host().config_sections()
+    except Exception:  # noqa: BLE001 - a broken plugin must not hide config errors
+        return set()
+
+
+def _plugin_env_options() -> dict[str, tuple[str, str]]:
+    from machinery.plugins import get_plugin_host
+
+    host = get_plugin_host()
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        host.load()
+    except Exception:  # noqa: BLE001
+        return out
+    for kind in ("broker", "backend", "lock"):
+        for scheme in host.schemes(kind):  # type: ignore[arg-type]
+            try:
+                cls = host._class(kind, f"{scheme}://", object)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001
+                continue
+            section = getattr(cls, "config_section", None)
+            for var, key in (getattr(cls, "env_options", None) or {}).items():
+                if section:
+                    out[var] = (section, key)
+    return out
+
+
+# -- redaction --------------------------------------------------------------------------------
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@")
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pass|secret|token|key|access_key|secret_key|sig)[^=&]*=)[^&]*")
+
+
+def _secret_key(key: str) -> bool:
+    k = key.lower()
+    return any(s in k for s in ("password", "secret", "token", "credential", "access_key"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with credentials replaced by ``***`` (user names kept), for logs and displays.
+
+    Works on several URLs joined by commas or a separator, and on query-string secrets.
+    """
+    if not url:
+        return url
+
+    def _sub(m: re.Match[str]) -> str:
+        user = m.group("user")
+        if ":" in user:
+            name = user.split(":", 1)[0]
+            return f"{m.group('scheme')}{name}:***@"
+        return f"{m.group('scheme')}***@"
+
+    out = _USERINFO.sub(_sub, url)
+    return _SECRET_QUERY.sub(r"\1***", out)
+
+
+# -- plugin option parsing ----------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for a in args:
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as exc:
+                errors.append(exc.reason)
+        raise ConfigError(key, "; ".join(errors))
+    if typ is Any:
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if origin in (dict, Mapping) or typ in (dict, Mapping):
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise ConfigError(key, f"expected a mapping, got {value!r}")
+    if origin in (list, tuple) or typ in (list, tuple):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(key, f"expected a list, got {value!r}")
+    return value
+
+
+def parse_options(cls: type[T], section: str, *sources: Mapping[str, Any]) -> T:
+    """Parse plugin options into the dataclass ``cls``, later sources overriding earlier ones.
+
+    Strings (from environment variables or URL query strings) are converted to the field's
+    type. Unknown keys and bad values raise :class:`ConfigError` naming ``section.key``.
+
+    :param cls: a dataclass whose fields all have defaults.
+    :param section: the section name, for error messages (``redis``).
+    :param sources: mappings of options (YAML section, URL query, keyword arguments).
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    merged: dict[str, Any] = {}
+    for src in sources:
+        for key, value in src.items():
+            k = key.lower().replace("-", "_")
+            if k not in names:
+                raise ConfigError(
+                    f"{section}.{key}", f"unknown option; known options: {', '.join(sorted(names))}"
+                )
+            merged[k] = _coerce(f"{section}.{key}", value, hints.get(k, Any))
+    try:
+        return cls(**merged)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(section, str(exc)) from None

@@ -1,0 +1,234 @@
+"""The one error tree of machinery.
+
+Every error the core or a plugin raises on purpose derives from :class:`MachineryError`.
+Plugins translate their client library's exceptions (``raise BrokerConnectionError(...) from
+exc``), so a worker never has to know about ``redis.ConnectionError`` or ``pika`` exceptions.
+Errors carry attributes as well as a message.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+__all__ = [
+    "ArgumentTypeError",
+    "BackendConnectionError",
+    "BackendError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ConfigError",
+    "DecodeError",
+    "LockError",
+    "LockNotAcquired",
+    "MachineryError",
+    "PluginLoadError",
+    "PublishError",
+    "ResultTimeoutError",
+    "RetryTaskLater",
+    "StateNotFoundError",
+    "TaskFailedError",
+    "TaskNotRegisteredError",
+    "UnknownSchemeError",
+]
+
+
+class MachineryError(Exception):
+    """Base class of every error machinery raises on purpose."""
+
+
+class ConfigError(MachineryError, ValueError):
+    """A configuration key has a bad value or is unknown.
+
+    :param key: the offending key, as the user wrote it (``results_expire_in``, ``redis.max_idle``).
+    :param reason: what is wrong with it.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"config key {key!r}: {reason}")
+
+
+class UnknownSchemeError(MachineryError, ValueError):
+    """No installed plugin serves a URL scheme.
+
+    :param scheme: the scheme asked for (``sqs``).
+    :param kind: ``broker``, ``backend`` or ``lock``.
+    :param installed: the schemes that are installed for that kind.
+    :param hint: the distribution that probably serves the scheme, if known.
+    """
+
+    def __init__(self, scheme: str, kind: str, installed: list[str], hint: str | None) -> None:
+        self.scheme = scheme
+        self.kind = kind
+        self.installed = installed
+        self.hint = hint
+        msg = (
+            f"no plugin registered for {scheme}:// as a {kind}; "
+            f"installed {kind} schemes: {', '.join(installed) or '(none)'}"
+        )
+        if hint:
+            msg += f". Try: pip install {hint}"
+        super().__init__(msg)
+
+
+class PluginLoadError(MachineryError):
+    """An installed plugin failed to load; the others still load.
+
+    :param entry_point: the entry point's name.
+    :param distribution: the distribution that provides it, with its version.
+    :param reason: the error the import raised.
+    """
+
+    def __init__(self, entry_point: str, distribution: str, reason: str) -> None:
+        self.entry_point = entry_point
+        self.distribution = distribution
+        self.reason = reason
+        from machinery import __version__
+
+        super().__init__(
+            f"plugin {entry_point!r} from {distribution} failed to load "
+            f"(machinery-core {__version__}): {reason}"
+        )
+
+
+class DecodeError(MachineryError, ValueError):
+    """A message or stored record is not valid machinery JSON.
+
+    :param raw: the bytes that could not be decoded (kept so nothing is lost).
+    :param reason: what is wrong, naming the field where possible.
+    """
+
+    def __init__(self, raw: bytes | str, reason: str) -> None:
+        self.raw = raw if isinstance(raw, bytes) else raw.encode("utf-8", "replace")
+        self.reason = reason
+        preview = self.raw[:120].decode("utf-8", "replace")
+        super().__init__(f"cannot decode message: {reason} (message starts {preview!r})")
+
+
+class ArgumentTypeError(MachineryError, TypeError):
+    """An argument value does not fit its declared type.
+
+    :param arg_type: the Go type name (``int8``) or Python annotation.
+    :param value: the offending value.
+    :param reason: what is wrong (out of range, wrong kind...).
+    """
+
+    def __init__(self, arg_type: str, value: object, reason: str) -> None:
+        self.arg_type = arg_type
+        self.value = value
+        self.reason = reason
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"argument of type {arg_type!r} with value {shown}: {reason}")
+
+
+class TaskNotRegisteredError(MachineryError, LookupError):
+    """A task name is not registered on the server.
+
+    :param name: the task name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"task {name!r} is not registered")
+
+
+class BrokerError(MachineryError):
+    """A broker operation failed."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker could not be reached or the connection dropped."""
+
+
+class PublishError(BrokerError):
+    """A message could not be published (not confirmed, rejected or connection lost).
+
+    :param task_uuid: the task whose message was not published.
+    """
+
+    def __init__(self, message: str, task_uuid: str = "") -> None:
+        self.task_uuid = task_uuid
+        super().__init__(message)
+
+
+class BackendError(MachineryError):
+    """A result backend operation failed."""
+
+
+class BackendConnectionError(BackendError, ConnectionError):
+    """The result backend could not be reached or the connection dropped."""
+
+
+class StateNotFoundError(BackendError, LookupError):
+    """A task state that existed is gone (expired or lost by a cache backend).
+
+    :param task_uuid: the task whose state is missing.
+    """
+
+    def __init__(self, task_uuid: str, reason: str = "no state stored") -> None:
+        self.task_uuid = task_uuid
+        super().__init__(f"task {task_uuid}: {reason}")
+
+
+class LockError(MachineryError):
+    """A lock operation failed."""
+
+
+class LockNotAcquired(LockError):
+    """A lock is held by somebody else.
+
+    :param key: the lock key.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"lock {key!r} is held by another owner")
+
+
+class TaskFailedError(MachineryError):
+    """Raised by ``AsyncResult.get`` when the task ended in FAILURE.
+
+    :param task_uuid: the failed task.
+    :param error: the error string stored by the worker (Go's ``TaskState.Error``).
+    """
+
+    def __init__(self, task_uuid: str, error: str) -> None:
+        self.task_uuid = task_uuid
+        self.error = error
+        super().__init__(f"task {task_uuid} failed: {error}")
+
+
+class ResultTimeoutError(MachineryError, TimeoutError):
+    """``AsyncResult.get`` gave up waiting.
+
+    :param task_uuid: the task waited for.
+    :param timeout: seconds waited.
+    :param state: the last state seen (``PENDING``, ``STARTED``...), or ``None``.
+    """
+
+    def __init__(self, task_uuid: str, timeout: float, state: str | None) -> None:
+        self.task_uuid = task_uuid
+        self.timeout = timeout
+        self.state = state
+        super().__init__(
+            f"timed out after {timeout:g}s waiting for task {task_uuid} (last state: {state or 'none'})"
+        )
+
+
+class RetryTaskLater(MachineryError):
+    """Raise from a task to run it again later (Go's ``ErrRetryTaskLater``).
+
+    The task's state becomes RETRY and it is re-sent with ``ETA = now + retry_in``. Unlike the
+    ``RetryCount`` back-off, this does not decrement the retry counter.
+
+    :param message: why the task wants to be retried.
+    :param retry_in: the delay, as a :class:`~datetime.timedelta` or seconds.
+    """
+
+    def __init__(self, message: str, retry_in: timedelta | float) -> None:
+        self.message = message
+        self.retry_in = retry_in if isinstance(retry_in, timedelta) else timedelta(seconds=retry_in)
+        super().__init__(f"{message} (retry in {self.retry_in.total_seconds():g}s)")

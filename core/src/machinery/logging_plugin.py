@@ -1,0 +1,97 @@
+"""The default logging plugin: observes task and worker events and logs them with stdlib logging.
+
+Loggers: ``machinery.task`` for task events, ``machinery.worker`` for worker events. URLs are
+already redacted in the events. Block it with ``MACHINERY_DISABLE_PLUGINS`` is not possible
+(it is built in); silence it with ``logging.getLogger("machinery.task").setLevel(...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from machinery._hookimpl import hookimpl
+
+if TYPE_CHECKING:
+    from machinery.events import TaskEvent, WorkerEvent
+
+task_log = logging.getLogger("machinery.task")
+worker_log = logging.getLogger("machinery.worker")
+
+
+def _short(values: object, limit: int = 200) -> str:
+    text = repr(values)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@hookimpl
+def machinery_task_received(event: TaskEvent) -> None:
+    """Log at DEBUG."""
+    if task_log.isEnabledFor(logging.DEBUG):
+        sig = event.signature
+        task_log.debug("received %s %s args=%s", sig.name, sig.uuid, _short(sig.arg_values))
+
+
+@hookimpl
+def machinery_task_started(event: TaskEvent) -> None:
+    """Log at DEBUG."""
+    if task_log.isEnabledFor(logging.DEBUG):
+        task_log.debug("started %s %s", event.signature.name, event.signature.uuid)
+
+
+@hookimpl
+def machinery_task_succeeded(event: TaskEvent) -> None:
+    """Log at INFO: name, UUID, results and run time."""
+    if task_log.isEnabledFor(logging.INFO):
+        sig = event.signature
+        task_log.info(
+            "succeeded %s %s in %.1fms: %s",
+            sig.name,
+            sig.uuid,
+            event.runtime * 1000,
+            _short([r.value for r in event.results]),
+        )
+
+
+@hookimpl
+def machinery_task_failed(event: TaskEvent) -> None:
+    """Log at ERROR, with the traceback when the task raised."""
+    sig = event.signature
+    if event.traceback:
+        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, event.error, event.traceback.rstrip())
+    else:
+        task_log.error("failed %s %s: %s", sig.name, sig.uuid, event.error)
+
+
+@hookimpl
+def machinery_task_retried(event: TaskEvent) -> None:
+    """Log at WARNING with the delay and retries left."""
+    sig = event.signature
+    task_log.warning(
+        "retrying %s %s in %gs (%d retries left): %s",
+        sig.name,
+        sig.uuid,
+        event.retry_in,
+        sig.retry_count,
+        event.error,
+    )
+
+
+@hookimpl
+def machinery_worker_started(event: WorkerEvent) -> None:
+    """Log at INFO with the redacted URLs and registered tasks."""
+    worker_log.info(
+        "worker %s ready: queue=%s concurrency=%d broker=%s backend=%s tasks=%s",
+        event.consumer_tag,
+        event.queue,
+        event.concurrency,
+        event.broker,
+        event.backend,
+        ", ".join(event.tasks) or "(none)",
+    )
+
+
+@hookimpl
+def machinery_worker_stopped(event: WorkerEvent) -> None:
+    """Log at INFO."""
+    worker_log.info("worker %s stopped", event.consumer_tag)

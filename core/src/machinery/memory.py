@@ -1,0 +1,313 @@
+"""The in-process ``memory://`` transport: broker, backend and lock for tests and embedding.
+
+Everything lives in this process; ``memory://name`` selects a named store shared by every
+server in the process that uses the same name (``memory://`` is the unnamed one). It honours
+ETA, priority, queues, result expiry and the exactly-once chord trigger, with real threads.
+It cannot survive the process, so it declares ``redelivers_unacked = False``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from machinery._hookimpl import hookimpl
+from machinery.interfaces import Backend, Broker, Delivery, Lock
+from machinery.signature import Signature, decode_signature
+from machinery.state import GroupMeta, TaskState
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+    from machinery.plugins import Register
+
+__all__ = ["MemoryBackend", "MemoryBroker", "MemoryLock", "reset"]
+
+
+@dataclass
+class _Queue:
+    ready: list[tuple[int, int, bytes]] = field(default_factory=list)  # (-priority, seq, body)
+
+
+@dataclass
+class _BrokerStore:
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    queues: dict[str, _Queue] = field(default_factory=dict)
+    delayed: list[tuple[float, int, str, int, bytes]] = field(default_factory=list)  # (due, seq, queue, prio, body)
+    unacked: dict[int, tuple[str, int, bytes]] = field(default_factory=dict)
+    dead: list[bytes] = field(default_factory=list)
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+
+
+@dataclass
+class _BackendStore:
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    records: dict[str, tuple[float, Any]] = field(default_factory=dict)  # uuid -> (expires_at, record)
+
+
+@dataclass
+class _LockStore:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    held: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+_brokers: dict[str, _BrokerStore] = {}
+_backends: dict[str, _BackendStore] = {}
+_locks: dict[str, _LockStore] = {}
+_registry_lock = threading.Lock()
+
+
+def _name(url: str) -> str:
+    return url.partition("://")[2].strip("/")
+
+
+def _store(table: dict[str, Any], url: str, factory: type[Any]) -> Any:
+    name = _name(url)
+    with _registry_lock:
+        st = table.get(name)
+        if st is None:
+            st = table[name] = factory()
+        return st
+
+
+def reset() -> None:
+    """Forget every memory store in this process (for tests)."""
+    with _registry_lock:
+        _brokers.clear()
+        _backends.clear()
+        _locks.clear()
+
+
+class MemoryBroker(Broker):
+    """In-process broker with native ETA and priority."""
+
+    supports_native_delay: ClassVar[bool] = True
+    supports_priority: ClassVar[bool] = True
+    supports_pending_listing: ClassVar[bool] = True
+    supports_delayed_listing: ClassVar[bool] = True
+    redelivers_unacked: ClassVar[bool] = False
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self._s: _BrokerStore = _store(_brokers, url, _BrokerStore)
+
+    def publish(self, body: bytes, signature: Signature) -> None:
+        """Queue the message (or hold it until its ETA)."""
+        s = self._s
+        queue = self.queue_for(signature)
+        with s.cond:
+            seq = next(s.seq)
+            eta = signature.eta
+            if eta is not None:
+                due = eta.timestamp()
+                if due > time.time():
+                    heapq.heappush(s.delayed, (due, seq, queue, signature.priority, body))
+                    s.cond.notify_all()
+                    return
+            q = s.queues.get(queue)
+            if q is None:
+                q = s.queues[queue] = _Queue()
+            heapq.heappush(q.ready, (-signature.priority, seq, body))
+            s.cond.notify_all()
+
+    def _promote_due(self, now: float) -> float | None:
+        s = self._s
+        while s.delayed and s.delayed[0][0] <= now:
+            _, seq, queue, prio, body = heapq.heappop(s.delayed)
+            q = s.queues.get(queue)
+            if q is None:
+                q = s.queues[queue] = _Queue()
+            heapq.heappush(q.ready, (-prio, seq, body))
+        return s.delayed[0][0] if s.delayed else None
+
+    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
+        """Yield queued messages, waking on publish, ETA or stop (checked every 0.1 s)."""
+        s = self._s
+        while not stop.is_set():
+            item = None
+            with s.cond:
+                now = time.time()
+                next_due = self._promote_due(now)
+                q = s.queues.get(queue)
+                if q is not None and q.ready:
+                    prio, seq, body = heapq.heappop(q.ready)
+                    s.unacked[seq] = (queue, -prio, body)
+                    item = Delivery(body=body, queue=queue, tag=seq)
+                else:
+                    wait = 0.1 if next_due is None else max(0.0, min(0.1, next_due - now))
+                    s.cond.wait(wait)
+            if item is not None:
+                yield item
+
+    def ack(self, delivery: Delivery) -> None:
+        """Forget the message."""
+        with self._s.cond:
+            self._s.unacked.pop(delivery.tag, None)
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
+        """Requeue (after ``delay``) or move to the dead-letter list."""
+        s = self._s
+        with s.cond:
+            entry = s.unacked.pop(delivery.tag, None)
+            if entry is None:
+                return
+            queue, prio, body = entry
+            seq = next(s.seq)
+            if not requeue:
+                s.dead.append(body)
+            elif delay > 0:
+                heapq.heappush(s.delayed, (time.time() + delay, seq, queue, prio, body))
+            else:
+                q = s.queues.setdefault(queue, _Queue())
+                heapq.heappush(q.ready, (-prio, seq, body))
+            s.cond.notify_all()
+
+    def pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        """Waiting signatures in delivery order."""
+        with self._s.cond:
+            q = self._s.queues.get(queue or self.default_queue)
+            items = sorted(q.ready) if q else []
+        return [decode_signature(b) for _, _, b in items]
+
+    def delayed_tasks(self) -> list[Signature]:
+        """Held signatures, soonest first."""
+        with self._s.cond:
+            items = sorted(self._s.delayed)
+        return [decode_signature(b) for *_, b in items]
+
+    def purge(self, queue: str | None = None) -> int:
+        """Drop the queue's waiting messages."""
+        with self._s.cond:
+            q = self._s.queues.pop(queue or self.default_queue, None)
+            return len(q.ready) if q else 0
+
+    def dead_letters(self) -> list[bytes]:
+        """Messages dropped with ``nack(requeue=False)`` (malformed, unregistered...)."""
+        with self._s.cond:
+            return list(self._s.dead)
+
+
+class MemoryBackend(Backend):
+    """In-process result backend; :meth:`wait_for` blocks on a condition instead of polling."""
+
+    persistent: ClassVar[bool] = False
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self._s: _BackendStore = _store(_backends, url, _BackendStore)
+
+    def _expiry(self) -> float:
+        secs = self.config.results_expire_in
+        return time.monotonic() + secs if secs > 0 else float("inf")
+
+    def _get(self, uuid: str) -> Any:
+        entry = self._s.records.get(uuid)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self._s.records.pop(uuid, None)
+            return None
+        return entry[1]
+
+    def _store_state(self, state: TaskState) -> None:
+        with self._s.cond:
+            self._s.records[state.task_uuid] = (self._expiry(), state)
+            self._s.cond.notify_all()
+
+    def _load_state(self, task_uuid: str) -> TaskState | None:
+        rec = self._get(task_uuid)
+        return rec if isinstance(rec, TaskState) else None
+
+    def _store_group(self, meta: GroupMeta) -> None:
+        with self._s.cond:
+            self._s.records[meta.group_uuid] = (self._expiry(), meta)
+
+    def _load_group(self, group_uuid: str) -> GroupMeta | None:
+        rec = self._get(group_uuid)
+        return rec if isinstance(rec, GroupMeta) else None
+
+    def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        with self._s.cond:
+            meta = self._load_group(group_uuid)
+            if meta is None or meta.chord_triggered:
+                return False
+            meta.chord_triggered = True
+            return True
+
+    def _delete(self, uuid: str) -> None:
+        with self._s.cond:
+            self._s.records.pop(uuid, None)
+
+    def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        return [self._load_state(u) for u in task_uuids]
+
+    def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
+        """Block on the store's condition until the task completes or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        with self._s.cond:
+            while True:
+                st = self._load_state(task_uuid)
+                remaining = deadline - time.monotonic()
+                if (st is not None and st.is_completed) or remaining <= 0:
+                    return st
+                self._s.cond.wait(remaining)
+
+
+class MemoryLock(Lock):
+    """In-process lock with expiry."""
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self._s: _LockStore = _store(_locks, url, _LockStore)
+
+    def acquire(self, key: str, ttl: timedelta) -> bool:
+        """Take the key unless another owner holds an unexpired claim."""
+        now = time.monotonic()
+        with self._s.lock:
+            held = self._s.held.get(key)
+            if held is not None and held[1] > now and held[0] != self.owner:
+                return False
+            self._s.held[key] = (self.owner, now + ttl.total_seconds())
+            return True
+
+    def release(self, key: str) -> bool:
+        """Release the key if this owner holds it."""
+        with self._s.lock:
+            held = self._s.held.get(key)
+            if held is None or held[0] != self.owner or held[1] <= time.monotonic():
+                return False
+            del self._s.held[key]
+            return True
+
+    def extend(self, key: str, ttl: timedelta) -> bool:
+        """Extend the key if this owner holds it."""
+        now = time.monotonic()
+        with self._s.lock:
+            held = self._s.held.get(key)
+            if held is None or held[0] != self.owner or held[1] <= now:
+                return False
+            self._s.held[key] = (self.owner, now + ttl.total_seconds())
+            return True
+
+
+@hookimpl
+def machinery_register_brokers(register: Register) -> None:
+    """``memory://`` broker."""
+    register("memory", MemoryBroker)
+
+
+@hookimpl
+def machinery_register_backends(register: Register) -> None:
+    """``memory://`` backend."""
+    register("memory", MemoryBackend)
+
+
+@hookimpl
+def machinery_register_locks(register: Register) -> None:
+    """``memory://`` lock."""
+    register("memory", MemoryLock)

@@ -1,0 +1,312 @@
+"""The plugin host: one entry-point group, lazy per-plugin loading, a typed facade over pluggy.
+
+Plugins are loaded on the first URL resolution, never at import. Each entry point gets its own
+``try``: a failure becomes a :class:`~machinery.errors.PluginLoadError` (shown by
+``machinery plugins``) and the rest still load. ``MACHINERY_DISABLE_PLUGINS=a,b`` blocks
+plugins by entry-point name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+import pluggy
+
+from machinery import hookspecs
+from machinery.errors import MachineryError, PluginLoadError, UnknownSchemeError
+from machinery.interfaces import Backend, Broker, Lock
+
+if TYPE_CHECKING:
+    from machinery.events import TaskEvent, WorkerEvent
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "NAME",
+    "PluginHost",
+    "PluginInfo",
+    "Register",
+    "get_plugin_host",
+    "scheme_of",
+]
+
+#: The pluggy project name, the entry-point group and the hookimpl marker name.
+NAME = "machinery"
+
+#: Modules registered before any entry point: the built-in transports and the logging plugin.
+DEFAULT_PLUGINS = (
+    "machinery.memory",
+    "machinery.default",
+    "machinery.logging_plugin",
+)
+
+#: Which distribution serves a scheme, for the "pip install ..." hint.
+KNOWN_SCHEMES = {
+    "redis": "machinery-redis",
+    "rediss": "machinery-redis",
+    "redis+socket": "machinery-redis",
+    "amqp": "machinery-amqp",
+    "amqps": "machinery-amqp",
+    "sqs": "machinery-sqs",
+    "https": "machinery-sqs",
+    "dynamodb": "machinery-sqs",
+    "gcppubsub": "machinery-gcp",
+    "mongodb": "machinery-mongo",
+    "mongodb+srv": "machinery-mongo",
+    "memcache": "machinery-memcache",
+}
+
+Kind = Literal["broker", "backend", "lock"]
+Register = Callable[[str, "type[Any] | str"], None]
+T = TypeVar("T")
+
+log = logging.getLogger("machinery.plugins")
+
+
+def scheme_of(url: str) -> str:
+    """The scheme of a transport URL (``redis+socket`` for ``redis+socket://...``)."""
+    head, sep, _ = url.partition("://")
+    if not sep:
+        raise UnknownSchemeError(url or "(empty)", "transport", [], None)
+    return head.lower()
+
+
+@dataclass
+class PluginInfo:
+    """What ``machinery plugins`` shows about one plugin.
+
+    :param name: entry-point name (or module name for built-ins).
+    :param distribution: the providing distribution.
+    :param version: its version.
+    :param schemes: ``{"broker": [...], "backend": [...], "lock": [...]}``.
+    :param hooks: the hook names it implements.
+    :param error: why it failed to load, if it did.
+    """
+
+    name: str
+    distribution: str
+    version: str
+    schemes: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class PluginHost:
+    """Typed facade over the pluggy manager; use :func:`get_plugin_host` for the shared one."""
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager(NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self._load_entry_points = load_entry_points
+        self._loaded = False
+        self._lock = threading.RLock()
+        self._registry: dict[str, dict[str, tuple[type[Any] | str, str]]] = {
+            "broker": {},
+            "backend": {},
+            "lock": {},
+        }
+        self._resolved: dict[tuple[str, str], type[Any]] = {}
+        self.failures: list[PluginLoadError] = []
+        self._infos: dict[str, PluginInfo] = {}
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the default plugins and every entry point once (thread-safe, idempotent)."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            from machinery import __version__
+
+            blocked = {b.strip() for b in os.environ.get("MACHINERY_DISABLE_PLUGINS", "").split(",") if b.strip()}
+            for mod_name in DEFAULT_PLUGINS:
+                mod = importlib.import_module(mod_name)
+                self.pm.register(mod, name=mod_name)
+                self._infos[mod_name] = PluginInfo(mod_name, "machinery-core", __version__)
+            if self._load_entry_points:
+                self._load_from_entry_points(blocked)
+            self.pm.check_pending()
+            self._collect()
+            self._loaded = True
+
+    def _load_from_entry_points(self, blocked: set[str]) -> None:
+        try:
+            from importlib.metadata import entry_points
+        except ImportError:  # pragma: no cover
+            from importlib_metadata import entry_points  # type: ignore[no-redef]
+        for ep in entry_points(group=NAME):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.name if dist is not None else "?"
+            version = dist.version if dist is not None else "?"
+            if ep.name in blocked:
+                self.pm.set_blocked(ep.name)
+                log.info("plugin %s blocked by MACHINERY_DISABLE_PLUGINS", ep.name)
+                continue
+            if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+            except Exception as exc:  # noqa: BLE001 - one bad plugin must not stop the others
+                err = PluginLoadError(ep.name, f"{dist_name} {version}", f"{type(exc).__name__}: {exc}")
+                self.failures.append(err)
+                self._infos[ep.name] = PluginInfo(ep.name, dist_name, version, error=err.reason)
+                log.warning("%s", err)
+                continue
+            self._infos[ep.name] = PluginInfo(ep.name, dist_name, version)
+
+    def _collect(self) -> None:
+        hooks = {
+            "broker": self.pm.hook.machinery_register_brokers,
+            "backend": self.pm.hook.machinery_register_backends,
+            "lock": self.pm.hook.machinery_register_locks,
+        }
+        for kind, caller in hooks.items():
+            for impl in caller.get_hookimpls():
+                info = self._infos.get(impl.plugin_name)
+                dist = info.distribution if info else impl.plugin_name
+                impl.function(register=self._registrar(cast(Kind, kind), dist, impl.plugin_name))
+        for name, info in self._infos.items():
+            plugin = self.pm.get_plugin(name)
+            if plugin is not None:
+                info.hooks = sorted(
+                    h.name for h in self.pm.get_hookcallers(plugin) or [] if h.name.startswith("machinery_")
+                )
+
+    def _registrar(self, kind: Kind, dist: str, plugin_name: str) -> Register:
+        def register(scheme: str, cls: type[Any] | str) -> None:
+            scheme = scheme.lower()
+            table = self._registry[kind]
+            if scheme in table and table[scheme][1] != dist:
+                raise MachineryError(
+                    f"{kind} scheme {scheme!r} is claimed by both {table[scheme][1]} and {dist}; "
+                    f"uninstall one or block it with MACHINERY_DISABLE_PLUGINS"
+                )
+            table[scheme] = (cls, dist)
+            info = self._infos.get(plugin_name)
+            if info is not None:
+                info.schemes.setdefault(kind, []).append(scheme)
+
+        return register
+
+    # -- typed facade -------------------------------------------------------------------------
+
+    def schemes(self, kind: Kind) -> list[str]:
+        """The URL schemes registered for ``kind``."""
+        self.load()
+        return sorted(self._registry[kind])
+
+    def _class(self, kind: Kind, url: str, base: type[T]) -> type[T]:
+        self.load()
+        scheme = scheme_of(url)
+        key = (kind, scheme)
+        cls = self._resolved.get(key)
+        if cls is not None:
+            return cast(type[T], cls)
+        entry = self._registry[kind].get(scheme)
+        if entry is None:
+            hint = KNOWN_SCHEMES.get(scheme)
+            for f in self.failures:
+                if hint and f.distribution.startswith(hint):
+                    raise UnknownSchemeError(scheme, kind, self.schemes(kind), None) from f
+            raise UnknownSchemeError(scheme, kind, self.schemes(kind), hint)
+        target, dist = entry
+        if isinstance(target, str):
+            mod_name, _, attr = target.partition(":")
+            try:
+                target = getattr(importlib.import_module(mod_name), attr)
+            except Exception as exc:
+                raise PluginLoadError(scheme, dist, f"cannot import {entry[0]}: {exc}") from exc
+        if not (isinstance(target, type) and issubclass(target, base)):
+            raise PluginLoadError(scheme, dist, f"{target!r} is not a {base.__name__} subclass")
+        self._resolved[key] = target
+        return cast(type[T], target)
+
+    def broker_class(self, url: str) -> type[Broker]:
+        """The :class:`Broker` class serving ``url``'s scheme."""
+        return self._class("broker", url, Broker)
+
+    def backend_class(self, url: str) -> type[Backend]:
+        """The :class:`Backend` class serving ``url``'s scheme."""
+        return self._class("backend", url, Backend)
+
+    def lock_class(self, url: str) -> type[Lock]:
+        """The :class:`Lock` class serving ``url``'s scheme."""
+        return self._class("lock", url, Lock)
+
+    def config_sections(self) -> set[str]:
+        """Config sections owned by any registered transport (for unknown-key errors)."""
+        self.load()
+        sections: set[str] = set()
+        for kind, table in self._registry.items():
+            for scheme in table:
+                try:
+                    cls = self._class(cast(Kind, kind), f"{scheme}://", object)
+                except MachineryError:
+                    continue
+                section = getattr(cls, "config_section", None)
+                if section:
+                    sections.add(section)
+        return sections
+
+    def infos(self) -> list[PluginInfo]:
+        """Every plugin: distribution, version, schemes, hooks, load error."""
+        self.load()
+        return list(self._infos.values())
+
+    # -- lifecycle hooks ----------------------------------------------------------------------
+
+    def task_received(self, event: TaskEvent) -> None:
+        """Broadcast ``machinery_task_received``."""
+        self.pm.hook.machinery_task_received(event=event)
+
+    def task_started(self, event: TaskEvent) -> None:
+        """Broadcast ``machinery_task_started``."""
+        self.pm.hook.machinery_task_started(event=event)
+
+    def task_succeeded(self, event: TaskEvent) -> None:
+        """Broadcast ``machinery_task_succeeded``."""
+        self.pm.hook.machinery_task_succeeded(event=event)
+
+    def task_failed(self, event: TaskEvent) -> None:
+        """Broadcast ``machinery_task_failed``."""
+        self.pm.hook.machinery_task_failed(event=event)
+
+    def task_retried(self, event: TaskEvent) -> None:
+        """Broadcast ``machinery_task_retried``."""
+        self.pm.hook.machinery_task_retried(event=event)
+
+    def worker_started(self, event: WorkerEvent) -> None:
+        """Broadcast ``machinery_worker_started``."""
+        self.pm.hook.machinery_worker_started(event=event)
+
+    def worker_stopped(self, event: WorkerEvent) -> None:
+        """Broadcast ``machinery_worker_stopped``."""
+        self.pm.hook.machinery_worker_stopped(event=event)
+
+    def has_task_observers(self) -> Mapping[str, bool]:
+        """Which task hooks have implementations (the worker skips building unused events)."""
+        self.load()
+        names = ("received", "started", "succeeded", "failed", "retried")
+        return {n: bool(getattr(self.pm.hook, f"machinery_task_{n}").get_hookimpls()) for n in names}
+
+
+_host: PluginHost | None = None
+_host_lock = threading.Lock()
+
+
+def get_plugin_host() -> PluginHost:
+    """The process-wide plugin host (created on first use; plugins load on first resolution)."""
+    global _host
+    if _host is None:
+        with _host_lock:
+            if _host is None:
+                _host = PluginHost()
+    return _host

@@ -1,0 +1,378 @@
+"""The :class:`Server`: registered tasks, a broker, a backend and a lock, and the ``send_*`` API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from machinery.config import Config, redact_url
+from machinery.errors import ConfigError, MachineryError, TaskNotRegisteredError
+from machinery.plugins import PluginHost, get_plugin_host
+from machinery.results import AsyncResult, ChainAsyncResult, ChordAsyncResult, GroupResult
+from machinery.signature import Signature, encode_signature, new_uuid
+from machinery.state import TaskState
+from machinery.task import Task
+from machinery.workflow import Chain, Chord, Group
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from machinery.interfaces import Backend, Broker, Lock
+    from machinery.worker import Worker
+
+__all__ = ["Server"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("machinery.server")
+
+
+class Server:
+    """The main machinery object: configuration, registered tasks and transports.
+
+    :param config: the configuration (default: ``Config()``, the embedded default transport).
+    :param broker: a ready broker instance instead of one built from ``config.broker``.
+    :param backend: a ready backend instance instead of one built from ``config.result_backend``.
+    :param lock: a ready lock instance instead of one built from ``config.lock``.
+    :param plugins: the plugin host (default: the process-wide one).
+    :raises UnknownSchemeError: a URL scheme no installed plugin serves.
+    :raises ConfigError: a bad configuration value.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        broker: Broker | None = None,
+        backend: Backend | None = None,
+        lock: Lock | None = None,
+        plugins: PluginHost | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config()
+        self.plugins = plugins or get_plugin_host()
+        self._tasks: dict[str, Task] = {}
+        self._pre_publish: Callable[[Signature], None] | None = None
+        self._broker = broker or self._make("broker", self.broker_url)
+        self._backend = backend or self._make("backend", self.backend_url)
+        self._lock_obj = lock
+        self._lock_guard = threading.Lock()
+        self._periodic: list[Any] = []
+
+    # -- transports ---------------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in effect."""
+        return self.config.broker_url
+
+    @property
+    def backend_url(self) -> str:
+        """The backend URL in effect: ``result_backend``, else the broker URL when its scheme
+        also serves results, else the embedded default."""
+        if self.config.result_backend:
+            return self.config.result_backend
+        url = self.broker_url
+        sep = self.config.multiple_broker_separator
+        if sep and sep in url:
+            url = url.split(sep)[0]
+        scheme = url.partition("://")[0].lower()
+        if scheme in self.plugins.schemes("backend"):
+            return url
+        from machinery.config import default_url
+
+        return default_url()
+
+    @property
+    def lock_url(self) -> str:
+        """The lock URL in effect: ``lock``, else the backend's or broker's when it serves locks."""
+        if self.config.lock:
+            return self.config.lock
+        locks = self.plugins.schemes("lock")
+        for url in (self.backend_url, self.broker_url):
+            if url.partition("://")[0].lower() in locks:
+                return url
+        from machinery.config import default_url
+
+        return default_url()
+
+    def _make(self, kind: str, url: str) -> Any:
+        if kind == "broker":
+            cls: type[Any] = self.plugins.broker_class(url)
+        elif kind == "backend":
+            cls = self.plugins.backend_class(url)
+        else:
+            cls = self.plugins.lock_class(url)
+        try:
+            return cls(url, self.config)
+        except MachineryError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(kind, f"{redact_url(url)}: {exc}") from exc
+
+    @property
+    def broker(self) -> Broker:
+        """The broker."""
+        return self._broker
+
+    @property
+    def backend(self) -> Backend:
+        """The result backend."""
+        return self._backend
+
+    @property
+    def lock(self) -> Lock:
+        """The lock (created on first use, since only periodic tasks need it)."""
+        if self._lock_obj is None:
+            with self._lock_guard:
+                if self._lock_obj is None:
+                    self._lock_obj = self._make("lock", self.lock_url)
+        return self._lock_obj
+
+    def get_broker(self) -> Broker:
+        """Go's ``GetBroker``."""
+        return self._broker
+
+    def get_backend(self) -> Backend:
+        """Go's ``GetBackend``."""
+        return self._backend
+
+    def get_config(self) -> Config:
+        """Go's ``GetConfig``."""
+        return self.config
+
+    def close(self) -> None:
+        """Close the broker, backend and lock connections."""
+        self._broker.close()
+        self._backend.close()
+        if self._lock_obj is not None:
+            self._lock_obj.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def register_task(self, name: str, fn: Callable[..., Any]) -> Task:
+        """Register ``fn`` under ``name`` (replacing an earlier registration of that name).
+
+        :raises TypeError: ``fn`` cannot be called with arguments from a message.
+        """
+        task = Task(name, fn)
+        self._tasks[name] = task
+        return task
+
+    def register_tasks(self, tasks: Mapping[str, Callable[..., Any]]) -> None:
+        """Register several tasks at once; nothing is registered if one is invalid."""
+        built = {name: Task(name, fn) for name, fn in tasks.items()}
+        self._tasks.update(built)
+
+    @overload
+    def task(self, name: F) -> F: ...
+
+    @overload
+    def task(self, name: str | None = None) -> Callable[[F], F]: ...
+
+    def task(self, name: str | F | None = None) -> F | Callable[[F], F]:
+        """Decorator registering a function as a task, under ``name`` or its ``__name__``.
+
+        ``@server.task`` and ``@server.task("add")`` both work; the function is returned as is.
+        """
+        if callable(name):
+            fn = name
+            self.register_task(fn.__name__, fn)
+            return fn
+
+        def deco(fn: F) -> F:
+            self.register_task(name or fn.__name__, fn)
+            return fn
+
+        return deco
+
+    def get_registered_task(self, name: str) -> Task:
+        """The registered task. :raises TaskNotRegisteredError: when unknown."""
+        task = self._tasks.get(name)
+        if task is None:
+            raise TaskNotRegisteredError(name)
+        return task
+
+    def is_task_registered(self, name: str) -> bool:
+        """True when ``name`` is registered."""
+        return name in self._tasks
+
+    def get_registered_task_names(self) -> list[str]:
+        """The registered task names, sorted."""
+        return sorted(self._tasks)
+
+    def set_pre_publish_handler(self, handler: Callable[[Signature], None] | None) -> None:
+        """Call ``handler(signature)`` just before every publish (Go's ``SetPrePublishHandler``)."""
+        self._pre_publish = handler
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _prepare(self, sig: Signature) -> bytes:
+        if not sig.uuid:
+            sig.uuid = new_uuid("task_")
+        if self._pre_publish is not None:
+            self._pre_publish(sig)
+        self._broker.adjust_routing_key(sig)
+        return encode_signature(sig)
+
+    def send_task(self, signature: Signature) -> AsyncResult:
+        """Store PENDING and publish one task.
+
+        :raises PublishError: the broker did not accept it.
+        :raises BackendError: the PENDING state could not be stored.
+        """
+        if not signature.uuid:
+            signature.uuid = new_uuid("task_")
+        self._backend.set_state_pending(signature)
+        body = self._prepare(signature)
+        self._broker.publish(body, signature)
+        return AsyncResult(signature, self._backend)
+
+    def send_task_with_context(self, context: Mapping[str, Any], signature: Signature) -> AsyncResult:
+        """``send_task`` carrying ``context`` (tracing ids, request ids...) in the headers."""
+        signature.headers.update(context)
+        return self.send_task(signature)
+
+    def _republish(self, signature: Signature) -> None:
+        """Publish without touching the stored state (retries keep RETRY visible)."""
+        body = self._prepare(signature)
+        self._broker.publish(body, signature)
+
+    def send_group(self, group: Group, send_concurrency: int = 0) -> GroupResult:
+        """Record the group, store PENDING for each member and publish them all.
+
+        :param send_concurrency: how many publishing threads (0: one pipelined batch, which is
+            fastest for brokers that batch).
+        :returns: one :class:`AsyncResult` per member, in order.
+        """
+        self._backend.init_group(group.group_uuid, group.uuids())
+        self._backend.set_states_pending(group.tasks)
+        items = [(self._prepare(s), s) for s in group.tasks]
+        if send_concurrency <= 1 or len(items) <= 1:
+            self._broker.publish_many(items)
+        else:
+            n = min(send_concurrency, len(items))
+            chunks = [items[i::n] for i in range(n)]
+            errors: list[BaseException] = []
+
+            def run(chunk: Sequence[tuple[bytes, Signature]]) -> None:
+                try:
+                    self._broker.publish_many(chunk)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in chunks]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+        return GroupResult((AsyncResult(s, self._backend) for s in group.tasks), group.group_uuid)
+
+    def send_group_with_context(self, context: Mapping[str, Any], group: Group, send_concurrency: int = 0) -> GroupResult:
+        """``send_group`` carrying ``context`` in every member's headers."""
+        for s in group.tasks:
+            s.headers.update(context)
+        return self.send_group(group, send_concurrency)
+
+    def send_chord(self, chord: Chord, send_concurrency: int = 0) -> ChordAsyncResult:
+        """Send the chord's group; the callback is sent by the worker that completes the group."""
+        self.send_group(chord.group, send_concurrency)
+        return ChordAsyncResult(chord.group.tasks, chord.callback, self._backend)
+
+    def send_chord_with_context(self, context: Mapping[str, Any], chord: Chord, send_concurrency: int = 0) -> ChordAsyncResult:
+        """``send_chord`` carrying ``context`` in the headers."""
+        for s in chord.group.tasks:
+            s.headers.update(context)
+        chord.callback.headers.update(context)
+        return self.send_chord(chord, send_concurrency)
+
+    def send_chain(self, chain: Chain) -> ChainAsyncResult:
+        """Send the chain's first task; each next one is sent by the worker on success."""
+        self.send_task(chain.tasks[0])
+        return ChainAsyncResult(chain.tasks, self._backend)
+
+    def send_chain_with_context(self, context: Mapping[str, Any], chain: Chain) -> ChainAsyncResult:
+        """``send_chain`` carrying ``context`` in the headers of every task."""
+        for s in chain.tasks:
+            s.headers.update(context)
+        return self.send_chain(chain)
+
+    def delay(self, name: str, *args: Any, eta: datetime | None = None, **options: Any) -> AsyncResult:
+        """Shortcut: ``send_task(Signature(name, args=list(args), eta=eta, **options))``."""
+        return self.send_task(Signature(name, args=list(args), eta=eta, **options))
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        """Tasks waiting in ``queue`` (where the broker can list them)."""
+        return self._broker.pending_tasks(queue)
+
+    def get_delayed_tasks(self) -> list[Signature]:
+        """Tasks held until their ETA (where the broker can list them)."""
+        return self._broker.delayed_tasks()
+
+    def get_state(self, task_uuid: str) -> TaskState | None:
+        """The stored state of a task."""
+        return self._backend.get_state(task_uuid)
+
+    def async_result(self, task_uuid: str) -> AsyncResult:
+        """An :class:`AsyncResult` for a task UUID (sent elsewhere, e.g. by a Go producer)."""
+        return AsyncResult(task_uuid, self._backend)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def new_worker(self, consumer_tag: str = "", concurrency: int = 0, queue: str | None = None) -> Worker:
+        """A worker consuming ``queue`` (default queue if None) with ``concurrency`` threads.
+
+        ``concurrency=0`` means the default of 8 (Go's "unlimited" has no safe thread equivalent).
+        """
+        from machinery.worker import Worker
+
+        return Worker(self, consumer_tag=consumer_tag, concurrency=concurrency, queue=queue)
+
+    def new_custom_queue_worker(self, consumer_tag: str, concurrency: int, queue: str) -> Worker:
+        """A worker for a custom queue (Go's ``NewCustomQueueWorker``)."""
+        return self.new_worker(consumer_tag, concurrency, queue)
+
+    # -- periodic ---------------------------------------------------------------------------------
+
+    def register_periodic_task(self, spec: str, name: str, signature: Signature) -> None:
+        """Send ``signature`` on the cron ``spec``; one send per tick across all schedulers."""
+        from machinery.schedule import PeriodicEntry
+
+        self._periodic.append(PeriodicEntry.task(spec, name, signature))
+
+    def register_periodic_group(self, spec: str, name: str, group: Group, send_concurrency: int = 0) -> None:
+        """Send a group on the cron ``spec`` (fresh UUIDs every tick)."""
+        from machinery.schedule import PeriodicEntry
+
+        self._periodic.append(PeriodicEntry.group(spec, name, group, send_concurrency))
+
+    def register_periodic_chain(self, spec: str, name: str, chain: Chain) -> None:
+        """Send a chain on the cron ``spec`` (fresh UUIDs every tick)."""
+        from machinery.schedule import PeriodicEntry
+
+        self._periodic.append(PeriodicEntry.chain(spec, name, chain))
+
+    def register_periodic_chord(self, spec: str, name: str, chord: Chord, send_concurrency: int = 0) -> None:
+        """Send a chord on the cron ``spec`` (fresh UUIDs every tick)."""
+        from machinery.schedule import PeriodicEntry
+
+        self._periodic.append(PeriodicEntry.chord(spec, name, chord, send_concurrency))
+
+    @property
+    def periodic_entries(self) -> list[Any]:
+        """The registered periodic entries."""
+        return list(self._periodic)
+
+    def __repr__(self) -> str:
+        return f"<Server broker={redact_url(self.broker_url)} backend={redact_url(self.backend_url)} tasks={len(self._tasks)}>"
+

@@ -1,0 +1,504 @@
+"""The :class:`Worker`: consumes a queue, runs tasks, stores states, sends callbacks.
+
+One consumer thread takes deliveries from the broker only when a task slot is free (so a
+worker never holds more unacknowledged messages than its concurrency) and hands them to a pool
+of task threads. Each delivery is acknowledged only after the task's final state is stored and
+its callbacks are sent; if that fails the message is given back for redelivery.
+
+Signals (when launched in the main thread and ``no_unix_signals`` is off): the first SIGINT or
+SIGTERM stops consuming, lets in-flight tasks finish and returns; a second one exits the process
+at once, leaving in-flight messages unacknowledged so the broker delivers them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as _queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from machinery.config import redact_url
+from machinery.errors import (
+    ArgumentTypeError,
+    DecodeError,
+    MachineryError,
+    RetryTaskLater,
+)
+from machinery.events import TaskEvent, WorkerEvent
+from machinery.retry import fibonacci_next
+from machinery.signature import Arg, Signature, decode_signature, results_for
+from machinery.task import TaskContext
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from machinery.interfaces import Delivery
+    from machinery.server import Server
+    from machinery.state import TaskResult
+    from machinery.task import Task
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("machinery.worker")
+
+#: Concurrency used when 0 is asked for.
+DEFAULT_CONCURRENCY = 8
+#: Delay before an unregistered task is offered again (other workers may know it).
+UNREGISTERED_REQUEUE_DELAY = 5.0
+#: Delay before a delivery whose state could not be stored is offered again.
+BACKEND_ERROR_REQUEUE_DELAY = 2.0
+_ETA_TOLERANCE = 0.002
+_STOP = object()
+
+
+def error_string(exc: BaseException) -> str:
+    """The error string stored for a failed task: ``"ValueError: message"``."""
+    msg = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {msg}" if msg else name
+
+
+class Worker:
+    """Runs registered tasks from one queue (Go's ``Worker``).
+
+    :param server: the server holding tasks and transports.
+    :param consumer_tag: a name for this worker (logs, events).
+    :param concurrency: task threads (0: :data:`DEFAULT_CONCURRENCY`).
+    :param queue: the queue to consume (default queue if None).
+    """
+
+    def __init__(self, server: Server, consumer_tag: str = "", concurrency: int = 0, queue: str | None = None) -> None:
+        if concurrency < 0:
+            raise ValueError("concurrency must be >= 0")
+        self.server = server
+        self.consumer_tag = consumer_tag or f"machinery-{os.getpid()}"
+        self.concurrency = concurrency or DEFAULT_CONCURRENCY
+        self.queue = queue or server.config.default_queue
+        self._custom_queue = queue or ""
+        self._error_handler: Callable[[BaseException], None] | None = None
+        self._pre_task: Callable[[Signature], None] | None = None
+        self._post_task: Callable[[Signature], None] | None = None
+        self._pre_consume: Callable[[Worker], bool] | None = None
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._slots = threading.Semaphore(self.concurrency)
+        self._work: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._consumer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+        self._signals = 0
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._scheduler: Any = None
+        self.beat = False
+        hooks = server.plugins
+        obs = hooks.has_task_observers()
+        self._hooks = hooks
+        self._obs_received = obs["received"]
+        self._obs_started = obs["started"]
+        self._obs_succeeded = obs["succeeded"]
+        self._obs_failed = obs["failed"]
+        self._obs_retried = obs["retried"]
+
+    # -- handlers (Go's Set*Handler) --------------------------------------------------------------
+
+    def set_error_handler(self, handler: Callable[[BaseException], None] | None) -> None:
+        """Called with the exception when a task fails for good (instead of the default log)."""
+        self._error_handler = handler
+
+    def set_pre_task_handler(self, handler: Callable[[Signature], None] | None) -> None:
+        """Called with the signature before each task runs."""
+        self._pre_task = handler
+
+    def set_post_task_handler(self, handler: Callable[[Signature], None] | None) -> None:
+        """Called with the signature after each task ran (success or not)."""
+        self._post_task = handler
+
+    def set_pre_consume_handler(self, handler: Callable[[Worker], bool] | None) -> None:
+        """Called before taking each message; returning False pauses consumption until it
+        returns True again (checked every 0.1 s)."""
+        self._pre_consume = handler
+
+    def custom_queue(self) -> str:
+        """The custom queue this worker consumes, or "" for the default queue."""
+        return self._custom_queue
+
+    def get_server(self) -> Server:
+        """The server (Go's ``GetServer``)."""
+        return self.server
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _event(self) -> WorkerEvent:
+        return WorkerEvent(
+            consumer_tag=self.consumer_tag,
+            queue=self.queue,
+            concurrency=self.concurrency,
+            broker=redact_url(self.server.broker_url),
+            backend=redact_url(self.server.backend_url),
+            tasks=tuple(self.server.get_registered_task_names()),
+        )
+
+    def launch(self) -> None:
+        """Consume until :meth:`quit` (or a signal); blocks. Returns after in-flight tasks finish."""
+        installed = self._install_signals()
+        try:
+            self._start_threads()
+            self._consume_loop()
+        finally:
+            self._shutdown()
+            if installed:
+                self._restore_signals(installed)
+
+    def launch_in_background(self) -> Worker:
+        """Start consuming in a background thread and return at once; stop with :meth:`quit`."""
+        self._start_threads()
+        self._consumer = threading.Thread(target=self._background, name=f"{self.consumer_tag}-consumer", daemon=True)
+        self._consumer.start()
+        return self
+
+    def _background(self) -> None:
+        try:
+            self._consume_loop()
+        finally:
+            self._shutdown()
+
+    def launch_async(self) -> Worker:
+        """Alias of :meth:`launch_in_background` (Go's ``LaunchAsync``)."""
+        return self.launch_in_background()
+
+    def quit(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop consuming; with ``wait``, block until in-flight tasks have finished."""
+        self._stop.set()
+        if wait:
+            self._stopped.wait(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has stopped; True if it has."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        """True between launch and the end of shutdown."""
+        return bool(self._threads) and not self._stopped.is_set()
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            raise RuntimeError("worker already launched")
+        if self.beat and self._scheduler is None and self.server.periodic_entries:
+            from machinery.schedule import Scheduler
+
+            self._scheduler = Scheduler(self.server)
+            self._scheduler.start()
+        n = self.concurrency
+        for i in range(n):
+            t = threading.Thread(target=self._task_thread, name=f"{self.consumer_tag}-task-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info(
+            "worker %s consuming %r with concurrency %d (broker %s, backend %s)",
+            self.consumer_tag,
+            self.queue,
+            n,
+            redact_url(self.server.broker_url),
+            redact_url(self.server.backend_url),
+        )
+        self._safe_hook(self._hooks.worker_started, self._event())
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        for _ in self._threads:
+            self._work.put(_STOP)
+        for t in self._threads:
+            t.join()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        log.info("worker %s stopped", self.consumer_tag)
+        self._safe_hook(self._hooks.worker_stopped, self._event())
+        self._stopped.set()
+
+    # -- signals ----------------------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, Any] | None:
+        if self.server.config.no_unix_signals or threading.current_thread() is not threading.main_thread():
+            return None
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    def _restore_signals(self, old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning(
+                "signal %s: warm shutdown, finishing %d in-flight task(s); send it again to exit now",
+                signal.Signals(signum).name,
+                self._inflight,
+            )
+            self._stop.set()
+        else:
+            log.warning("second signal: exiting now; in-flight tasks stay unacknowledged for redelivery")
+            logging.shutdown()
+            os._exit(128 + signum)
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    def _consume_loop(self) -> None:
+        broker = self.server.broker
+        stop = self._stop
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                it = broker.consume(self.queue, prefetch=self.concurrency, stop=stop)
+                try:
+                    while not stop.is_set():
+                        if not self._acquire_slot():
+                            break
+                        if self._pre_consume is not None:
+                            while not self._pre_consume(self) and not stop.is_set():
+                                time.sleep(0.1)
+                        try:
+                            delivery = next(it)
+                        except StopIteration:
+                            self._slots.release()
+                            break
+                        except BaseException:
+                            self._slots.release()
+                            raise
+                        with self._inflight_lock:
+                            self._inflight += 1
+                        self._work.put(delivery)
+                        backoff = 0.1
+                finally:
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
+            except MachineryError as exc:
+                self._report(exc)
+                log.warning("broker error: %s; reconnecting in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive broker bugs
+                self._report(exc)
+                log.exception("unexpected error while consuming; restarting in %.1fs", backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _acquire_slot(self) -> bool:
+        while not self._stop.is_set():
+            if self._slots.acquire(timeout=0.1):
+                return True
+        return False
+
+    def _task_thread(self) -> None:
+        work = self._work
+        while True:
+            item = work.get()
+            if item is _STOP:
+                return
+            try:
+                self.process_delivery(item)
+            except BaseException:  # noqa: BLE001 - never let a task thread die
+                log.exception("unexpected error while processing a delivery")
+            finally:
+                with self._inflight_lock:
+                    self._inflight -= 1
+                self._slots.release()
+
+    # -- processing -------------------------------------------------------------------------------
+
+    def _report(self, exc: BaseException) -> None:
+        if self._error_handler is not None:
+            try:
+                self._error_handler(exc)
+            except Exception:  # noqa: BLE001
+                log.exception("error handler raised")
+
+    def _safe_hook(self, hook: Callable[[Any], Any], event: Any) -> None:
+        try:
+            hook(event)
+        except Exception:  # noqa: BLE001 - observers must not break the worker
+            log.exception("a plugin's lifecycle hook raised")
+
+    def process_delivery(self, delivery: Delivery) -> None:
+        """Decode, run and acknowledge one delivery (public for brokers that push messages)."""
+        broker = self.server.broker
+        try:
+            sig = decode_signature(delivery.body)
+        except DecodeError as exc:
+            log.error("dropping malformed message from %r to the dead letters: %s", delivery.queue, exc.reason)
+            log.error("malformed message body: %r", delivery.body[:2000])
+            self._report(exc)
+            broker.nack(delivery, requeue=False)
+            return
+
+        eta = sig.eta
+        if eta is not None:
+            early = eta.timestamp() - time.time()
+            if early > _ETA_TOLERANCE:
+                broker.nack(delivery, requeue=True, delay=early)
+                return
+
+        task = self.server._tasks.get(sig.name)
+        if task is None:
+            if sig.ignore_when_task_not_registered:
+                log.warning("task %s (%s) is not registered here; dropping it as it asks", sig.name, sig.uuid)
+                broker.ack(delivery)
+            else:
+                log.warning(
+                    "task %s (%s) is not registered here; requeued for another worker in %.0fs",
+                    sig.name,
+                    sig.uuid,
+                    UNREGISTERED_REQUEUE_DELAY,
+                )
+                broker.nack(delivery, requeue=True, delay=UNREGISTERED_REQUEUE_DELAY)
+            return
+
+        try:
+            keep = self.process(sig, task)
+        except Exception as exc:  # noqa: BLE001 - state could not be stored: redeliver
+            self._report(exc)
+            log.error("task %s (%s): %s; giving the message back for redelivery", sig.name, sig.uuid, exc)
+            try:
+                broker.nack(delivery, requeue=True, delay=BACKEND_ERROR_REQUEUE_DELAY)
+            except Exception:  # noqa: BLE001
+                log.exception("could not give the message back; the broker will redeliver it")
+            return
+        if keep:
+            broker.nack(delivery, requeue=False)
+        else:
+            broker.ack(delivery)
+
+    def process(self, sig: Signature, task: Task) -> bool:
+        """Run one task and store its outcome (Go's ``Process``).
+
+        :returns: True when the message must be kept rather than deleted
+            (``stop_task_deletion_on_error``).
+        :raises Exception: when a state could not be stored or a callback not sent; the
+            caller then gives the message back for redelivery.
+        """
+        backend = self.server.backend
+        backend.set_state_received(sig)
+        if self._obs_received:
+            self._safe_hook(self._hooks.task_received, TaskEvent(sig, self.consumer_tag))
+        try:
+            values = task.bind([a.value for a in sig.args])
+        except ArgumentTypeError as exc:
+            return self._failed(sig, exc, "")
+        backend.set_state_started(sig)
+        if self._obs_started:
+            self._safe_hook(self._hooks.task_started, TaskEvent(sig, self.consumer_tag))
+        if self._pre_task is not None:
+            self._pre_task(sig)
+        t0 = time.perf_counter()
+        try:
+            try:
+                if task.takes_context:
+                    values.insert(0, TaskContext(sig, self.server, self.consumer_tag))
+                if task.is_async:
+                    value = self._run_async(task.fn, values)
+                else:
+                    value = task.fn(*values)
+                results = results_for(value)
+            except RetryTaskLater as exc:
+                self._retry_in(sig, exc.retry_in, exc)
+                return False
+            except Exception as exc:  # noqa: BLE001 - a task's error is a FAILURE, never a dead worker
+                tb = traceback.format_exc()
+                if sig.retry_count > 0:
+                    self._retry(sig, exc)
+                    return False
+                return self._failed(sig, exc, tb)
+            runtime = time.perf_counter() - t0
+            self._succeeded(sig, results, runtime)
+            return False
+        finally:
+            if self._post_task is not None:
+                self._post_task(sig)
+
+    def _run_async(self, fn: Callable[..., Any], values: list[Any]) -> Any:
+        import asyncio
+
+        if self._loop is None:
+            with self._loop_lock:
+                if self._loop is None:
+                    loop = asyncio.new_event_loop()
+                    threading.Thread(target=loop.run_forever, name=f"{self.consumer_tag}-asyncio", daemon=True).start()
+                    self._loop = loop
+        return asyncio.run_coroutine_threadsafe(fn(*values), self._loop).result()
+
+    def _succeeded(self, sig: Signature, results: list[TaskResult], runtime: float) -> None:
+        server = self.server
+        server.backend.set_state_success(sig, results)
+        if self._obs_succeeded:
+            self._safe_hook(self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime))
+        for nxt in sig.on_success:
+            if not nxt.immutable:
+                nxt.args.extend(Arg._trusted(r.type, r.value) for r in results)
+            server.send_task(nxt)
+        if not sig.group_uuid or sig.chord_callback is None:
+            return
+        backend = server.backend
+        if not backend.group_completed(sig.group_uuid, sig.group_task_count):
+            return
+        if not backend.trigger_chord(sig.group_uuid):
+            return
+        states = backend.group_task_states(sig.group_uuid, sig.group_task_count)
+        cb = sig.chord_callback
+        for st in states:
+            if not st.is_success:
+                log.warning("chord of group %s not sent: task %s is %s", sig.group_uuid, st.task_uuid, st.state)
+                return
+            if not cb.immutable:
+                cb.args.extend(Arg._trusted(r.type, r.value) for r in st.results or ())
+        server.send_task(cb)
+
+    def _failed(self, sig: Signature, exc: BaseException, tb: str) -> bool:
+        server = self.server
+        err = error_string(exc)
+        server.backend.set_state_failure(sig, err)
+        if self._error_handler is not None:
+            self._report(exc)
+        elif self._obs_failed:
+            pass  # the logging plugin logs it (with the traceback)
+        else:
+            log.error("failed processing task %s (%s): %s", sig.name, sig.uuid, err)
+        if self._obs_failed:
+            self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, traceback=tb))
+        for cb in sig.on_error:
+            cb.args.insert(0, Arg._trusted("string", err))
+            server.send_task(cb)
+        return sig.stop_task_deletion_on_error
+
+    def _retry(self, sig: Signature, exc: BaseException) -> None:
+        self.server.backend.set_state_retry(sig)
+        sig.retry_count -= 1
+        sig.retry_timeout = fibonacci_next(sig.retry_timeout)
+        self._reschedule(sig, timedelta(seconds=sig.retry_timeout), exc)
+
+    def _retry_in(self, sig: Signature, retry_in: timedelta, exc: BaseException) -> None:
+        self.server.backend.set_state_retry(sig)
+        self._reschedule(sig, retry_in, exc)
+
+    def _reschedule(self, sig: Signature, delay: timedelta, exc: BaseException) -> None:
+        sig.eta = datetime.now(timezone.utc) + delay
+        err = error_string(exc)
+        secs = delay.total_seconds()
+        if self._obs_retried:
+            self._safe_hook(self._hooks.task_retried, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, retry_in=secs))
+        else:
+            log.warning("task %s (%s) failed: %s; retrying in %gs", sig.name, sig.uuid, err, secs)
+        self.server._republish(sig)
