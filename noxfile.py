@@ -1,0 +1,86 @@
+"""Sessions for every distribution in this repository.
+
+    nox -s lint types tests_core          # the core
+    nox -s "tests(plugin='redis')"        # one plugin against its real server
+    nox -t plugins                        # every plugin
+    nox -s e2e                            # cross-plugin and end-to-end tests (tests/)
+    nox -s bench                          # benchmarks (not part of CI)
+
+The plugin list is derived from the folders in plugins/, never written out. Each session
+installs ``-e core -e plugins/machinery-<name>`` into its own environment, which proves the
+plugin declares its own dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.name.removeprefix("machinery-") for p in (ROOT / "plugins").glob("machinery-*") if p.is_dir())
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "types", "tests_core"]
+
+PYTEST = ["pytest", "-q", "-p", "no:cacheprovider"]
+
+
+def _test_group(path: Path) -> list[str]:
+    pyproject = nox.project.load_toml(path / "pyproject.toml")
+    return list(pyproject.get("dependency-groups", {}).get("test", []))
+
+
+def _pytest_args(session: nox.Session) -> list[str]:
+    return list(session.posargs)
+
+
+@nox.session(tags=["lint"])
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(tags=["lint"])
+def types(session: nox.Session) -> None:
+    """mypy --strict over the core."""
+    session.install("mypy>=1.10", "-e", "core[testing]", "types-PyYAML")
+    session.run("mypy", "--config-file", "pyproject.toml")
+
+
+@nox.session(tags=["core"])
+def tests_core(session: nox.Session) -> None:
+    """Core unit tests plus the conformance suite on the memory and embedded transports."""
+    session.install("-e", "core[testing]")
+    session.run(*PYTEST, "core/tests", *_pytest_args(session))
+
+
+@nox.session(tags=["plugins"])
+@nox.parametrize("plugin", PLUGINS)
+def tests(session: nox.Session, plugin: str) -> None:
+    """A plugin's own tests and the conformance suite, against its real server."""
+    path = ROOT / "plugins" / f"machinery-{plugin}"
+    session.install("-e", "core[testing]", "-e", str(path), *_test_group(path))
+    session.run(*PYTEST, str(path / "tests"), *_pytest_args(session))
+
+
+@nox.session(tags=["e2e"])
+def e2e(session: nox.Session) -> None:
+    """Cross-plugin and end-to-end tests (mixed brokers and backends, Go wire fixtures)."""
+    session.install("-e", "core[testing]")
+    for plugin in PLUGINS:
+        path = ROOT / "plugins" / f"machinery-{plugin}"
+        session.install("-e", str(path), *_test_group(path))
+    session.run(*PYTEST, "tests", *_pytest_args(session))
+
+
+@nox.session(tags=["bench"])
+def bench(session: nox.Session) -> None:
+    """Benchmarks against Celery, Dramatiq, RQ, arq, Huey and Taskiq (writes benchmarks/RESULTS.md)."""
+    session.install("-e", "core", "-e", "plugins/machinery-redis", "-r", "benchmarks/requirements.txt")
+    if (ROOT / "plugins" / "machinery-amqp").exists():
+        session.install("-e", "plugins/machinery-amqp")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1", **os.environ})
