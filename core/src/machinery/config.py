@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from machinery.errors import ConfigError
 
@@ -196,7 +196,9 @@ class Config:
         return cls.from_mapping(data)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Config:
         """YAML file (optional) < environment < keyword overrides."""
         base = cls.from_yaml(path) if path else cls()
         cfg = cls.from_env(env, base)
@@ -227,10 +229,11 @@ def _plugin_env_options() -> dict[str, tuple[str, str]]:
         host.load()
     except Exception:  # noqa: BLE001
         return out
-    for kind in ("broker", "backend", "lock"):
-        for scheme in host.schemes(kind):  # type: ignore[arg-type]
+    kinds: tuple[Literal["broker", "backend", "lock"], ...] = ("broker", "backend", "lock")
+    for kind in kinds:
+        for scheme in host.schemes(kind):
             try:
-                cls = host._class(kind, f"{scheme}://", object)  # type: ignore[arg-type]
+                cls = host._class(kind, f"{scheme}://", object)
             except Exception:  # noqa: BLE001
                 continue
             section = getattr(cls, "config_section", None)
@@ -243,7 +246,9 @@ def _plugin_env_options() -> dict[str, tuple[str, str]]:
 # -- redaction --------------------------------------------------------------------------------
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@")
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pass|secret|token|key|access_key|secret_key|sig)[^=&]*=)[^&]*")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;](?:password|passwd|pass|secret|token|key|access_key|secret_key|sig)[^=&]*=)[^&]*"
+)
 
 
 def _secret_key(key: str) -> bool:
@@ -361,9 +366,7 @@ def parse_options(cls: type[T], section: str, *sources: Mapping[str, Any]) -> T:
         for key, value in src.items():
             k = key.lower().replace("-", "_")
             if k not in names:
-                raise ConfigError(
-                    f"{section}.{key}", f"unknown option; known options: {', '.join(sorted(names))}"
-                )
+                raise ConfigError(f"{section}.{key}", f"unknown option; known options: {', '.join(sorted(names))}")
             merged[k] = _coerce(f"{section}.{key}", value, hints.get(k, Any))
     try:
         return cls(**merged)

@@ -87,8 +87,7 @@ class PluginLoadError(MachineryError):
         from machinery import __version__
 
         super().__init__(
-            f"plugin {entry_point!r} from {distribution} failed to load "
-            f"(machinery-core {__version__}): {reason}"
+            f"plugin {entry_point!r} from {distribution} failed to load (machinery-core {__version__}): {reason}"
         )
 
 
@@ -213,9 +212,7 @@ class ResultTimeoutError(MachineryError, TimeoutError):
         self.task_uuid = task_uuid
         self.timeout = timeout
         self.state = state
-        super().__init__(
-            f"timed out after {timeout:g}s waiting for task {task_uuid} (last state: {state or 'none'})"
-        )
+        super().__init__(f"timed out after {timeout:g}s waiting for task {task_uuid} (last state: {state or 'none'})")
 
 
 class RetryTaskLater(MachineryError):

@@ -209,7 +209,7 @@ class PluginHost:
         key = (kind, scheme)
         cls = self._resolved.get(key)
         if cls is not None:
-            return cast(type[T], cls)
+            return cls
         entry = self._registry[kind].get(scheme)
         if entry is None:
             hint = KNOWN_SCHEMES.get(scheme)
@@ -227,19 +227,19 @@ class PluginHost:
         if not (isinstance(target, type) and issubclass(target, base)):
             raise PluginLoadError(scheme, dist, f"{target!r} is not a {base.__name__} subclass")
         self._resolved[key] = target
-        return cast(type[T], target)
+        return target
 
     def broker_class(self, url: str) -> type[Broker]:
         """The :class:`Broker` class serving ``url``'s scheme."""
-        return self._class("broker", url, Broker)
+        return self._class("broker", url, Broker)  # type: ignore[type-abstract]
 
     def backend_class(self, url: str) -> type[Backend]:
         """The :class:`Backend` class serving ``url``'s scheme."""
-        return self._class("backend", url, Backend)
+        return self._class("backend", url, Backend)  # type: ignore[type-abstract]
 
     def lock_class(self, url: str) -> type[Lock]:
         """The :class:`Lock` class serving ``url``'s scheme."""
-        return self._class("lock", url, Lock)
+        return self._class("lock", url, Lock)  # type: ignore[type-abstract]
 
     def config_sections(self) -> set[str]:
         """Config sections owned by any registered transport (for unknown-key errors)."""

@@ -223,7 +223,7 @@ class ChordAsyncResult:
     """
 
     def __init__(self, group_tasks: Sequence[Signature], callback: Signature, backend: Backend) -> None:
-        self.group_results = GroupResult((AsyncResult(t, backend) for t in group_tasks))
+        self.group_results = GroupResult(AsyncResult(t, backend) for t in group_tasks)
         self.callback_result = AsyncResult(callback, backend)
 
     def results(self, timeout: float | None = None, poll_interval: float = 0.05) -> list[TaskResult]:

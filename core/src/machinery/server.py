@@ -276,7 +276,9 @@ class Server:
                 raise errors[0]
         return GroupResult((AsyncResult(s, self._backend) for s in group.tasks), group.group_uuid)
 
-    def send_group_with_context(self, context: Mapping[str, Any], group: Group, send_concurrency: int = 0) -> GroupResult:
+    def send_group_with_context(
+        self, context: Mapping[str, Any], group: Group, send_concurrency: int = 0
+    ) -> GroupResult:
         """``send_group`` carrying ``context`` in every member's headers."""
         for s in group.tasks:
             s.headers.update(context)
@@ -287,7 +289,9 @@ class Server:
         self.send_group(chord.group, send_concurrency)
         return ChordAsyncResult(chord.group.tasks, chord.callback, self._backend)
 
-    def send_chord_with_context(self, context: Mapping[str, Any], chord: Chord, send_concurrency: int = 0) -> ChordAsyncResult:
+    def send_chord_with_context(
+        self, context: Mapping[str, Any], chord: Chord, send_concurrency: int = 0
+    ) -> ChordAsyncResult:
         """``send_chord`` carrying ``context`` in the headers."""
         for s in chord.group.tasks:
             s.headers.update(context)
@@ -346,25 +350,25 @@ class Server:
 
     def register_periodic_task(self, spec: str, name: str, signature: Signature) -> None:
         """Send ``signature`` on the cron ``spec``; one send per tick across all schedulers."""
-        from machinery.schedule import PeriodicEntry
+        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
 
         self._periodic.append(PeriodicEntry.task(spec, name, signature))
 
     def register_periodic_group(self, spec: str, name: str, group: Group, send_concurrency: int = 0) -> None:
         """Send a group on the cron ``spec`` (fresh UUIDs every tick)."""
-        from machinery.schedule import PeriodicEntry
+        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
 
         self._periodic.append(PeriodicEntry.group(spec, name, group, send_concurrency))
 
     def register_periodic_chain(self, spec: str, name: str, chain: Chain) -> None:
         """Send a chain on the cron ``spec`` (fresh UUIDs every tick)."""
-        from machinery.schedule import PeriodicEntry
+        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
 
         self._periodic.append(PeriodicEntry.chain(spec, name, chain))
 
     def register_periodic_chord(self, spec: str, name: str, chord: Chord, send_concurrency: int = 0) -> None:
         """Send a chord on the cron ``spec`` (fresh UUIDs every tick)."""
-        from machinery.schedule import PeriodicEntry
+        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
 
         self._periodic.append(PeriodicEntry.chord(spec, name, chord, send_concurrency))
 
@@ -374,5 +378,5 @@ class Server:
         return list(self._periodic)
 
     def __repr__(self) -> str:
-        return f"<Server broker={redact_url(self.broker_url)} backend={redact_url(self.backend_url)} tasks={len(self._tasks)}>"
-
+        broker, backend = redact_url(self.broker_url), redact_url(self.backend_url)
+        return f"<Server broker={broker} backend={backend} tasks={len(self._tasks)}>"

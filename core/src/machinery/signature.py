@@ -79,26 +79,20 @@ def _int(type_name: str) -> Callable[[Any], int]:
 
     def conv(value: Any) -> int:
         if type(value) is not int:
-            if isinstance(value, str):
-                # json.Number-as-string, as some producers send large integers
-                try:
-                    value = int(value, 10)
-                except ValueError:
-                    raise ArgumentTypeError(type_name, value, "not an integer") from None
-            elif isinstance(value, int) and not isinstance(value, bool):
-                value = int(value)
-            else:
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise ArgumentTypeError(type_name, value, "not an integer")
-        if not lo <= value <= hi:
-            raise ArgumentTypeError(type_name, value, f"out of range [{lo}, {hi}]")
-        return value
+            value = int(value)  # int subclasses (IntEnum...)
+        n: int = value
+        if not lo <= n <= hi:
+            raise ArgumentTypeError(type_name, n, f"out of range [{lo}, {hi}]")
+        return n
 
     return conv
 
 
 def _float(type_name: str) -> Callable[[Any], float]:
     def conv(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ArgumentTypeError(type_name, value, "not a number")
         try:
             f = float(value)
@@ -514,9 +508,8 @@ def _arg_to_wire(arg: Arg, marks: _FloatMarks) -> dict[str, Any]:
     v = arg.value
     if t in _BYTES_TYPES:
         v = base64.b64encode(v).decode("ascii")
-    elif t in _FLOAT_TYPES or t in _JSON_TYPES:
-        if _needs_slow(v):
-            v = _sorted_json(v, marks)
+    elif (t in _FLOAT_TYPES or t in _JSON_TYPES) and _needs_slow(v):
+        v = _sorted_json(v, marks)
     return {"Name": arg.name, "Type": t, "Value": v}
 
 
@@ -540,9 +533,7 @@ def _sig_to_wire(sig: Signature, marks: _FloatMarks) -> dict[str, Any]:
         "OnSuccess": [_sig_to_wire(s, marks) for s in sig.on_success] if sig.on_success else None,
         "OnError": [_sig_to_wire(s, marks) for s in sig.on_error] if sig.on_error else None,
         "ChordCallback": _sig_to_wire(sig.chord_callback, marks) if sig.chord_callback else None,
-        "ChordErrorCallback": (
-            _sig_to_wire(sig.chord_error_callback, marks) if sig.chord_error_callback else None
-        ),
+        "ChordErrorCallback": (_sig_to_wire(sig.chord_error_callback, marks) if sig.chord_error_callback else None),
         "BrokerMessageGroupId": sig.broker_message_group_id,
         "SQSReceiptHandle": sig.sqs_receipt_handle,
         "StopTaskDeletionOnError": sig.stop_task_deletion_on_error,
@@ -716,9 +707,7 @@ def _sig_from_wire(d: Any, path: str = "") -> Signature:
     sig.on_success = _sig_list(d.get("OnSuccess"), f"{path}OnSuccess")
     sig.on_error = _sig_list(d.get("OnError"), f"{path}OnError")
     sig.chord_callback = _sig_from_wire(cc, f"{path}ChordCallback.") if cc is not None else None
-    sig.chord_error_callback = (
-        _sig_from_wire(cec, f"{path}ChordErrorCallback.") if cec is not None else None
-    )
+    sig.chord_error_callback = _sig_from_wire(cec, f"{path}ChordErrorCallback.") if cec is not None else None
     sig.broker_message_group_id = _get_str(d, "BrokerMessageGroupId", path)
     sig.sqs_receipt_handle = _get_str(d, "SQSReceiptHandle", path)
     sig.stop_task_deletion_on_error = _get_bool(d, "StopTaskDeletionOnError", path)
@@ -780,7 +769,11 @@ def encode_task_state(state: TaskState) -> bytes:
 
 
 _STATE_FIELDS = ("TaskUUID", "TaskName", "State", "Results", "Error", "CreatedAt", "TTL")
-_STATE_FOLDED = {f.lower(): f for f in _STATE_FIELDS} | {"_id": "TaskUUID", "task_name": "TaskName", "created_at": "CreatedAt"}
+_STATE_FOLDED = {f.lower(): f for f in _STATE_FIELDS} | {
+    "_id": "TaskUUID",
+    "task_name": "TaskName",
+    "created_at": "CreatedAt",
+}
 _STATE_SET = frozenset(_STATE_FIELDS)
 _STATES = frozenset({"PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE"})
 

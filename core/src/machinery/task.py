@@ -132,7 +132,7 @@ class Task:
             raise ValueError("a task needs a non-empty name")
         self.name = name
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -149,12 +149,12 @@ class Task:
         if sig is None:
             return
         params = list(sig.parameters.values())
-        if params and (hints.get(params[0].name) is TaskContext or params[0].annotation in (TaskContext, "TaskContext")):
+        if params and (
+            hints.get(params[0].name) is TaskContext or params[0].annotation in (TaskContext, "TaskContext")
+        ):
             self.takes_context = True
             params = params[1:]
-        positional = [
-            p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         var = [p for p in params if p.kind == p.VAR_POSITIONAL]
         required_kw = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
         if required_kw:
@@ -173,8 +173,10 @@ class Task:
         """
         n = len(values)
         if n < self.min_args or (self.max_args is not None and n > self.max_args):
-            want = str(self.min_args) if self.max_args == self.min_args else (
-                f"{self.min_args}..{self.max_args}" if self.max_args is not None else f"at least {self.min_args}"
+            want = (
+                str(self.min_args)
+                if self.max_args == self.min_args
+                else (f"{self.min_args}..{self.max_args}" if self.max_args is not None else f"at least {self.min_args}")
             )
             raise ArgumentTypeError("args", values, f"task {self.name!r} takes {want} arguments, got {n}")
         convs = self.convs
@@ -189,7 +191,9 @@ class Task:
                 if c is not None:
                     out[i] = c(v)
         except ArgumentTypeError as exc:
-            raise ArgumentTypeError(exc.arg_type, exc.value, f"argument {i + 1} of task {self.name!r} {exc.reason}") from None
+            raise ArgumentTypeError(
+                exc.arg_type, exc.value, f"argument {i + 1} of task {self.name!r} {exc.reason}"
+            ) from None
         return out
 
     def __repr__(self) -> str:

@@ -193,7 +193,7 @@ class Worker:
         if self._threads:
             raise RuntimeError("worker already launched")
         if self.beat and self._scheduler is None and self.server.periodic_entries:
-            from machinery.schedule import Scheduler
+            from machinery.schedule import Scheduler  # type: ignore[import-not-found,unused-ignore]
 
             self._scheduler = Scheduler(self.server)
             self._scheduler.start()
@@ -228,15 +228,15 @@ class Worker:
 
     # -- signals ----------------------------------------------------------------------------------
 
-    def _install_signals(self) -> dict[int, Any] | None:
+    def _install_signals(self) -> dict[signal.Signals, Any] | None:
         if self.server.config.no_unix_signals or threading.current_thread() is not threading.main_thread():
             return None
-        old = {}
+        old: dict[signal.Signals, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, self._on_signal)
         return old
 
-    def _restore_signals(self, old: dict[int, Any]) -> None:
+    def _restore_signals(self, old: dict[signal.Signals, Any]) -> None:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
@@ -291,7 +291,7 @@ class Worker:
                 log.warning("broker error: %s; reconnecting in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
-            except Exception as exc:  # noqa: BLE001 - the worker must survive broker bugs
+            except Exception as exc:
                 self._report(exc)
                 log.exception("unexpected error while consuming; restarting in %.1fs", backoff)
                 stop.wait(backoff)
@@ -311,7 +311,7 @@ class Worker:
                 return
             try:
                 self.process_delivery(item)
-            except BaseException:  # noqa: BLE001 - never let a task thread die
+            except BaseException:
                 log.exception("unexpected error while processing a delivery")
             finally:
                 with self._inflight_lock:
@@ -324,13 +324,13 @@ class Worker:
         if self._error_handler is not None:
             try:
                 self._error_handler(exc)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("error handler raised")
 
     def _safe_hook(self, hook: Callable[[Any], Any], event: Any) -> None:
         try:
             hook(event)
-        except Exception:  # noqa: BLE001 - observers must not break the worker
+        except Exception:
             log.exception("a plugin's lifecycle hook raised")
 
     def process_delivery(self, delivery: Delivery) -> None:
@@ -374,7 +374,7 @@ class Worker:
             log.error("task %s (%s): %s; giving the message back for redelivery", sig.name, sig.uuid, exc)
             try:
                 broker.nack(delivery, requeue=True, delay=BACKEND_ERROR_REQUEUE_DELAY)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not give the message back; the broker will redeliver it")
             return
         if keep:
@@ -444,7 +444,9 @@ class Worker:
         server = self.server
         server.backend.set_state_success(sig, results)
         if self._obs_succeeded:
-            self._safe_hook(self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime))
+            self._safe_hook(
+                self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime)
+            )
         for nxt in sig.on_success:
             if not nxt.immutable:
                 nxt.args.extend(Arg._trusted(r.type, r.value) for r in results)
@@ -477,7 +479,9 @@ class Worker:
         else:
             log.error("failed processing task %s (%s): %s", sig.name, sig.uuid, err)
         if self._obs_failed:
-            self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, traceback=tb))
+            self._safe_hook(
+                self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, traceback=tb)
+            )
         for cb in sig.on_error:
             cb.args.insert(0, Arg._trusted("string", err))
             server.send_task(cb)
@@ -498,7 +502,9 @@ class Worker:
         err = error_string(exc)
         secs = delay.total_seconds()
         if self._obs_retried:
-            self._safe_hook(self._hooks.task_retried, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, retry_in=secs))
+            self._safe_hook(
+                self._hooks.task_retried, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, retry_in=secs)
+            )
         else:
             log.warning("task %s (%s) failed: %s; retrying in %gs", sig.name, sig.uuid, err, secs)
         self.server._republish(sig)
