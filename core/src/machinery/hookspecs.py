@@ -37,7 +37,8 @@ def machinery_register_brokers(register: Register) -> None:
 def machinery_register_backends(register: Register) -> None:
     """Register result backend classes for URL schemes.
 
-    Same rules as :func:`machinery_register_brokers`; ``cls`` is a
+    Called once per process, on the first URL resolution, like
+    :func:`machinery_register_brokers` and with the same rules; ``cls`` is a
     :class:`~machinery.interfaces.Backend` subclass or a ``"module:Class"`` string.
 
     :param register: the registration callback.
@@ -48,7 +49,8 @@ def machinery_register_backends(register: Register) -> None:
 def machinery_register_locks(register: Register) -> None:
     """Register lock classes for URL schemes.
 
-    Same rules as :func:`machinery_register_brokers`; ``cls`` is a
+    Called once per process, on the first URL resolution, like
+    :func:`machinery_register_brokers` and with the same rules; ``cls`` is a
     :class:`~machinery.interfaces.Lock` subclass or a ``"module:Class"`` string.
 
     :param register: the registration callback.
@@ -101,7 +103,7 @@ def machinery_task_failed(event: TaskEvent) -> None:
 def machinery_task_retried(event: TaskEvent) -> None:
     """A task failed and was re-sent for a later attempt (RETRY is stored).
 
-    ``event.retry_in`` holds the delay in seconds.
+    Called in the task's worker thread; ``event.retry_in`` holds the delay in seconds.
 
     :param event: what happened.
     """
@@ -119,7 +121,9 @@ def machinery_worker_started(event: WorkerEvent) -> None:
 
 @hookspec
 def machinery_worker_stopped(event: WorkerEvent) -> None:
-    """A worker stopped consuming and finished its in-flight tasks (or was told to stop now).
+    """A worker stopped consuming and finished its in-flight tasks.
+
+    Called once per launch, from the thread that ran the worker, after its task threads ended.
 
     :param event: the worker's consumer tag, queue, concurrency and redacted URLs.
     """

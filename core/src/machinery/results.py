@@ -9,7 +9,6 @@ error; running out of time raises :class:`~machinery.errors.ResultTimeoutError`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -144,6 +143,8 @@ class AsyncResult:
 
     async def aget(self, timeout: float | None = None, poll_interval: float = 0.05) -> Any:
         """``get`` for asyncio code: polls without blocking the event loop."""
+        import asyncio
+
         limit = _FOREVER if timeout is None else timeout
         deadline = time.monotonic() + limit
         delay = 0.001

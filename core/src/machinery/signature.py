@@ -458,11 +458,17 @@ def _go_float(x: float) -> str:
     mant, _, exp = r.partition("e")
     if mant.endswith(".0"):
         mant = mant[:-2]
-    sign = exp[0] if exp[0] in "+-" else "+"
+    sign = "-" if exp.startswith("-") else "+"
     digits = exp.lstrip("+-").lstrip("0") or "0"
-    if len(digits) < 2:
-        digits = "0" + digits
+    if sign == "+" and len(digits) < 2:
+        digits = "0" + digits  # Go keeps two exponent digits; it trims only "e-0N" to "e-N"
     return f"{mant}e{sign}{digits}"
+
+
+class _NullHeaders(dict[str, Any]):
+    """Headers that arrived as JSON ``null`` (Go's nil map); re-encoded as ``null`` while empty."""
+
+    __slots__ = ()
 
 
 class _FloatMarks:
@@ -514,9 +520,11 @@ def _arg_to_wire(arg: Arg, marks: _FloatMarks) -> dict[str, Any]:
 
 
 def _sig_to_wire(sig: Signature, marks: _FloatMarks) -> dict[str, Any]:
-    headers = sig.headers
+    headers: Any = sig.headers
     if headers and (len(headers) > 1 or _needs_slow(headers)):
         headers = _sorted_json(headers, marks)
+    elif not headers and type(headers) is _NullHeaders:
+        headers = None
     return {
         "UUID": sig.uuid,
         "Name": sig.name,
@@ -686,7 +694,7 @@ def _sig_from_wire(d: Any, path: str = "") -> Signature:
             eta = None
     headers = d.get("Headers")
     if headers is None:
-        headers = {}
+        headers = _NullHeaders()
     elif not isinstance(headers, dict):
         raise _Bad(f"{path}Headers", "expected an object or null")
     cc = d.get("ChordCallback")
@@ -720,6 +728,8 @@ def _loads(raw: bytes | str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(raw, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError(raw, "not valid JSON: nested too deeply") from None
 
 
 def decode_signature(raw: bytes | str | Mapping[str, Any]) -> Signature:
@@ -730,7 +740,7 @@ def decode_signature(raw: bytes | str | Mapping[str, Any]) -> Signature:
     """
     data = raw if isinstance(raw, Mapping) else _loads(raw)
     try:
-        return _sig_from_wire(dict(data) if not isinstance(data, dict) else data)
+        return _sig_from_wire(dict(data) if isinstance(data, Mapping) and not isinstance(data, dict) else data)
     except _Bad as bad:
         src = raw if not isinstance(raw, Mapping) else json.dumps(raw, default=str)
         raise DecodeError(src, f"{bad.path}: {bad.reason}") from None

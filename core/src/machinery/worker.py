@@ -98,6 +98,10 @@ class Worker:
         self._inflight_lock = threading.Lock()
         self._scheduler: Any = None
         self.beat = False
+        #: Seconds before an unregistered task is offered again.
+        self.unregistered_requeue_delay = UNREGISTERED_REQUEUE_DELAY
+        #: Seconds before a delivery whose state could not be stored is offered again.
+        self.backend_error_requeue_delay = BACKEND_ERROR_REQUEUE_DELAY
         hooks = server.plugins
         obs = hooks.has_task_observers()
         self._hooks = hooks
@@ -362,9 +366,9 @@ class Worker:
                     "task %s (%s) is not registered here; requeued for another worker in %.0fs",
                     sig.name,
                     sig.uuid,
-                    UNREGISTERED_REQUEUE_DELAY,
+                    self.unregistered_requeue_delay,
                 )
-                broker.nack(delivery, requeue=True, delay=UNREGISTERED_REQUEUE_DELAY)
+                broker.nack(delivery, requeue=True, delay=self.unregistered_requeue_delay)
             return
 
         try:
@@ -373,7 +377,7 @@ class Worker:
             self._report(exc)
             log.error("task %s (%s): %s; giving the message back for redelivery", sig.name, sig.uuid, exc)
             try:
-                broker.nack(delivery, requeue=True, delay=BACKEND_ERROR_REQUEUE_DELAY)
+                broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
             except Exception:
                 log.exception("could not give the message back; the broker will redeliver it")
             return

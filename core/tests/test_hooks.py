@@ -1,0 +1,184 @@
+"""Meta-tests keeping the hook surface honest: every hookspec is documented with a matching
+signature and exercised by a ``test_hook_<name>`` test."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from machinery import Config, Server, Signature, hookimpl, hookspecs
+from machinery.events import TaskEvent, WorkerEvent
+from machinery.plugins import PluginHost
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
+SPECS = {n: f for n, f in vars(hookspecs).items() if n.startswith("machinery_") and callable(f)}
+
+
+def test_every_hookspec_is_documented_with_its_signature() -> None:
+    text = DOCS.read_text()
+    documented = dict(re.findall(r"^### (machinery_\w+)\(([^)]*)\)", text, re.M))
+    assert set(documented) == set(SPECS)
+    for name, fn in SPECS.items():
+        params = ", ".join(inspect.signature(fn).parameters)
+        assert documented[name] == params, name
+
+
+def test_every_hookspec_has_a_test() -> None:
+    tests = {n for n in dir(sys.modules[__name__]) if n.startswith("test_hook_")}
+    assert {f"test_hook_{n}" for n in SPECS} <= tests
+
+
+def test_every_hookspec_has_a_full_docstring() -> None:
+    for name, fn in SPECS.items():
+        doc = inspect.getdoc(fn) or ""
+        assert "Called" in doc or "called" in doc, f"{name}: say when it is called"
+        for param in inspect.signature(fn).parameters:
+            assert f":param {param}:" in doc, f"{name}: document {param}"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def _rec(self, name: str, event: Any) -> None:
+        with self.lock:
+            self.calls.append((name, event))
+
+    @hookimpl
+    def machinery_task_received(self, event: TaskEvent) -> None:
+        self._rec("received", event)
+
+    @hookimpl
+    def machinery_task_started(self, event: TaskEvent) -> None:
+        self._rec("started", event)
+
+    @hookimpl
+    def machinery_task_succeeded(self, event: TaskEvent) -> None:
+        self._rec("succeeded", event)
+
+    @hookimpl
+    def machinery_task_failed(self, event: TaskEvent) -> None:
+        self._rec("failed", event)
+
+    @hookimpl
+    def machinery_task_retried(self, event: TaskEvent) -> None:
+        self._rec("retried", event)
+
+    @hookimpl
+    def machinery_worker_started(self, event: WorkerEvent) -> None:
+        self._rec("worker_started", event)
+
+    @hookimpl
+    def machinery_worker_stopped(self, event: WorkerEvent) -> None:
+        self._rec("worker_stopped", event)
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.calls]
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[Recorder, dict[str, str]]:
+    host = PluginHost(load_entry_points=False)
+    rec = Recorder()
+    host.pm.register(rec, name="recorder")
+    name = uuid.uuid4().hex
+    srv = Server(Config(broker=f"memory://u:secret@{name}", result_backend=f"memory://{name}"), plugins=host)
+    attempts = {"n": 0}
+
+    @srv.task("ok")
+    def ok(x: int) -> int:
+        return x
+
+    @srv.task("bad")
+    def bad() -> None:
+        raise ValueError("nope")
+
+    @srv.task("again")
+    def again() -> str:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise RuntimeError("first")
+        return "second"
+
+    w = srv.new_worker("hooks", 2).launch_in_background()
+    ids = {}
+    try:
+        ids["ok"] = srv.send_task(Signature("ok", args=[1])).task_uuid
+        r = srv.send_task(Signature("bad"))
+        ids["bad"] = r.task_uuid
+        ids["again"] = srv.send_task(Signature("again", retry_count=1)).task_uuid
+        for u in ids.values():
+            try:
+                srv.async_result(u).get(timeout=10)
+            except Exception:
+                pass
+    finally:
+        w.quit()
+    return rec, ids
+
+
+def _events(rec: Recorder, name: str) -> list[Any]:
+    return [e for n, e in rec.calls if n == name]
+
+
+def test_hook_machinery_register_brokers() -> None:
+    host = PluginHost(load_entry_points=False)
+    assert "memory" in host.schemes("broker")
+
+
+def test_hook_machinery_register_backends() -> None:
+    host = PluginHost(load_entry_points=False)
+    assert "memory" in host.schemes("backend")
+
+
+def test_hook_machinery_register_locks() -> None:
+    host = PluginHost(load_entry_points=False)
+    assert "memory" in host.schemes("lock")
+
+
+def test_hook_machinery_task_received(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, ids = run
+    assert {e.signature.uuid for e in _events(rec, "received")} >= set(ids.values())
+
+
+def test_hook_machinery_task_started(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, ids = run
+    assert sum(1 for e in _events(rec, "started") if e.signature.uuid == ids["again"]) == 2
+
+
+def test_hook_machinery_task_succeeded(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, ids = run
+    ev = next(e for e in _events(rec, "succeeded") if e.signature.uuid == ids["ok"])
+    assert [r.value for r in ev.results] == [1] and ev.runtime >= 0
+
+
+def test_hook_machinery_task_failed(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, ids = run
+    ev = next(e for e in _events(rec, "failed") if e.signature.uuid == ids["bad"])
+    assert ev.error == "ValueError: nope" and isinstance(ev.exc, ValueError) and "Traceback" in ev.traceback
+
+
+def test_hook_machinery_task_retried(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, ids = run
+    ev = next(e for e in _events(rec, "retried") if e.signature.uuid == ids["again"])
+    assert ev.retry_in == 1 and ev.error == "RuntimeError: first"
+
+
+def test_hook_machinery_worker_started(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, _ = run
+    ev = _events(rec, "worker_started")[0]
+    assert ev.consumer_tag == "hooks" and "secret" not in ev.broker and "***" in ev.broker
+    assert set(ev.tasks) == {"ok", "bad", "again"}
+
+
+def test_hook_machinery_worker_stopped(run: tuple[Recorder, dict[str, str]]) -> None:
+    rec, _ = run
+    assert rec.names()[-1] == "worker_stopped"

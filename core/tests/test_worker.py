@@ -1,0 +1,440 @@
+"""Server and worker behaviour on the in-process memory transport, with real threads."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from machinery import (
+    Arg,
+    Chain,
+    Chord,
+    Config,
+    Group,
+    ResultTimeoutError,
+    RetryTaskLater,
+    Server,
+    Signature,
+    TaskContext,
+    TaskFailedError,
+    Worker,
+)
+from machinery.interfaces import Delivery
+from machinery.memory import MemoryBroker
+from machinery.signature import encode_signature
+
+
+@pytest.fixture
+def server() -> Server:
+    name = uuid.uuid4().hex
+    srv = Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}", lock=f"memory://{name}"))
+
+    @srv.task("add")
+    def add(*args: int) -> int:
+        return sum(args)
+
+    @srv.task("multiply")
+    def multiply(*args: int) -> int:
+        out = 1
+        for a in args:
+            out *= a
+        return out
+
+    return srv
+
+
+@pytest.fixture
+def worker(server: Server) -> Iterator[Worker]:
+    w = server.new_worker("test", 4)
+    w.unregistered_requeue_delay = 0.2
+    w.launch_in_background()
+    yield w
+    w.quit(timeout=10)
+
+
+def test_the_issue_example(server: Server, worker: Worker) -> None:
+    r = server.send_task(Signature("add", args=[Arg("int64", 1), Arg("int64", 1)]))
+    assert r.get(timeout=5) == 2
+    assert r.status == "SUCCESS"
+    assert [(x.type, x.value) for x in r.results()] == [("int64", 2)]
+
+
+def test_seed_chain_gives_48(server: Server, worker: Worker) -> None:
+    chain = Chain(
+        Signature("add", args=[Arg("int64", 1), Arg("int64", 1)]),
+        Signature("add", args=[Arg("int64", 5), Arg("int64", 5)]),
+        Signature("multiply", args=[Arg("int64", 4)]),
+    )
+    assert server.send_chain(chain).get(timeout=5) == 48
+    # each step received the previous results appended
+    last = server.backend.get_state(chain.tasks[-1].uuid)
+    assert last is not None and last.values == [48]
+
+
+def test_seed_chord_gives_20(server: Server, worker: Worker) -> None:
+    chord = Chord(Group(Signature("add", args=[1, 1]), Signature("add", args=[5, 5])), Signature("multiply"))
+    res = server.send_chord(chord)
+    assert res.get(timeout=5) == 20
+    assert [r.get() for r in res.group_results] == [2, 10]
+
+
+def test_group_results_in_order(server: Server, worker: Worker) -> None:
+    g = Group(*[Signature("add", args=[i, i]) for i in range(20)])
+    results = server.send_group(g, send_concurrency=3)
+    assert results.get(timeout=10) == [2 * i for i in range(20)]
+    assert results.group_uuid == g.group_uuid
+
+
+def test_immutable_callback_does_not_receive_results(server: Server, worker: Worker) -> None:
+    cb = Signature("add", args=[100], immutable=True, uuid="task_" + uuid.uuid4().hex)
+    server.send_task(Signature("add", args=[1, 2], on_success=[cb]))
+    assert server.async_result(cb.uuid).get(timeout=5) == 100
+    chord = Chord(Group(Signature("add", args=[1])), Signature("add", args=[7], immutable=True))
+    assert server.send_chord(chord).get(timeout=5) == 7
+
+
+def test_on_success_callbacks_get_results_appended(server: Server, worker: Worker) -> None:
+    cb = Signature("add", args=[100], uuid="task_" + uuid.uuid4().hex)
+    server.send_task(Signature("add", args=[1, 2], on_success=[cb]))
+    assert server.async_result(cb.uuid).get(timeout=5) == 103
+
+
+def test_task_error_is_failure_and_on_error_gets_the_error_first(
+    server: Server, worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[list[object]] = []
+
+    @server.task("boom")
+    def boom(x: int) -> None:
+        raise ValueError(f"bad {x}")
+
+    @server.task("record")
+    def record(*args: object) -> str:
+        seen.append(list(args))
+        return "ok"
+
+    cb = Signature("record", args=["extra"], uuid="task_" + uuid.uuid4().hex)
+    caplog.set_level(logging.ERROR, logger="machinery")
+    r = server.send_task(Signature("boom", args=[7], on_error=[cb]))
+    with pytest.raises(TaskFailedError, match="ValueError: bad 7") as info:
+        r.get(timeout=5)
+    assert info.value.error == "ValueError: bad 7"
+    assert server.async_result(cb.uuid).get(timeout=5) == "ok"
+    assert seen == [["ValueError: bad 7", "extra"]]
+    assert any("Traceback" in rec.getMessage() and "bad 7" in rec.getMessage() for rec in caplog.records)
+    # the worker is still alive
+    assert server.send_task(Signature("add", args=[1])).get(timeout=5) == 1
+
+
+def test_retry_count_uses_fibonacci_backoff(server: Server, worker: Worker) -> None:
+    attempts: list[float] = []
+
+    @server.task("flaky")
+    def flaky() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+        return "done"
+
+    published: list[Signature] = []
+    server.set_pre_publish_handler(lambda s: published.append(s.copy()))
+    r = server.send_task(Signature("flaky", retry_count=3))
+    states = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not r.ready():
+        states.add(r.status)
+        time.sleep(0.02)
+    assert r.get(timeout=1) == "done"
+    assert "RETRY" in states
+    # Go: RetryTimeout 0 -> 1 -> 2 seconds, RetryCount decremented each time
+    retries = published[1:]
+    assert [s.retry_timeout for s in retries] == [1, 2]
+    assert [s.retry_count for s in retries] == [2, 1]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert 0.9 <= gaps[0] < 1.8 and 1.9 <= gaps[1] < 2.8
+
+
+def test_retry_count_exhausted_is_failure(server: Server, worker: Worker) -> None:
+    @server.task("always")
+    def always() -> None:
+        raise RuntimeError("nope")
+
+    r = server.send_task(Signature("always", retry_count=1))
+    with pytest.raises(TaskFailedError, match="RuntimeError: nope"):
+        r.get(timeout=5)
+
+
+def test_retry_task_later(server: Server, worker: Worker) -> None:
+    calls: list[float] = []
+
+    @server.task("later")
+    def later() -> int:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RetryTaskLater("busy", timedelta(milliseconds=300))
+        return 5
+
+    published: list[Signature] = []
+    server.set_pre_publish_handler(lambda s: published.append(s.copy()))
+    r = server.send_task(Signature("later"))
+    assert r.get(timeout=5) == 5
+    assert 0.25 <= calls[1] - calls[0] < 1.5
+    assert published[1].retry_count == 0  # RetryTaskLater does not touch RetryCount
+
+
+def test_eta_is_honoured(server: Server, worker: Worker) -> None:
+    started: list[float] = []
+
+    @server.task("when")
+    def when() -> None:
+        started.append(time.time())
+
+    eta = datetime.now(timezone.utc) + timedelta(milliseconds=400)
+    r = server.send_task(Signature("when", eta=eta))
+    assert server.get_delayed_tasks()[0].uuid == r.task_uuid
+    r.get(timeout=5)
+    assert eta.timestamp() <= started[0] < eta.timestamp() + 0.1
+
+
+def test_priority_orders_delivery(server: Server) -> None:
+    order: list[int] = []
+
+    @server.task("p")
+    def p(n: int) -> None:
+        order.append(n)
+
+    for n in (1, 5, 3):
+        server.send_task(Signature("p", args=[n], priority=n))
+    w = server.new_worker("prio", 1).launch_in_background()
+    try:
+        deadline = time.monotonic() + 5
+        while len(order) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        w.quit()
+    assert order == [5, 3, 1]
+
+
+def test_context_tasks_and_async_tasks(server: Server, worker: Worker) -> None:
+    @server.task("ctx")
+    def ctx(context: TaskContext, x: int) -> str:
+        return f"{context.task_uuid}:{context.retry_count}:{context.headers.get('h')}:{x}"
+
+    @server.task("aio")
+    async def aio(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    r = server.send_task_with_context({"h": "v"}, Signature("ctx", args=[3], retry_count=2))
+    assert r.get(timeout=5) == f"{r.task_uuid}:2:v:3"
+    assert server.send_task(Signature("aio", args=[21])).get(timeout=5) == 42
+
+
+def test_type_hints_validate_and_convert_arguments(server: Server, worker: Worker) -> None:
+    @server.task("typed")
+    def typed(a: int, b: float, c: str = "d") -> tuple[int, float, str]:
+        return a, b, c
+
+    r = server.send_task(Signature("typed", args=[Arg("int64", 1), Arg("int64", 2)]))
+    assert r.get(timeout=5) == (1, 2.0, "d")
+    assert [x.type for x in r.results()] == ["int64", "float64", "string"]
+    bad = server.send_task(Signature("typed", args=["x", 1.0]))
+    with pytest.raises(TaskFailedError, match="argument 1 of task 'typed'"):
+        bad.get(timeout=5)
+    arity = server.send_task(Signature("typed", args=[1, 2.0, "x", "y"]))
+    with pytest.raises(TaskFailedError, match=r"takes 2\.\.3 arguments, got 4"):
+        arity.get(timeout=5)
+
+
+def test_handlers(server: Server, worker: Worker) -> None:
+    events: list[str] = []
+    errors: list[BaseException] = []
+    worker.set_pre_task_handler(lambda s: events.append(f"pre:{s.name}"))
+    worker.set_post_task_handler(lambda s: events.append(f"post:{s.name}"))
+    worker.set_error_handler(errors.append)
+
+    @server.task("fails")
+    def fails() -> None:
+        raise KeyError("k")
+
+    server.send_task(Signature("add", args=[1])).get(timeout=5)
+    with pytest.raises(TaskFailedError):
+        server.send_task(Signature("fails")).get(timeout=5)
+    assert events[:2] == ["pre:add", "post:add"]
+    assert "pre:fails" in events and "post:fails" in events
+    assert len(errors) == 1 and isinstance(errors[0], KeyError)
+
+
+def test_pre_consume_handler_pauses_consumption(server: Server) -> None:
+    allow = threading.Event()
+    w = server.new_worker("paused", 2)
+    w.set_pre_consume_handler(lambda _w: allow.is_set())
+    w.launch_in_background()
+    try:
+        r = server.send_task(Signature("add", args=[4]))
+        with pytest.raises(ResultTimeoutError):
+            r.get(timeout=0.4)
+        assert r.status == "PENDING"
+        allow.set()
+        assert r.get(timeout=5) == 4
+    finally:
+        w.quit()
+
+
+def test_unregistered_task_is_requeued_until_a_worker_knows_it(server: Server, worker: Worker) -> None:
+    r = server.send_task(Signature("unknown_yet", args=[1]))
+    time.sleep(0.5)
+    assert r.status == "PENDING"
+    server.register_task("unknown_yet", lambda x: x + 1)
+    assert r.get(timeout=5) == 2
+
+
+def test_unregistered_task_with_ignore_flag_is_dropped(server: Server, worker: Worker) -> None:
+    server.send_task(Signature("nobody", ignore_when_task_not_registered=True))
+    time.sleep(0.3)
+    broker = server.broker
+    assert isinstance(broker, MemoryBroker)
+    assert broker.pending_tasks() == [] and broker.delayed_tasks() == []
+
+
+def test_malformed_message_is_dead_lettered_and_worker_survives(
+    server: Server, worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="machinery")
+    broker = server.broker
+    assert isinstance(broker, MemoryBroker)
+    good = Signature("add", args=[1], routing_key=server.config.default_queue)
+    # publish raw garbage and a bad argument straight to the queue
+    broker.publish(b"{not json", good)
+    broker.publish(b'{"Name":"add","Args":[{"Type":"int8","Value":999}]}', good)
+    time.sleep(0.3)
+    assert broker.dead_letters()[:2] == [b"{not json", b'{"Name":"add","Args":[{"Type":"int8","Value":999}]}']
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+    assert server.send_task(Signature("add", args=[2])).get(timeout=5) == 2
+
+
+def test_backend_failure_gives_the_message_back(server: Server, worker: Worker) -> None:
+    backend = server.backend
+    real = backend.set_state_success
+    failures = {"n": 0}
+
+    def flaky_success(sig: Signature, results: list[object]) -> None:
+        if failures["n"] < 1:
+            failures["n"] += 1
+            raise ConnectionError("backend down")
+        real(sig, results)  # type: ignore[arg-type]
+
+    worker.backend_error_requeue_delay = 0.1
+    backend.set_state_success = flaky_success  # type: ignore[method-assign,assignment]
+    try:
+        assert server.send_task(Signature("add", args=[9])).get(timeout=5) == 9
+    finally:
+        backend.set_state_success = real  # type: ignore[method-assign]
+    assert failures["n"] == 1
+
+
+def test_states_progress_received_started_success(server: Server) -> None:
+    seen: list[str] = []
+    gate = threading.Event()
+
+    @server.task("gated")
+    def gated() -> int:
+        gate.wait(5)
+        return 1
+
+    r = server.send_task(Signature("gated"))
+    seen.append(r.status)
+    w = server.new_worker("s", 1).launch_in_background()
+    try:
+        deadline = time.monotonic() + 5
+        while r.status != "STARTED" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen.append(r.status)
+        gate.set()
+        r.get(timeout=5)
+        seen.append(r.status)
+    finally:
+        w.quit()
+    assert seen == ["PENDING", "STARTED", "SUCCESS"]
+
+
+def test_quit_finishes_in_flight_tasks_and_leaves_the_rest(server: Server) -> None:
+    done: list[int] = []
+
+    @server.task("slow")
+    def slow(n: int) -> None:
+        time.sleep(0.3)
+        done.append(n)
+
+    for n in range(6):
+        server.send_task(Signature("slow", args=[n]))
+    w = server.new_worker("q", 2).launch_in_background()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    w.quit(timeout=5)
+    assert time.monotonic() - t0 < 1.5
+    assert len(done) == 2
+    assert len(server.get_pending_tasks()) == 4
+
+
+def test_chord_of_1000_on_8_threads_fires_exactly_once() -> None:
+    name = uuid.uuid4().hex
+    srv = Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}"))
+    fired: list[int] = []
+    lock = threading.Lock()
+
+    @srv.task("one")
+    def one(i: int) -> int:
+        return i
+
+    @srv.task("total")
+    def total(*xs: int) -> int:
+        with lock:
+            fired.append(len(xs))
+        return sum(xs)
+
+    w = srv.new_worker("c", 8).launch_in_background()
+    try:
+        chord = Chord(Group(*[Signature("one", args=[i]) for i in range(1000)]), Signature("total"))
+        assert srv.send_chord(chord).get(timeout=60) == sum(range(1000))
+        time.sleep(0.3)
+    finally:
+        w.quit()
+    assert fired == [1000]
+
+
+def test_get_timeout_is_a_clear_error(server: Server) -> None:
+    r = server.send_task(Signature("add", args=[1]))
+    with pytest.raises(ResultTimeoutError) as info:
+        r.get(timeout=0.2)
+    assert info.value.state == "PENDING" and r.task_uuid in str(info.value)
+
+
+def test_async_get(server: Server, worker: Worker) -> None:
+    r = server.send_task(Signature("add", args=[2, 3]))
+    assert asyncio.run(r.aget(timeout=5)) == 5
+
+
+def test_memory_broker_requires_ack(server: Server) -> None:
+    broker = server.broker
+    assert isinstance(broker, MemoryBroker)
+    sig = Signature("add", args=[1], routing_key="q1")
+    broker.publish(encode_signature(sig), sig)
+    stop = threading.Event()
+    gen = broker.consume("q1", prefetch=1, stop=stop)
+    d = next(gen)
+    assert isinstance(d, Delivery)
+    broker.nack(d, requeue=True)
+    d2 = next(gen)
+    assert d2.body == d.body
+    broker.ack(d2)
+    stop.set()
+    assert list(gen) == []
