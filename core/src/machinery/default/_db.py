@@ -1,0 +1,537 @@
+"""Shared plumbing of the embedded transport: URL and options, the schema, connections, errors.
+
+One database file can hold the queue, the results and the locks. Every process opens it in WAL
+mode (readers never block the writer), with ``busy_timeout`` so writers from several processes
+wait for each other instead of failing. Inside a process, writers queue on a
+:class:`threading.Lock` before asking SQLite for the write lock, so threads hand the lock over
+at once rather than sleeping in SQLite's busy handler. Connections come from a small pool per
+file (no connection is opened per message) and are never carried across ``fork()``.
+
+Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
+
+    machinery_messages(id INTEGER PRIMARY KEY, queue, priority, state, visible_at,
+                       deliveries, body, created_at)
+        state 0 = ready, 1 = delayed until visible_at (ETA), 2 = leased until visible_at
+    machinery_dead_letters(id, queue, body, deliveries, dead_at)
+    machinery_states(uuid PRIMARY KEY, data, expires_at)          -- data: Go's TaskState JSON
+    machinery_groups(uuid PRIMARY KEY, data, chord_triggered, expires_at)
+    machinery_locks(key PRIMARY KEY, owner, expires_at)
+
+Times are Unix timestamps (``time.time()``), so every process on the machine agrees on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from machinery.config import parse_options
+from machinery.errors import BackendConnectionError, BrokerConnectionError, ConfigError, LockError
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+
+__all__ = [
+    "HAS_RETURNING",
+    "SQLiteBackendError",
+    "SQLiteBrokerError",
+    "SQLiteLockError",
+    "SCHEMA_VERSION",
+    "Database",
+    "SQLiteOptions",
+    "Transport",
+    "describe_error",
+    "open_database",
+    "release_database",
+    "parse_url",
+]
+
+#: Bumped when the tables change incompatibly.
+SCHEMA_VERSION = 1
+#: ``UPDATE ... RETURNING`` (SQLite >= 3.35) claims messages in one statement.
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+#: Upserts (``INSERT ... ON CONFLICT DO UPDATE``) need SQLite >= 3.24.
+MIN_SQLITE = (3, 24, 0)
+
+# Message states.
+READY, DELAYED, LEASED = 0, 1, 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS machinery_messages (
+    id          INTEGER PRIMARY KEY,
+    queue       TEXT    NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    state       INTEGER NOT NULL DEFAULT 0,
+    visible_at  REAL    NOT NULL,
+    deliveries  INTEGER NOT NULL DEFAULT 0,
+    body        BLOB    NOT NULL,
+    created_at  REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS machinery_messages_claim
+    ON machinery_messages (queue, state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS machinery_messages_due
+    ON machinery_messages (queue, state, visible_at);
+CREATE INDEX IF NOT EXISTS machinery_messages_delayed
+    ON machinery_messages (state, visible_at);
+CREATE TABLE IF NOT EXISTS machinery_dead_letters (
+    id          INTEGER PRIMARY KEY,
+    queue       TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    deliveries  INTEGER NOT NULL,
+    dead_at     REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS machinery_states (
+    uuid        TEXT PRIMARY KEY,
+    data        BLOB NOT NULL,
+    expires_at  REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS machinery_states_expiry
+    ON machinery_states (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS machinery_groups (
+    uuid            TEXT PRIMARY KEY,
+    data            BLOB    NOT NULL,
+    chord_triggered INTEGER NOT NULL DEFAULT 0,
+    expires_at      REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS machinery_groups_expiry
+    ON machinery_groups (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS machinery_locks (
+    key         TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    expires_at  REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+
+
+@dataclass(frozen=True)
+class SQLiteOptions:
+    """Options of the ``sqlite:`` config section (or the URL's query string).
+
+    :param visibility_timeout: seconds a claimed message stays leased; a live worker renews
+        the lease every third of it, so only a dead worker's messages come back, after at most
+        this long.
+    :param busy_timeout: seconds to wait for another process's write lock before failing.
+    :param poll_interval: seconds between cheap checks (``PRAGMA data_version``) for messages
+        published by *other* processes while idle; same-process publishes wake at once.
+    :param synchronous: SQLite's ``synchronous`` pragma: ``normal`` (durable across process
+        crashes, the default), ``full`` (also across power loss), ``extra`` or ``off``.
+    :param heartbeat_interval: seconds between lease renewals (default: a third of the lease).
+    """
+
+    visibility_timeout: float = 30.0
+    busy_timeout: float = 5.0
+    poll_interval: float = 0.01
+    synchronous: str = "normal"
+    heartbeat_interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout <= 0:
+            raise ConfigError("sqlite.visibility_timeout", "must be > 0 seconds")
+        if self.busy_timeout < 0:
+            raise ConfigError("sqlite.busy_timeout", "must be >= 0 seconds")
+        if not 0 < self.poll_interval <= 1:
+            raise ConfigError("sqlite.poll_interval", "must be > 0 and <= 1 second")
+        if self.synchronous.lower() not in _SYNCHRONOUS:
+            raise ConfigError("sqlite.synchronous", f"must be one of {', '.join(_SYNCHRONOUS)}")
+        if self.heartbeat_interval < 0 or self.heartbeat_interval >= self.visibility_timeout:
+            raise ConfigError("sqlite.heartbeat_interval", "must be >= 0 and shorter than visibility_timeout")
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between lease renewals."""
+        return self.heartbeat_interval or self.visibility_timeout / 3
+
+
+def parse_url(url: str, config: Config) -> tuple[str, SQLiteOptions]:
+    """Split ``sqlite:///relative.db?opt=v`` or ``sqlite:////abs/path.db`` into an absolute path
+    and options (config section ``sqlite:`` < URL query).
+
+    :raises ConfigError: a malformed URL, an in-memory path or a bad option.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigError("broker", f"not a sqlite:// URL: {url!r}")
+    if parts.netloc:
+        raise ConfigError(
+            "sqlite",
+            f"{url!r} has a host part ({parts.netloc!r}); use sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db",
+        )
+    raw = unquote(parts.path)
+    path = raw[1:] if raw.startswith("/") else raw
+    if not path:
+        raise ConfigError("sqlite", f"{url!r} names no database file; e.g. sqlite:///machinery.db")
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigError(
+            "sqlite", f"{url!r}: in-memory and URI databases are not supported; use memory:// for in-process queues"
+        )
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    opts = parse_options(SQLiteOptions, "sqlite", config.section("sqlite"), query)
+    return os.path.abspath(os.path.expanduser(path)), opts
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def describe_error(exc: sqlite3.Error, busy_timeout: float) -> tuple[str, str]:
+    """A short problem name and an explanation for a SQLite error.
+
+    Problems: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``cannot-open``, ``io``,
+    ``schema`` and ``error``.
+    """
+    msg = str(exc)
+    low = msg.lower()
+    if "locked" in low or "busy" in low:
+        return "locked", (
+            f"database is locked: another process held the write lock for longer than busy_timeout={busy_timeout:g}s"
+        )
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return "corrupt", f"the file is corrupted or is not a SQLite database ({msg})"
+    if "readonly" in low or "read-only" in low:
+        return "read-only", f"the database is read-only ({msg}); check the file's and directory's permissions"
+    if "disk is full" in low or "database or disk is full" in low:
+        return "disk-full", f"the disk (or the database size limit) is full ({msg})"
+    if "unable to open" in low:
+        return "cannot-open", f"cannot open the file ({msg}); check that the directory exists and is writable"
+    if "disk i/o" in low:
+        return "io", f"disk I/O error ({msg})"
+    if "newer machinery" in low:
+        return "schema", msg
+    return "error", msg
+
+
+class _SQLiteErrorMixin:
+    """What every sqlite error carries: the file, a short problem name and the operation."""
+
+    role = "database"
+    path: str
+    problem: str
+    operation: str
+
+    def _init(self, path: str, problem: str, reason: str, operation: str) -> str:
+        self.path = path
+        self.problem = problem
+        self.operation = operation
+        return f"sqlite {self.role} {path}: {reason} (during {operation})"
+
+
+class SQLiteBrokerError(_SQLiteErrorMixin, BrokerConnectionError):
+    """The embedded broker's database failed (locked, corrupted, read-only, full...).
+
+    :param path: the database file.
+    :param problem: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``cannot-open``,
+        ``io``, ``schema`` or ``error``.
+    :param reason: the explanation.
+    :param operation: what was being done (``publish``, ``claim``...).
+    """
+
+    role = "broker"
+
+    def __init__(self, path: str, problem: str, reason: str, operation: str) -> None:
+        super().__init__(self._init(path, problem, reason, operation))
+
+
+class SQLiteBackendError(_SQLiteErrorMixin, BackendConnectionError):
+    """The embedded result backend's database failed; same parameters as
+    :class:`SQLiteBrokerError`."""
+
+    role = "backend"
+
+    def __init__(self, path: str, problem: str, reason: str, operation: str) -> None:
+        super().__init__(self._init(path, problem, reason, operation))
+
+
+class SQLiteLockError(_SQLiteErrorMixin, LockError):
+    """The embedded lock's database failed; same parameters as :class:`SQLiteBrokerError`."""
+
+    role = "lock"
+
+    def __init__(self, path: str, problem: str, reason: str, operation: str) -> None:
+        super().__init__(self._init(path, problem, reason, operation))
+
+
+SQLiteError = SQLiteBrokerError | SQLiteBackendError | SQLiteLockError
+
+
+class Transport:
+    """Mixin of the three sqlite classes: URL parsing, the lazily opened shared database, and
+    error translation.
+
+    :cvar error_class: the error type raised (a broker, backend or lock error subclass).
+    """
+
+    error_class: ClassVar[type[SQLiteBrokerError] | type[SQLiteBackendError] | type[SQLiteLockError]]
+    path: str
+    options: SQLiteOptions
+
+    def _setup(self, url: str, config: Config) -> None:
+        self.path, self.options = parse_url(url, config)
+        self._db_obj: Database | None = None
+        self._db_guard = threading.Lock()
+
+    @property
+    def _db(self) -> Database:
+        db = self._db_obj
+        if db is None:
+            with self._db_guard:
+                if self._db_obj is None:
+                    self._db_obj = open_database(self.path, self.options)
+                db = self._db_obj
+        return db
+
+    def _close_db(self) -> None:
+        with self._db_guard:
+            db, self._db_obj = self._db_obj, None
+        if db is not None:
+            release_database(db)
+
+    @contextlib.contextmanager
+    def _guard(self, op: str) -> Iterator[None]:
+        """Translate SQLite errors raised inside into :attr:`error_class`, naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            problem, reason = describe_error(exc, self.options.busy_timeout)
+            raise type(self).error_class(self.path, problem, reason, op) from exc
+
+
+# -- database ------------------------------------------------------------------------------------
+
+_databases: dict[tuple[str, float, str], Database] = {}
+_databases_lock = threading.Lock()
+_all: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class Database:
+    """One SQLite file as seen from this process: a connection pool, a process-wide write lock,
+    and an in-process notifier so publishes and stored states wake waiting threads at once.
+
+    Use :func:`open_database` to share one instance per file (and per options) in a process.
+    """
+
+    def __init__(self, path: str, options: SQLiteOptions) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigError(
+                "sqlite",
+                f"SQLite {sqlite3.sqlite_version} is too old; the embedded transport needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer",
+            )
+        self.path = path
+        self.options = options
+        self.refs = 0
+        self._reset()
+        _all.add(self)
+
+    def _reset(self) -> None:
+        # Called at creation and in a forked child: nothing of the parent's is reused there.
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._ready = False
+        self._init_lock = threading.Lock()
+        self.changed = threading.Condition()
+        #: Bumped (under :attr:`changed`) after each in-process commit touching messages/states.
+        self.message_gen = 0
+        self.state_gen = 0
+        self._last_sweep = 0.0
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path)
+        if directory and not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"unable to open database file: cannot create {directory}") from exc
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.options.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous={self.options.synchronous.upper()}")
+            if not self._ready:
+                self._init_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        with self._init_lock:
+            if self._ready:
+                return
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (journal_mode={mode})")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} was written by a newer machinery (this one knows {SCHEMA_VERSION})"
+                )
+            if version < SCHEMA_VERSION or not self._has_tables(conn):
+                with self._write_lock:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for stmt in _SCHEMA.split(";"):
+                            if stmt.strip():
+                                conn.execute(stmt)
+                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+            self._ready = True
+
+    @staticmethod
+    def _has_tables(conn: sqlite3.Connection) -> bool:
+        n = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name LIKE 'machinery\\_%' ESCAPE '\\'"
+        ).fetchone()[0]
+        return bool(n >= 5)
+
+    def checkout(self) -> sqlite3.Connection:
+        """A connection from the pool (a new one when the pool is empty)."""
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def checkin(self, conn: sqlite3.Connection, broken: bool = False) -> None:
+        """Give a connection back (``broken`` ones, and extras beyond 16 idle, are closed)."""
+        if not broken and not conn.in_transaction:
+            with self._pool_lock:
+                if len(self._idle) < 16:
+                    self._idle.append(conn)
+                    return
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection in autocommit mode, for reads (and single-statement writes)."""
+        conn = self.checkout()
+        broken = False
+        try:
+            yield conn
+        except BaseException:
+            broken = True
+            raise
+        finally:
+            self.checkin(conn, broken)
+
+    @contextlib.contextmanager
+    def write(self, conn: sqlite3.Connection | None = None, *, begin: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), serialised in-process first.
+
+        :param conn: a connection the caller holds (else one from the pool).
+        :param begin: False for a single statement, which is its own transaction (autocommit).
+        """
+        own = conn is None
+        c = self.checkout() if conn is None else conn  # before the lock: it may create the schema
+        timeout = self.options.busy_timeout
+        if not self._write_lock.acquire(timeout=timeout if timeout > 0 else -1):
+            if own:
+                self.checkin(c)
+            raise sqlite3.OperationalError("database is locked (by other threads of this process)")
+        broken = False
+        try:
+            if not begin:
+                yield c
+                return
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error:
+            broken = True
+            raise
+        finally:
+            self._write_lock.release()
+            if own:
+                self.checkin(c, broken)
+
+    def close(self) -> None:
+        """Close every idle connection (connections in use are closed when given back)."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            with contextlib.suppress(sqlite3.Error):
+                c.close()
+
+    # -- notifications ------------------------------------------------------------------------
+
+    def notify_messages(self) -> None:
+        """Wake this process's consumers (after publishing or requeueing)."""
+        with self.changed:
+            self.message_gen += 1
+            self.changed.notify_all()
+
+    def notify_states(self) -> None:
+        """Wake this process's result waiters (after storing states)."""
+        with self.changed:
+            self.state_gen += 1
+            self.changed.notify_all()
+
+    def should_sweep(self, every: float = 60.0) -> bool:
+        """True at most once per ``every`` seconds (for expiry clean-ups)."""
+        now = time.monotonic()
+        if now - self._last_sweep < every:
+            return False
+        self._last_sweep = now
+        return True
+
+
+def open_database(path: str, options: SQLiteOptions) -> Database:
+    """The process's shared :class:`Database` for ``path`` (one per path and connection options)."""
+    key = (path, options.busy_timeout, options.synchronous.lower())
+    with _databases_lock:
+        db = _databases.get(key)
+        if db is None:
+            db = _databases[key] = Database(path, options)
+        db.refs += 1
+        return db
+
+
+def release_database(db: Database) -> None:
+    """Drop one reference; the last one closes the pool."""
+    with _databases_lock:
+        db.refs -= 1
+        if db.refs > 0:
+            return
+        key = (db.path, db.options.busy_timeout, db.options.synchronous.lower())
+        if _databases.get(key) is db:
+            del _databases[key]
+    db.close()
+
+
+def _after_fork_in_child() -> None:
+    # Connections, locks and conditions of the parent must not be used in a forked child.
+    for db in list(_all):
+        db._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def rows_by_chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    """``items`` in chunks small enough for SQLite's bound-parameter limit."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,184 @@
+"""The embedded result backend: task states and group metadata in a SQLite file.
+
+States are stored as Go Machinery's ``TaskState`` JSON (:func:`encode_task_state`), so
+``machinery status`` shows the same record whatever the backend. Records expire after
+``results_expire_in`` seconds (expired rows are invisible at once and deleted by a sweep at
+most once a minute). The chord trigger is one ``UPDATE ... WHERE chord_triggered = 0``: exactly
+one caller, in any thread or process, sees it change a row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from machinery.default._db import SQLiteBackendError, Transport, rows_by_chunks
+from machinery.errors import DecodeError
+from machinery.interfaces import Backend
+from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+    from machinery.state import GroupMeta, TaskState
+
+__all__ = ["SQLiteBackend", "SQLiteBackendError"]
+
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_UPSERT_STATE = (
+    "INSERT INTO machinery_states (uuid, data, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (uuid) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
+)
+
+
+class SQLiteBackend(Transport, Backend):
+    """Result backend on a SQLite file (same URLs and ``sqlite:`` options as the broker).
+
+    :param url: the ``sqlite://`` URL.
+    :param config: the core configuration (``results_expire_in`` sets the expiry).
+    :raises ConfigError: a malformed URL or option.
+    """
+
+    supports_expiry: ClassVar[bool] = True
+    persistent: ClassVar[bool] = True
+    config_section: ClassVar[str | None] = "sqlite"
+    error_class = SQLiteBackendError
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self._setup(url, config)
+
+    def _expires_at(self, now: float) -> float | None:
+        secs = self.config.results_expire_in
+        return now + secs if secs > 0 else None
+
+    def _decode_state(self, uuid: str, data: bytes) -> TaskState:
+        try:
+            return decode_task_state(data)
+        except DecodeError as exc:
+            reason = f"stored state of {uuid} is not valid: {exc.reason}"
+            raise SQLiteBackendError(self.path, "corrupt", reason, "load") from exc
+
+    def _sweep(self) -> None:
+        # Delete a bounded batch of expired rows, at most once a minute per process.
+        if not self._db.should_sweep():
+            return
+        now = time.time()
+        with self._guard("expire"), self._db.write() as conn:
+            for table in ("machinery_states", "machinery_groups"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE uuid IN (SELECT uuid FROM {table} WHERE expires_at <= ? LIMIT 5000)",
+                    (now,),
+                )
+
+    # -- primitives -----------------------------------------------------------------------------
+
+    def _store_state(self, state: TaskState) -> None:
+        """Write (replace) the state as Go JSON, with its expiry."""
+        data = encode_task_state(state)
+        with self._guard("store state"), self._db.write(begin=False) as conn:
+            conn.execute(_UPSERT_STATE, (state.task_uuid, data, self._expires_at(time.time())))
+        self._db.notify_states()
+        self._sweep()
+
+    def _store_states(self, states: Sequence[TaskState]) -> None:
+        """Write several states in one transaction."""
+        if not states:
+            return
+        expires = self._expires_at(time.time())
+        rows = [(st.task_uuid, encode_task_state(st), expires) for st in states]
+        with self._guard("store states"), self._db.write() as conn:
+            conn.executemany(_UPSERT_STATE, rows)
+        self._db.notify_states()
+
+    def _load_state(self, task_uuid: str) -> TaskState | None:
+        """Read a live (unexpired) state."""
+        with self._guard("load state"), self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT data FROM machinery_states WHERE uuid = ? AND {_LIVE}", (task_uuid, time.time())
+            ).fetchone()
+        return None if row is None else self._decode_state(task_uuid, row[0])
+
+    def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        """Read several states with one query per 500 UUIDs."""
+        found: dict[str, bytes] = {}
+        now = time.time()
+        with self._guard("load states"), self._db.read() as conn:
+            for chunk in rows_by_chunks(list(dict.fromkeys(task_uuids))):
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    conn.execute(
+                        f"SELECT uuid, data FROM machinery_states WHERE uuid IN ({marks}) AND {_LIVE}", (*chunk, now)
+                    ).fetchall()
+                )
+        return [None if u not in found else self._decode_state(u, found[u]) for u in task_uuids]
+
+    def _store_group(self, meta: GroupMeta) -> None:
+        """Write the group's metadata (Go JSON) and its chord flag."""
+        with self._guard("store group"), self._db.write(begin=False) as conn:
+            conn.execute(
+                "INSERT INTO machinery_groups (uuid, data, chord_triggered, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (uuid) DO UPDATE SET data = excluded.data, "
+                "chord_triggered = excluded.chord_triggered, expires_at = excluded.expires_at",
+                (meta.group_uuid, encode_group_meta(meta), int(meta.chord_triggered), self._expires_at(time.time())),
+            )
+
+    def _load_group(self, group_uuid: str) -> GroupMeta | None:
+        """Read live group metadata; ``chord_triggered`` comes from its own column."""
+        with self._guard("load group"), self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT data, chord_triggered FROM machinery_groups WHERE uuid = ? AND {_LIVE}",
+                (group_uuid, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            meta = decode_group_meta(row[0])
+        except DecodeError as exc:
+            raise SQLiteBackendError(
+                self.path, "corrupt", f"stored group {group_uuid} is not valid: {exc.reason}", "load"
+            ) from exc
+        meta.chord_triggered = bool(row[1])
+        return meta
+
+    def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        """One conditional UPDATE: True only for the caller that changed the row."""
+        with self._guard("trigger chord"), self._db.write(begin=False) as conn:
+            cur = conn.execute(
+                f"UPDATE machinery_groups SET chord_triggered = 1 WHERE uuid = ? AND chord_triggered = 0 AND {_LIVE}",
+                (group_uuid, time.time()),
+            )
+            return cur.rowcount == 1
+
+    def _delete(self, uuid: str) -> None:
+        """Delete a state or group record (absent is fine)."""
+        with self._guard("delete"), self._db.write() as conn:
+            conn.execute("DELETE FROM machinery_states WHERE uuid = ?", (uuid,))
+            conn.execute("DELETE FROM machinery_groups WHERE uuid = ?", (uuid,))
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
+        """Block until the task completes or ``timeout`` passes.
+
+        States stored by this process wake the waiter at once; states stored by other
+        processes are seen within ``sqlite.poll_interval`` (polls start at 1 ms and back off).
+        """
+        db = self._db
+        deadline = time.monotonic() + timeout
+        step = 0.001
+        limit = min(poll_interval, self.options.poll_interval) if poll_interval > 0 else self.options.poll_interval
+        while True:
+            gen = db.state_gen
+            state = self._load_state(task_uuid)
+            remaining = deadline - time.monotonic()
+            if (state is not None and state.is_completed) or remaining <= 0:
+                return state
+            with db.changed:
+                if db.state_gen == gen:
+                    db.changed.wait(min(step, remaining))
+            step = min(step * 2, limit)
+
+    def close(self) -> None:
+        """Release the database handle. Idempotent."""
+        self._close_db()
