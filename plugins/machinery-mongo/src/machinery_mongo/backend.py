@@ -1,0 +1,247 @@
+"""MongoDB result backend, with Go Machinery's collections and document shapes.
+
+Task states go to the ``tasks`` collection and group metas to ``group_metas``, in the database
+named by the ``mongodb.database`` option, else by the URL path (``mongodb://host/results``),
+else ``machinery``. Documents carry Go's BSON names, so Go and Python read each other's::
+
+    tasks:       {_id: <task UUID>, task_name, state, results: [{type, value}], error, created_at, ttl}
+    group_metas: {_id: <group UUID>, task_uuids, chord_triggered, lock, created_at, ttl}
+
+They are built from the core codec's JSON (``json.loads(encode_task_state(st))``) and read back
+with ``task_state_from_mapping``, which accepts the BSON names.
+
+Expiry: with ``results_expire_in`` > 0, documents also carry ``expires_at`` (a date), and both
+collections get a TTL index on it (``expireAfterSeconds: 0``), created once per process. MongoDB
+deletes expired documents lazily (a sweep a minute), so reads skip those already past it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote
+
+from pymongo import MongoClient, ReplaceOne
+from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidDocument, InvalidURI, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from machinery.config import parse_options, redact_url
+from machinery.errors import BackendConnectionError, BackendError, ConfigError
+from machinery.interfaces import Backend
+from machinery.signature import (
+    encode_group_meta,
+    encode_task_state,
+    group_meta_from_mapping,
+    parse_time,
+    task_state_from_mapping,
+)
+from machinery.state import GroupMeta, State, TaskState
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
+
+    from machinery.config import Config
+
+__all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "to_document"]
+
+#: Go Machinery's database when none is configured.
+DEFAULT_DATABASE = "machinery"
+TASKS = "tasks"
+GROUP_METAS = "group_metas"
+TTL_INDEX = "expires_at_ttl"
+
+_COMPLETED = [State.SUCCESS.value, State.FAILURE.value]
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+@dataclass(frozen=True)
+class MongoOptions:
+    """The ``mongodb:`` config section.
+
+    :param database: the database (Go's ``MongoDB.Database``); default: the URL path, else
+        ``machinery``.
+    :param server_selection_timeout: seconds an operation waits for a reachable server before
+        failing with :class:`~machinery.errors.BackendConnectionError` (the URL's
+        ``serverSelectionTimeoutMS`` wins when present).
+    """
+
+    database: str = ""
+    server_selection_timeout: float = 5.0
+
+
+def _bson_name(go_name: str) -> str:
+    return _WORD_BOUNDARY.sub("_", go_name).lower()  # TaskName -> task_name, TaskUUIDs -> task_uuids
+
+
+def to_document(uuid: str, go_json: bytes, expires_at: datetime | None) -> dict[str, Any]:
+    """A MongoDB document, as Go writes it, from the core codec's JSON of a state or group meta.
+
+    :param uuid: the task or group UUID (the document's ``_id``).
+    :param go_json: ``encode_task_state(...)`` or ``encode_group_meta(...)``.
+    :param expires_at: when the document expires (None: never).
+    """
+    fields = {_bson_name(k): v for k, v in json.loads(go_json).items()}
+    fields.pop("task_uuid", None)
+    fields.pop("group_uuid", None)
+    if fields.get("results"):
+        fields["results"] = [{_bson_name(k): v for k, v in r.items()} for r in fields["results"]]
+    fields["created_at"] = parse_time(fields["created_at"])  # a BSON date, as Go's time.Time
+    if not fields.get("ttl"):
+        fields.pop("ttl", None)  # Go: `bson:"ttl,omitempty"`
+    if expires_at is not None:
+        fields["expires_at"] = expires_at
+    return {"_id": uuid, **fields}
+
+
+def _url_database(url: str) -> str:
+    # mongodb://user:pass@h1,h2/db?options: the path after the host list names the database.
+    path = url.partition("://")[2].rpartition("@")[2].partition("/")[2]
+    return unquote(path.partition("?")[0])
+
+
+class MongoBackend(Backend):
+    """Result backend on MongoDB (``mongodb://`` or ``mongodb+srv://``)."""
+
+    config_section: ClassVar[str | None] = "mongodb"
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.options = parse_options(MongoOptions, "mongodb", config.section("mongodb"))
+        if url.startswith("mongodb://"):  # mongodb+srv:// needs DNS: it is checked on first use
+            try:
+                parse_uri(url)
+            except (InvalidURI, ConfigurationError, ValueError) as exc:
+                raise ConfigError("result_backend", f"bad MongoDB URL {redact_url(url)!r}: {exc}") from None
+        #: The database holding the ``tasks`` and ``group_metas`` collections.
+        self.database = self.options.database or _url_database(url) or DEFAULT_DATABASE
+        self._client: MongoClient[dict[str, Any]] | None = None
+        self._colls: tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]] | None = None
+        self._connect_lock = threading.Lock()
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except ConnectionFailure as exc:
+            raise BackendConnectionError(f"MongoDB at {redact_url(self.url)} is unreachable ({what}): {exc}") from exc
+        except (InvalidDocument, OverflowError) as exc:
+            raise BackendError(f"{what}: MongoDB cannot store it: {exc}") from exc
+        except PyMongoError as exc:
+            raise BackendError(f"MongoDB failed ({what}): {exc}") from exc
+
+    def _collections(self) -> tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]]:
+        """The ``tasks`` and ``group_metas`` collections; connects and creates the TTL indexes once."""
+        if self._colls is None:
+            with self._connect_lock, self._errors("connecting"):
+                if self._colls is None:
+                    if self._client is None:
+                        timeout = (
+                            {}
+                            if "serverselectiontimeoutms" in self.url.lower()
+                            else {"serverSelectionTimeoutMS": int(self.options.server_selection_timeout * 1000)}
+                        )
+                        self._client = MongoClient(self.url, **timeout)
+                    db = self._client[self.database]
+                    colls = (db[TASKS], db[GROUP_METAS])
+                    for coll in colls:  # idempotent: a no-op when the index exists
+                        coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)
+                    self._colls = colls
+        return self._colls
+
+    def _expires_at(self) -> datetime | None:
+        secs = self.config.results_expire_in
+        return datetime.now(timezone.utc) + timedelta(seconds=secs) if secs > 0 else None
+
+    @staticmethod
+    def _live() -> dict[str, Any]:
+        # The TTL sweep is lazy: also skip documents whose expiry has passed but are not deleted yet.
+        return {"expires_at": {"$not": {"$lte": datetime.now(timezone.utc)}}}
+
+    def _store_state(self, state: TaskState) -> None:
+        """Upsert the task's document (replacing the previous state)."""
+        tasks, _ = self._collections()
+        doc = to_document(state.task_uuid, encode_task_state(state), self._expires_at())
+        with self._errors(f"task {state.task_uuid}"):
+            tasks.replace_one({"_id": state.task_uuid}, doc, upsert=True)
+
+    def _store_states(self, states: Sequence[TaskState]) -> None:
+        """Upsert several task documents in one unordered bulk write."""
+        tasks, _ = self._collections()
+        expires_at = self._expires_at()
+        ops = [
+            ReplaceOne({"_id": s.task_uuid}, to_document(s.task_uuid, encode_task_state(s), expires_at), upsert=True)
+            for s in states
+        ]
+        if ops:
+            with self._errors(f"{len(ops)} task states"):
+                tasks.bulk_write(ops, ordered=False)
+
+    def _load_state(self, task_uuid: str) -> TaskState | None:
+        """Read a task's document; None when absent or expired."""
+        tasks, _ = self._collections()
+        with self._errors(f"task {task_uuid}"):
+            doc = tasks.find_one({"_id": task_uuid, **self._live()})
+        return None if doc is None else task_state_from_mapping(doc)
+
+    def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        """Read several task documents with one ``$in`` query."""
+        tasks, _ = self._collections()
+        with self._errors(f"{len(task_uuids)} task states"):
+            found = {d["_id"]: d for d in tasks.find({"_id": {"$in": list(task_uuids)}, **self._live()})}
+        return [task_state_from_mapping(found[u]) if u in found else None for u in task_uuids]
+
+    def _store_group(self, meta: GroupMeta) -> None:
+        """Upsert the group's document."""
+        _, groups = self._collections()
+        doc = to_document(meta.group_uuid, encode_group_meta(meta), self._expires_at())
+        with self._errors(f"group {meta.group_uuid}"):
+            groups.replace_one({"_id": meta.group_uuid}, doc, upsert=True)
+
+    def _load_group(self, group_uuid: str) -> GroupMeta | None:
+        """Read the group's document; None when absent or expired."""
+        _, groups = self._collections()
+        with self._errors(f"group {group_uuid}"):
+            doc = groups.find_one({"_id": group_uuid, **self._live()})
+        return None if doc is None else group_meta_from_mapping(doc)
+
+    def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
+        """True when every task of the group is SUCCESS or FAILURE, counted by the server."""
+        meta = self._load_group(group_uuid)
+        if meta is None or not meta.task_uuids:
+            return False
+        tasks, _ = self._collections()
+        query = {"_id": {"$in": meta.task_uuids}, "state": {"$in": _COMPLETED}, **self._live()}
+        with self._errors(f"group {group_uuid}"):
+            done = tasks.count_documents(query)
+        return done in (group_task_count, len(meta.task_uuids))
+
+    def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        """Flip ``chord_triggered`` from false to true in one atomic ``find_one_and_update``."""
+        _, groups = self._collections()
+        with self._errors(f"group {group_uuid}"):
+            before = groups.find_one_and_update(
+                {"_id": group_uuid, "chord_triggered": False, **self._live()},
+                {"$set": {"chord_triggered": True}},
+                projection={"_id": True},
+            )
+        return before is not None
+
+    def _delete(self, uuid: str) -> None:
+        """Delete the task or group document with this ``_id``."""
+        tasks, groups = self._collections()
+        with self._errors(f"deleting {uuid}"):
+            tasks.delete_one({"_id": uuid})
+            groups.delete_one({"_id": uuid})
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            self._colls = None
