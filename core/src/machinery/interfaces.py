@@ -266,6 +266,18 @@ class Backend(ABC):
         """Store STARTED (the task function is about to run)."""
         self._set(signature, State.STARTED.value)
 
+    def set_state_received_started(self, signature: Signature) -> None:
+        """Store RECEIVED then STARTED, in one round trip where :meth:`_store_states` batches."""
+        now = datetime.now(timezone.utc)
+        ttl = self._ttl()
+        uuid, name = signature.uuid, signature.name
+        self._store_states(
+            [
+                TaskState(task_uuid=uuid, state=State.RECEIVED.value, task_name=name, created_at=now, ttl=ttl),
+                TaskState(task_uuid=uuid, state=State.STARTED.value, task_name=name, created_at=now, ttl=ttl),
+            ]
+        )
+
     def set_state_retry(self, signature: Signature) -> None:
         """Store RETRY (the task failed and was re-sent for later)."""
         self._set(signature, State.RETRY.value)

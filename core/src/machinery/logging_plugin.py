@@ -1,5 +1,8 @@
 """The default logging plugin: observes task and worker events and logs them with stdlib logging.
 
+It does not observe ``task_received``/``task_started`` (the worker logs those at DEBUG itself),
+so the hot path builds no event objects for them unless another plugin asks.
+
 Loggers: ``machinery.task`` for task events, ``machinery.worker`` for worker events. URLs are
 already redacted in the events. Block it with ``MACHINERY_DISABLE_PLUGINS`` is not possible
 (it is built in); silence it with ``logging.getLogger("machinery.task").setLevel(...)``.
@@ -22,21 +25,6 @@ worker_log = logging.getLogger("machinery.worker")
 def _short(values: object, limit: int = 200) -> str:
     text = repr(values)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@hookimpl
-def machinery_task_received(event: TaskEvent) -> None:
-    """Log at DEBUG."""
-    if task_log.isEnabledFor(logging.DEBUG):
-        sig = event.signature
-        task_log.debug("received %s %s args=%s", sig.name, sig.uuid, _short(sig.arg_values))
-
-
-@hookimpl
-def machinery_task_started(event: TaskEvent) -> None:
-    """Log at DEBUG."""
-    if task_log.isEnabledFor(logging.DEBUG):
-        task_log.debug("started %s %s", event.signature.name, event.signature.uuid)
 
 
 @hookimpl

@@ -648,21 +648,30 @@ def _args_from_wire(raw: Any, path: str) -> list[Arg]:
     if not isinstance(raw, list):
         raise _Bad(path, f"expected a list of arguments, got {type(raw).__name__}")
     out = []
-    trusted = Arg._trusted
+    new = object.__new__
+    convs = _CONVERTERS
     for i, item in enumerate(raw):
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             raise _Bad(f"{path}[{i}]", "expected an object with Type and Value")
         t = item.get("Type")
         if t is None:
             t = item.get("type")
-        if not isinstance(t, str):
+        if type(t) is not str:
             raise _Bad(f"{path}[{i}].Type", "missing or not a string")
         v = item["Value"] if "Value" in item else item.get("value")
         name = item.get("Name") or item.get("name") or ""
+        conv = convs.get(t)
+        if conv is None:
+            raise _Bad(f"{path}[{i}]", str(ArgumentTypeError(t, v, "unsupported type")))
         try:
-            out.append(trusted(t, from_go(t, v), name if isinstance(name, str) else ""))
+            v = conv(v)
         except ArgumentTypeError as exc:
             raise _Bad(f"{path}[{i}]", str(exc)) from None
+        arg = new(Arg)
+        arg.type = t
+        arg.value = v
+        arg.name = name if type(name) is str else ""
+        out.append(arg)
     return out
 
 
@@ -674,10 +683,82 @@ def _sig_list(raw: Any, path: str) -> list[Signature]:
     return [_sig_from_wire(s, f"{path}[{i}].") for i, s in enumerate(raw)]
 
 
+def _sig_fast(d: dict[str, Any], path: str) -> Signature | None:
+    """The common case, a well-formed message with Go's exact keys, without per-field calls.
+
+    Returns None when anything is unusual; the careful path then decodes it or says what is wrong.
+    """
+    get = d.get
+    name = get("Name")
+    uuid = get("UUID", "")
+    rk = get("RoutingKey", "")
+    gu = get("GroupUUID", "")
+    gtc = get("GroupTaskCount", 0)
+    prio = get("Priority", 0)
+    rc = get("RetryCount", 0)
+    rt = get("RetryTimeout", 0)
+    imm = get("Immutable", False)
+    eta = get("ETA")
+    headers = get("Headers")
+    if not (
+        type(name) is str
+        and name
+        and type(uuid) is str
+        and type(rk) is str
+        and type(gu) is str
+        and type(gtc) is int
+        and type(prio) is int
+        and 0 <= prio <= 255
+        and type(rc) is int
+        and type(rt) is int
+        and type(imm) is bool
+        and eta is None
+        and (headers is None or type(headers) is dict)
+        and get("OnSuccess") is None
+        and get("OnError") is None
+        and get("ChordCallback") is None
+        and get("ChordErrorCallback") is None
+    ):
+        return None
+    bm = get("BrokerMessageGroupId", "")
+    sq = get("SQSReceiptHandle", "")
+    stop = get("StopTaskDeletionOnError", False)
+    ign = get("IgnoreWhenTaskNotRegistered", False)
+    if not (type(bm) is str and type(sq) is str and type(stop) is bool and type(ign) is bool):
+        return None
+    sig = Signature.__new__(Signature)
+    sig.name = name
+    sig.args = _args_from_wire(get("Args"), f"{path}Args")
+    sig.uuid = uuid
+    sig.routing_key = rk
+    sig.eta = None
+    sig.group_uuid = gu
+    sig.group_task_count = gtc
+    sig.headers = headers if headers is not None else _NullHeaders()
+    sig.priority = prio
+    sig.immutable = imm
+    sig.retry_count = rc
+    sig.retry_timeout = rt
+    sig.on_success = []
+    sig.on_error = []
+    sig.chord_callback = None
+    sig.chord_error_callback = None
+    sig.broker_message_group_id = bm
+    sig.sqs_receipt_handle = sq
+    sig.stop_task_deletion_on_error = stop
+    sig.ignore_when_task_not_registered = ign
+    return sig
+
+
 def _sig_from_wire(d: Any, path: str = "") -> Signature:
     if not isinstance(d, dict):
         raise _Bad(path.rstrip(".") or "message", "expected a JSON object")
-    d = _canonical_keys(d, _SIG_FOLDED, _SIG_FIELD_SET)
+    if _SIG_FIELD_SET.issuperset(d):
+        fast = _sig_fast(d, path)
+        if fast is not None:
+            return fast
+    else:
+        d = _canonical_keys(d, _SIG_FOLDED, _SIG_FIELD_SET)
     name = _get_str(d, "Name", path)
     if not name:
         raise _Bad(f"{path}Name", "missing or empty task name")

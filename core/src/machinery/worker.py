@@ -57,6 +57,10 @@ _ETA_TOLERANCE = 0.002
 _STOP = object()
 
 
+def _debug() -> bool:
+    return log.isEnabledFor(logging.DEBUG)
+
+
 def error_string(exc: BaseException) -> str:
     """The error string stored for a failed task: ``"ValueError: message"``."""
     msg = str(exc)
@@ -395,14 +399,17 @@ class Worker:
             caller then gives the message back for redelivery.
         """
         backend = self.server.backend
-        backend.set_state_received(sig)
-        if self._obs_received:
-            self._safe_hook(self._hooks.task_received, TaskEvent(sig, self.consumer_tag))
         try:
             values = task.bind([a.value for a in sig.args])
         except ArgumentTypeError as exc:
+            backend.set_state_received(sig)
             return self._failed(sig, exc, "")
-        backend.set_state_started(sig)
+        # RECEIVED then STARTED, written in one round trip where the backend can
+        backend.set_state_received_started(sig)
+        if _debug():
+            log.debug("received %s %s args=%r", sig.name, sig.uuid, values)
+        if self._obs_received:
+            self._safe_hook(self._hooks.task_received, TaskEvent(sig, self.consumer_tag))
         if self._obs_started:
             self._safe_hook(self._hooks.task_started, TaskEvent(sig, self.consumer_tag))
         if self._pre_task is not None:
