@@ -1,0 +1,763 @@
+"""The Google Cloud Pub/Sub broker: ``gcppubsub://PROJECT_ID/SUBSCRIPTION_NAME``.
+
+Layout, as in Go Machinery: a queue is a **topic** named after the queue (``default_queue`` or
+the signature's routing key) and the URL's subscription reads the default queue's topic. Go's
+worker reads only that subscription; here any queue can be consumed, through a subscription
+derived from the URL's: ``<subscription>-<queue>`` (or the name given in the ``subscriptions``
+option). Message data is the signature JSON and, as in Go, no attributes are set, so Go and
+Python producers and workers can share topics and subscriptions.
+
+Consuming uses synchronous ``Pull`` with a short ``timeout`` (so ``stop`` is noticed within
+``pull_timeout``) and asks for at most ``prefetch`` minus the messages this consumer already
+holds, so a worker never leases more than its concurrency. A heartbeat thread extends the ack
+deadline of every held message with ``ModifyAckDeadline`` until the worker acknowledges it
+(after the final state is stored) or gives it back; a worker killed mid-task stops extending, so
+the message is redelivered when its deadline runs out.
+
+Pub/Sub has no delayed delivery, so the broker declares ``supports_native_delay = False``: the
+worker receives a message with a future ETA and calls ``nack(delay=d)``, which sets the message's
+ack deadline to ``min(d, 600)`` seconds. Pub/Sub redelivers it then, and the worker re-delays it
+again while it is still early. Nothing is held in worker memory and nothing is republished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from urllib.parse import parse_qsl
+
+from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
+from google.pubsub_v1 import PublisherClient, SubscriberClient
+from google.pubsub_v1.types import DeadLetterPolicy, PubsubMessage, ReceivedMessage
+
+from machinery.config import parse_options, redact_url
+from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
+from machinery.interfaces import Broker, Delivery
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+    from machinery.signature import Signature
+
+__all__ = ["GCPPubSubBroker", "GCPPubSubError", "GCPPubSubOptions", "parse_url"]
+
+log = logging.getLogger("machinery.broker.gcppubsub")
+
+T = TypeVar("T")
+
+SCHEME = "gcppubsub"
+#: Pub/Sub's limit for one ModifyAckDeadline: 600 s. Longer ETAs take several hops.
+MAX_ACK_DEADLINE = 600
+MIN_ACK_DEADLINE = 10
+#: Messages per Publish / Acknowledge / ModifyAckDeadline request.
+MAX_BATCH = 1000
+MAX_PUBLISH_BYTES = 9 * 1024 * 1024
+#: Topic and subscription ids: a letter, then 2-254 of letters, digits and ``-_.~+%``.
+_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
+_URL_FORM = f"{SCHEME}://YOUR_GCP_PROJECT_ID/YOUR_PUBSUB_SUBSCRIPTION_NAME"
+
+
+class GCPPubSubError(BrokerError):
+    """A Pub/Sub call failed (missing resource, permission, invalid name...).
+
+    :param message: what failed, naming the topic or subscription.
+    :param resource: the full resource name (``projects/p/topics/t``).
+    :param code: the gRPC status name (``NOT_FOUND``, ``PERMISSION_DENIED``...), or "".
+    """
+
+    def __init__(self, message: str, *, resource: str = "", code: str = "") -> None:
+        self.resource = resource
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class GCPPubSubOptions:
+    """The ``gcp_pubsub:`` config section.
+
+    :param create_missing: create missing topics and subscriptions (Go only checks that they
+        exist and fails otherwise, which stays the default).
+    :param ack_deadline: seconds of each lease extension, and the ack deadline of created
+        subscriptions (10-600). A killed worker's message comes back within this time.
+    :param max_extension: stop extending a message's lease after this many seconds (Go's
+        ``MaxExtension``); the message is then redelivered. 0 means no limit.
+    :param max_messages: cap on messages per pull (0: the worker's prefetch).
+    :param pull_timeout: seconds one pull waits for messages; bounds how fast ``stop`` is seen.
+    :param publish_timeout: seconds a publish may take, retries included.
+    :param ordering: created subscriptions deliver in order, and messages carry an ordering key
+        (the signature's ``BrokerMessageGroupId``, else ``ordering_key``, else the queue name).
+    :param ordering_key: the ordering key used when the signature names none.
+    :param dead_letter_topic: topic id that ``nack(requeue=False)`` sends messages to; without
+        it they are logged and acknowledged.
+    :param max_delivery_attempts: when > 0 (5-100) and ``dead_letter_topic`` is set, created
+        subscriptions get Pub/Sub's dead-letter policy with this many attempts.
+    :param subscriptions: queue name to subscription id, overriding the derived names.
+    :param publisher: a ready ``google.pubsub_v1.PublisherClient`` (or
+        ``google.cloud.pubsub_v1.PublisherClient``) to use instead of building one.
+    :param subscriber: a ready ``SubscriberClient`` to use instead of building one.
+    """
+
+    create_missing: bool = False
+    ack_deadline: int = 60
+    max_extension: float = 3600.0
+    max_messages: int = 0
+    pull_timeout: float = 1.0
+    publish_timeout: float = 60.0
+    ordering: bool = False
+    ordering_key: str = ""
+    dead_letter_topic: str = ""
+    max_delivery_attempts: int = 0
+    subscriptions: dict[str, str] = field(default_factory=dict)
+    publisher: Any = None
+    subscriber: Any = None
+
+    def __post_init__(self) -> None:
+        if not MIN_ACK_DEADLINE <= self.ack_deadline <= MAX_ACK_DEADLINE:
+            raise ConfigError("gcp_pubsub.ack_deadline", f"must be {MIN_ACK_DEADLINE}-{MAX_ACK_DEADLINE} seconds")
+        if self.max_extension < 0:
+            raise ConfigError("gcp_pubsub.max_extension", "must be >= 0 seconds")
+        if self.max_messages < 0:
+            raise ConfigError("gcp_pubsub.max_messages", "must be >= 0")
+        if self.pull_timeout <= 0:
+            raise ConfigError("gcp_pubsub.pull_timeout", "must be > 0 seconds")
+        if self.publish_timeout <= 0:
+            raise ConfigError("gcp_pubsub.publish_timeout", "must be > 0 seconds")
+        if self.max_delivery_attempts and not 5 <= self.max_delivery_attempts <= 100:
+            raise ConfigError("gcp_pubsub.max_delivery_attempts", "must be 0 (no policy) or 5-100")
+        if self.max_delivery_attempts and not self.dead_letter_topic:
+            raise ConfigError("gcp_pubsub.max_delivery_attempts", "needs gcp_pubsub.dead_letter_topic")
+        if self.dead_letter_topic:
+            _check_id(self.dead_letter_topic, "gcp_pubsub.dead_letter_topic", "topic")
+        for queue, sub in self.subscriptions.items():
+            _check_id(str(sub), f"gcp_pubsub.subscriptions.{queue}", "subscription")
+
+
+def _check_id(value: str, key: str, kind: str) -> str:
+    if not _ID_RE.fullmatch(value) or value.startswith("goog"):
+        raise ConfigError(
+            key,
+            f"{value!r} is not a valid Pub/Sub {kind} id (3-255 characters, starting with a letter, "
+            "then letters, digits and - _ . ~ + %; not starting with 'goog')",
+        )
+    return value
+
+
+def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
+    """Split ``gcppubsub://PROJECT_ID/SUBSCRIPTION_NAME[?option=value...]``.
+
+    :returns: the project id, the subscription id and the query-string options.
+    :raises ConfigError: the URL is not of that form.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep or head.lower() != SCHEME:
+        raise ConfigError("broker", f"not a {SCHEME}:// URL: {redact_url(url)!r}")
+    rest, _, query = rest.partition("?")
+    parts = rest.split("/")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise ConfigError("broker", f"expected {_URL_FORM}, got {redact_url(url)!r}")
+    project, subscription = parts
+    _check_id(subscription, "broker", "subscription")
+    return project, subscription, dict(parse_qsl(query, keep_blank_values=True))
+
+
+@dataclass(frozen=True)
+class _Tag:
+    """Delivery tag: what ack/nack need to find the message again."""
+
+    ack_id: str
+    subscription: str
+    topic: str
+    ordering_key: str
+    consumer: int
+
+
+@dataclass
+class _Lease:
+    tag: _Tag
+    started: float  # monotonic time of the pull that delivered it
+    expires: float  # monotonic time its current ack deadline runs out (conservative)
+    length: float  # length of the current deadline, for the extension margin
+    extend: bool = True  # False once held longer than max_extension
+
+
+@dataclass
+class _QueueInfo:
+    topic: str
+    subscription: str
+    ack_deadline: int
+
+
+class GCPPubSubBroker(Broker):
+    """Google Cloud Pub/Sub broker (Go's ``gcppubsub`` broker).
+
+    :param url: ``gcppubsub://PROJECT_ID/SUBSCRIPTION_NAME``; options may follow as a query
+        string (``?create_missing=true``), overriding the ``gcp_pubsub`` section.
+    :param config: the core config; ``config.section("gcp_pubsub")`` is parsed into
+        :class:`GCPPubSubOptions`.
+    """
+
+    supports_native_delay: ClassVar[bool] = False
+    supports_priority: ClassVar[bool] = False
+    supports_pending_listing: ClassVar[bool] = False
+    supports_delayed_listing: ClassVar[bool] = False
+    redelivers_unacked: ClassVar[bool] = True
+    #: The default ``ack_deadline`` (60 s) plus the heartbeat's margin.
+    redelivery_timeout: ClassVar[float] = 75.0
+    supports_purge: ClassVar[bool] = True
+    config_section: ClassVar[str | None] = "gcp_pubsub"
+    #: Go Machinery reads no environment variables for Pub/Sub (``PUBSUB_EMULATOR_HOST`` and
+    #: ``GOOGLE_APPLICATION_CREDENTIALS`` are read by the client library itself).
+    env_options: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.project, self.subscription, query = parse_url(url)
+        self.options = parse_options(GCPPubSubOptions, "gcp_pubsub", config.section("gcp_pubsub"), query)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._publisher: Any = self.options.publisher
+        self._subscriber: Any = self.options.subscriber
+        self._own_publisher = False
+        self._own_subscriber = False
+        self._queues: dict[str, _QueueInfo] = {}
+        self._published_to: set[str] = set()
+        self._leases: dict[str, _Lease] = {}
+        self._held: dict[int, int] = {}  # consumer id -> leased messages (buffered or in flight)
+        self._busy_keys: dict[tuple[int, str], int] = {}  # (consumer, ordering key) -> in flight
+        self._next_consumer = 0
+        self._heartbeat: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._closed = False
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def topic_path(self, queue: str) -> str:
+        """The topic of a queue: ``projects/<project>/topics/<queue>``."""
+        return f"projects/{self.project}/topics/{_check_id(queue, f'queue {queue!r}', 'topic')}"
+
+    def subscription_path(self, queue: str) -> str:
+        """The subscription a worker of ``queue`` reads.
+
+        ``subscriptions[queue]`` when configured; the URL's subscription for the default queue
+        (as Go does); ``<url subscription>-<queue>`` for any other queue.
+        """
+        name = self.options.subscriptions.get(queue)
+        if name is None:
+            name = self.subscription if queue == self.default_queue else f"{self.subscription}-{queue}"
+        _check_id(name, f"subscription of queue {queue!r}", "subscription")
+        return f"projects/{self.project}/subscriptions/{name}"
+
+    # -- clients ----------------------------------------------------------------------------------
+
+    def _pub(self) -> Any:
+        if self._publisher is None:
+            with self._lock:
+                if self._publisher is None:
+                    self._check_open()
+                    self._publisher = self._make_client(PublisherClient)
+                    self._own_publisher = True
+        return self._publisher
+
+    def _sub(self) -> Any:
+        if self._subscriber is None:
+            with self._lock:
+                if self._subscriber is None:
+                    self._check_open()
+                    self._subscriber = self._make_client(SubscriberClient)
+                    self._own_subscriber = True
+        return self._subscriber
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerError(f"the Pub/Sub broker for {redact_url(self.url)} is closed")
+
+    @staticmethod
+    def _make_client(cls: type[T]) -> T:
+        try:
+            return cls()
+        except auth_exc.DefaultCredentialsError as exc:
+            raise BrokerConnectionError(
+                "no Google credentials for Pub/Sub: set GOOGLE_APPLICATION_CREDENTIALS, run on GCP, "
+                "or set PUBSUB_EMULATOR_HOST for the emulator"
+            ) from exc
+
+    def _call(self, what: str, resource: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """Run one API call, turning Google's exceptions into machinery errors."""
+        try:
+            return fn(**kwargs)
+        except gexc.GoogleAPICallError as exc:
+            raise _translate(exc, what, resource) from exc
+        except gexc.RetryError as exc:
+            raise BrokerConnectionError(f"Pub/Sub {what} {resource}: gave up retrying ({exc.cause})") from exc
+        except auth_exc.GoogleAuthError as exc:
+            raise BrokerConnectionError(f"Pub/Sub {what} {resource}: authentication failed ({exc})") from exc
+
+    # -- topics and subscriptions -----------------------------------------------------------------
+
+    def _queue(self, queue: str) -> _QueueInfo:
+        """Check (or create) a queue's topic and subscription, once per broker."""
+        info = self._queues.get(queue)
+        if info is not None:
+            return info
+        topic, sub = self.topic_path(queue), self.subscription_path(queue)
+        if self.options.create_missing:
+            self._create_topic(topic)
+            if self.options.dead_letter_topic:
+                dead = self.options.dead_letter_topic
+                self._create_topic(f"projects/{self.project}/topics/{dead}")
+                # A topic without a subscription drops what it receives: keep the letters.
+                self._create_subscription(
+                    f"projects/{self.project}/subscriptions/{dead}", f"projects/{self.project}/topics/{dead}"
+                )
+            self._create_subscription(sub, topic)
+        found = self._call("subscription", sub, self._sub().get_subscription, subscription=sub)
+        if found.topic != topic:
+            raise GCPPubSubError(
+                f"Pub/Sub subscription {sub} reads topic {found.topic or '(deleted)'}, "
+                f"not {topic} of queue {queue!r}; use another subscription "
+                "(gcp_pubsub.subscriptions) or another queue name",
+                resource=sub,
+                code="FAILED_PRECONDITION",
+            )
+        info = _QueueInfo(topic, sub, found.ack_deadline_seconds or MIN_ACK_DEADLINE)
+        self._queues[queue] = info
+        return info
+
+    def _create_topic(self, topic: str) -> None:
+        try:
+            self._call("create topic", topic, self._pub().create_topic, name=topic)
+            log.info("created Pub/Sub topic %s", topic)
+        except GCPPubSubError as exc:
+            if exc.code != "ALREADY_EXISTS":
+                raise
+
+    def _create_subscription(self, sub: str, topic: str) -> None:
+        o = self.options
+        request: dict[str, Any] = {"name": sub, "topic": topic, "ack_deadline_seconds": o.ack_deadline}
+        if o.ordering:
+            request["enable_message_ordering"] = True
+        if o.max_delivery_attempts and not sub.endswith(f"/{o.dead_letter_topic}"):
+            request["dead_letter_policy"] = DeadLetterPolicy(
+                dead_letter_topic=f"projects/{self.project}/topics/{o.dead_letter_topic}",
+                max_delivery_attempts=o.max_delivery_attempts,
+            )
+        try:
+            self._call("create subscription", sub, self._sub().create_subscription, request=request)
+            log.info("created Pub/Sub subscription %s on %s", sub, topic)
+        except GCPPubSubError as exc:
+            if exc.code != "ALREADY_EXISTS":
+                raise
+
+    def ensure_queue(self, queue: str | None = None) -> None:
+        """Check that a queue's topic and subscription exist, creating them when
+        ``create_missing`` is on.
+
+        :raises GCPPubSubError: one is missing (naming it) or the subscription reads another topic.
+        """
+        self._queue(queue or self.default_queue)
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    def _message(self, body: bytes, signature: Signature, queue: str) -> PubsubMessage:
+        if self.options.ordering:
+            key = signature.broker_message_group_id or self.options.ordering_key or queue
+            return PubsubMessage(data=body, ordering_key=key)
+        return PubsubMessage(data=body)
+
+    def _prepare(self, queue: str) -> str:
+        if queue not in self._published_to:
+            if self.options.create_missing:
+                # The subscription must exist before the first message, or Pub/Sub drops it.
+                self._queue(queue)
+            self._published_to.add(queue)
+        return self.topic_path(queue)
+
+    def publish(self, body: bytes, signature: Signature) -> None:
+        """Publish the signature JSON to the topic named by its routing key; returns once
+        Pub/Sub has stored it.
+
+        :raises PublishError: the topic is missing or refused the message (naming the topic).
+        """
+        queue = self.queue_for(signature)
+        self._publish_batch(queue, [self._message(body, signature, queue)], [signature.uuid])
+
+    def publish_many(self, items: Sequence[tuple[bytes, Signature]]) -> None:
+        """Publish several messages, one ``Publish`` request per topic and 1,000 messages."""
+        by_queue: dict[str, tuple[list[PubsubMessage], list[str]]] = {}
+        for body, sig in items:
+            queue = self.queue_for(sig)
+            msgs, uuids = by_queue.setdefault(queue, ([], []))
+            msgs.append(self._message(body, sig, queue))
+            uuids.append(sig.uuid)
+        for queue, (msgs, uuids) in by_queue.items():
+            start, size = 0, 0
+            for i, m in enumerate(msgs):
+                size += len(m.data) + 64
+                if i - start >= MAX_BATCH or (size > MAX_PUBLISH_BYTES and i > start):
+                    self._publish_batch(queue, msgs[start:i], uuids[start:i])
+                    start, size = i, len(m.data) + 64
+            self._publish_batch(queue, msgs[start:], uuids[start:])
+
+    def _publish_batch(self, queue: str, messages: list[PubsubMessage], uuids: list[str]) -> None:
+        if not messages:
+            return
+        try:
+            topic = self._prepare(queue)
+            client = self._pub()
+            # The GAPIC method: one synchronous request, even on a google.cloud.pubsub_v1
+            # PublisherClient, whose own publish() batches in a background thread.
+            self._call(
+                "publish to topic",
+                topic,
+                PublisherClient.publish,
+                self=client,
+                topic=topic,
+                messages=messages,
+                timeout=self.options.publish_timeout,
+            )
+        except (BrokerError, ConfigError) as exc:
+            raise PublishError(f"{len(messages)} message(s) not published: {exc}", uuids[0]) from exc
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
+        """Pull from the queue's subscription, leasing at most ``prefetch`` messages at a time.
+
+        Each pull waits at most ``pull_timeout`` seconds, so ``stop`` is noticed within it.
+        Pulled messages not yet handed to the worker when the generator ends are given back
+        at once (ack deadline 0).
+        """
+        info = self._queue(queue)
+        self._start_heartbeat()
+        with self._lock:
+            cid = self._next_consumer
+            self._next_consumer += 1
+            self._held[cid] = 0
+        buffer: deque[tuple[_Tag, ReceivedMessage]] = deque()
+        sub = self._sub()
+        backoff = 0.1
+        limit = max(1, prefetch)
+        try:
+            while not stop.is_set():
+                item = self._take_ready(cid, buffer)
+                if item is not None:
+                    yield item
+                    continue
+                with self._lock:
+                    room = limit - self._held[cid]
+                    if room <= 0:  # everything held is in flight or waits for its ordering key
+                        self._cond.wait(0.1)
+                        continue
+                if self.options.max_messages:
+                    room = min(room, self.options.max_messages)
+                started = time.monotonic()
+                try:
+                    resp = sub.pull(
+                        subscription=info.subscription,
+                        max_messages=min(room, MAX_BATCH),
+                        timeout=self.options.pull_timeout,
+                        retry=None,
+                    )
+                except gexc.DeadlineExceeded:
+                    continue
+                except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.Aborted, gexc.Unknown) as exc:
+                    log.warning("Pub/Sub pull from %s failed: %s; retrying in %.1fs", info.subscription, exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                except gexc.GoogleAPICallError as exc:
+                    raise _translate(exc, "pull from subscription", info.subscription) from exc
+                backoff = 0.1
+                received = list(resp.received_messages)
+                if not received:
+                    if time.monotonic() - started < 0.05:  # a server that answers empty at once
+                        stop.wait(0.05)
+                    continue
+                with self._lock:
+                    for rm in received:
+                        tag = _Tag(rm.ack_id, info.subscription, info.topic, rm.message.ordering_key, cid)
+                        self._leases[rm.ack_id] = _Lease(tag, started, started + info.ack_deadline, info.ack_deadline)
+                        buffer.append((tag, rm))
+                    self._held[cid] += len(received)
+        finally:
+            if buffer:
+                self._give_back([t for t, _ in buffer])
+            with self._lock:
+                self._held.pop(cid, None)
+
+    def _take_ready(self, cid: int, buffer: deque[tuple[_Tag, ReceivedMessage]]) -> Delivery | None:
+        """The first buffered message that may run now (with ordering: none of its key in flight)."""
+        if not buffer:
+            return None
+        with self._lock:
+            i = self._ready_index(cid, buffer)
+            if i < 0:
+                return None
+            tag, rm = buffer[i]
+            del buffer[i]
+            if tag.ordering_key and self.options.ordering:
+                self._busy_keys[(cid, tag.ordering_key)] = 1
+        msg = rm.message
+        attempt = rm.delivery_attempt
+        attrs: dict[str, Any] = dict(msg.attributes)
+        attrs.update(
+            message_id=msg.message_id,
+            publish_time=msg.publish_time,
+            delivery_attempt=attempt,
+            ordering_key=msg.ordering_key,
+            subscription=tag.subscription,
+        )
+        return Delivery(body=msg.data, queue=_queue_of(tag.topic), tag=tag, redelivered=attempt > 1, attributes=attrs)
+
+    def _ready_index(self, cid: int, buffer: deque[tuple[_Tag, ReceivedMessage]]) -> int:
+        if not self.options.ordering:
+            return 0
+        blocked: set[str] = set()
+        for i, (tag, _) in enumerate(buffer):
+            key = tag.ordering_key
+            if not key:
+                return i
+            if key in blocked or self._busy_keys.get((cid, key)):
+                blocked.add(key)
+                continue
+            return i
+        return -1
+
+    def _release(self, tag: _Tag) -> bool:
+        """Forget a lease; False when it was not held (already acked, given back or unknown)."""
+        with self._lock:
+            lease = self._leases.pop(tag.ack_id, None)
+            if lease is None:
+                return False
+            if tag.consumer in self._held:
+                self._held[tag.consumer] -= 1
+            if tag.ordering_key:
+                self._busy_keys.pop((tag.consumer, tag.ordering_key), None)
+            self._cond.notify_all()
+            return True
+
+    def _give_back(self, tags: list[_Tag]) -> None:
+        by_sub: dict[str, list[str]] = {}
+        for t in tags:
+            if self._release(t):
+                by_sub.setdefault(t.subscription, []).append(t.ack_id)
+        for sub, ids in by_sub.items():
+            try:
+                self._modack(sub, ids, 0)
+            except BrokerError as exc:
+                log.warning(
+                    "could not give %d message(s) back to %s (redelivered after their deadline): %s", len(ids), sub, exc
+                )
+
+    def _modack(self, sub: str, ack_ids: list[str], seconds: int) -> None:
+        client = self._sub()
+        for i in range(0, len(ack_ids), MAX_BATCH):
+            self._call(
+                "modify ack deadline on subscription",
+                sub,
+                client.modify_ack_deadline,
+                subscription=sub,
+                ack_ids=ack_ids[i : i + MAX_BATCH],
+                ack_deadline_seconds=seconds,
+            )
+
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge the message (called after the task's final state is stored)."""
+        tag: _Tag = delivery.tag
+        self._release(tag)
+        self._call(
+            "acknowledge on subscription",
+            tag.subscription,
+            self._sub().acknowledge,
+            subscription=tag.subscription,
+            ack_ids=[tag.ack_id],
+        )
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
+        """Give the message back, or dead-letter it.
+
+        ``requeue``: its ack deadline becomes ``delay`` seconds (rounded up, at most 600), so
+        Pub/Sub redelivers it then; a still-early ETA is re-delayed by the worker on redelivery.
+        Not ``requeue``: the body is published to ``dead_letter_topic`` when configured, else
+        logged; then the message is acknowledged.
+        """
+        tag: _Tag = delivery.tag
+        if requeue:
+            self._release(tag)
+            self._modack(tag.subscription, [tag.ack_id], min(MAX_ACK_DEADLINE, max(0, math.ceil(delay))))
+            return
+        dlt = self.options.dead_letter_topic
+        if dlt:
+            topic = f"projects/{self.project}/topics/{dlt}"
+            msg = PubsubMessage(
+                data=delivery.body,
+                attributes={"MachinerySourceSubscription": tag.subscription, "MachinerySourceTopic": tag.topic},
+            )
+            self._call(
+                "publish to dead-letter topic",
+                topic,
+                PublisherClient.publish,
+                self=self._pub(),
+                topic=topic,
+                messages=[msg],
+                timeout=self.options.publish_timeout,
+            )
+        else:
+            log.warning(
+                "dropping message %s from %s (no gcp_pubsub.dead_letter_topic configured)",
+                delivery.attributes.get("message_id", "?"),
+                tag.subscription,
+            )
+        self.ack(delivery)
+
+    def _start_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._closing.clear()
+                self._heartbeat = threading.Thread(
+                    target=self._extend_leases, name="machinery-pubsub-lease", daemon=True
+                )
+                self._heartbeat.start()
+
+    def _extend_leases(self) -> None:
+        """Heartbeat: extend every held message's ack deadline before it runs out."""
+        extension = self.options.ack_deadline
+        limit = self.options.max_extension
+        while not self._closing.wait(1.0):
+            now = time.monotonic()
+            due: dict[str, list[_Lease]] = {}
+            with self._lock:
+                for lease in self._leases.values():
+                    if not lease.extend:
+                        continue
+                    if limit and now - lease.started > limit:
+                        log.warning(
+                            "a message of %s was held for over %.0fs (max_extension): no longer "
+                            "extended, Pub/Sub will redeliver it",
+                            lease.tag.subscription,
+                            limit,
+                        )
+                        lease.extend = False
+                        continue
+                    if lease.expires - now < max(2.5, lease.length / 3):
+                        due.setdefault(lease.tag.subscription, []).append(lease)
+            for sub, leases in due.items():
+                try:
+                    self._modack(sub, [le.tag.ack_id for le in leases], extension)
+                except BrokerError as exc:
+                    log.warning("could not extend %d lease(s) on %s: %s", len(leases), sub, exc)
+                    continue
+                for le in leases:
+                    le.expires, le.length = now + extension, float(extension)
+
+    # -- management -------------------------------------------------------------------------------
+
+    def purge(self, queue: str | None = None) -> int:
+        """Drop every message of the queue's subscription: pull-and-acknowledge what is
+        available (counted), then ``Seek`` to now, which also drops messages that are leased
+        (in flight or ETA-delayed) and so invisible to pull.
+
+        :returns: the number of messages pulled and acknowledged.
+        """
+        info = self._queue(queue or self.default_queue)
+        client = self._sub()
+        count = 0
+        seek_to = datetime.now(timezone.utc)
+        while True:
+            try:
+                resp = client.pull(
+                    subscription=info.subscription,
+                    max_messages=MAX_BATCH,
+                    timeout=self.options.pull_timeout,
+                    retry=None,
+                )
+            except gexc.DeadlineExceeded:
+                break
+            except gexc.GoogleAPICallError as exc:
+                raise _translate(exc, "pull from subscription", info.subscription) from exc
+            ids = [rm.ack_id for rm in resp.received_messages]
+            if not ids:
+                break
+            self._call(
+                "acknowledge on subscription",
+                info.subscription,
+                client.acknowledge,
+                subscription=info.subscription,
+                ack_ids=ids,
+            )
+            count += len(ids)
+        self._call(
+            "seek subscription",
+            info.subscription,
+            client.seek,
+            request={"subscription": info.subscription, "time": seek_to},
+        )
+        return count
+
+    def close(self) -> None:
+        """Stop the heartbeat, give held messages back, and close the clients this broker
+        created (clients passed in through the options are left open). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            leases = [le.tag for le in self._leases.values()]
+        self._closing.set()
+        hb = self._heartbeat
+        if hb is not None and hb is not threading.current_thread():
+            hb.join(timeout=5)
+        if leases and self._subscriber is not None:
+            self._give_back(leases)
+        with self._lock:
+            self._closed = True
+            pub, sub = self._publisher, self._subscriber
+            if self._own_publisher:
+                self._publisher = None
+            if self._own_subscriber:
+                self._subscriber = None
+        for client, own in ((pub, self._own_publisher), (sub, self._own_subscriber)):
+            if client is not None and own:
+                try:
+                    client.transport.close()
+                except Exception as exc:  # noqa: BLE001 - closing must not raise
+                    log.debug("closing a Pub/Sub client failed: %s", exc)
+
+
+def _queue_of(topic: str) -> str:
+    return topic.rpartition("/")[2]
+
+
+_CONNECTION_CODES = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Unauthenticated)
+
+
+def _translate(exc: gexc.GoogleAPICallError, what: str, resource: str) -> BrokerError:
+    code = exc.grpc_status_code.name if exc.grpc_status_code is not None else ""
+    detail = exc.message or str(exc)
+    if isinstance(exc, gexc.NotFound):
+        kind = "subscription" if "/subscriptions/" in resource else "topic"
+        return GCPPubSubError(
+            f"Pub/Sub {what} {resource}: the {kind} does not exist "
+            f"(create it, or set gcp_pubsub.create_missing: true) [{detail}]",
+            resource=resource,
+            code=code or "NOT_FOUND",
+        )
+    if isinstance(exc, gexc.PermissionDenied):
+        return GCPPubSubError(
+            f"Pub/Sub {what} {resource}: permission denied for these credentials [{detail}]",
+            resource=resource,
+            code=code or "PERMISSION_DENIED",
+        )
+    if isinstance(exc, gexc.AlreadyExists):
+        return GCPPubSubError(
+            f"Pub/Sub {what} {resource}: already exists [{detail}]", resource=resource, code=code or "ALREADY_EXISTS"
+        )
+    if isinstance(exc, _CONNECTION_CODES):
+        return BrokerConnectionError(f"Pub/Sub {what} {resource}: {type(exc).__name__} [{detail}]")
+    return GCPPubSubError(f"Pub/Sub {what} {resource}: {type(exc).__name__} [{detail}]", resource=resource, code=code)
