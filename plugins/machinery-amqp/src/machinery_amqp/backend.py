@@ -1,0 +1,333 @@
+"""AMQP result backend, laid out as Go Machinery's (not recommended for many tasks).
+
+Every task gets a queue named after its UUID (non-durable, auto-delete, ``x-message-ttl`` and
+``x-expires`` = ``results_expire_in``) into which each new state is published, as Go does. Go
+*consumes* the state when reading it; here a read takes every message, acknowledges all but the
+newest and gives the newest back, so reads do not destroy the state and older states are
+pruned. Completed members of a group are also published to a queue named after the group (Go's
+``markTaskCompleted``), whose message count answers "is the group complete?" in one round
+trip. Group metadata lives in ``<group>_meta``; the chord trigger is a queue ``<group>_chord_token``
+holding one token message that exactly one ``basic.get`` can win.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import pika
+import pika.exceptions as pex
+
+from machinery.config import redact_url
+from machinery.errors import BackendConnectionError, BackendError, DecodeError
+from machinery.interfaces import Backend
+from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
+from machinery.state import State
+
+from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+    from machinery.config import Config
+    from machinery.signature import Signature
+    from machinery.state import GroupMeta, TaskResult, TaskState
+
+__all__ = ["AMQPBackend"]
+
+log = logging.getLogger("machinery.amqp")
+T = TypeVar("T")
+
+#: Go's ``DefaultResultsExpireIn``: used when ``results_expire_in`` is 0, as Go does.
+DEFAULT_EXPIRES = 3600
+_PROPS = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+# A second reader may hold the state message for one round trip; look again before saying "none".
+_EMPTY_RETRIES = (0.002, 0.01)
+
+
+class _Missing(Exception):
+    """The queue does not exist (404)."""
+
+
+class _Session:
+    def __init__(self, conn: BlockingConnection) -> None:
+        self.conn = conn
+        self.ch: BlockingChannel | None = None
+
+    def channel(self) -> BlockingChannel:
+        if self.ch is None or not self.ch.is_open:
+            self.ch = self.conn.channel()
+            self.ch.confirm_delivery()
+        return self.ch
+
+
+class AMQPBackend(Backend):
+    """Result backend on RabbitMQ queues, compatible with Go Machinery's AMQP backend.
+
+    :param url: ``amqp://`` or ``amqps://`` URL (several joined by the multiple-broker separator).
+    :param config: the core config; the ``amqp`` section's exchange settings are not needed here.
+    """
+
+    supports_expiry: ClassVar[bool] = True
+    persistent: ClassVar[bool] = True
+    config_section: ClassVar[str | None] = "amqp"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.options = AMQPOptions.from_config(config)
+        self._params = parse_amqp_urls(url, config, self.options, "backend")
+        self._pool: list[_Session] = []
+        self._lock = threading.Lock()
+        self._declared: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"AMQPBackend({redact_url(self.url)!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _expires_ms(self) -> int:
+        return (self.config.results_expire_in or DEFAULT_EXPIRES) * 1000
+
+    def _args(self) -> dict[str, Any]:
+        ms = self._expires_ms
+        return {"x-message-ttl": ms, "x-expires": ms}
+
+    def _run(self, fn: Callable[[BlockingChannel], T], what: str) -> T:
+        if self._closed:
+            raise BackendError("the AMQP result backend is closed")
+        for attempt in (1, 2):
+            with self._lock:
+                session = self._pool.pop() if self._pool else None
+            try:
+                if session is None:
+                    session = _Session(connect(self._params))
+                result = fn(session.channel())
+            except pex.ChannelClosedByBroker as exc:
+                if session is not None:
+                    session.ch = None
+                    self._release(session)
+                if exc.reply_code == 404:
+                    raise _Missing(exc.reply_text) from None
+                raise BackendError(f"RabbitMQ refused to {what}: {exc.reply_text}") from exc
+            except pex.ProbableAuthenticationError as exc:
+                raise BackendConnectionError(f"RabbitMQ at {describe(self._params)} refused the credentials") from exc
+            except CONNECTION_ERRORS as exc:
+                if session is not None:
+                    try:
+                        session.conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                if attempt == 2:
+                    raise BackendConnectionError(
+                        f"cannot {what}: RabbitMQ at {describe(self._params)} unreachable ({exc!r})"
+                    ) from exc
+                continue
+            self._release(session)
+            return result
+        raise AssertionError("unreachable")
+
+    def _release(self, session: _Session) -> None:
+        with self._lock:
+            if self._closed or len(self._pool) >= 16:
+                try:
+                    session.conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            else:
+                self._pool.append(session)
+
+    def _declare(self, ch: BlockingChannel, name: str, *, force: bool = False) -> None:
+        if not force and name in self._declared:
+            return
+        # Go's declaration: non-durable, auto-delete, message TTL and queue expiry.
+        ch.queue_declare(name, durable=False, auto_delete=True, arguments=self._args())
+        with self._lock:
+            self._declared[name] = None
+            if len(self._declared) > 10000:
+                self._declared.popitem(last=False)
+
+    def _put(self, ch: BlockingChannel, name: str, body: bytes) -> None:
+        self._declare(ch, name)
+        try:
+            ch.basic_publish("", name, body, _PROPS, mandatory=True)
+        except pex.UnroutableError:
+            # The queue expired or was deleted since we declared it: declare it and send again.
+            self._declare(ch, name, force=True)
+            ch.basic_publish("", name, body, _PROPS, mandatory=True)
+
+    @staticmethod
+    def _newest(ch: BlockingChannel, name: str) -> bytes | None:
+        """The newest message of ``name``, leaving only it in the queue."""
+        prev = last = 0
+        body: bytes | None = None
+        while True:
+            method, _props, payload = ch.basic_get(name, auto_ack=False)
+            if method is None:
+                break
+            prev, last, body = last, method.delivery_tag, payload
+            if method.message_count == 0:
+                break
+        if prev:
+            ch.basic_ack(prev, multiple=True)
+        if last:
+            ch.basic_nack(last, requeue=True)
+        return body
+
+    def _read(self, name: str) -> bytes | None:
+        for pause in (*_EMPTY_RETRIES, None):
+            try:
+                body = self._run(lambda ch: self._newest(ch, name), f"read {name!r}")
+            except _Missing:
+                return None
+            if body is not None or pause is None:
+                return body
+            time.sleep(pause)
+        return None
+
+    # -- primitives -------------------------------------------------------------------------------
+
+    def _store_state(self, state: TaskState) -> None:
+        """Publish the state into the task's queue (Go's ``updateState``)."""
+        body = encode_task_state(state)
+        self._run(lambda ch: self._put(ch, state.task_uuid, body), f"store the state of {state.task_uuid}")
+
+    def _store_states(self, states: Sequence[TaskState]) -> None:
+        """Publish several states on one channel."""
+
+        def go(ch: BlockingChannel) -> None:
+            for st in states:
+                self._put(ch, st.task_uuid, encode_task_state(st))
+
+        if states:
+            self._run(go, "store task states")
+
+    def _load_state(self, task_uuid: str) -> TaskState | None:
+        """The newest state message of the task's queue, left in place."""
+        body = self._read(task_uuid)
+        if body is None:
+            return None
+        try:
+            return decode_task_state(body)
+        except DecodeError as exc:
+            raise BackendError(f"stored state of {task_uuid} is not valid: {exc.reason}") from exc
+
+    def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        return [self._load_state(u) for u in task_uuids]
+
+    def _store_group(self, meta: GroupMeta) -> None:
+        """Publish the group metadata to ``<group>_meta`` and one chord token to ``<group>_chord_token``."""
+        body = encode_group_meta(meta)
+        token = _chord_token(meta.group_uuid)
+
+        def go(ch: BlockingChannel) -> None:
+            self._put(ch, _meta_queue(meta.group_uuid), body)
+            self._declare(ch, token)
+            ch.queue_purge(token)
+            self._put(ch, token, b"chord")
+
+        self._run(go, f"store group {meta.group_uuid}")
+
+    def _load_group(self, group_uuid: str) -> GroupMeta | None:
+        body = self._read(_meta_queue(group_uuid))
+        if body is None:
+            return None
+        try:
+            meta = decode_group_meta(body)
+        except DecodeError as exc:
+            raise BackendError(f"stored metadata of {group_uuid} is not valid: {exc.reason}") from exc
+        meta.chord_triggered = self._queue_exists(_chord_triggered(group_uuid))
+        return meta
+
+    def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        """Take the group's single chord token with an auto-ack ``basic.get``: only one wins."""
+
+        def go(ch: BlockingChannel) -> bool:
+            method, _props, _body = ch.basic_get(_chord_token(group_uuid), auto_ack=True)
+            if method is None:
+                return False
+            # Go's marker: a Go worker sees this queue and does not trigger the chord again.
+            self._declare(ch, _chord_triggered(group_uuid))
+            return True
+
+        try:
+            return self._run(go, f"trigger the chord of {group_uuid}")
+        except _Missing:
+            return False
+
+    def _delete(self, uuid: str) -> None:
+        """Delete the task's or group's queues (state, completions, metadata, chord queues)."""
+
+        def go(ch: BlockingChannel) -> None:
+            for name in (uuid, _meta_queue(uuid), _chord_token(uuid), _chord_triggered(uuid)):
+                ch.queue_delete(name)
+                with self._lock:
+                    self._declared.pop(name, None)
+
+        self._run(go, f"delete {uuid}")
+
+    # -- Go's group-completion queue --------------------------------------------------------------
+
+    def _queue_exists(self, name: str) -> bool:
+        try:
+            self._run(lambda ch: ch.queue_declare(name, passive=True), f"inspect {name!r}")
+        except _Missing:
+            return False
+        return True
+
+    def _mark_completed(self, signature: Signature, state: TaskState) -> None:
+        if not signature.group_uuid or not signature.group_task_count:
+            return
+        body = encode_task_state(state)
+        self._run(lambda ch: self._put(ch, signature.group_uuid, body), f"mark {signature.uuid} completed")
+
+    def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
+        """Store SUCCESS, then publish it to the group's queue as Go's ``markTaskCompleted`` does."""
+        self._mark_completed(signature, self._set(signature, State.SUCCESS.value, results=results))
+
+    def set_state_failure(self, signature: Signature, error: str) -> None:
+        """Store FAILURE, then publish it to the group's queue as Go's ``markTaskCompleted`` does."""
+        self._mark_completed(signature, self._set(signature, State.FAILURE.value, error=error))
+
+    def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
+        """Fewer completion messages than tasks in Go's group queue means "not yet" (one round
+        trip); otherwise every member's state is checked, so duplicates cannot fake completion."""
+        try:
+            count = self._run(
+                lambda ch: ch.queue_declare(group_uuid, passive=True).method.message_count, f"inspect {group_uuid!r}"
+            )
+        except _Missing:
+            count = None
+        if count is not None and count < group_task_count:
+            return False
+        return super().group_completed(group_uuid, group_task_count)
+
+    def close(self) -> None:
+        """Close the pooled connections. Idempotent."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, []
+        for s in pool:
+            try:
+                s.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _meta_queue(group_uuid: str) -> str:
+    return f"{group_uuid}_meta"
+
+
+def _chord_token(group_uuid: str) -> str:
+    return f"{group_uuid}_chord_token"
+
+
+def _chord_triggered(group_uuid: str) -> str:
+    # Go's TriggerChord treats an existing queue of this name as "already triggered".
+    return f"{group_uuid}_chord_triggered"
