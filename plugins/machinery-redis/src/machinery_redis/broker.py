@@ -1,0 +1,580 @@
+"""The Redis broker: Go Machinery's keys and JSON, with at-least-once delivery on top.
+
+Keys shared with Go Machinery (a Go producer or worker on the same server sees the same tasks):
+
+- ``<queue>``: a list of signature JSON; producers ``RPUSH``, Go workers ``BLPOP``.
+- ``delayed_tasks`` (``redis.delayed_tasks_key``): a sorted set of signature JSON scored by the
+  ETA in Unix **nanoseconds**; due members are moved to the list named by their ``RoutingKey``.
+
+Keys of this plugin only (the ``{queue}`` hash tag keeps them in the queue's cluster slot):
+
+- ``{<queue>}:processing:<consumer>``: what one consumer has taken and not yet acknowledged.
+  ``BLMOVE`` moves a message there atomically; ``ack`` removes it (after the state is stored).
+- ``{<queue>}:consumer:<consumer>``: the consumer's heartbeat, renewed every third of
+  ``visibility_timeout`` by a background thread (so long tasks are fine).
+- ``{<queue>}:consumers``: the set of consumer ids. Any live consumer of the queue returns the
+  processing list of a consumer whose heartbeat expired (kill -9, lost host) to the queue head.
+- ``{<queue>}:dead``: messages rejected with ``nack(requeue=False)`` (bounded list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import redis
+
+from machinery.config import redact_url
+from machinery.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from machinery.interfaces import Broker, Delivery
+from machinery.signature import Signature, decode_signature, encode_signature
+from machinery_redis.connection import (
+    ENV_OPTIONS,
+    SharedClient,
+    acquire_client,
+    build_client,
+    is_cluster,
+    load_options,
+    parse_url,
+    release_client,
+    translate_errors,
+)
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+
+__all__ = ["RedisBroker", "consumers_key", "dead_key", "eta_score", "processing_key"]
+
+log = logging.getLogger("machinery.redis")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MOVE_BATCH = 100
+
+
+def _routing_field() -> str:
+    # The codec owns Go's field names: find the one that carries the routing key.
+    probe = "\x00routing-probe"
+    wire = json.loads(encode_signature(Signature("probe", routing_key=probe)))
+    return next(k for k, v in wire.items() if v == probe)
+
+
+ROUTING_FIELD = _routing_field()
+
+
+def processing_key(queue: str, consumer: str) -> str:
+    """The list of messages ``consumer`` took from ``queue`` and has not acknowledged."""
+    return f"{{{queue}}}:processing:{consumer}"
+
+
+def heartbeat_key(queue: str, consumer: str) -> str:
+    """The heartbeat key of ``consumer`` on ``queue`` (expires when the consumer dies)."""
+    return f"{{{queue}}}:consumer:{consumer}"
+
+
+def consumers_key(queue: str) -> str:
+    """The set of consumer ids of ``queue``."""
+    return f"{{{queue}}}:consumers"
+
+
+def dead_key(queue: str) -> str:
+    """The dead-letter list of ``queue``."""
+    return f"{{{queue}}}:dead"
+
+
+def eta_score(eta: datetime) -> int:
+    """Go's score for a delayed task: ``ETA.UnixNano()``."""
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=timezone.utc)
+    return (eta - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+# Moves due members of the delayed set (KEYS[1]) to the list named by their routing key
+# (ARGV[3] when empty or unreadable), atomically: many workers never move one twice.
+# Returns {moved, score of the next member or false}.
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(due) do
+  local q = ARGV[3]
+  local ok, sig = pcall(cjson.decode, m)
+  if ok and type(sig) == 'table' and type(sig[ARGV[4]]) == 'string' and sig[ARGV[4]] ~= '' then
+    q = sig[ARGV[4]]
+  end
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('RPUSH', q, m)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or false}
+"""
+
+# KEYS: processing, destination list. ARGV: body, 'head'|'tail', dead-letter limit (0 = none).
+_SETTLE_TO_LIST = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] == 'head' then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  if tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1) end
+end
+return 1
+"""
+
+# KEYS: processing, delayed set. ARGV: body, new member, score.
+_SETTLE_TO_DELAYED = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return 1
+"""
+
+# KEYS: queue, processing, heartbeat, consumers. ARGV: consumer id, '1' to skip the heartbeat
+# check (own consumer leaving). Returns the processing list to the queue head, in order.
+_REAP = """
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do n = n + 1 end
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+return n
+"""
+
+
+class _Consumer:
+    """One ``consume`` call: its keys, and the bodies it has yielded and not yet settled."""
+
+    def __init__(self, queue: str, cid: str) -> None:
+        self.queue = queue
+        self.cid = cid
+        self.processing = processing_key(queue, cid)
+        self.heartbeat = heartbeat_key(queue, cid)
+        self.registry = consumers_key(queue)
+        self.active = True
+        self.inflight: Counter[bytes] = Counter()
+        self.lock = threading.Lock()
+
+
+class RedisBroker(Broker):
+    """Broker on Redis lists, wire- and key-compatible with Go Machinery, at-least-once.
+
+    :param url: ``redis://``, ``rediss://`` or ``redis+socket://`` (see :mod:`machinery_redis`).
+    :param config: the core config; its ``redis`` section is parsed into
+        :class:`~machinery_redis.connection.RedisOptions`.
+    """
+
+    supports_native_delay: ClassVar[bool] = True
+    #: One list per queue, as Go Machinery reads it, has no room for priorities.
+    supports_priority: ClassVar[bool] = False
+    supports_pending_listing: ClassVar[bool] = True
+    supports_delayed_listing: ClassVar[bool] = True
+    redelivers_unacked: ClassVar[bool] = True
+    #: Default ``visibility_timeout`` (15 s) plus the reaper's period (5 s), with margin.
+    redelivery_timeout: ClassVar[float] = 30.0
+    supports_purge: ClassVar[bool] = True
+    config_section: ClassVar[str | None] = "redis"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.target = parse_url(url)
+        self.options = load_options(self.target, config)
+        vt = self.options.visibility_timeout
+        self._reap_every = min(max(vt / 3, 1.0), 5.0)
+        self._shared: SharedClient | None = None
+        self._lock = threading.Lock()
+        self._consumers: dict[str, _Consumer] = {}
+        self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
+        self._maint: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._closed = False
+        self._scripts: dict[str, Any] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The shared redis-py client (created on first use)."""
+        shared = self._shared
+        if shared is None:
+            with self._lock:
+                if self._closed:
+                    raise BrokerError(f"the redis broker for {redact_url(self.url)} is closed")
+                if self._shared is None:
+                    self._shared = acquire_client(self.target, self.options)
+                shared = self._shared
+        return shared.client
+
+    def _script(self, name: str, text: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(text)
+        return script
+
+    def _errors(self, what: str, **attrs: Any) -> Any:
+        return translate_errors(what, self.url, BrokerError, BrokerConnectionError, **attrs)
+
+    @property
+    def _cluster(self) -> bool:
+        return is_cluster(self.client)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _delay_score(self, signature: Signature) -> int | None:
+        if signature.eta is None:
+            return None
+        score = eta_score(signature.eta)
+        return score if score > time.time_ns() else None
+
+    def publish(self, body: bytes, signature: Signature) -> None:
+        """``RPUSH`` to the queue, or ``ZADD`` to the delayed set when the ETA is in the future.
+
+        :raises machinery.errors.PublishError: Redis refused the command, or it could not be
+            reached within ``redis.retries`` retries (the error then also is a ``ConnectionError``).
+        """
+        queue = self.queue_for(signature)
+        score = self._delay_score(signature)
+        with self._publish_errors(f"publish {signature.uuid}", signature.uuid):
+            if score is None:
+                self.client.rpush(queue, body)
+            else:
+                self.client.zadd(self.options.delayed_tasks_key, {body: score})
+
+    def _publish_errors(self, what: str, task_uuid: str) -> Any:
+        return translate_errors(what, self.url, PublishError, _PublishConnectionError, task_uuid=task_uuid)
+
+    def publish_many(self, items: Sequence[tuple[bytes, Signature]]) -> None:
+        """Publish a batch in one round trip: one ``RPUSH`` per queue, one ``ZADD`` for delays."""
+        if not items:
+            return
+        lists: dict[str, list[bytes]] = {}
+        delayed: dict[bytes, int] = {}
+        for body, sig in items:
+            score = self._delay_score(sig)
+            if score is None:
+                lists.setdefault(self.queue_for(sig), []).append(body)
+            else:
+                delayed[body] = score
+        first = items[0][1].uuid
+        with self._publish_errors(f"publish {len(items)} tasks (first {first})", first):
+            pipe = self.client.pipeline(transaction=False)
+            for queue, bodies in lists.items():
+                pipe.rpush(queue, *bodies)
+            if delayed:
+                pipe.zadd(self.options.delayed_tasks_key, delayed)
+            pipe.execute()
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
+        """Yield messages of ``queue``, each moved atomically into this consumer's processing list.
+
+        Blocks in ``BLMOVE`` for at most a second at a time, so ``stop`` is noticed within a
+        second; a message taken just as ``stop`` is set goes back to the queue head. Lost
+        connections are logged and retried with back-off (0.1 s doubling to 5 s).
+        """
+        cid = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        consumer = _Consumer(queue, cid)
+        with self._lock:
+            self._consumers[cid] = consumer
+        self._ensure_maintenance()
+        blocking = build_client(self.target, self.options, retries=0)
+        block = self.options.block_timeout
+        recover, failing, backoff = True, False, 0.1
+        try:
+            while not stop.is_set() and not self._closing.is_set():
+                try:
+                    if recover:
+                        self._recover(consumer)
+                        recover = False
+                    body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
+                except redis.RedisError as exc:
+                    recover = True
+                    if not failing:
+                        log.warning(
+                            "redis consumer of %r: %s (%s); reconnecting with back-off",
+                            queue,
+                            type(exc).__name__,
+                            redact_url(str(exc)),
+                        )
+                    failing = True
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if failing:
+                    log.info("redis consumer of %r: connection to %s restored", queue, redact_url(self.url))
+                    failing, backoff = False, 0.1
+                if body is None:
+                    continue
+                with consumer.lock:
+                    consumer.inflight[body] += 1
+                if stop.is_set():
+                    self._settle(consumer, body, "give back", lambda b=body: self._to_list(consumer, b, queue, "head"))
+                    break
+                yield Delivery(body=body, queue=queue, tag=consumer)
+        finally:
+            with consumer.lock:
+                consumer.active = False
+                idle = not consumer.inflight
+            if idle and not self._closed:
+                self._leave(consumer)
+            blocking.close()
+
+    def _recover(self, consumer: _Consumer) -> None:
+        # (Re-)register, then give back anything in our processing list that was never yielded
+        # (a BLMOVE whose reply was lost with the connection).
+        self._beat([consumer])
+        with consumer.lock:
+            known = Counter(consumer.inflight)
+        for body in self.client.lrange(consumer.processing, 0, -1):
+            if known[body] > 0:
+                known[body] -= 1
+            else:
+                self._to_list(consumer, body, consumer.queue, "head")
+
+    def ack(self, delivery: Delivery) -> None:
+        """Remove the message from this consumer's processing list (the state is stored)."""
+        consumer: _Consumer = delivery.tag
+        body = delivery.body
+        self._settle(consumer, body, "ack", lambda: self.client.lrem(consumer.processing, 1, body))
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
+        """Requeue at the queue's tail (Go's requeue), into the delayed set, or dead-letter it."""
+        consumer: _Consumer = delivery.tag
+        body = delivery.body
+        op: Callable[[], Any]
+        if not requeue:
+            if self.options.dead_letter_limit > 0:
+                op = lambda: self._to_list(consumer, body, dead_key(consumer.queue), "tail")  # noqa: E731
+            else:
+                op = lambda: self.client.lrem(consumer.processing, 1, body)  # noqa: E731
+            self._settle(consumer, body, "dead-letter", op)
+        elif delay > 0:
+            member = self._for_queue(body, delivery.queue)
+            score = time.time_ns() + int(delay * 1e9)
+            self._settle(consumer, body, "delay", lambda: self._to_delayed(consumer, body, member, score))
+        else:
+            self._settle(consumer, body, "requeue", lambda: self._to_list(consumer, body, consumer.queue, "tail"))
+
+    def _for_queue(self, body: bytes, queue: str) -> bytes:
+        # A delayed member goes where its routing key says: make that the queue it came from.
+        try:
+            routing = json.loads(body).get(ROUTING_FIELD)
+        except (ValueError, AttributeError):
+            return body
+        if routing == queue:
+            return body
+        try:
+            sig = decode_signature(body)
+        except DecodeError:
+            return body
+        sig.routing_key = queue
+        return encode_signature(sig)
+
+    def _to_list(self, consumer: _Consumer, body: bytes, dest: str, end: str) -> None:
+        # dest is the queue or {queue}:dead: the same cluster slot as the processing list.
+        limit = self.options.dead_letter_limit
+        self._script("settle_list", _SETTLE_TO_LIST)(keys=[consumer.processing, dest], args=[body, end, limit])
+
+    def _to_delayed(self, consumer: _Consumer, body: bytes, member: bytes, score: int) -> None:
+        key = self.options.delayed_tasks_key
+        if self._cluster:  # different slots: add first, then remove (a crash duplicates, never loses)
+            self.client.zadd(key, {member: score})
+            self.client.lrem(consumer.processing, 1, body)
+            return
+        self._script("settle_delayed", _SETTLE_TO_DELAYED)(keys=[consumer.processing, key], args=[body, member, score])
+
+    def _settle(self, consumer: _Consumer, body: bytes, what: str, op: Callable[[], Any]) -> None:
+        def run() -> None:
+            op()
+            with consumer.lock:
+                consumer.inflight[body] -= 1
+                if consumer.inflight[body] <= 0:
+                    del consumer.inflight[body]
+                done = not consumer.active and not consumer.inflight
+            if done:
+                self._leave(consumer)
+
+        try:
+            run()
+        except redis.RedisError as exc:
+            log.warning(
+                "redis %s of a message from %r failed (%s); retrying in the background",
+                what,
+                consumer.queue,
+                redact_url(str(exc)),
+            )
+            self._deferred.append((what, run))
+            self._ensure_maintenance()
+
+    def _leave(self, consumer: _Consumer) -> None:
+        def run() -> None:
+            keys = [consumer.queue, consumer.processing, consumer.heartbeat, consumer.registry]
+            self._script("reap", _REAP)(keys=keys, args=[consumer.cid, "1"])
+            with self._lock:
+                self._consumers.pop(consumer.cid, None)
+
+        try:
+            run()
+        except redis.RedisError:
+            self._deferred.append(("unregister", run))
+
+    # -- background: heartbeats, delayed tasks, dead consumers, deferred operations -----------
+
+    def _ensure_maintenance(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._maint is None or not self._maint.is_alive():
+                self._maint = threading.Thread(target=self._maintain, name="machinery-redis-maintenance", daemon=True)
+                self._maint.start()
+
+    def _beat(self, consumers: Sequence[_Consumer]) -> None:
+        if not consumers:
+            return
+        ttl = int(self.options.visibility_timeout * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for c in consumers:
+            pipe.set(c.heartbeat, b"1", px=ttl)
+            pipe.sadd(c.registry, c.cid)
+        pipe.execute()
+
+    def _maintain(self) -> None:
+        next_beat = next_reap = 0.0
+        failing = False
+        backoff = 0.1
+        while not self._closing.is_set():
+            now = time.monotonic()
+            try:
+                with self._lock:
+                    consumers = list(self._consumers.values())
+                if now >= next_beat:
+                    self._beat(consumers)
+                    next_beat = now + self.options.visibility_timeout / 3
+                while self._deferred:
+                    _what, op = self._deferred[0]
+                    op()
+                    self._deferred.popleft()
+                if now >= next_reap:
+                    self._reap({c.queue for c in consumers}, {c.cid for c in consumers})
+                    next_reap = now + self._reap_every
+                wait = self._move_due()
+                if failing:
+                    log.info("redis broker maintenance: connection to %s restored", redact_url(self.url))
+                    failing, backoff = False, 0.1
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("redis broker maintenance failed (%s); retrying with back-off", redact_url(str(exc)))
+                failing = True
+                wait = backoff
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("redis broker maintenance failed unexpectedly; retrying")
+                wait = 1.0
+            self._closing.wait(max(0.0, min(wait, next_beat - time.monotonic(), next_reap - time.monotonic())))
+
+    def _reap(self, queues: set[str], own: set[str]) -> None:
+        reap = self._script("reap", _REAP)
+        for queue in queues:
+            for raw in self.client.smembers(consumers_key(queue)):
+                cid = raw.decode() if isinstance(raw, bytes) else raw
+                if cid in own:
+                    continue
+                keys = [queue, processing_key(queue, cid), heartbeat_key(queue, cid), consumers_key(queue)]
+                moved = reap(keys=keys, args=[cid, "0"])
+                if moved and moved > 0:
+                    log.warning("returned %d unacknowledged task(s) of dead consumer %s to %r", moved, cid, queue)
+
+    def _move_due(self) -> float:
+        """Move due delayed tasks to their queues; returns seconds until the next look."""
+        key = self.options.delayed_tasks_key
+        poll = self.options.delayed_poll
+        now = time.time_ns()
+        if self._cluster:
+            moved = 0
+            for member in self.client.zrangebyscore(key, "-inf", now, start=0, num=_MOVE_BATCH):
+                if self.client.zrem(key, member):  # whoever removes it moves it
+                    try:
+                        queue = decode_signature(member).routing_key or self.default_queue
+                    except DecodeError:
+                        queue = self.default_queue
+                    self.client.rpush(queue, member)
+                    moved += 1
+            nxt = self.client.zrange(key, 0, 0, withscores=True)
+            next_score = nxt[0][1] if nxt else None
+        else:
+            moved, next_score = self._script("move_due", _MOVE_DUE)(
+                keys=[key], args=[now, _MOVE_BATCH, self.default_queue, ROUTING_FIELD]
+            )
+        if moved >= _MOVE_BATCH:
+            return 0.0
+        if next_score is None:
+            return poll
+        return max(0.0, min(poll, (float(next_score) - time.time_ns()) / 1e9))
+
+    # -- listing and admin ----------------------------------------------------------------------
+
+    def _decode_all(self, raws: list[bytes], where: str) -> list[Signature]:
+        out = []
+        for raw in raws:
+            try:
+                out.append(decode_signature(raw))
+            except DecodeError as exc:
+                log.warning("skipping an undecodable message in %s: %s", where, exc.reason)
+        return out
+
+    def pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        """Signatures waiting in the queue's list, oldest first (Go's ``GetPendingTasks``)."""
+        queue = queue or self.default_queue
+        with self._errors(f"list pending tasks of {queue!r}"):
+            raws = self.client.lrange(queue, 0, -1)
+        return self._decode_all(raws, repr(queue))
+
+    def delayed_tasks(self) -> list[Signature]:
+        """Signatures in the delayed set (all queues, as in Go), soonest first."""
+        key = self.options.delayed_tasks_key
+        with self._errors("list delayed tasks"):
+            raws = self.client.zrange(key, 0, -1)
+        return self._decode_all(raws, repr(key))
+
+    def dead_letters(self, queue: str | None = None) -> list[bytes]:
+        """Messages rejected with ``nack(requeue=False)`` from ``queue``, oldest first."""
+        queue = queue or self.default_queue
+        with self._errors(f"list dead letters of {queue!r}"):
+            return list(self.client.lrange(dead_key(queue), 0, -1))
+
+    def purge(self, queue: str | None = None) -> int:
+        """Delete the queue's waiting messages (not delayed or in-flight ones); returns how many."""
+        queue = queue or self.default_queue
+        with self._errors(f"purge {queue!r}"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.llen(queue)
+            pipe.delete(queue)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def close(self) -> None:
+        """Stop the background thread, give unacknowledged messages back, release the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        maint = self._maint
+        if maint is not None and maint is not threading.current_thread():
+            maint.join(timeout=5)
+        with self._lock:
+            consumers = list(self._consumers.values())
+        if self._shared is not None:
+            for c in consumers:  # messages still unacknowledged go back to their queue now
+                self._leave(c)
+            release_client(self._shared)
+            self._shared = None
+
+
+class _PublishConnectionError(PublishError, BrokerConnectionError):
+    """A publish failed because Redis could not be reached."""

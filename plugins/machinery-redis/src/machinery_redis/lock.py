@@ -1,0 +1,98 @@
+"""The Redis lock: ``SET key token NX PX ttl``; release and extend only by the holder (Lua).
+
+Used by the periodic scheduler so that one tick fires once however many schedulers run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from machinery.errors import LockError
+from machinery.interfaces import Lock
+from machinery_redis.connection import (
+    ENV_OPTIONS,
+    SharedClient,
+    acquire_client,
+    load_options,
+    parse_url,
+    release_client,
+    translate_errors,
+)
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+
+__all__ = ["RedisLock"]
+
+# KEYS[1]: lock key. ARGV: token, ttl ms. Take it if free; renew it if we already hold it.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class RedisLock(Lock):
+    """A lock per key with expiry; each instance is one owner (its random token).
+
+    :param url: ``redis://``, ``rediss://`` or ``redis+socket://`` (see :mod:`machinery_redis`).
+    :param config: the core config.
+    """
+
+    config_section: ClassVar[str | None] = "redis"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.target = parse_url(url)
+        self.options = load_options(self.target, config)
+        self._shared: SharedClient | None = None
+        self._scripts: dict[str, Any] = {}
+
+    def _run(self, what: str, text: str, key: str, *args: Any) -> bool:
+        if self._shared is None:
+            self._shared = acquire_client(self.target, self.options)
+        with translate_errors(f"{what} lock {key!r}", self.url, LockError, LockError):
+            script = self._scripts.get(what)
+            if script is None:
+                script = self._scripts[what] = self._shared.client.register_script(text)
+            return bool(script(keys=[key], args=[self.owner, *args]))
+
+    @staticmethod
+    def _ms(ttl: timedelta) -> int:
+        ms = int(ttl.total_seconds() * 1000)
+        if ms <= 0:
+            raise ValueError(f"lock ttl must be positive, got {ttl}")
+        return ms
+
+    def acquire(self, key: str, ttl: timedelta) -> bool:
+        """Take ``key`` for ``ttl`` unless another owner holds it (renew it if we do)."""
+        return self._run("acquire", _ACQUIRE, key, self._ms(ttl))
+
+    def release(self, key: str) -> bool:
+        """Delete ``key`` if this owner holds it."""
+        return self._run("release", _RELEASE, key)
+
+    def extend(self, key: str, ttl: timedelta) -> bool:
+        """Set ``key``'s expiry to ``ttl`` from now if this owner holds it."""
+        return self._run("extend", _EXTEND, key, self._ms(ttl))
+
+    def close(self) -> None:
+        """Release this lock's share of the connection pool. Idempotent."""
+        if self._shared is not None:
+            release_client(self._shared)
+            self._shared = None
