@@ -101,6 +101,11 @@ def parse_servers(url: str) -> list[tuple[str, int] | str]:
     return servers
 
 
+def _name(client: PooledClient) -> str:
+    server = client.server
+    return server if isinstance(server, str) else f"{server[0]}:{server[1]}"
+
+
 class MemcacheBackend(Backend):
     """Result backend on one or more memcached servers (``memcache://h1:11211,h2:11211``)."""
 
@@ -113,8 +118,7 @@ class MemcacheBackend(Backend):
         servers = parse_servers(url)
         kwargs = {"connect_timeout": opts.connect_timeout, "timeout": opts.timeout, "default_noreply": False}
         self._clients = [PooledClient(s, **kwargs) for s in servers]  # each connects on first use
-        names = [s if isinstance(s, str) else f"{s[0]}:{s[1]}" for s in servers]
-        self._by_name = dict(zip(names, self._clients))
+        self._by_name = {_name(c): c for c in self._clients}
         self._ring = RendezvousHash(list(self._by_name)) if opts.hashing == "consistent" else None
 
     def _client(self, key: str) -> PooledClient:
@@ -127,21 +131,27 @@ class MemcacheBackend(Backend):
         return secs if secs <= MAX_RELATIVE_EXPIRY else int(time.time()) + secs
 
     def _call(self, client: PooledClient, key: str, op: str, *args: Any, retry: bool = True, size: int = 0) -> Any:
-        """Run one pymemcache command, translating its errors into machinery's."""
+        """Run one pymemcache command, translating its errors into machinery's.
+
+        After a memcached restart every idle pooled connection is stale; each one that fails is
+        dropped, so a command is retried once per idle connection, then on a fresh one. Never
+        retried: timeouts, and ``retry=False`` commands (a lost reply may hide a stored ``cas``).
+        """
+        stale = len(client.client_pool.free) if retry else 0
         try:
-            try:
-                return getattr(client, op)(*args)
-            except (OSError, MemcacheUnexpectedCloseError):
-                if not retry:
-                    raise
-                # A pooled connection may predate a memcached restart: once more on a new one.
-                return getattr(client, op)(*args)
+            for _ in range(stale):
+                try:
+                    return getattr(client, op)(*args)
+                except (ConnectionError, MemcacheUnexpectedCloseError):
+                    continue
+            return getattr(client, op)(*args)
         except (OSError, MemcacheUnexpectedCloseError) as exc:
-            raise BackendConnectionError(f"memcached at {client.server} is unreachable: {exc}") from exc
+            reason = str(exc) or "connection closed"
+            raise BackendConnectionError(f"memcached at {_name(client)} is unreachable: {reason}") from exc
         except MemcacheServerError as exc:
             if "too large" in str(exc):
                 raise ItemTooLargeError(key, size) from exc
-            raise BackendError(f"memcached at {client.server} refused {op} of {key!r}: {exc}") from exc
+            raise BackendError(f"memcached at {_name(client)} refused {op} of {key!r}: {exc}") from exc
         except MemcacheError as exc:
             raise BackendError(f"memcached {op} of {key!r} failed: {exc}") from exc
 
@@ -184,7 +194,7 @@ class MemcacheBackend(Backend):
         for client, values in batches.items():
             failed = self._call(client, next(iter(values)), "set_many", values, self._expire())
             if failed:
-                raise BackendError(f"memcached at {client.server} did not store the states of {failed}")
+                raise BackendError(f"memcached at {_name(client)} did not store the states of {failed}")
 
     def _store_group(self, meta: GroupMeta) -> None:
         """Write the group meta's Go JSON under the group UUID."""
