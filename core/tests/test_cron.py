@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from datetime import datetime, timedelta, timezone
 
@@ -14,7 +15,7 @@ UTC = timezone.utc
 
 
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 def fires(spec: str, after: datetime, n: int, tz: str = "UTC") -> list[datetime]:
@@ -52,9 +53,17 @@ TABLE: list[tuple[str, datetime, list[datetime]]] = [
     ("0 0 29 2 *", utc(2096, 3, 1), [utc(2104, 2, 29)]),
     ("0 0 29 2 *", utc(1999, 3, 1), [utc(2000, 2, 29)]),
     # ranges, steps, lists
-    ("5/20 * * * *", utc(2024, 5, 1, 10, 0), [utc(2024, 5, 1, 10, 5), utc(2024, 5, 1, 10, 25), utc(2024, 5, 1, 10, 45)]),
+    (
+        "5/20 * * * *",
+        utc(2024, 5, 1, 10, 0),
+        [utc(2024, 5, 1, 10, 5), utc(2024, 5, 1, 10, 25), utc(2024, 5, 1, 10, 45)],
+    ),
     ("10-50/20 8 * * *", utc(2024, 5, 1, 8, 30), [utc(2024, 5, 1, 8, 50), utc(2024, 5, 2, 8, 10)]),
-    ("0 9-17/4 * * *", utc(2024, 5, 1), [utc(2024, 5, 1, 9), utc(2024, 5, 1, 13), utc(2024, 5, 1, 17), utc(2024, 5, 2, 9)]),
+    (
+        "0 9-17/4 * * *",
+        utc(2024, 5, 1),
+        [utc(2024, 5, 1, 9), utc(2024, 5, 1, 13), utc(2024, 5, 1, 17), utc(2024, 5, 2, 9)],
+    ),
     ("0 0 1,15 * *", utc(2024, 5, 2), [utc(2024, 5, 15), utc(2024, 6, 1)]),
     ("7,3,5 1 * * *", utc(2024, 5, 1, 1, 3), [utc(2024, 5, 1, 1, 5), utc(2024, 5, 1, 1, 7), utc(2024, 5, 2, 1, 3)]),
     ("*/20 * * * *", utc(2024, 5, 1, 1, 41), [utc(2024, 5, 1, 2, 0)]),
@@ -126,7 +135,7 @@ def test_utc_schedule_every_minute_for_a_whole_leap_day() -> None:
         seen.append(t)
     assert seen[0] == utc(2024, 2, 29, 0, 0)
     assert seen[-1] == utc(2024, 3, 1, 0, 0)
-    assert all(b - a == timedelta(minutes=1) for a, b in zip(seen, seen[1:]))
+    assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(seen))
 
 
 # -- DST (documented behaviour: skipped wall times do not fire; repeated ones fire once

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from machinery.interfaces import Backend, Broker, Lock
+    from machinery.schedule import PeriodicEntry
     from machinery.worker import Worker
 
 __all__ = ["Server"]
@@ -57,7 +58,7 @@ class Server:
         self._backend = backend or self._make("backend", self.backend_url)
         self._lock_obj = lock
         self._lock_guard = threading.Lock()
-        self._periodic: list[Any] = []
+        self._periodic: list[PeriodicEntry] = []
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -348,32 +349,41 @@ class Server:
 
     # -- periodic ---------------------------------------------------------------------------------
 
-    def register_periodic_task(self, spec: str, name: str, signature: Signature) -> None:
-        """Send ``signature`` on the cron ``spec``; one send per tick across all schedulers."""
-        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
+    def _add_periodic(self, entry: PeriodicEntry) -> None:
+        if any(e.name == entry.name for e in self._periodic):
+            raise ValueError(f"a periodic entry named {entry.name!r} is already registered (names key the tick lock)")
+        self._periodic.append(entry)
 
-        self._periodic.append(PeriodicEntry.task(spec, name, signature))
+    def register_periodic_task(self, spec: str, name: str, signature: Signature) -> None:
+        """Send ``signature`` on the cron ``spec``; one send per tick across all schedulers.
+
+        :raises CronSpecError: ``spec`` is invalid (the message quotes it).
+        :raises ValueError: ``name`` is already registered.
+        """
+        from machinery.schedule import PeriodicEntry
+
+        self._add_periodic(PeriodicEntry.task(spec, name, signature, timezone=self.config.timezone))
 
     def register_periodic_group(self, spec: str, name: str, group: Group, send_concurrency: int = 0) -> None:
         """Send a group on the cron ``spec`` (fresh UUIDs every tick)."""
-        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
+        from machinery.schedule import PeriodicEntry
 
-        self._periodic.append(PeriodicEntry.group(spec, name, group, send_concurrency))
+        self._add_periodic(PeriodicEntry.group(spec, name, group, send_concurrency, timezone=self.config.timezone))
 
     def register_periodic_chain(self, spec: str, name: str, chain: Chain) -> None:
         """Send a chain on the cron ``spec`` (fresh UUIDs every tick)."""
-        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
+        from machinery.schedule import PeriodicEntry
 
-        self._periodic.append(PeriodicEntry.chain(spec, name, chain))
+        self._add_periodic(PeriodicEntry.chain(spec, name, chain, timezone=self.config.timezone))
 
     def register_periodic_chord(self, spec: str, name: str, chord: Chord, send_concurrency: int = 0) -> None:
         """Send a chord on the cron ``spec`` (fresh UUIDs every tick)."""
-        from machinery.schedule import PeriodicEntry  # type: ignore[import-not-found,unused-ignore]
+        from machinery.schedule import PeriodicEntry
 
-        self._periodic.append(PeriodicEntry.chord(spec, name, chord, send_concurrency))
+        self._add_periodic(PeriodicEntry.chord(spec, name, chord, send_concurrency, timezone=self.config.timezone))
 
     @property
-    def periodic_entries(self) -> list[Any]:
+    def periodic_entries(self) -> list[PeriodicEntry]:
         """The registered periodic entries."""
         return list(self._periodic)
 
