@@ -1,0 +1,57 @@
+"""AWS transports for machinery: an SQS broker, a DynamoDB result backend and a DynamoDB lock.
+
+Schemes: ``https://sqs.<region>.amazonaws.com/<account>`` and ``sqs://`` (broker),
+``https://dynamodb.<region>.amazonaws.com`` and ``dynamodb://`` (backend and lock). Registered
+lazily by name, so boto3 is imported only when one of these URLs is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from machinery import hookimpl
+
+if TYPE_CHECKING:
+    from machinery.plugins import Register
+    from machinery_sqs.backend import DynamoDBBackend, DynamoDBOptions
+    from machinery_sqs.broker import SQSBroker, SQSOptions
+    from machinery_sqs.lock import DynamoDBLock
+
+__all__ = ["DynamoDBBackend", "DynamoDBLock", "DynamoDBOptions", "SQSBroker", "SQSOptions"]
+_MODULES = {
+    "SQSBroker": "broker",
+    "SQSOptions": "broker",
+    "DynamoDBBackend": "backend",
+    "DynamoDBOptions": "backend",
+    "DynamoDBLock": "lock",
+}
+
+
+@hookimpl
+def machinery_register_brokers(register: Register) -> None:
+    """``sqs://`` and Go's ``https://sqs.<region>.amazonaws.com/<account>`` brokers."""
+    register("sqs", "machinery_sqs.broker:SQSBroker")
+    register("https", "machinery_sqs.broker:SQSBroker")
+
+
+@hookimpl
+def machinery_register_backends(register: Register) -> None:
+    """``dynamodb://`` and Go's ``https://dynamodb.<region>.amazonaws.com`` result backends."""
+    register("dynamodb", "machinery_sqs.backend:DynamoDBBackend")
+    register("https", "machinery_sqs.backend:DynamoDBBackend")
+
+
+@hookimpl
+def machinery_register_locks(register: Register) -> None:
+    """``dynamodb://`` (and ``https://``) locks for periodic tasks."""
+    register("dynamodb", "machinery_sqs.lock:DynamoDBLock")
+    register("https", "machinery_sqs.lock:DynamoDBLock")
+
+
+def __getattr__(name: str) -> object:
+    # Re-export the classes without importing boto3 when the plugin is merely registered.
+    if name in _MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(f"machinery_sqs.{_MODULES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

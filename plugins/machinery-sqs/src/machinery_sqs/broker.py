@@ -1,0 +1,609 @@
+"""AWS SQS broker: Go Machinery's ``https://sqs.<region>.amazonaws.com/<account>`` broker.
+
+Messages are the signature JSON exactly as Go writes it, with no message attributes (Go sets
+none). A received message stays invisible while its task runs: a heartbeat thread extends the
+visibility timeout of every message this broker holds, and the message is deleted only on
+:meth:`SQSBroker.ack` (after the task's final state is stored). A worker killed mid-task stops
+extending, so SQS delivers the message again once its visibility timeout runs out.
+
+ETA: SQS delays a message by at most 15 minutes (``DelaySeconds``) and FIFO queues not at all.
+A message is published with ``DelaySeconds = min(ETA - now, 900)`` (standard queues); when the
+consumer receives a message whose ETA is still a second or more away, it hides it again with
+``ChangeMessageVisibility(min(ETA - now, 12 h))`` instead of yielding it. The broker therefore
+holds every message until its ETA (``supports_native_delay``) and a task runs once, on time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from machinery.config import parse_options, redact_url
+from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
+from machinery.interfaces import Broker, Delivery
+from machinery.signature import decode_signature, parse_time
+from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+    from machinery.signature import Signature
+
+__all__ = ["SQSBroker", "SQSOptions"]
+
+log = logging.getLogger("machinery.sqs")
+
+#: SQS's limits: per-message delay, visibility timeout, batch size, batch payload.
+MAX_DELAY_SECONDS = 900
+MAX_VISIBILITY_SECONDS = 43200
+MAX_BATCH = 10
+MAX_BATCH_BYTES = 262144
+#: Margin kept below the 12-hour visibility ceiling (counted from the receive).
+_VISIBILITY_MARGIN = 60
+#: Long-poll wait of one ReceiveMessage call: short enough to notice a stop request in time.
+_POLL_SECONDS = 1
+_NO_QUEUE = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}(\.fifo)?$|^[A-Za-z0-9_-]{1,80}$")
+_ALIASES = {"receive_wait_time_seconds": "wait_time_seconds", "receive_visibility_timeout": "visibility_timeout"}
+
+
+@dataclass
+class SQSOptions:
+    """The ``sqs:`` config section (Go's ``SQSConfig``), also accepted as URL query options.
+
+    :param wait_time_seconds: Go's ``receive_wait_time_seconds`` (0-20), accepted so Go config
+        files load. The consumer always long-polls in calls of 1 s: long enough not to spin on
+        an empty queue (Go's default 0 does), short enough to notice a stop request in time.
+    :param visibility_timeout: seconds a received message stays hidden (Go's
+        ``receive_visibility_timeout``); None uses the queue's own setting.
+    :param region: AWS region when the URL has none (else ``AWS_REGION``...).
+    :param endpoint_url: endpoint override (else ``AWS_ENDPOINT_URL`` or AWS's endpoint).
+    :param create_queues: create a queue that does not exist on first use (FIFO for ``.fifo``
+        names). Set False where the credentials may not create queues.
+    :param extend_visibility: extend the visibility of in-flight messages from a heartbeat
+        thread so that long tasks are not delivered twice.
+    :param batch_size: messages per ReceiveMessage call (1-10), further bounded by prefetch.
+    :param max_delay_seconds: the longest ``DelaySeconds`` used on publish (SQS allows 900).
+    :param client: a ready boto3 SQS client to use (Go's ``SQSConfig.Client``).
+    :param session: a ``boto3.session.Session`` to create the client from.
+    """
+
+    wait_time_seconds: int = 1
+    visibility_timeout: int | None = None
+    region: str = ""
+    endpoint_url: str = ""
+    create_queues: bool = True
+    extend_visibility: bool = True
+    batch_size: int = MAX_BATCH
+    max_delay_seconds: int = MAX_DELAY_SECONDS
+    client: Any = None
+    session: Any = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.wait_time_seconds <= 20:
+            raise ConfigError("sqs.wait_time_seconds", "must be between 0 and 20")
+        if self.visibility_timeout is not None and not 0 <= self.visibility_timeout <= MAX_VISIBILITY_SECONDS:
+            raise ConfigError("sqs.visibility_timeout", f"must be between 0 and {MAX_VISIBILITY_SECONDS}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ConfigError("sqs.batch_size", f"must be between 1 and {MAX_BATCH}")
+        if not 0 <= self.max_delay_seconds <= MAX_DELAY_SECONDS:
+            raise ConfigError("sqs.max_delay_seconds", f"must be between 0 and {MAX_DELAY_SECONDS}")
+
+
+def redelay_seconds(remaining: float, held_for: float) -> int:
+    """Seconds to hide a received message whose ETA is ``remaining`` seconds away.
+
+    Visibility counts in whole seconds and may not exceed 12 hours from the receive, so a
+    longer ETA takes several hops (each a new receive).
+
+    :param remaining: seconds until the ETA (> 0).
+    :param held_for: seconds since the message was received.
+    """
+    ceiling = MAX_VISIBILITY_SECONDS - _VISIBILITY_MARGIN - math.ceil(held_for)
+    return max(1, min(math.ceil(remaining), ceiling))
+
+
+def publish_delay(remaining: float, max_delay: int) -> int:
+    """``DelaySeconds`` for a message due in ``remaining`` seconds (never early, at most ``max_delay``)."""
+    if remaining <= 0:
+        return 0
+    return min(math.ceil(remaining), max_delay)
+
+
+def eta_of(body: bytes) -> float | None:
+    """The top-level ETA of a signature body as a Unix time, or None (no ETA or unreadable).
+
+    Go writes ``"ETA"`` before any nested signature, so the first ``"ETA":`` is the top-level
+    one; only when it is not ``null`` is the body parsed.
+    """
+    i = body.find(b'"ETA":')
+    if i < 0 or body.startswith(b"null", i + 6):
+        return None
+    try:
+        obj = json.loads(body)
+        eta = obj.get("ETA") if isinstance(obj, dict) else None
+        return parse_time(eta).timestamp() if isinstance(eta, str) else None
+    except (ValueError, UnicodeDecodeError):
+        return None  # the worker reports malformed bodies
+
+
+@dataclass
+class _Held:
+    """A received message this broker must extend, release or delete."""
+
+    queue_url: str
+    received: float  # time.monotonic() of the receive
+    visibility: int
+
+
+class SQSBroker(Broker):
+    """Broker on AWS SQS (standard and FIFO queues).
+
+    URLs: ``https://sqs.<region>.amazonaws.com/<account-id>`` (Go's form: the queue URL is the
+    broker URL + ``/`` + queue name) or ``sqs://[region][/account-id]`` (queue URLs looked up by
+    name). A ready boto3 client goes in ``Config.transport_options["sqs"]["client"]``.
+    """
+
+    supports_native_delay: ClassVar[bool] = True
+    supports_priority: ClassVar[bool] = False
+    supports_pending_listing: ClassVar[bool] = False
+    supports_delayed_listing: ClassVar[bool] = False
+    redelivers_unacked: ClassVar[bool] = True
+    #: SQS's default visibility timeout; a configured one replaces it.
+    redelivery_timeout: ClassVar[float] = 30.0
+    supports_purge: ClassVar[bool] = True
+    config_section: ClassVar[str | None] = "sqs"
+    env_options: ClassVar[dict[str, str]] = {
+        "SQS_WAIT_TIME_SECONDS": "wait_time_seconds",
+        "SQS_VISIBILITY_TIMEOUT": "visibility_timeout",
+    }
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.target: AwsTarget = parse_aws_url(url, key="broker", own_scheme="sqs")
+        if self.target.scheme == "https" and not self.target.path:
+            raise ConfigError(
+                "broker", f"{redact_url(url)!r}: expected https://sqs.<region>.amazonaws.com/<account-id>"
+            )
+        self.options: SQSOptions = parse_options(
+            SQSOptions, "sqs", _aliased(config.section("sqs")), _aliased(self.target.query)
+        )
+        o = self.options
+        self._client = LazyClient(
+            "sqs",
+            client=o.client,
+            session=o.session,
+            region=o.region or self.target.region,
+            endpoint_url=o.endpoint_url or self.target.endpoint_url,
+        )
+        self._lock = threading.Lock()
+        self._urls: dict[str, str] = {}
+        self._visibility: dict[str, int] = {}
+        self._redrive: dict[str, str | None] = {}
+        self._held: dict[str, _Held] = {}
+        self._held_lock = threading.Lock()  # also held while the heartbeat changes visibility
+        self._heartbeat: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+
+    # -- queues -----------------------------------------------------------------------------------
+
+    def _sqs(self) -> Any:
+        return self._client.get()
+
+    def _queue_url(self, queue: str) -> str:
+        url = self._urls.get(queue)
+        if url is not None:
+            return url
+        if not _QUEUE_NAME.match(queue):
+            raise ConfigError(
+                "queue",
+                f"{queue!r} is not a valid SQS queue name (1-80 letters, digits, '-' or '_', "
+                "optionally ending in '.fifo')",
+            )
+        if self.target.scheme == "https":
+            url = f"{self.target.base}/{queue}"
+        else:
+            kwargs = {"QueueName": queue}
+            if self.target.path:
+                kwargs["QueueOwnerAWSAccountId"] = self.target.path
+            try:
+                url = self._sqs().get_queue_url(**kwargs)["QueueUrl"]
+            except Exception as exc:
+                if error_code(exc) not in _NO_QUEUE or not self.options.create_queues:
+                    raise self._error(exc, f"find SQS queue {queue!r}") from exc
+                url = self._create_queue(queue)
+        with self._lock:
+            self._urls[queue] = url
+        return url
+
+    def _create_queue(self, queue: str) -> str:
+        attrs: dict[str, str] = {}
+        if queue.endswith(".fifo"):
+            attrs["FifoQueue"] = "true"
+        if self.options.visibility_timeout is not None:
+            attrs["VisibilityTimeout"] = str(self.options.visibility_timeout)
+        try:
+            url: str = self._sqs().create_queue(QueueName=queue, Attributes=attrs)["QueueUrl"]
+        except Exception as exc:
+            if error_code(exc) not in ("QueueAlreadyExists", "QueueNameExists"):
+                raise self._error(exc, f"create SQS queue {queue!r}") from exc
+            url = self._sqs().get_queue_url(QueueName=queue)["QueueUrl"]
+        log.info("created SQS queue %r", queue)
+        if self.target.scheme == "https":
+            return f"{self.target.base}/{queue}"
+        return url
+
+    def _call(self, queue: str, op: str, what: str, error: type[BrokerError] = BrokerError, **params: Any) -> Any:
+        """Call an SQS operation on ``queue``'s URL, creating the queue once if it is missing."""
+        url = self._queue_url(queue)
+        try:
+            return getattr(self._sqs(), op)(QueueUrl=url, **params)
+        except Exception as exc:
+            if error_code(exc) not in _NO_QUEUE or not self.options.create_queues:
+                raise self._error(exc, what, error) from exc
+        url = self._create_queue(queue)
+        with self._lock:
+            self._urls[queue] = url
+        try:
+            return getattr(self._sqs(), op)(QueueUrl=url, **params)
+        except Exception as exc:
+            raise self._error(exc, what, error) from exc
+
+    def _error(self, exc: BaseException, what: str, error: type[BrokerError] = BrokerError) -> Exception:
+        if isinstance(exc, (BrokerError, ConfigError)):
+            return exc
+        return translate(exc, what, error, BrokerConnectionError)
+
+    def _queue_visibility(self, queue: str, url: str) -> int:
+        vis = self._visibility.get(url)
+        if vis is None:
+            if self.options.visibility_timeout is not None:
+                vis = self.options.visibility_timeout
+            else:
+                attrs = self._call(queue, "get_queue_attributes", f"read SQS queue {queue!r}", AttributeNames=["All"])
+                vis = int(attrs["Attributes"].get("VisibilityTimeout", 30))
+            self._visibility[url] = vis
+        return vis
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    def _message(self, body: bytes, signature: Signature, queue: str) -> dict[str, Any]:
+        msg: dict[str, Any] = {"MessageBody": body.decode("utf-8")}
+        if queue.endswith(".fifo"):
+            if not signature.broker_message_group_id:
+                raise PublishError(
+                    f"task {signature.uuid}: a FIFO queue ({queue!r}) needs the signature's "
+                    "broker_message_group_id (Go's BrokerMessageGroupId)",
+                    signature.uuid,
+                )
+            msg["MessageGroupId"] = signature.broker_message_group_id
+            # Go uses the task UUID; a retry re-sends the same UUID within SQS's 5-minute window
+            # and would be dropped, so the body's digest tells retries from duplicates.
+            msg["MessageDeduplicationId"] = f"{signature.uuid}-{hashlib.sha256(body).hexdigest()[:32]}"
+        elif signature.eta is not None:
+            delay = publish_delay(signature.eta.timestamp() - time.time(), self.options.max_delay_seconds)
+            if delay:
+                msg["DelaySeconds"] = delay
+        return msg
+
+    def publish(self, body: bytes, signature: Signature) -> None:
+        """Send one message (``SendMessage``) to the signature's queue, delayed up to 15 min by its ETA."""
+        queue = self.queue_for(signature)
+        msg = self._message(body, signature, queue)
+        self._call(queue, "send_message", f"send task {signature.uuid} to SQS queue {queue!r}", PublishError, **msg)
+
+    def publish_many(self, items: Sequence[tuple[bytes, Signature]]) -> None:
+        """Send messages with ``SendMessageBatch``: per queue, in chunks of 10 (and 256 KiB).
+
+        :raises PublishError: naming the tasks SQS did not accept (the others were sent).
+        """
+        by_queue: dict[str, list[tuple[dict[str, Any], Signature]]] = {}
+        for body, sig in items:
+            queue = self.queue_for(sig)
+            by_queue.setdefault(queue, []).append((self._message(body, sig, queue), sig))
+        failed: list[str] = []
+        for queue, msgs in by_queue.items():
+            for chunk in _chunks(msgs):
+                entries = [{"Id": str(i), **m} for i, (m, _) in enumerate(chunk)]
+                out = self._call(
+                    queue, "send_message_batch", f"send to SQS queue {queue!r}", PublishError, Entries=entries
+                )
+                for f in out.get("Failed") or ():
+                    sig = chunk[int(f["Id"])][1]
+                    failed.append(f"{sig.uuid} ({f.get('Code')}: {f.get('Message', '')})")
+        if failed:
+            raise PublishError(
+                f"SQS did not accept {len(failed)} of {len(items)} messages: {'; '.join(failed)}",
+                failed[0].split(" ", 1)[0],
+            )
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
+        """Long-poll ``queue`` (up to 10 messages per call, bounded by ``prefetch``) and yield them.
+
+        Messages whose ETA is a second or more away are hidden again until it (never yielded).
+        Received messages are extended by the heartbeat until acked, nacked or released; when
+        the generator ends, messages received but not yielded are made visible again at once.
+        """
+        url = self._queue_url(queue)
+        vis = self._queue_visibility(queue, url)
+        self._start_heartbeat()
+        wait = _POLL_SECONDS
+        buffer: deque[Delivery] = deque()
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                if buffer:
+                    yield buffer.popleft()
+                    continue
+                with self._held_lock:
+                    held = len(self._held)
+                want = max(1, min(self.options.batch_size, prefetch - held))
+                params: dict[str, Any] = {
+                    "MaxNumberOfMessages": want,
+                    "WaitTimeSeconds": wait,
+                    "MessageSystemAttributeNames": ["All"],
+                    "MessageAttributeNames": ["All"],
+                }
+                if self.options.visibility_timeout is not None:
+                    params["VisibilityTimeout"] = self.options.visibility_timeout
+                try:
+                    out = self._call(queue, "receive_message", f"receive from SQS queue {queue!r}", **params)
+                except BrokerError as exc:
+                    log.warning("SQS receive from %r failed: %s; retrying in %.1fs", queue, exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                backoff = 0.5
+                url = self._urls.get(queue, url)
+                now = time.monotonic()
+                early: list[tuple[str, int]] = []
+                for m in out.get("Messages") or ():
+                    body = m["Body"].encode("utf-8")
+                    rh = m["ReceiptHandle"]
+                    eta = eta_of(body)
+                    if eta is not None and eta - time.time() >= 1.0:
+                        early.append((rh, redelay_seconds(eta - time.time(), 0.0)))
+                        continue
+                    sysattrs = m.get("Attributes") or {}
+                    with self._held_lock:
+                        self._held[rh] = _Held(url, now, vis)
+                    buffer.append(
+                        Delivery(
+                            body=body,
+                            queue=queue,
+                            tag=rh,
+                            redelivered=int(sysattrs.get("ApproximateReceiveCount", "1")) > 1,
+                            attributes={
+                                "queue_url": url,
+                                "message_id": m.get("MessageId", ""),
+                                "attributes": sysattrs,
+                                "message_attributes": m.get("MessageAttributes") or {},
+                            },
+                        )
+                    )
+                if early:
+                    self._change_visibility(url, early)
+        finally:
+            if buffer:
+                self._release([d.tag for d in buffer], url)
+
+    def _release(self, handles: Sequence[str], url: str) -> None:
+        with self._held_lock:
+            for rh in handles:
+                self._held.pop(rh, None)
+        try:
+            self._change_visibility(url, [(rh, 0) for rh in handles])
+        except Exception:  # noqa: BLE001 - they come back after the visibility timeout anyway
+            log.warning("could not release %d SQS message(s); they return after their visibility timeout", len(handles))
+
+    def _change_visibility(self, url: str, entries: Sequence[tuple[str, int]]) -> list[str]:
+        """``ChangeMessageVisibilityBatch`` in chunks of 10; returns the handles that failed."""
+        failed: list[str] = []
+        sqs = self._sqs()
+        for i in range(0, len(entries), MAX_BATCH):
+            chunk = entries[i : i + MAX_BATCH]
+            out = sqs.change_message_visibility_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(j), "ReceiptHandle": rh, "VisibilityTimeout": v} for j, (rh, v) in enumerate(chunk)
+                ],
+            )
+            failed.extend(chunk[int(f["Id"])][0] for f in out.get("Failed") or ())
+        return failed
+
+    # -- heartbeat --------------------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        if not self.options.extend_visibility:
+            return
+        with self._lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._closed = False
+                self._heartbeat = threading.Thread(target=self._beat, name="machinery-sqs-heartbeat", daemon=True)
+                self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._closed:
+            with self._held_lock:
+                shortest = min((h.visibility for h in self._held.values()), default=30)
+            self._wake.wait(min(max(shortest / 3.0, 0.3), 60.0))
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self._extend_all()
+            except Exception as exc:  # noqa: BLE001 - keep beating; the next round may succeed
+                log.warning("could not extend the visibility of in-flight SQS messages: %s", exc)
+
+    def _extend_all(self) -> None:
+        # The lock is held during the calls so that an ack/nack never races an extension
+        # (a nack's new visibility must not be overwritten by the heartbeat).
+        with self._held_lock:
+            now = time.monotonic()
+            by_url: dict[str, list[tuple[str, int]]] = {}
+            for rh, h in self._held.items():
+                held_for = now - h.received
+                vis = min(h.visibility, MAX_VISIBILITY_SECONDS - math.ceil(held_for) - 1)
+                if vis <= 0:
+                    continue  # 12 hours since the receive: SQS allows no more
+                by_url.setdefault(h.queue_url, []).append((rh, vis))
+            for url, entries in by_url.items():
+                for rh in self._change_visibility(url, entries):
+                    self._held.pop(rh, None)  # deleted or expired meanwhile
+
+    # -- settling ---------------------------------------------------------------------------------
+
+    def _settle(self, delivery: Delivery) -> tuple[str, float]:
+        """Stop extending the delivery; returns its queue URL and how long it has been held."""
+        with self._held_lock:
+            h = self._held.pop(delivery.tag, None)
+        if h is not None:
+            return h.queue_url, time.monotonic() - h.received
+        url = delivery.attributes.get("queue_url") or self._queue_url(delivery.queue)
+        return str(url), 0.0
+
+    def ack(self, delivery: Delivery) -> None:
+        """Delete the message (``DeleteMessage``); called once the task's final state is stored."""
+        url, _ = self._settle(delivery)
+        try:
+            self._sqs().delete_message(QueueUrl=url, ReceiptHandle=delivery.tag)
+        except Exception as exc:
+            raise self._error(exc, f"delete a message from SQS queue {delivery.queue!r}") from exc
+
+    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
+        """Give the message back, or dead-letter it.
+
+        ``requeue``: ``ChangeMessageVisibility(delay)`` (0 = at once; at most 12 h from the
+        receive). Not ``requeue``: when the task asked for ``StopTaskDeletionOnError`` the
+        message is left alone, as Go does: it returns after its visibility timeout and the
+        queue's redrive policy moves it to the dead-letter queue after ``maxReceiveCount``
+        receives. Otherwise (malformed message...) it is moved to the queue's dead-letter queue
+        when a redrive policy names one, else deleted (the worker has logged its body).
+        """
+        url, held = self._settle(delivery)
+        what = f"return a message to SQS queue {delivery.queue!r}"
+        if requeue:
+            vis = redelay_seconds(delay, held) if delay > 0 else 0
+            try:
+                self._sqs().change_message_visibility(QueueUrl=url, ReceiptHandle=delivery.tag, VisibilityTimeout=vis)
+            except Exception as exc:
+                raise self._error(exc, what) from exc
+            return
+        if _stops_deletion(delivery.body):
+            return
+        try:
+            dlq = self._dead_letter_url(delivery.queue, url)
+            if dlq is not None:
+                msg: dict[str, Any] = {"MessageBody": delivery.body.decode("utf-8", "replace")}
+                group = (delivery.attributes.get("attributes") or {}).get("MessageGroupId")
+                if dlq.endswith(".fifo"):
+                    msg["MessageGroupId"] = group or "machinery-dead-letters"
+                    msg["MessageDeduplicationId"] = delivery.attributes.get("message_id") or delivery.tag[:128]
+                self._sqs().send_message(QueueUrl=dlq, **msg)
+            self._sqs().delete_message(QueueUrl=url, ReceiptHandle=delivery.tag)
+        except Exception as exc:
+            raise self._error(exc, f"dead-letter a message of SQS queue {delivery.queue!r}") from exc
+
+    def _dead_letter_url(self, queue: str, url: str) -> str | None:
+        if url not in self._redrive:
+            attrs = self._call(
+                queue, "get_queue_attributes", f"read SQS queue {queue!r}", AttributeNames=["RedrivePolicy"]
+            )
+            policy = attrs.get("Attributes", {}).get("RedrivePolicy")
+            dlq: str | None = None
+            if policy:
+                arn = str(json.loads(policy).get("deadLetterTargetArn", ""))
+                parts = arn.split(":")
+                if len(parts) == 6:
+                    dlq = self._sqs().get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])["QueueUrl"]
+            self._redrive[url] = dlq
+        return self._redrive[url]
+
+    # -- admin ------------------------------------------------------------------------------------
+
+    def purge(self, queue: str | None = None) -> int:
+        """Delete the queue's waiting messages (receive and delete in batches); returns how many.
+
+        Messages being processed by a worker and delayed ones are left alone. (``PurgeQueue``
+        would also drop those, and AWS allows it once a minute.)
+        """
+        queue = queue or self.default_queue
+        url = self._queue_url(queue)
+        removed = 0
+        while True:
+            out = self._call(
+                queue,
+                "receive_message",
+                f"purge SQS queue {queue!r}",
+                MaxNumberOfMessages=MAX_BATCH,
+                WaitTimeSeconds=0 if removed == 0 else 1,
+                VisibilityTimeout=30,
+            )
+            msgs = out.get("Messages") or ()
+            if not msgs:
+                if removed == 0:  # a short poll may miss messages: look once more, long-polling
+                    out = self._call(
+                        queue,
+                        "receive_message",
+                        f"purge SQS queue {queue!r}",
+                        MaxNumberOfMessages=MAX_BATCH,
+                        WaitTimeSeconds=1,
+                        VisibilityTimeout=30,
+                    )
+                    msgs = out.get("Messages") or ()
+                if not msgs:
+                    return removed
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
+            res = self._sqs().delete_message_batch(QueueUrl=url, Entries=entries)
+            removed += len(entries) - len(res.get("Failed") or ())
+
+    def close(self) -> None:
+        """Stop the heartbeat and close the client if this broker created it. Idempotent.
+
+        Messages still held come back after their visibility timeout.
+        """
+        self._closed = True
+        self._wake.set()
+        t = self._heartbeat
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+        self._heartbeat = None
+        self._client.close()
+
+
+def _aliased(opts: Mapping[str, Any]) -> dict[str, Any]:
+    return {_ALIASES.get(k.lower(), k): v for k, v in opts.items()}
+
+
+def _stops_deletion(body: bytes) -> bool:
+    if b"StopTaskDeletionOnError" not in body and b"stoptaskdeletiononerror" not in body.lower():
+        return False
+    try:
+        return decode_signature(body).stop_task_deletion_on_error
+    except DecodeError:
+        return False
+
+
+def _chunks(msgs: Sequence[tuple[dict[str, Any], Signature]]) -> Iterator[Sequence[tuple[dict[str, Any], Signature]]]:
+    chunk: list[tuple[dict[str, Any], Signature]] = []
+    size = 0
+    for item in msgs:
+        n = len(item[0]["MessageBody"].encode("utf-8"))
+        if chunk and (len(chunk) == MAX_BATCH or size + n > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += n
+    if chunk:
+        yield chunk

@@ -1,0 +1,104 @@
+"""DynamoDB lock for periodic tasks: one item per key, taken and kept with conditional writes.
+
+Table ``dynamodb.lock_table`` (default ``machinery_locks``), string hash key ``LockKey``,
+attributes ``Owner`` and ``ExpiresAt`` (Unix time in milliseconds) plus ``TTL`` (seconds) so
+DynamoDB eventually removes stale locks. Expiry is judged with the callers' clocks, so keep
+the machines' clocks in sync (NTP) to well under the lock TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from machinery.errors import LockError
+from machinery.interfaces import Lock
+from machinery_sqs._aws import error_code
+from machinery_sqs.backend import TTL_ATTR, DynamoDBTables
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+
+__all__ = ["DynamoDBLock"]
+
+LOCK_KEY = "LockKey"
+_NAMES = {"#k": LOCK_KEY, "#o": "Owner", "#e": "ExpiresAt", "#t": TTL_ATTR}
+
+
+def _names(*refs: str) -> dict[str, str]:
+    # DynamoDB rejects names an expression does not use
+    return {r: _NAMES[r] for r in refs}
+
+
+class DynamoDBLock(Lock):
+    """A lock with expiry on a DynamoDB table; safe across processes and machines."""
+
+    config_section: ClassVar[str | None] = "dynamodb"
+    env_options: ClassVar[dict[str, str]] = {
+        "TASK_STATES_TABLE": "task_states_table",
+        "GROUP_METAS_TABLE": "group_metas_table",
+    }
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.tables = DynamoDBTables(url, config, "lock")
+        self._table = (self.tables.options.lock_table, LOCK_KEY)
+
+    def _write(self, op: str, what: str, **params: Any) -> bool:
+        try:
+            getattr(self.tables.db(self._table), op)(TableName=self._table[0], **params)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            err = self.tables.error(exc, what, self._table[0])
+            raise LockError(str(err)) from exc
+        return True
+
+    def _values(self, ttl: timedelta | None = None) -> dict[str, Any]:
+        now = time.time()
+        values: dict[str, Any] = {":o": {"S": self.owner}, ":now": {"N": str(int(now * 1000))}}
+        if ttl is not None:
+            values[":e"] = {"N": str(int((now + ttl.total_seconds()) * 1000))}
+            values[":t"] = {"N": str(int(now + ttl.total_seconds()) + 1)}
+        return values
+
+    def acquire(self, key: str, ttl: timedelta) -> bool:
+        """Conditional ``PutItem``: succeeds when the key is free, expired or already ours."""
+        values = self._values(ttl)
+        return self._write(
+            "put_item",
+            f"acquire lock {key!r}",
+            Item={LOCK_KEY: {"S": key}, "Owner": values[":o"], "ExpiresAt": values[":e"], TTL_ATTR: values[":t"]},
+            ConditionExpression="attribute_not_exists(#k) OR #e <= :now OR #o = :o",
+            ExpressionAttributeNames=_names("#k", "#e", "#o"),
+            ExpressionAttributeValues={":o": values[":o"], ":now": values[":now"]},
+        )
+
+    def release(self, key: str) -> bool:
+        """Conditional ``DeleteItem``: only while this owner holds the key."""
+        values = self._values()
+        return self._write(
+            "delete_item",
+            f"release lock {key!r}",
+            Key={LOCK_KEY: {"S": key}},
+            ConditionExpression="#o = :o AND #e > :now",
+            ExpressionAttributeNames=_names("#o", "#e"),
+            ExpressionAttributeValues=values,
+        )
+
+    def extend(self, key: str, ttl: timedelta) -> bool:
+        """Conditional ``UpdateItem`` of the expiry: only while this owner holds the key."""
+        return self._write(
+            "update_item",
+            f"extend lock {key!r}",
+            Key={LOCK_KEY: {"S": key}},
+            UpdateExpression="SET #e = :e, #t = :t",
+            ConditionExpression="#o = :o AND #e > :now",
+            ExpressionAttributeNames=_names("#o", "#e", "#t"),
+            ExpressionAttributeValues=self._values(ttl),
+        )
+
+    def close(self) -> None:
+        """Close the client if this lock created it. Idempotent."""
+        self.tables.client.close()
