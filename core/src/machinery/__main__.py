@@ -1,0 +1,7 @@
+"""``python -m machinery``: the same as the ``machinery`` command."""
+
+from __future__ import annotations
+
+from machinery.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,595 @@
+"""The ``machinery`` command line (stdlib ``argparse`` only).
+
+::
+
+    machinery worker --app MODULE[:ATTR] [--queue Q] [--concurrency N] [--beat]
+    machinery send NAME [ARG ...] [--wait] [--timeout S] [--queue Q] [--eta TIME | --countdown S]
+    machinery status UUID
+    machinery inspect pending|delayed [--queue Q]
+    machinery purge [--queue Q]
+    machinery plugins
+    machinery beat --app MODULE[:ATTR]
+    machinery demo
+
+Every command takes ``--config FILE`` (Go Machinery's YAML keys), ``--broker URL``,
+``--backend URL`` and ``--loglevel``; the environment (``BROKER``, ``RESULT_BACKEND``...) sits
+between the file and the flags. Exit status: 0 success, 1 failure (a task failed, nothing
+found...), 2 bad usage or configuration, 124 ``send --wait`` timed out, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+from machinery.config import Config, redact_url
+from machinery.errors import (
+    ArgumentTypeError,
+    ConfigError,
+    MachineryError,
+    ResultTimeoutError,
+    TaskFailedError,
+    UnknownSchemeError,
+)
+
+if TYPE_CHECKING:
+    from machinery.server import Server
+    from machinery.signature import Arg, Signature
+
+__all__ = ["CLIError", "load_app", "main", "parse_arg"]
+
+log = logging.getLogger("machinery.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
+
+
+class CLIError(MachineryError):
+    """A command-line problem reported as one line on stderr.
+
+    :param message: what is wrong.
+    :param code: the exit status.
+    """
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+# -- typed arguments ---------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?\d+\Z")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)\Z")
+
+
+def _infer(text: str) -> Any:
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        value = float(text)
+        return value if math.isfinite(value) else text
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def _candidates(text: str) -> list[Any]:
+    # A value as JSON (1, true, [1,2], "x"), then as the raw text.
+    out: list[Any] = []
+    try:
+        out.append(json.loads(text))
+    except ValueError:
+        pass
+    out.append(text)
+    return out
+
+
+def parse_arg(text: str) -> Arg:
+    """A task argument from the command line.
+
+    ``TYPE:VALUE`` with a Go type name (``int64:1``, ``string:x``, ``bool:true``,
+    ``[]int64:1,2``, ``[]string:a,b``, ``float64:2.5``); a slice's value may also be JSON
+    (``[]int64:[1,2]``). Without a known type prefix the type is inferred: ``1`` is ``int64``,
+    ``1.5`` is ``float64``, ``true``/``false`` are ``bool``, anything else is a ``string``.
+
+    :raises ArgumentTypeError: the value does not fit the named type.
+    """
+    from machinery.signature import GO_TYPES, Arg
+
+    type_name, sep, value = text.partition(":")
+    if not sep or type_name not in GO_TYPES:
+        return Arg.of(_infer(text))
+    last: ArgumentTypeError | None = None
+    tries = _candidates(value)
+    if type_name.startswith("[]"):
+        items = [v.strip() for v in value.split(",")] if value.strip() else []
+        tries.append([_infer(v) for v in items])
+        tries.append(items)
+    for candidate in tries:
+        try:
+            return Arg(type_name, candidate)
+        except ArgumentTypeError as exc:
+            last = exc
+    assert last is not None
+    raise ArgumentTypeError(type_name, value, f"cannot read {value!r} as {type_name}: {last.reason}")
+
+
+# -- app and server ------------------------------------------------------------------------------
+
+
+def load_app(spec: str) -> Server:
+    """The :class:`~machinery.Server` named by ``MODULE[:ATTR]``.
+
+    ``ATTR`` may be dotted and may name a factory returning a server. Without it, the module's
+    ``server`` or ``app`` attribute is used, or the only Server the module defines. The current
+    directory is importable, as with ``python -m``.
+
+    :raises CLIError: the module cannot be imported or holds no (single) server.
+    """
+    from machinery.server import Server
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise CLIError(f"--app {spec!r}: expected MODULE or MODULE:ATTR")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise CLIError(f"--app {spec!r}: no module named {module_name!r} (is it on PYTHONPATH?)") from None
+        raise CLIError(f"--app {spec!r}: importing {module_name!r} failed: {exc}") from None
+    except MachineryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
+        raise CLIError(f"--app {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    if attr:
+        obj: Any = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise CLIError(f"--app {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            obj = getattr(obj, part)
+        if not isinstance(obj, Server) and callable(obj):
+            obj = obj()
+        if not isinstance(obj, Server):
+            raise CLIError(f"--app {spec!r}: {attr!r} is a {type(obj).__name__}, not a machinery Server")
+        return obj
+    for name in ("server", "app"):
+        obj = getattr(module, name, None)
+        if isinstance(obj, Server):
+            return obj
+    found = {id(v): (k, v) for k, v in vars(module).items() if isinstance(v, Server)}
+    if len(found) == 1:
+        return next(iter(found.values()))[1]
+    if not found:
+        raise CLIError(f"--app {spec!r}: module {module_name!r} defines no machinery Server")
+    names = ", ".join(sorted(k for k, _ in found.values()))
+    raise CLIError(f"--app {spec!r}: module {module_name!r} defines several Servers ({names}); name one: {spec}:NAME")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in (("broker", args.broker), ("result_backend", args.backend)) if v}
+
+
+def build_server(args: argparse.Namespace) -> Server:
+    """The server a command works on: the ``--app``'s (re-configured when ``--config``,
+    ``--broker`` or ``--backend`` is given), else one built from the config file, the
+    environment and the flags."""
+    from machinery.server import Server
+
+    app = load_app(args.app) if getattr(args, "app", None) else None
+    overrides = _overrides(args)
+    if app is None:
+        return Server(Config.load(args.config, **overrides))
+    if not args.config and not overrides:
+        return app
+    config = Config.load(args.config, **overrides) if args.config else app.config.replace(**overrides)
+    server = Server(config, plugins=app.plugins)
+    for name in app.get_registered_task_names():
+        server.register_task(name, app.get_registered_task(name).fn)
+    server._periodic = app.periodic_entries
+    server._pre_publish = app._pre_publish
+    app.close()
+    return server
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _scheduler_class() -> Any:
+    try:
+        from machinery.schedule import Scheduler  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise CLIError(
+            f"periodic tasks need the scheduler (machinery.schedule), which this installation lacks: {exc}"
+        ) from None
+    return Scheduler
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker until SIGINT/SIGTERM (once: finish in-flight tasks; twice: exit now)."""
+    server = build_server(args)
+    if args.beat:
+        _scheduler_class()
+    worker = server.new_worker(consumer_tag=args.consumer_tag or "", concurrency=args.concurrency, queue=args.queue)
+    worker.beat = args.beat
+    try:
+        worker.launch()
+    finally:
+        server.close()
+    return EXIT_OK
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    """Run only the periodic scheduler of the app."""
+    scheduler_class = _scheduler_class()
+    server = build_server(args)
+    if not server.periodic_entries:
+        raise CLIError(f"--app {args.app!r} registers no periodic tasks (server.register_periodic_task...)")
+    stop = threading.Event()
+    hits = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal hits
+        hits += 1
+        if hits > 1:
+            os._exit(128 + signum)
+        log.warning("signal %s: stopping the scheduler", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    log.info(
+        "beat: %d periodic entr%s, broker %s, lock %s",
+        len(server.periodic_entries),
+        "y" if len(server.periodic_entries) == 1 else "ies",
+        redact_url(server.broker_url),
+        redact_url(server.lock_url),
+    )
+    try:
+        scheduler_class(server).run_forever(stop_event=stop)
+    finally:
+        server.close()
+    return EXIT_OK
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(_json_value(value), default=str, ensure_ascii=False), file=out)
+
+
+def _parse_eta(text: str) -> datetime:
+    from machinery.signature import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise CLIError(f"--eta {text!r}: expected an RFC 3339 / ISO 8601 time, e.g. 2030-01-31T12:00:00Z") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send one task; print its UUID and, with ``--wait``, its result."""
+    from machinery.signature import Signature
+
+    try:
+        task_args = [parse_arg(a) for a in args.args]
+    except ArgumentTypeError as exc:
+        raise CLIError(f"argument: {exc}") from None
+    eta = None
+    if args.eta is not None:
+        eta = _parse_eta(args.eta)
+    elif args.countdown is not None:
+        eta = datetime.now(timezone.utc) + timedelta(seconds=args.countdown)
+    sig = Signature(
+        args.name,
+        args=task_args,
+        routing_key=args.queue or "",
+        eta=eta,
+        priority=args.priority,
+        retry_count=args.retry_count,
+    )
+    server = build_server(args)
+    try:
+        result = server.send_task(sig)
+        print(sig.uuid, flush=True)
+        if not args.wait:
+            return EXIT_OK
+        try:
+            value = result.get(timeout=args.timeout)
+        except TaskFailedError as exc:
+            print(f"FAILURE: {exc.error}", file=sys.stderr)
+            return EXIT_FAILED
+        except ResultTimeoutError as exc:
+            print(f"machinery: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        _print_json(value, sys.stdout)
+        return EXIT_OK
+    finally:
+        server.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a task's stored state as Go Machinery's TaskState JSON."""
+    from machinery.signature import encode_task_state
+
+    server = build_server(args)
+    try:
+        state = server.get_state(args.uuid)
+    finally:
+        server.close()
+    if state is None:
+        raise CLIError(f"no state stored for {args.uuid} (unknown, expired or purged)", EXIT_FAILED)
+    print(encode_task_state(state).decode("utf-8"))
+    return EXIT_OK
+
+
+def _describe(sig: Signature) -> str:
+    from machinery.signature import format_time
+
+    args = ", ".join(json.dumps(_json_value(a.value), default=str) for a in sig.args)
+    parts = [f"{sig.uuid}  {sig.name}({args})", f"queue={sig.routing_key or '-'}"]
+    if sig.eta is not None:
+        parts.append(f"eta={format_time(sig.eta)}")
+    if sig.priority:
+        parts.append(f"priority={sig.priority}")
+    if sig.retry_count:
+        parts.append(f"retries_left={sig.retry_count}")
+    return "  ".join(parts)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """List pending or delayed tasks."""
+    from machinery.signature import encode_signature
+
+    server = build_server(args)
+    try:
+        broker_cls = type(server.broker)
+        queue = args.queue or server.config.default_queue
+        if args.what == "pending":
+            if not broker_cls.supports_pending_listing:
+                raise CLIError(f"the {broker_cls.__name__} broker cannot list pending tasks", EXIT_FAILED)
+            sigs = server.get_pending_tasks(queue)
+            where = f"in queue {queue!r}"
+        else:
+            if not broker_cls.supports_delayed_listing:
+                raise CLIError(f"the {broker_cls.__name__} broker cannot list delayed tasks", EXIT_FAILED)
+            sigs = server.get_delayed_tasks()
+            if args.queue:
+                sigs = [s for s in sigs if s.routing_key == args.queue]
+            where = f"in queue {args.queue!r}" if args.queue else "in all queues"
+    finally:
+        server.close()
+    for sig in sigs:
+        print(encode_signature(sig).decode("utf-8") if args.json else _describe(sig))
+    if not args.json:
+        print(f"{len(sigs)} {args.what} task{'s' if len(sigs) != 1 else ''} {where}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Delete the waiting messages of a queue."""
+    server = build_server(args)
+    try:
+        broker_cls = type(server.broker)
+        if not broker_cls.supports_purge:
+            raise CLIError(f"the {broker_cls.__name__} broker cannot purge queues", EXIT_FAILED)
+        queue = args.queue or server.config.default_queue
+        n = server.broker.purge(queue)
+    finally:
+        server.close()
+    print(f"purged {n} message{'s' if n != 1 else ''} from queue {queue!r}")
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every plugin: distribution, version, schemes, hooks, and load failures."""
+    from machinery.plugins import get_plugin_host
+
+    host = get_plugin_host()
+    infos = host.infos()
+    if args.json:
+        payload = [
+            {
+                "name": i.name,
+                "distribution": i.distribution,
+                "version": i.version,
+                "schemes": i.schemes,
+                "hooks": i.hooks,
+                "error": i.error,
+            }
+            for i in infos
+        ]
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    for info in infos:
+        status = "FAILED" if info.error else "ok"
+        print(f"{info.name}  ({info.distribution} {info.version})  [{status}]")
+        if info.schemes:
+            schemes = "  ".join(f"{kind}: {', '.join(sorted(s))}" for kind, s in sorted(info.schemes.items()))
+            print(f"    schemes  {schemes}")
+        if info.hooks:
+            print(f"    hooks    {', '.join(info.hooks)}")
+        if info.error:
+            print(f"    error    {info.error}")
+    for failure in host.failures:
+        if not any(i.error and i.name == failure.entry_point for i in infos):
+            print(f"{failure.entry_point}  ({failure.distribution})  [FAILED]\n    error    {failure.reason}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the guided demo on a fresh embedded queue."""
+    from machinery.demo import run_demo
+
+    return run_demo(keep=args.keep, plain=args.plain, timeout=args.timeout)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    from machinery import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    opts = common.add_argument_group("configuration")
+    opts.add_argument("--config", metavar="FILE", help="YAML file with Go Machinery's keys (broker, ...)")
+    opts.add_argument("--broker", metavar="URL", help="broker URL (overrides the file and $BROKER)")
+    opts.add_argument("--backend", metavar="URL", help="result backend URL (overrides the file and $RESULT_BACKEND)")
+    opts.add_argument(
+        "--loglevel",
+        default=None,
+        type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="logging level (default: info for worker and beat, warning otherwise)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="machinery",
+        description="Distributed task queue, wire-compatible with Go Machinery.",
+        epilog="Quick start: machinery demo",
+    )
+    parser.add_argument("--version", action="version", version=f"machinery {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("worker", parents=[common], help="run a worker for an app's tasks")
+    p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="module holding the Server")
+    p.add_argument("--queue", "-Q", help="queue to consume (default: the config's default_queue)")
+    p.add_argument("--concurrency", "-c", type=_positive_int, default=0, help="task threads (0: 8)")
+    p.add_argument("--consumer-tag", help="name of this worker in logs")
+    p.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
+    p.set_defaults(func=cmd_worker, default_level="info")
+
+    p = sub.add_parser("send", parents=[common], help="send a task (typed args: int64:1, []string:a,b, or inferred)")
+    p.add_argument("name", help="registered task name")
+    p.add_argument("args", nargs="*", metavar="ARG", help="TYPE:VALUE or a value whose type is inferred")
+    p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait with --wait (default 60)")
+    p.add_argument("--queue", "-Q", help="queue (routing key) to send to")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--eta", metavar="TIME", help="run no earlier than this RFC 3339 time")
+    when.add_argument("--countdown", type=_seconds, metavar="SECONDS", help="run after this many seconds")
+    p.add_argument("--priority", type=_positive_int, default=0, help="0-255, where the broker supports it")
+    p.add_argument("--retry-count", type=_positive_int, default=0, help="retries on failure (Fibonacci back-off)")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("status", parents=[common], help="print a task's state (Go TaskState JSON)")
+    p.add_argument("uuid")
+    p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("inspect", parents=[common], help="list pending or delayed tasks")
+    p.add_argument("what", choices=["pending", "delayed"])
+    p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue; delayed: all)")
+    p.add_argument("--json", action="store_true", help="one Go signature JSON per line")
+    p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("purge", parents=[common], help="delete the waiting messages of a queue")
+    p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue)")
+    p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("plugins", parents=[common], help="list plugins, their schemes and hooks")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("beat", parents=[common], help="run only the periodic task scheduler")
+    p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="module holding the Server")
+    p.set_defaults(func=cmd_beat, default_level="info")
+
+    p = sub.add_parser("demo", parents=[common], help="see machinery work: a worker and the seed examples")
+    p.add_argument("--plain", action="store_true", help="line output even on a terminal")
+    p.add_argument("--keep", action="store_true", help="keep the demo's database and worker log")
+    p.add_argument("--timeout", type=_seconds, default=20.0, help="seconds to wait for every result (default 20)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"machinery: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    :param argv: arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.loglevel or getattr(args, "default_level", "warning"))
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CLIError as exc:
+        _fail(str(exc), exc.code)
+    except (ConfigError, UnknownSchemeError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except MachineryError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into `head` and the like: exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
