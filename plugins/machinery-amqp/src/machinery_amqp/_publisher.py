@@ -21,7 +21,7 @@ from pika.adapters.select_connection import IOLoop, SelectConnection
 
 from machinery.errors import BrokerConnectionError, BrokerError, PublishError
 
-from ._common import describe
+from ._common import CONNECTION_ERRORS, describe
 
 if TYPE_CHECKING:
     from pika.channel import Channel
@@ -173,8 +173,11 @@ class Publisher:
             try:
                 assert ch is not None
                 ch.basic_publish(it.exchange, it.routing_key, it.body, it.properties, mandatory=True)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller
+            except CONNECTION_ERRORS as exc:
                 it.resolve(BrokerConnectionError(f"cannot publish to RabbitMQ: {exc!r}"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. a header pika cannot encode
+                it.resolve(PublishError(f"cannot publish the message: {exc!r}", it.task_uuid))
                 continue
             self._seq += 1
             self._unconfirmed[self._seq] = it

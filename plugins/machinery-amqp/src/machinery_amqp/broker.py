@@ -299,6 +299,23 @@ class _Consumer:
             self._settle(tag, what, fn)
 
 
+def _amqp_value(v: Any) -> Any:
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, dict):
+        return _amqp_table(v)
+    if isinstance(v, (list, tuple)):
+        return [_amqp_value(x) for x in v]
+    # pika's table encoder has no float (Go's would write a double); the JSON body keeps the
+    # exact value, the AMQP header carries its text.
+    return str(v)
+
+
+def _amqp_table(headers: dict[str, Any]) -> dict[str, Any]:
+    """Signature headers as an AMQP field table pika can encode."""
+    return {str(k): _amqp_value(v) for k, v in headers.items()}
+
+
 class AMQPBroker(Broker):
     """RabbitMQ broker: Go Machinery's exchange, queue, binding and delay-queue declarations.
 
@@ -381,7 +398,7 @@ class AMQPBroker(Broker):
         return pika.BasicProperties(
             content_type="application/json",
             delivery_mode=2,
-            headers=dict(signature.headers) if signature.headers else None,
+            headers=_amqp_table(signature.headers) if signature.headers else None,
             priority=signature.priority,
             message_id=signature.uuid or None,
             expiration=expiration,
