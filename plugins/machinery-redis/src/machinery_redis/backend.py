@@ -50,17 +50,20 @@ def _chord_field() -> str:
 
 
 CHORD_FIELD = _chord_field()
+_CHORD_PATTERN = "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in CHORD_FIELD)
 
-# KEYS[1]: the group key. ARGV[1]: the chord field name. Flips the flag in place (keeping the
+# KEYS[1]: the group key. ARGV: the chord field name, and a Lua pattern matching it in any case
+# (Go's decoder matches field names case-insensitively). Flips the flag in place (keeping the
 # rest of the record byte for byte, and its expiry); returns 1 to the one caller that flipped it.
 _TRIGGER_CHORD = """
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local f = '"' .. ARGV[1] .. '"'
-local s, e = string.find(v, f .. '%s*:%s*false')
+local p = '"' .. ARGV[2] .. '"%s*:%s*'
+local s, e = string.find(v, p .. 'false')
 if s then
   v = string.sub(v, 1, s - 1) .. f .. ':true' .. string.sub(v, e + 1)
-elseif string.find(v, f .. '%s*:%s*true') then
+elseif string.find(v, p .. 'true') then
   return 0
 elseif string.find(v, '^%s*{%s*}%s*$') then
   v = '{' .. f .. ':true}'
@@ -149,7 +152,7 @@ class RedisBackend(Backend):
         with self._errors(f"trigger chord of {group_uuid}"):
             if self._trigger is None:
                 self._trigger = self.client.register_script(_TRIGGER_CHORD)
-            return bool(self._trigger(keys=[group_uuid], args=[CHORD_FIELD]))
+            return bool(self._trigger(keys=[group_uuid], args=[CHORD_FIELD, _CHORD_PATTERN]))
 
     def _delete(self, uuid: str) -> None:
         with self._errors(f"delete {uuid}"):

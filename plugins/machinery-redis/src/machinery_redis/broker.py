@@ -105,8 +105,10 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, m in ipairs(due) do
   local q = ARGV[3]
   local ok, sig = pcall(cjson.decode, m)
-  if ok and type(sig) == 'table' and type(sig[ARGV[4]]) == 'string' and sig[ARGV[4]] ~= '' then
-    q = sig[ARGV[4]]
+  if ok and type(sig) == 'table' then
+    for k, v in pairs(sig) do  -- Go matches field names case-insensitively
+      if type(k) == 'string' and string.lower(k) == ARGV[4] and type(v) == 'string' and v ~= '' then q = v end
+    end
   end
   redis.call('ZREM', KEYS[1], m)
   redis.call('RPUSH', q, m)
@@ -364,7 +366,8 @@ class RedisBroker(Broker):
     def _for_queue(self, body: bytes, queue: str) -> bytes:
         # A delayed member goes where its routing key says: make that the queue it came from.
         try:
-            routing = json.loads(body).get(ROUTING_FIELD)
+            wire = json.loads(body)
+            routing = next((v for k, v in wire.items() if k.lower() == ROUTING_FIELD.lower()), "")
         except (ValueError, AttributeError):
             return body
         if routing == queue:
@@ -509,7 +512,7 @@ class RedisBroker(Broker):
             next_score = nxt[0][1] if nxt else None
         else:
             moved, next_score = self._script("move_due", _MOVE_DUE)(
-                keys=[key], args=[now, _MOVE_BATCH, self.default_queue, ROUTING_FIELD]
+                keys=[key], args=[now, _MOVE_BATCH, self.default_queue, ROUTING_FIELD.lower()]
             )
         if moved >= _MOVE_BATCH:
             return 0.0

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from machinery.testing.oracle import require_server
+
+pytest_plugins = ["machinery.testing.plugin"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def url() -> str:
+    """The shared Redis under test (``REDIS_URL``, default the local 6379)."""
+    url = os.environ.get("REDIS_URL", DEFAULT_URL)
+    require_server(url, port=6379 if url == DEFAULT_URL else None)
+    return url
+
+
+@pytest.fixture
+def raw(url: str) -> Iterator[redis.Redis]:
+    """A raw redis-py client on the shared server, bypassing the plugin."""
+    client = redis.Redis.from_url(url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name no other test uses."""
+    return f"rt_{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port (and a Unix socket), safe to stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            if os.environ.get("CI"):
+                pytest.fail("redis-server is not installed; CI must run the restart tests", pytrace=False)
+            pytest.skip("redis-server is not installed")
+        self.exe = exe
+        self.dir = workdir
+        self.port = free_port()
+        self.socket = str(workdir / "redis.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+            "--unixsocket", self.socket, "--unixsocketperm", "700", "--logfile", str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as c:
+                    if c.ping():
+                        return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"private redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server for tests that stop it or count its commands."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

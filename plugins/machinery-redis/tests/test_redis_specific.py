@@ -1,0 +1,579 @@
+"""Redis-specific behaviour: URLs and options, Go wire/key compatibility, at-least-once delivery,
+delayed tasks, restarts, the backend's key layout and chord flag, the lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+
+from machinery import Config, Server
+from machinery.errors import BrokerConnectionError, ConfigError, PublishError
+from machinery.plugins import get_plugin_host
+from machinery.signature import Signature, encode_signature
+from machinery.workflow import Chord, Group
+from machinery_redis.backend import RedisBackend
+from machinery_redis.broker import RedisBroker, consumers_key, dead_key, eta_score, processing_key
+from machinery_redis.connection import RedisOptions, load_options, parse_url
+from machinery_redis.lock import RedisLock
+
+# -- Go fixtures, written from Go Machinery's tasks.Signature / tasks.TaskState -----------------
+
+#: A message exactly as Go's json.Marshal(tasks.Signature) writes it (struct field order, no tags).
+GO_SIGNATURE = (
+    '{{"UUID":"{uuid}","Name":"add","RoutingKey":"{queue}","ETA":{eta},"GroupUUID":"","GroupTaskCount":0,'
+    '"Args":[{{"Name":"","Type":"int64","Value":1}},{{"Name":"","Type":"int64","Value":2}}],'
+    '"Headers":{{}},"Priority":0,"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,'
+    '"OnError":null,"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
+    '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}}'
+)
+GO_SIGNATURE_FIELDS = [
+    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers", "Priority",
+    "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError", "ChordCallback",
+    "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError", "IgnoreWhenTaskNotRegistered",
+]
+GO_TASK_STATE_FIELDS = ["TaskUUID", "TaskName", "State", "Results", "Error", "CreatedAt", "TTL"]
+#: A group record as Go's json.Marshal(tasks.GroupMeta) writes it.
+GO_GROUP_META = (
+    '{{"GroupUUID":"{group}","TaskUUIDs":["task_a","task_b"],"ChordTriggered":false,"Lock":false,'
+    '"TTL":0,"CreatedAt":"2026-01-02T03:04:05.123456789Z"}}'
+)
+
+
+def go_message(queue: str, task_uuid: str, eta: str = "null") -> bytes:
+    return GO_SIGNATURE.format(uuid=task_uuid, queue=queue, eta=eta).encode()
+
+
+def task_uuid() -> str:
+    return f"task_{uuid.uuid4()}"
+
+
+def config(url: str, queue: str, **redis_opts: Any) -> Config:
+    return Config(
+        broker=url,
+        result_backend=url,
+        lock=url,
+        default_queue=queue,
+        results_expire_in=600,
+        no_unix_signals=True,
+        transport_options={"redis": redis_opts} if redis_opts else {},
+    )
+
+
+@pytest.fixture
+def server(url: str, queue: str, raw: redis.Redis) -> Iterator[Server]:
+    srv = Server(config(url, queue))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    yield srv
+    srv.close()
+    raw.delete(queue, dead_key(queue))
+
+
+def wait_until(pred: Any, timeout: float = 5.0, step: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    return pred()
+
+
+# -- URLs and options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", {"hosts": (("127.0.0.1", 6379),), "db": 0, "password": None}),
+        ("redis://localhost", {"hosts": (("localhost", 6379),), "db": 0}),
+        ("redis://s3cret@redis.example:6380/4", {"hosts": (("redis.example", 6380),), "db": 4, "password": "s3cret"}),
+        ("redis://app:p%40ss@h/2", {"username": "app", "password": "p@ss", "db": 2}),
+        ("redis://:pw@h", {"username": None, "password": "pw"}),
+        ("rediss://pw@h:6390", {"scheme": "rediss", "password": "pw", "hosts": (("h", 6390),)}),
+        ("redis://[::1]:7000/1", {"hosts": (("::1", 7000),), "db": 1}),
+        ("redis://pw@a:7000,b:7001,c", {"hosts": (("a", 7000), ("b", 7001), ("c", 6379)), "password": "pw"}),
+        ("redis+socket:///var/run/redis.sock", {"socket_path": "/var/run/redis.sock", "db": 0}),
+        ("redis+socket://pw@/tmp/r.sock:3", {"socket_path": "/tmp/r.sock", "db": 3, "password": "pw"}),
+        ("redis+socket://pw@/tmp/r.sock:/5", {"socket_path": "/tmp/r.sock", "db": 5, "password": "pw"}),
+        ("redis://h/0?visibility_timeout=5", {"query": (("visibility_timeout", "5"),)}),
+    ],
+)
+def test_url_forms(url: str, expected: dict[str, Any]) -> None:
+    target = parse_url(url)
+    for key, value in expected.items():
+        assert getattr(target, key) == value, key
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://h:notaport/0", "bad port"),
+        ("redis://h:70000", "bad port"),
+        ("redis://secretpw@h/zero", "database must be a number"),
+        ("redis://", "missing host"),
+        ("redis+socket://secretpw@relative.sock", "absolute"),
+        ("http://h", "expected one of"),
+    ],
+)
+def test_bad_urls_fail_clearly_without_credentials(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisBroker(url, Config())
+    assert reason in str(info.value)
+    assert "secretpw" not in str(info.value)
+
+
+def test_cluster_urls_have_only_database_zero() -> None:
+    with pytest.raises(ConfigError, match="only database 0"):
+        RedisBroker("redis://a:7000,b:7001/3", Config())
+
+
+def test_options_from_section_query_and_env() -> None:
+    cfg = Config(transport_options={"redis": {"max_active": "20", "max_idle_timeout": 30, "wait": "true"}})
+    target = parse_url("redis://h/0?visibility_timeout=7.5&delayed_tasks_key=my_delayed")
+    opts = load_options(target, cfg)
+    assert (opts.max_active, opts.idle_timeout, opts.wait) == (20, 30, True)
+    assert (opts.visibility_timeout, opts.delayed_tasks_key) == (7.5, "my_delayed")
+    env = {"REDIS_MAX_ACTIVE": "9", "REDIS_DELAYED_TASKS_POLL_PERIOD": "50", "REDIS_VISIBILITY_TIMEOUT": "3"}
+    opts = load_options(parse_url("redis://h"), Config.from_env(env))
+    assert (opts.max_active, opts.delayed_tasks_poll_period, opts.visibility_timeout) == (9, 50, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [({"max_activ": 3}, "redis.max_activ"), ({"max_active": "many"}, "redis.max_active"),
+     ({"visibility_timeout": 0}, "redis.visibility_timeout"), ({"ssl_cert_reqs": "maybe"}, "redis.ssl_cert_reqs")],
+)
+def test_bad_options_name_the_key(section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisBackend("redis://h", Config(transport_options={"redis": section}))
+    assert info.value.key == key
+
+
+def test_registered_through_the_entry_point() -> None:
+    host = get_plugin_host()
+    for kind in ("broker", "backend", "lock"):
+        assert {"redis", "rediss", "redis+socket"} <= set(host.schemes(kind))  # type: ignore[arg-type]
+    assert "redis" in host.config_sections()
+
+
+def test_no_network_io_in_constructors() -> None:
+    # Nothing listens on port 1: constructing must still succeed (connections are lazy).
+    Server(config("redis://127.0.0.1:1/0", "q")).close()
+
+
+def test_one_pool_per_process(url: str, queue: str) -> None:
+    srv = Server(config(url, queue))
+    try:
+        b1, b2 = srv.broker, RedisBroker(url, srv.config)
+        assert b1.client is b2.client is srv.backend.client  # type: ignore[attr-defined]
+        b2.close()
+    finally:
+        srv.close()
+
+
+# -- Go wire and key compatibility ----------------------------------------------------------------
+
+
+def test_go_producer_message_runs_and_state_is_where_go_reads_it(server: Server, queue: str, raw: redis.Redis) -> None:
+    tid = task_uuid()
+    raw.rpush(queue, go_message(queue, tid))  # exactly what a Go producer does
+    worker = server.new_worker("go-wire", 2).launch_in_background()
+    try:
+        stored = wait_until(lambda: (v := raw.get(tid)) and json.loads(v)["State"] == "SUCCESS" and v)
+    finally:
+        worker.quit()
+    state = json.loads(stored)
+    assert list(state) == GO_TASK_STATE_FIELDS  # Go's TaskState, field for field
+    assert state["TaskUUID"] == tid
+    assert state["Results"] == [{"Type": "int64", "Value": 3}]
+    assert state["Error"] == ""
+    assert 0 < raw.ttl(tid) <= 600
+    assert raw.llen(queue) == 0
+
+
+def test_python_message_in_the_list_is_go_shaped(server: Server, queue: str, raw: redis.Redis) -> None:
+    sig = Signature("add", [1, 2])
+    server.send_task(sig)
+    (body,) = raw.lrange(queue, 0, -1)
+    assert body == encode_signature(sig)  # the broker adds nothing
+    wire = json.loads(body)
+    assert [k for k in wire if k in GO_SIGNATURE_FIELDS] == GO_SIGNATURE_FIELDS
+    assert wire["RoutingKey"] == queue and wire["UUID"] == sig.uuid
+    assert wire["Args"] == [{"Name": "", "Type": "int64", "Value": 1}, {"Name": "", "Type": "int64", "Value": 2}]
+
+
+def test_eta_goes_to_the_delayed_set_scored_in_nanoseconds(server: Server, queue: str, raw: redis.Redis) -> None:
+    eta = datetime.now(timezone.utc) + timedelta(hours=1)
+    sig = Signature("add", [1, 2], eta=eta)
+    server.send_task(sig)
+    try:
+        body = encode_signature(sig)
+        score = raw.zscore("delayed_tasks", body)
+        expected_ns = int(eta.timestamp()) * 10**9 + eta.microsecond * 1000
+        assert score is not None and abs(score - expected_ns) < 1000  # float64, as Go's ZADD sends it
+        assert eta_score(eta) == expected_ns
+        assert raw.llen(queue) == 0
+        assert sig.uuid in [s.uuid for s in server.get_delayed_tasks()]
+    finally:
+        raw.zrem("delayed_tasks", encode_signature(sig))
+
+
+def test_go_delayed_member_is_picked_up_on_time(server: Server, queue: str, raw: redis.Redis) -> None:
+    tid = task_uuid()
+    due = datetime.now(timezone.utc) + timedelta(seconds=0.4)
+    eta = due.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"  # Go writes nanoseconds
+    raw.zadd("delayed_tasks", {go_message(queue, tid, f'"{eta}"'): eta_score(due)})
+    worker = server.new_worker("go-delayed", 2).launch_in_background()
+    try:
+        assert wait_until(lambda: (v := raw.get(tid)) and json.loads(v)["State"] == "SUCCESS", timeout=5)
+        done = datetime.now(timezone.utc)
+    finally:
+        worker.quit()
+    assert done >= due
+    assert (done - due).total_seconds() < 0.25  # "within tens of ms"; generous for slow CI
+
+
+def test_publish_many_is_one_round_trip(private_redis: Any) -> None:
+    queue = "batch_q"
+    broker = RedisBroker(private_redis.url, config(private_redis.url, queue))
+    try:
+        broker.client.ping()
+        raw = private_redis.client()
+        raw.config_resetstat()
+        sigs = [Signature("add", [i, i], uuid=task_uuid(), routing_key=queue) for i in range(50)]
+        tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+        later = Signature("add", [0, 0], uuid=task_uuid(), routing_key=queue, eta=tomorrow)
+        broker.publish_many([(encode_signature(s), s) for s in [*sigs, later]])
+        stats = raw.info("commandstats")
+        assert stats["cmdstat_rpush"]["calls"] == 1
+        assert stats["cmdstat_zadd"]["calls"] == 1
+        assert [json.loads(b)["UUID"] for b in raw.lrange(queue, 0, -1)] == [s.uuid for s in sigs]
+    finally:
+        broker.close()
+
+
+# -- at-least-once ----------------------------------------------------------------------------------
+
+
+def consume_one(broker: RedisBroker, queue: str) -> Any:
+    stop = threading.Event()
+    gen = broker.consume(queue, prefetch=1, stop=stop)
+    delivery = next(gen)
+    return delivery, stop, gen
+
+
+def test_unacked_message_sits_in_the_processing_list_until_ack(url: str, queue: str, raw: redis.Redis) -> None:
+    broker = RedisBroker(url, config(url, queue))
+    try:
+        sig = Signature("add", [1, 2], routing_key=queue)
+        broker.publish(encode_signature(sig), sig)
+        delivery, stop, gen = consume_one(broker, queue)
+        consumer = delivery.tag
+        assert raw.llen(queue) == 0
+        assert raw.lrange(processing_key(queue, consumer.cid), 0, -1) == [delivery.body]
+        assert raw.sismember(consumers_key(queue), consumer.cid)
+        assert raw.pttl(consumer.heartbeat) > 0
+        broker.ack(delivery)
+        assert raw.llen(processing_key(queue, consumer.cid)) == 0
+        stop.set()
+        gen.close()
+        assert not raw.sismember(consumers_key(queue), consumer.cid)
+        assert not raw.exists(consumer.heartbeat)
+    finally:
+        broker.close()
+
+
+def test_nack_requeue_dead_letter_and_delay(url: str, queue: str, raw: redis.Redis) -> None:
+    broker = RedisBroker(url, config(url, queue))
+    try:
+        stop = threading.Event()
+        gen = broker.consume(queue, prefetch=1, stop=stop)
+        bodies = []
+        for i in range(3):
+            sig = Signature("add", [i, i], routing_key=queue)
+            bodies.append(encode_signature(sig))
+            broker.publish(bodies[-1], sig)
+        d1, d2, d3 = next(gen), next(gen), next(gen)
+        broker.nack(d1, requeue=False)
+        assert raw.lrange(dead_key(queue), 0, -1) == [bodies[0]]
+        assert broker.dead_letters(queue) == [bodies[0]]
+        broker.nack(d2, requeue=True)
+        assert raw.lrange(queue, 0, -1) == [bodies[1]]
+        before = time.time_ns()
+        broker.nack(d3, requeue=True, delay=0.3)
+        score = raw.zscore("delayed_tasks", bodies[2])
+        assert score is not None and before + 0.25e9 < score < time.time_ns() + 0.35e9
+        assert raw.llen(processing_key(queue, d1.tag.cid)) == 0
+        again = [next(gen).body, next(gen).body]  # the requeued one, then the delayed one when due
+        assert again == [bodies[1], bodies[2]]
+        stop.set()
+        gen.close()
+    finally:
+        broker.close()
+
+
+def test_stop_is_noticed_within_a_second(url: str, queue: str) -> None:
+    broker = RedisBroker(url, config(url, queue))
+    try:
+        stop = threading.Event()
+        result: list[Any] = []
+        t = threading.Thread(target=lambda: result.extend(broker.consume(queue, prefetch=1, stop=stop)))
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        stop.set()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.3
+        assert result == []
+    finally:
+        broker.close()
+
+
+_KILLED_CONSUMER = textwrap.dedent(
+    """
+    import sys, threading, time
+    from machinery import Config
+    from machinery_redis.broker import RedisBroker
+    url, queue = sys.argv[1], sys.argv[2]
+    cfg = Config(broker=url, default_queue=queue, transport_options={"redis": {"visibility_timeout": 1}})
+    broker = RedisBroker(url, cfg)
+    delivery = next(broker.consume(queue, prefetch=1, stop=threading.Event()))
+    print(delivery.body.decode(), flush=True)
+    time.sleep(60)  # killed with SIGKILL before it acknowledges
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_redelivers_after_the_visibility_timeout(url: str, queue: str, raw: redis.Redis) -> None:
+    body = go_message(queue, task_uuid())
+    raw.rpush(queue, body)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_CONSUMER, url, queue], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == body
+        assert raw.llen(queue) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = time.monotonic()
+    broker = RedisBroker(url, config(url, queue, visibility_timeout=1))
+    try:
+        delivery, stop, gen = consume_one(broker, queue)
+        assert delivery.body == body
+        assert time.monotonic() - killed < 1 + 2.5  # heartbeat expiry + one reaper period (+ slack)
+        broker.ack(delivery)
+        stop.set()
+        gen.close()
+        assert raw.scard(consumers_key(queue)) == 0  # the dead consumer was unregistered
+    finally:
+        broker.close()
+
+
+def test_many_movers_never_duplicate_delayed_tasks(url: str, queue: str, raw: redis.Redis) -> None:
+    key = f"{queue}_delayed"
+    cfg = config(url, queue, delayed_tasks_key=key)
+    producer = RedisBroker(url, cfg)
+    due = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+    sigs = [Signature("add", [i, i], uuid=task_uuid(), routing_key=queue, eta=due) for i in range(200)]
+    producer.publish_many([(encode_signature(s), s) for s in sigs])
+    seen: list[bytes] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    brokers = [RedisBroker(url, cfg) for _ in range(4)]
+
+    def run(b: RedisBroker) -> None:
+        for d in b.consume(queue, prefetch=1, stop=stop):
+            with lock:
+                seen.append(d.body)
+            b.ack(d)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in brokers]
+    try:
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: len(seen) >= 200, timeout=10)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        for b in [producer, *brokers]:
+            b.close()
+        raw.delete(key)
+    uuids = [json.loads(b)["UUID"] for b in seen]
+    assert sorted(uuids) == sorted(s.uuid for s in sigs)
+
+
+# -- restarts ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_survives_a_redis_restart(private_redis: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="machinery.redis")
+    queue = "restart_q"
+    url = private_redis.url
+    srv = Server(config(url, queue, retries=1, connect_timeout=1))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("restart", 2).launch_in_background()
+    try:
+        assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2
+        private_redis.stop()
+        t0 = time.monotonic()
+        with pytest.raises(BrokerConnectionError) as info:
+            srv.broker.publish(b"{}", Signature("add", [1, 2], routing_key=queue))
+        assert isinstance(info.value, PublishError)
+        assert "cannot reach redis" in str(info.value)
+        assert time.monotonic() - t0 < 3  # a bounded number of retries, then a clear error
+        time.sleep(1.0)  # the consumer notices and backs off
+        private_redis.start()
+        assert srv.send_task(Signature("add", [2, 3])).get(timeout=10) == 5
+    finally:
+        worker.quit()
+        srv.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "machinery.redis"]
+    assert any("reconnecting with back-off" in m for m in messages)
+    assert any("restored" in m for m in messages)
+
+
+def test_unix_socket_url(private_redis: Any) -> None:
+    url = f"redis+socket://{private_redis.socket}:1"
+    srv = Server(config(url, "sock_q"))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("sock", 1).launch_in_background()
+    try:
+        result = srv.send_task(Signature("add", [20, 22]))
+        assert result.get(timeout=5) == 42
+        assert private_redis.client().execute_command("SELECT", 1)  # db 1 holds the state
+        assert redis.Redis(unix_socket_path=private_redis.socket, db=1).get(result.task_uuid)
+    finally:
+        worker.quit()
+        srv.close()
+
+
+# -- backend --------------------------------------------------------------------------------------
+
+
+def test_chord_trigger_is_atomic_and_go_shaped(url: str, raw: redis.Redis) -> None:
+    backend = RedisBackend(url, config(url, "unused"))
+    group = f"group_{uuid.uuid4()}"
+    raw.set(group, GO_GROUP_META.format(group=group), ex=60)  # written by a Go producer
+    try:
+        wins: list[bool] = []
+        barrier = threading.Barrier(16)
+
+        def race() -> None:
+            barrier.wait()
+            wins.append(backend.trigger_chord(group))
+
+        threads = [threading.Thread(target=race) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wins.count(True) == 1 and len(wins) == 16
+        stored = raw.get(group).decode()
+        assert stored == GO_GROUP_META.format(group=group).replace('"ChordTriggered":false', '"ChordTriggered":true')
+        assert raw.ttl(group) > 0  # the expiry is kept
+        assert backend.get_group_meta(group).chord_triggered  # type: ignore[union-attr]
+        assert backend.trigger_chord(f"group_{uuid.uuid4()}") is False  # unknown group
+    finally:
+        raw.delete(group)
+        backend.close()
+
+
+def test_group_states_are_read_in_one_round_trip(private_redis: Any) -> None:
+    url = private_redis.url
+    srv = Server(config(url, "g_q"))
+    try:
+        sigs = [Signature("add", [i, i], uuid=task_uuid()) for i in range(20)]
+        group = f"group_{uuid.uuid4()}"
+        srv.backend.init_group(group, [s.uuid for s in sigs])
+        srv.backend.set_states_pending(sigs)
+        raw = private_redis.client()
+        raw.config_resetstat()
+        states = srv.backend.group_task_states(group, len(sigs))
+        assert [s.task_uuid for s in states] == [s.uuid for s in sigs]
+        stats = raw.info("commandstats")
+        assert stats["cmdstat_mget"]["calls"] == 1 and stats["cmdstat_get"]["calls"] == 1  # meta + states
+    finally:
+        srv.close()
+
+
+def test_results_without_expiry(url: str, queue: str, raw: redis.Redis) -> None:
+    backend = RedisBackend(url, config(url, queue).replace(results_expire_in=0))
+    sig = Signature("add", [1, 1], uuid=task_uuid())
+    try:
+        backend.set_state_pending(sig)
+        assert raw.ttl(sig.uuid) == -1
+    finally:
+        raw.delete(sig.uuid)
+        backend.close()
+
+
+# -- lock -------------------------------------------------------------------------------------------
+
+
+def test_lock_is_held_released_and_extended_only_by_its_owner(url: str, raw: redis.Redis) -> None:
+    key = f"lock_{uuid.uuid4().hex}"
+    a, b = RedisLock(url, Config()), RedisLock(url, Config())
+    try:
+        assert a.acquire(key, timedelta(seconds=5))
+        assert raw.get(key).decode() == a.owner and 0 < raw.pttl(key) <= 5000
+        assert not b.acquire(key, timedelta(seconds=5))
+        assert not b.release(key) and not b.extend(key, timedelta(seconds=30))
+        assert a.extend(key, timedelta(seconds=30)) and raw.pttl(key) > 5000
+        assert a.release(key) and not raw.exists(key)
+        assert b.acquire(key, timedelta(milliseconds=100))
+        time.sleep(0.2)
+        assert a.acquire(key, timedelta(seconds=1))  # b's claim ran out
+    finally:
+        raw.delete(key)
+        a.close()
+        b.close()
+
+
+def test_chord_end_to_end(server: Server) -> None:
+    @server.task(name="total")
+    def total(*xs: int) -> int:
+        return sum(xs)
+
+    worker = server.new_worker("chord", 4).launch_in_background()
+    try:
+        chord = Chord(Group([Signature("add", [i, i]) for i in range(6)]), Signature("total"))
+        assert server.send_chord(chord).get(timeout=10) == 30
+    finally:
+        worker.quit()
+
+
+def test_options_dataclass_defaults_match_go() -> None:
+    opts = RedisOptions()
+    assert (opts.max_idle, opts.idle_timeout, opts.read_timeout, opts.write_timeout, opts.connect_timeout) == (
+        3, 240, 15, 15, 15,
+    )
+    assert opts.delayed_tasks_key == "delayed_tasks"
+    assert opts.block_timeout == 1.0
