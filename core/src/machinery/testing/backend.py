@@ -1,0 +1,285 @@
+"""Result backend contract tests: :class:`BackendConformance`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+
+from machinery.interfaces import Backend
+from machinery.plugins import get_plugin_host, scheme_of
+from machinery.signature import Signature, args_of, new_uuid, results_for, task_state_from_mapping
+from machinery.state import State, TaskResult, TaskState
+from machinery.testing._guard import SuiteBase
+from machinery.testing._support import wait_until
+from machinery.testing._values import EVERY_RESULT, TRICKY_TEXT
+from machinery.testing.broker import require_capability
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+    from machinery.testing.oracle import BackendOracle
+
+__all__ = ["BackendConformance"]
+
+
+def _pairs(results: list[TaskResult] | None) -> list[tuple[str, Any]]:
+    return [(r.type, r.value) for r in results or ()]
+
+
+class BackendConformance(SuiteBase):
+    """The result backend contract. Subclass it in your plugin's tests.
+
+    Needs the fixtures ``url`` and ``backend_oracle`` (a :class:`~machinery.testing.BackendOracle`).
+    The backend class is resolved from ``backend_url`` through the plugin host.
+    """
+
+    _machinery_suite = True
+
+    #: Concurrent callers of ``trigger_chord`` in the exactly-once test.
+    chord_callers: ClassVar[int] = 50
+    #: Seconds an expired record may still be visible after ``results_expire_in`` (clock slack).
+    expiry_tolerance: ClassVar[float] = 2.5
+
+    # -- fixtures -------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def backend_class(self, backend_url: str) -> type[Backend]:
+        """The backend class the plugin host resolves for ``backend_url``."""
+        return get_plugin_host().backend_class(backend_url)
+
+    @pytest.fixture
+    def new_backend(
+        self, backend_class: type[Backend], backend_url: str, machinery_config: Config
+    ) -> Iterator[Callable[..., Backend]]:
+        """Make backend instances (each with its own connections): ``new_backend(**config_changes)``."""
+        made: list[Backend] = []
+
+        def make(**changes: Any) -> Backend:
+            cfg = machinery_config.replace(**changes) if changes else machinery_config
+            b = backend_class(backend_url, cfg)
+            made.append(b)
+            return b
+
+        yield make
+        for b in made:
+            b.close()
+
+    @pytest.fixture
+    def backend(self, new_backend: Callable[..., Backend]) -> Backend:
+        """The backend under test."""
+        return new_backend()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def signature(name: str = "add") -> Signature:
+        """A signature with a fresh UUID."""
+        return Signature(name, args=args_of([1, 2]), uuid=new_uuid())
+
+    @staticmethod
+    def raw(oracle: BackendOracle, task_uuid: str) -> TaskState:
+        """The state the oracle reads from the store, decoded."""
+        raw = oracle.raw_state(task_uuid)
+        assert raw is not None, f"oracle: nothing stored for {task_uuid}"
+        return task_state_from_mapping(raw)
+
+    # -- tests ----------------------------------------------------------------------------------
+
+    def test_resolved_through_entry_point(self, backend_url: str, backend_class: type[Backend]) -> None:
+        """The URL's scheme is registered through the plugin host and serves a Backend subclass."""
+        assert scheme_of(backend_url) in get_plugin_host().schemes("backend")
+        assert issubclass(backend_class, Backend)
+        assert isinstance(backend_class.supports_expiry, bool)
+        assert isinstance(backend_class.persistent, bool)
+
+    def test_every_state_transition(self, backend: Backend, backend_oracle: BackendOracle) -> None:
+        """PENDING, RECEIVED, STARTED, RETRY, SUCCESS and FAILURE are each stored and read back,
+        through the plugin and straight from the store."""
+        sig = self.signature()
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (State.PENDING.value, lambda: backend.set_state_pending(sig)),
+            (State.RECEIVED.value, lambda: backend.set_state_received(sig)),
+            (State.STARTED.value, lambda: backend.set_state_started(sig)),
+            (State.RETRY.value, lambda: backend.set_state_retry(sig)),
+            (State.STARTED.value, lambda: backend.set_state_started(sig)),
+            (State.SUCCESS.value, lambda: backend.set_state_success(sig, results_for(3))),
+        ]
+        for expected, step in steps:
+            step()
+            st = backend.get_state(sig.uuid)
+            assert st is not None, f"nothing stored after {expected}"
+            assert (st.task_uuid, st.state) == (sig.uuid, expected)
+            raw = self.raw(backend_oracle, sig.uuid)
+            assert (raw.task_uuid, raw.state) == (sig.uuid, expected)
+        assert _pairs(backend.get_state(sig.uuid).results) == [("int64", 3)]  # type: ignore[union-attr]
+        assert _pairs(self.raw(backend_oracle, sig.uuid).results) == [("int64", 3)]
+        failing = self.signature()
+        backend.set_state_pending(failing)
+        assert backend.get_state(failing.uuid).task_name == "add"  # type: ignore[union-attr]
+        backend.set_state_failure(failing, f"ValueError: {TRICKY_TEXT}")
+        st = backend.get_state(failing.uuid)
+        assert st is not None and st.is_failure and st.error == f"ValueError: {TRICKY_TEXT}"
+        raw = self.raw(backend_oracle, failing.uuid)
+        assert raw.state == "FAILURE" and raw.error == st.error
+
+    def test_results_of_every_type(self, backend: Backend, backend_oracle: BackendOracle) -> None:
+        """Results of every Go type (and several results, and none) come back typed and equal."""
+        for value in EVERY_RESULT:
+            sig = self.signature("echo")
+            expected = results_for(value)
+            backend.set_state_success(sig, expected)
+            st = backend.get_state(sig.uuid)
+            assert st is not None and st.is_success
+            assert _pairs(st.results) == _pairs(expected), f"result {value!r} changed in the backend"
+            assert _pairs(self.raw(backend_oracle, sig.uuid).results) == _pairs(expected)
+
+    def test_unknown_state_is_none(self, backend: Backend, backend_oracle: BackendOracle) -> None:
+        """Nothing stored reads as None."""
+        missing = new_uuid()
+        assert backend.get_state(missing) is None
+        assert backend_oracle.raw_state(missing) is None
+
+    def test_visible_to_other_instances(self, backend: Backend, new_backend: Callable[..., Backend]) -> None:
+        """A state written through one instance (connection) is read through another."""
+        sig = self.signature()
+        backend.set_state_success(sig, results_for("shared"))
+        st = new_backend().get_state(sig.uuid)
+        assert st is not None and st.values == ["shared"]
+
+    def test_bulk_states(self, backend: Backend) -> None:
+        """``set_states_pending`` stores every member; ``_load_states`` reads them in order, None for
+        missing ones."""
+        sigs = [self.signature() for _ in range(5)]
+        backend.set_states_pending(sigs)
+        uuids = [s.uuid for s in sigs]
+        loaded = backend._load_states([uuids[0], new_uuid(), *uuids[1:]])
+        assert loaded[1] is None
+        assert [s.task_uuid if s else None for s in loaded[:1] + loaded[2:]] == uuids
+        assert all(s is not None and s.state == "PENDING" for s in loaded[:1] + loaded[2:])
+
+    def test_group_meta(self, backend: Backend, new_backend: Callable[..., Backend]) -> None:
+        """``init_group`` stores the member UUIDs in order, not yet triggered."""
+        group = new_uuid("group_")
+        uuids = [new_uuid() for _ in range(4)]
+        backend.init_group(group, uuids)
+        for b in (backend, new_backend()):
+            meta = b.get_group_meta(group)
+            assert meta is not None
+            assert meta.group_uuid == group and meta.task_uuids == uuids and not meta.chord_triggered
+        assert backend.get_group_meta(new_uuid("group_")) is None
+
+    def test_group_completion(self, backend: Backend) -> None:
+        """A group is completed once every member is SUCCESS or FAILURE; states come in group order."""
+        group = new_uuid("group_")
+        sigs = [self.signature() for _ in range(3)]
+        backend.init_group(group, [s.uuid for s in sigs])
+        backend.set_states_pending(sigs)
+        assert not backend.group_completed(group, 3)
+        backend.set_state_success(sigs[0], results_for(1))
+        backend.set_state_started(sigs[1])
+        assert not backend.group_completed(group, 3)
+        backend.set_state_failure(sigs[1], "RuntimeError: no")
+        assert not backend.group_completed(group, 3)
+        backend.set_state_success(sigs[2], results_for(3))
+        assert backend.group_completed(group, 3)
+        states = backend.group_task_states(group, 3)
+        assert [(s.task_uuid, s.state) for s in states] == [
+            (sigs[0].uuid, "SUCCESS"),
+            (sigs[1].uuid, "FAILURE"),
+            (sigs[2].uuid, "SUCCESS"),
+        ]
+        assert not backend.group_completed(new_uuid("group_"), 3)
+
+    def test_chord_trigger_exactly_once_concurrently(self, new_backend: Callable[..., Backend]) -> None:
+        """``trigger_chord`` returns True to exactly one of many concurrent callers (threads with
+        their own instances and connections), three groups in a row."""
+        callers = self.chord_callers
+        instances = [new_backend() for _ in range(min(10, callers))]
+        for _round in range(3):
+            group = new_uuid("group_")
+            instances[0].init_group(group, [new_uuid() for _ in range(3)])
+            barrier = threading.Barrier(callers)
+            wins: list[bool] = []
+            errors: list[BaseException] = []
+
+            def call(
+                b: Backend, group: str, barrier: threading.Barrier, wins: list[bool], errors: list[BaseException]
+            ) -> None:
+                try:
+                    barrier.wait(10)
+                    wins.append(b.trigger_chord(group))  # list.append is atomic
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [
+                threading.Thread(target=call, args=(instances[i % len(instances)], group, barrier, wins, errors))
+                for i in range(callers)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert not errors, f"trigger_chord raised: {errors[0]!r}"
+            assert len(wins) == callers
+            assert wins.count(True) == 1, f"trigger_chord returned True {wins.count(True)} times out of {callers}"
+            assert not instances[-1].trigger_chord(group), "a later caller also got True"
+            meta = instances[-1].get_group_meta(group)
+            assert meta is not None and meta.chord_triggered
+
+    def test_chord_trigger_unknown_group(self, backend: Backend) -> None:
+        """``trigger_chord`` on a group that was never recorded returns False."""
+        assert backend.trigger_chord(new_uuid("group_")) is False
+
+    def test_wait_for(self, backend: Backend, new_backend: Callable[..., Backend]) -> None:
+        """``wait_for`` returns once another instance stores the final state, and gives up on time."""
+        sig = self.signature()
+        backend.set_state_pending(sig)
+        writer = new_backend()
+        timer = threading.Timer(0.3, lambda: writer.set_state_success(sig, results_for(9)))
+        timer.start()
+        t0 = time.monotonic()
+        st = backend.wait_for(sig.uuid, timeout=10.0)
+        timer.join()
+        assert st is not None and st.is_success and st.values == [9]
+        assert time.monotonic() - t0 < 5.0
+        idle = self.signature()
+        backend.set_state_started(idle)
+        t0 = time.monotonic()
+        st = backend.wait_for(idle.uuid, timeout=0.5)
+        waited = time.monotonic() - t0
+        assert st is None or not st.is_completed
+        assert 0.4 <= waited < 2.5, f"wait_for(timeout=0.5) returned after {waited:.2f}s"
+
+    def test_expiry(self, backend_class: type[Backend], new_backend: Callable[..., Backend]) -> None:
+        """With ``results_expire_in`` set, states and group metadata disappear after it."""
+        require_capability(backend_class, "supports_expiry", "results never expire")
+        short = new_backend(results_expire_in=1)
+        sig = self.signature()
+        short.set_state_success(sig, results_for(1))
+        group = new_uuid("group_")
+        short.init_group(group, [sig.uuid])
+        assert short.get_state(sig.uuid) is not None, "the state vanished at once"
+        assert short.get_group_meta(group) is not None, "the group vanished at once"
+        wait_until(
+            lambda: short.get_state(sig.uuid) is None and short.get_group_meta(group) is None,
+            1 + self.expiry_tolerance,
+            interval=0.1,
+            what="the state and group to expire after results_expire_in=1",
+        )
+
+    def test_purge(self, backend: Backend, backend_oracle: BackendOracle) -> None:
+        """``purge_state`` and ``purge_group_meta`` delete records; deleting twice is no error."""
+        sig = self.signature()
+        backend.set_state_success(sig, results_for(1))
+        backend.purge_state(sig.uuid)
+        assert backend.get_state(sig.uuid) is None
+        assert backend_oracle.raw_state(sig.uuid) is None
+        backend.purge_state(sig.uuid)
+        group = new_uuid("group_")
+        backend.init_group(group, [sig.uuid])
+        backend.purge_group_meta(group)
+        assert backend.get_group_meta(group) is None
+        backend.purge_group_meta(group)
