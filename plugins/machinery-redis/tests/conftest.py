@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from machinery.testing.oracle import require_server
+from machinery.testing import require_server
 
 pytest_plugins = ["machinery.testing.plugin"]
 
