@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from pymongo.database import Database
 from secantus_server import Secantus
@@ -190,10 +191,19 @@ def test_ttl_index_deletes_expired_documents(url: str, test_database: str, db: D
         time.sleep(0.2)
 
 
-def test_too_big_for_bson_is_a_backend_error(url: str, test_database: str) -> None:
+def test_integers_beyond_int64_round_trip(url: str, test_database: str, db: Db) -> None:
+    b, s = backend(url, test_database), sig()
+    b.set_state_success(s, [TaskResult("uint64", 2**64 - 1), TaskResult("[]interface {}", [2**63, -1])])
+    doc = db.tasks.find_one({"_id": s.uuid})
+    assert doc is not None and isinstance(doc["results"][0]["value"], Decimal128)
+    state = b.get_state(s.uuid)
+    assert state is not None and state.values == [2**64 - 1, [2**63, -1]]
+
+
+def test_document_over_16_mb_is_a_backend_error_naming_the_task(url: str, test_database: str) -> None:
     s = sig()
     with pytest.raises(BackendError, match=s.uuid):
-        backend(url, test_database).set_state_success(s, [TaskResult("uint64", 2**64 - 1)])
+        backend(url, test_database).set_state_success(s, [TaskResult("string", "x" * (17 * 1024 * 1024))])
 
 
 # -- connection loss and restarts ------------------------------------------------------------

@@ -8,7 +8,8 @@ else ``machinery``. Documents carry Go's BSON names, so Go and Python read each 
     group_metas: {_id: <group UUID>, task_uuids, chord_triggered, lock, created_at, ttl}
 
 They are built from the core codec's JSON (``json.loads(encode_task_state(st))``) and read back
-with ``task_state_from_mapping``, which accepts the BSON names.
+with ``task_state_from_mapping``, which accepts the BSON names. BSON integers are signed 64-bit:
+larger values (``uint64`` above 2**63-1, which Go's driver refuses) are stored as Decimal128.
 
 Expiry: with ``results_expire_in`` > 0, documents also carry ``expires_at`` (a date), and both
 collections get a TTL index on it (``expireAfterSeconds: 0``), created once per process. MongoDB
@@ -20,13 +21,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
 
+from bson.decimal128 import Decimal128
 from pymongo import MongoClient, ReplaceOne
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidDocument, InvalidURI, PyMongoError
 from pymongo.uri_parser import parse_uri
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 
     from machinery.config import Config
 
-__all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "to_document"]
+__all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "from_document", "to_document"]
 
 #: Go Machinery's database when none is configured.
 DEFAULT_DATABASE = "machinery"
@@ -57,6 +59,7 @@ GROUP_METAS = "group_metas"
 TTL_INDEX = "expires_at_ttl"
 
 _COMPLETED = [State.SUCCESS.value, State.FAILURE.value]
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -90,13 +93,42 @@ def to_document(uuid: str, go_json: bytes, expires_at: datetime | None) -> dict[
     fields.pop("task_uuid", None)
     fields.pop("group_uuid", None)
     if fields.get("results"):
-        fields["results"] = [{_bson_name(k): v for k, v in r.items()} for r in fields["results"]]
+        fields["results"] = [{"type": r["Type"], "value": _wide_ints(r["Value"])} for r in fields["results"]]
     fields["created_at"] = parse_time(fields["created_at"])  # a BSON date, as Go's time.Time
     if not fields.get("ttl"):
         fields.pop("ttl", None)  # Go: `bson:"ttl,omitempty"`
     if expires_at is not None:
         fields["expires_at"] = expires_at
     return {"_id": uuid, **fields}
+
+
+def _wide_ints(value: Any) -> Any:
+    # BSON integers are 64-bit signed; uint64 values above that travel as Decimal128.
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return Decimal128(str(value))
+    if isinstance(value, list):
+        return [_wide_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _wide_ints(v) for k, v in value.items()}
+    return value
+
+
+def _narrow(value: Any) -> Any:
+    if isinstance(value, Decimal128):
+        return int(value.to_decimal())
+    if isinstance(value, list):
+        return [_narrow(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _narrow(v) for k, v in value.items()}
+    return value
+
+
+def from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored task document, ready for ``task_state_from_mapping`` (big integers restored)."""
+    out = dict(doc)
+    if out.get("results"):
+        out["results"] = [{**r, "value": _narrow(r.get("value"))} for r in out["results"]]
+    return out
 
 
 def _url_database(url: str) -> str:
@@ -187,14 +219,14 @@ class MongoBackend(Backend):
         tasks, _ = self._collections()
         with self._errors(f"task {task_uuid}"):
             doc = tasks.find_one({"_id": task_uuid, **self._live()})
-        return None if doc is None else task_state_from_mapping(doc)
+        return None if doc is None else task_state_from_mapping(from_document(doc))
 
     def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         """Read several task documents with one ``$in`` query."""
         tasks, _ = self._collections()
         with self._errors(f"{len(task_uuids)} task states"):
             found = {d["_id"]: d for d in tasks.find({"_id": {"$in": list(task_uuids)}, **self._live()})}
-        return [task_state_from_mapping(found[u]) if u in found else None for u in task_uuids]
+        return [task_state_from_mapping(from_document(found[u])) if u in found else None for u in task_uuids]
 
     def _store_group(self, meta: GroupMeta) -> None:
         """Upsert the group's document."""
