@@ -1,0 +1,478 @@
+"""RabbitMQ-specific behaviour: Go declarations and wire format, delay queues, priorities,
+quorum queues, confirms, failover, reconnects and the AMQP backend's Go layout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pika
+import pika.exceptions as pex
+import pytest
+from conftest import amqp_url, delete_queues, queue_depth, raw_channel, ready_count
+
+from machinery import Server
+from machinery.config import Config
+from machinery.errors import BrokerConnectionError, ConfigError
+from machinery.interfaces import Delivery
+from machinery.signature import Signature, encode_signature, new_uuid, results_for
+from machinery.worker import Worker
+from machinery_amqp.backend import AMQPBackend
+from machinery_amqp.broker import AMQPBroker
+
+
+def _config(queue: str, **amqp: Any) -> Config:
+    return Config(
+        broker=amqp_url(),
+        default_queue=queue,
+        results_expire_in=120,
+        no_unix_signals=True,
+        transport_options={"amqp": {"binding_key": queue, **amqp}},
+    )
+
+
+@pytest.fixture
+def queue(url: str) -> Iterator[str]:
+    name = f"mt_amqp_{uuid.uuid4().hex[:10]}"
+    yield name
+    with contextlib.suppress(Exception):
+        delete_queues(name, f"{name}_custom")
+
+
+@pytest.fixture
+def make_broker(queue: str) -> Iterator[Callable[..., AMQPBroker]]:
+    made: list[AMQPBroker] = []
+
+    def make(url: str | None = None, config: Config | None = None, **amqp: Any) -> AMQPBroker:
+        b = AMQPBroker(url or amqp_url(), config or _config(queue, **amqp))
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def _publish(broker: AMQPBroker, sig: Signature) -> Signature:
+    sig.uuid = sig.uuid or new_uuid()
+    broker.adjust_routing_key(sig)
+    broker.publish(encode_signature(sig), sig)
+    return sig
+
+
+def _take(
+    broker: AMQPBroker, queue: str, n: int, timeout: float = 10.0, prefetch: int = 10, ack: bool = False
+) -> list[Delivery]:
+    stop = threading.Event()
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    it = broker.consume(queue, prefetch=prefetch, stop=stop)
+    timer = threading.Timer(timeout, stop.set)
+    timer.start()
+    try:
+        for d in it:
+            got.append(d)
+            if ack:
+                broker.ack(d)
+            if len(got) >= n or time.monotonic() > deadline:
+                break
+    finally:
+        timer.cancel()
+        it.close()  # type: ignore[attr-defined]
+    return got
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_go_defaults_and_env_names() -> None:
+    b = AMQPBroker("amqp://guest:guest@127.0.0.1:5672/", Config(default_queue="machinery_tasks"))
+    o = b.options
+    assert (o.exchange, o.exchange_type, o.binding_key) == ("machinery_exchange", "direct", "machinery_task")
+    sig = Signature("add")
+    b.adjust_routing_key(sig)
+    assert sig.routing_key == "machinery_task" and b.queue_for(sig) == "machinery_tasks"
+    topic = AMQPBroker("amqp://127.0.0.1/", Config(transport_options={"amqp": {"exchange_type": "topic"}}))
+    s2 = Signature("add")
+    topic.adjust_routing_key(s2)
+    assert s2.routing_key == "machinery_tasks"  # Go: non-direct exchanges route by the default queue
+    for var in ("AMQP_EXCHANGE", "AMQP_EXCHANGE_TYPE", "AMQP_BINDING_KEY", "AMQP_PREFETCH_COUNT"):
+        assert var in AMQPBroker.env_options
+    cfg = Config.from_env({"AMQP_EXCHANGE": "ex", "AMQP_PREFETCH_COUNT": "7", "AMQP_QUEUE_DECLARE_ARGS": "x-max-priority:5"})
+    b2 = AMQPBroker("amqp://127.0.0.1/", cfg)
+    assert (b2.options.exchange, b2.options.prefetch_count) == ("ex", 7)
+    assert b2.options.task_queue_args == {"x-max-priority": 5} and b2.supports_priority
+
+
+@pytest.mark.parametrize(
+    ("url", "amqp", "match"),
+    [
+        ("redis://127.0.0.1/", {}, "not an AMQP URL"),
+        ("amqp://127.0.0.1/", {"exchange_type": "fan"}, "exchange_type"),
+        ("amqp://127.0.0.1/", {"nope": 1}, "unknown option"),
+        ("amqp://127.0.0.1/", {"queue_type": "quorum", "max_priority": 5}, "quorum"),
+        ("amqp://127.0.0.1/", {"queue_declare_args": "broken"}, "key:value"),
+    ],
+)
+def test_bad_config_fails_fast(url: str, amqp: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        AMQPBroker(url, Config(transport_options={"amqp": amqp}))
+
+
+def test_credentials_not_in_errors() -> None:
+    b = AMQPBroker("amqp://user:s3cret@127.0.0.1:1/", Config(default_queue="q"))
+    with pytest.raises(BrokerConnectionError) as info:
+        _publish(b, Signature("add"))
+    assert "s3cret" not in str(info.value) and "s3cret" not in repr(b)
+    b.close()
+
+
+# -- Go compatibility ---------------------------------------------------------------------------
+
+
+def test_go_format_message_run_by_python_worker(queue: str) -> None:
+    """A message exactly as Go Machinery publishes it (its JSON, its exchange, queue and binding
+    declarations, its properties), sent with raw pika, is run by a Python worker."""
+    task_uuid = f"task_{uuid.uuid4()}"
+    body = (
+        '{"UUID":"%s","Name":"add","RoutingKey":"%s","ETA":null,"GroupUUID":"","GroupTaskCount":0,'
+        '"Args":[{"Name":"","Type":"int64","Value":2},{"Name":"","Type":"int64","Value":40}],'
+        '"Headers":{},"Priority":0,"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,'
+        '"OnError":null,"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
+        '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
+    ) % (task_uuid, queue)
+    with raw_channel() as ch:  # Go's Connect(): exchange, durable queue, binding, confirms
+        ch.exchange_declare("machinery_exchange", "direct", durable=True, auto_delete=False)
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        ch.queue_bind(queue, "machinery_exchange", queue)
+        ch.confirm_delivery()
+        props = pika.BasicProperties(headers={}, content_type="application/json", priority=0, delivery_mode=2)
+        ch.basic_publish("machinery_exchange", queue, body.encode(), props)
+    server = Server(_config(queue).replace(result_backend="memory://" + queue))
+
+    @server.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = Worker(server, "go-compat", 2).launch_in_background()
+    try:
+        st = server.backend.wait_for(task_uuid, timeout=15)
+        assert st is not None and st.is_success and st.values == [42]
+    finally:
+        worker.quit()
+        server.close()
+
+
+def test_declarations_match_go(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """Go's own declarations of the same exchange, queue and delay queue are accepted as
+    equivalent (no PRECONDITION_FAILED), so Go and Python share one RabbitMQ."""
+    b = make_broker()
+    _publish(b, Signature("add", [1]))
+    ms = 60_000
+    specs, out = b._delay_plan(b"{}", "machinery_exchange", queue, ms, b._properties(Signature("add")), "")
+    b._declarer.declare(specs, force=True)
+    assert out.routing_key == f"delay.{ms}.machinery_exchange.{queue}"
+    with raw_channel() as ch:
+        ch.exchange_declare("machinery_exchange", "direct", durable=True, auto_delete=False)
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        ch.queue_declare(
+            out.routing_key,
+            durable=True,
+            auto_delete=False,
+            arguments={
+                "x-dead-letter-exchange": "machinery_exchange",
+                "x-dead-letter-routing-key": queue,
+                "x-message-ttl": ms,
+                "x-expires": ms * 2,
+            },
+        )
+        ch.queue_delete(out.routing_key)
+    assert ready_count(queue) == 1
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+def test_message_properties(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker(max_priority=9)
+    sig = _publish(b, Signature("add", [1], headers={"trace": "abc", "n": 1, "f": 0.5}, priority=4))
+    with raw_channel() as ch:
+        method, props, body = ch.basic_get(queue, auto_ack=True)
+    assert method is not None and json.loads(body)["UUID"] == sig.uuid
+    assert props.delivery_mode == 2 and props.content_type == "application/json"
+    assert props.priority == 4 and props.headers == {"trace": "abc", "n": 1, "f": "0.5"}
+
+
+def test_priority_with_max_priority(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker(max_priority=10)
+    low = [_publish(b, Signature("add", [i], priority=1)).uuid for i in range(3)]
+    high = [_publish(b, Signature("add", [i], priority=8)).uuid for i in range(3)]
+    got = _take(b, queue, 6, prefetch=1, ack=True)
+    order = [json.loads(d.body)["UUID"] for d in got]
+    assert set(order[:3]) == set(high) and set(order[3:]) == set(low)
+
+
+def test_publish_many_batches_confirms(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker()
+    sigs = [Signature("add", [i], uuid=new_uuid(), routing_key=queue) for i in range(2000)]
+    t0 = time.perf_counter()
+    b.publish_many([(encode_signature(s), s) for s in sigs])
+    elapsed = time.perf_counter() - t0
+    assert ready_count(queue) == 2000
+    assert elapsed < 10, f"2000 confirmed publishes took {elapsed:.1f}s"
+
+
+def test_publish_from_many_threads(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for i in range(50):
+                _publish(b, Signature("add", [i]))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and ready_count(queue) == 400
+
+
+def test_queue_deleted_behind_our_back_is_redeclared(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """Mandatory publishing: a message that would be unroutable is not silently lost."""
+    b = make_broker()
+    _publish(b, Signature("add", [1]))
+    delete_queues(queue)
+    _publish(b, Signature("add", [2]))
+    assert ready_count(queue) == 1
+
+
+def test_unreachable_broker_is_a_clear_error() -> None:
+    b = AMQPBroker("amqp://guest:guest@127.0.0.1:1/", Config(default_queue="q"))
+    t0 = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="127.0.0.1:1"):
+        _publish(b, Signature("add"))
+    assert time.monotonic() - t0 < 10
+    b.close()
+
+
+def test_failover_to_second_url(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    urls = f"amqp://guest:guest@127.0.0.1:1/|{amqp_url()}"
+    cfg = _config(queue).replace(multiple_broker_separator="|")
+    b = make_broker(urls, cfg)
+    _publish(b, Signature("add", [1]))
+    got = _take(b, queue, 1)
+    assert len(got) == 1
+    b.ack(got[0])
+
+
+# -- delays -------------------------------------------------------------------------------------
+
+
+def test_eta_via_go_delay_queue(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker()
+    sig = Signature("add", [1], eta=datetime.now(timezone.utc) + timedelta(seconds=1.2))
+    _publish(b, sig)
+    assert ready_count(queue) == 0  # held in delay.<ms>.machinery_exchange.<queue>, not in the task queue
+    t0 = time.monotonic()
+    got = _take(b, queue, 1, timeout=10)
+    assert got and json.loads(got[0].body)["UUID"] == sig.uuid
+    assert datetime.now(timezone.utc) >= sig.eta  # type: ignore[operator]
+    assert time.monotonic() - t0 < 3
+    b.ack(got[0])
+
+
+def test_nack_with_delay_republishes_then_acks(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker()
+    sig = _publish(b, Signature("add", [1]))
+    (d,) = _take(b, queue, 1)
+    wait = time.monotonic()
+    b.nack(d, delay=2.0)
+    time.sleep(0.5)  # the consumer has closed: an unacknowledged original would be ready again
+    assert ready_count(queue) == 0  # the original is acknowledged, the copy waits in a delay queue
+    (again,) = _take(b, queue, 1)
+    assert json.loads(again.body)["UUID"] == sig.uuid and time.monotonic() - wait >= 1.9
+    b.ack(again)
+
+
+def test_quorum_queue(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker(queue_type="quorum")
+    _publish(b, Signature("add", [1]))
+    with raw_channel() as ch, pytest.raises(pex.ChannelClosedByBroker, match="x-queue-type"):
+        ch.queue_declare(queue, durable=True)  # a classic declaration of it is refused: it is quorum
+    (d,) = _take(b, queue, 1)
+    b.nack(d, requeue=True)
+    (d2,) = _take(b, queue, 1)
+    assert d2.redelivered and d2.attributes["headers"].get("x-delivery-count", 0) >= 1
+    b.ack(d2)
+
+
+# -- consuming and reconnecting -----------------------------------------------------------------
+
+
+class _Proxy:
+    """A TCP proxy to RabbitMQ whose connections the test can cut (a dropped network / a
+    RabbitMQ restart as the client sees it), without touching the shared server."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.accepting = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.accepting:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.cut()
+
+
+def test_consumer_reconnects_and_unacked_is_redelivered(
+    queue: str, make_broker: Callable[..., AMQPBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection drops while a task is in flight: its ack cannot be sent (logged), RabbitMQ
+    redelivers it, and the consumer reconnects with back-off and goes on."""
+    p = pika.URLParameters(amqp_url())
+    proxy = _Proxy((p.host, p.port))
+    try:
+        via = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+        b = make_broker(via)
+        producer = make_broker()
+        first = _publish(producer, Signature("add", [1]))
+        stop = threading.Event()
+        seen: list[Delivery] = []
+        it = b.consume(queue, prefetch=2, stop=stop)
+
+        def run() -> None:
+            for d in it:
+                seen.append(d)
+                if json.loads(d.body)["UUID"] != first.uuid or len(seen) > 1:
+                    b.ack(d)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert seen, "first delivery not received"
+        proxy.cut()  # the task is "running": its delivery is unacknowledged
+        time.sleep(0.3)
+        b.ack(seen[0])  # too late: the channel it came on is gone
+        second = _publish(producer, Signature("add", [2]))
+        deadline = time.monotonic() + 15
+        uuids: list[str] = []
+        while time.monotonic() < deadline:
+            uuids = [json.loads(d.body)["UUID"] for d in seen]
+            if uuids.count(first.uuid) == 2 and second.uuid in uuids:
+                break
+            time.sleep(0.05)
+        assert uuids.count(first.uuid) == 2, f"in-flight task not redelivered: {uuids}"
+        assert second.uuid in uuids
+        assert any(d.redelivered for d in seen[1:])
+        assert "redeliver" in caplog.text
+        stop.set()
+        t.join(5)
+        assert not t.is_alive()
+        assert queue_depth(queue) == 0
+    finally:
+        proxy.close()
+
+
+def test_stop_requeues_prefetched(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    b = make_broker()
+    for i in range(5):
+        _publish(b, Signature("add", [i]))
+    stop = threading.Event()
+    it = b.consume(queue, prefetch=5, stop=stop)
+    d = next(it)
+    time.sleep(0.3)  # the other four are prefetched into the local buffer
+    stop.set()
+    t0 = time.monotonic()
+    with contextlib.suppress(StopIteration):
+        next(it)
+    assert time.monotonic() - t0 < 1.5
+    it.close()  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    assert ready_count(queue) == 4  # unyielded messages went back at once
+    b.ack(d)
+    deadline = time.monotonic() + 5
+    while queue_depth(queue) != 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert queue_depth(queue) == 4
+
+
+# -- backend ------------------------------------------------------------------------------------
+
+
+def test_backend_go_layout_and_group_queue(queue: str) -> None:
+    cfg = _config(queue)
+    be = AMQPBackend(amqp_url(), cfg)
+    try:
+        group = new_uuid("group_")
+        sigs = [Signature("add", uuid=new_uuid(), group_uuid=group, group_task_count=2) for _ in range(2)]
+        be.init_group(group, [s.uuid for s in sigs])
+        be.set_states_pending(sigs)
+        be.set_state_success(sigs[0], results_for(1))
+        assert not be.group_completed(group, 2)
+        be.set_state_failure(sigs[1], "boom")
+        assert be.group_completed(group, 2)
+        with raw_channel() as ch:  # Go's declaration of a task state queue is equivalent
+            ch.queue_declare(sigs[0].uuid, durable=False, auto_delete=True,
+                             arguments={"x-message-ttl": 120_000, "x-expires": 120_000})
+            assert ch.queue_declare(group, passive=True).method.message_count == 2  # Go's completions
+        assert be.trigger_chord(group) and not be.trigger_chord(group)
+        with raw_channel() as ch:  # Go's TriggerChord sees the marker queue and does not fire again
+            ch.queue_declare(f"{group}_chord_triggered", passive=True)
+        st = be.get_state(sigs[0].uuid)
+        assert st is not None and st.is_success and st.values == [1]
+        assert be.get_state(sigs[0].uuid) is not None, "reads must not consume the state"
+        be.purge_group_meta(group)
+        for s in sigs:
+            be.purge_state(s.uuid)
+    finally:
+        be.close()
