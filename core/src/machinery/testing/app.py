@@ -32,7 +32,9 @@ from typing import Any
 
 from machinery.config import Config
 from machinery.errors import ConfigError, RetryTaskLater
+from machinery.schedule import TICK_HEADER
 from machinery.server import Server
+from machinery.task import TaskContext
 
 __all__ = ["TASKS", "config_from_env", "config_to_env", "main", "register_tasks"]
 
@@ -104,6 +106,13 @@ def record_run(path: str, *args: Any) -> int:
     return _append(path, json.dumps([time.time(), *args], default=repr))
 
 
+def record_tick(ctx: TaskContext, path: str) -> str:
+    """A periodic task: record the tick it was sent for (the ``machinery_periodic_tick`` header)."""
+    tick = str(ctx.headers.get(TICK_HEADER, ""))
+    _append(path, tick)
+    return tick
+
+
 def block_first_run(path: str, seconds: float) -> int:
     """Record a run; the first run sleeps ``seconds`` (long enough to be killed), later ones return.
 
@@ -127,6 +136,7 @@ TASKS: Mapping[str, Callable[..., Any]] = {
     "retry_later": retry_later,
     "record_error": record_error,
     "record_run": record_run,
+    "record_tick": record_tick,
     "block_first_run": block_first_run,
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -12,13 +13,16 @@ from typing import TYPE_CHECKING, ClassVar
 import pytest
 
 from machinery.errors import TaskFailedError
-from machinery.signature import Signature, args_of, new_uuid
+from machinery.schedule import Scheduler
+from machinery.server import Server
+from machinery.signature import Signature, args_of, new_uuid, parse_time
 from machinery.testing._guard import SuiteBase
+from machinery.testing._support import wait_until
 from machinery.testing._values import every_arg
 from machinery.workflow import Chain, Chord, Group
 
 if TYPE_CHECKING:
-    from machinery.server import Server
+    from machinery.config import Config
     from machinery.testing._support import WorkerHandle
 
 __all__ = ["WorkflowConformance"]
@@ -49,6 +53,8 @@ class WorkflowConformance(SuiteBase):
     eta_tolerance: ClassVar[float] = 1.5
     #: Task threads of the worker.
     worker_concurrency: ClassVar[int] = 4
+    #: Seconds the periodic test lets its schedulers run.
+    periodic_window: ClassVar[float] = 3.5
 
     # -- fixtures -------------------------------------------------------------------------------
 
@@ -171,3 +177,43 @@ class WorkflowConformance(SuiteBase):
         lateness = ran_at - eta.timestamp()
         assert lateness >= -0.01, f"ran {-lateness:.3f}s before its ETA"
         assert lateness <= self.eta_tolerance, f"ran {lateness:.2f}s after its ETA (bound {self.eta_tolerance}s)"
+
+    @pytest.mark.slow
+    def test_periodic_task_once_per_tick(
+        self,
+        machinery_config: Config,
+        machinery_key_prefix: str,
+        worker: WorkerHandle,
+        tmp_path: Path,
+    ) -> None:
+        """Three schedulers (each its own server and lock owner) send an ``@every 1s`` task once
+        per tick: no tick is sent twice, none is skipped."""
+        path = tmp_path / "ticks.txt"
+        name = f"{machinery_key_prefix}periodic"
+        running: list[tuple[Server, Scheduler]] = []
+        try:
+            for _ in range(3):
+                s = Server(machinery_config)
+                s.register_periodic_task("@every 1s", name, Signature("record_tick", args=args_of([str(path)])))
+                running.append((s, Scheduler(s).start()))
+            time.sleep(self.periodic_window)
+        finally:
+            for s, scheduler in running:
+                scheduler.stop()
+                s.close()
+        stopped = time.time()
+        # let the worker run what was sent before the schedulers stopped
+        wait_until(
+            lambda: _runs(path) and max(parse_time(t).timestamp() for t in _runs(path)) >= stopped - 1.0 - 0.2,
+            self.result_timeout,
+            what="the last ticks to run",
+        )
+        time.sleep(0.5)
+        ticks = _runs(path)
+        assert all(ticks), f"a periodic message carried no tick header: {ticks}"
+        dupes = sorted({t for t in ticks if ticks.count(t) > 1})
+        assert not dupes, f"ticks sent more than once with 3 schedulers: {dupes}"
+        times = sorted(parse_time(t).timestamp() for t in ticks)
+        assert len(times) >= int(self.periodic_window) - 1, f"only {len(times)} ticks in {self.periodic_window}s"
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(abs(g - 1.0) < 1e-6 for g in gaps), f"ticks skipped or off the 1 s schedule: {ticks}"
