@@ -61,6 +61,7 @@ class PrivateRedis:
         self.port = free_port()
         self.socket = str(workdir / "redis.sock")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class PrivateRedis:
             self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--unixsocket", self.socket, "--unixsocketperm", "700", "--logfile", str(self.dir / "redis.log"),
+            *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -100,3 +102,51 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+class PrivateCluster:
+    """Three private redis-server nodes joined into a Redis Cluster (masters only)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = []
+        for i in range(3):
+            d = workdir / f"node{i}"
+            d.mkdir()
+            self.nodes.append(PrivateRedis(d))
+
+    @property
+    def url(self) -> str:
+        return "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        for n in self.nodes:
+            n.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(n.dir / "nodes.conf")]
+            n.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.skip("redis-cli is not installed")
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run([cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            infos = [n.client().execute_command("CLUSTER", "INFO") for n in self.nodes]
+            if all(b"cluster_state:ok" in (i if isinstance(i, bytes) else str(i).encode()) for i in infos):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the private cluster did not become ready")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+    """A private three-node Redis Cluster."""
+    cluster = PrivateCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -577,3 +577,41 @@ def test_options_dataclass_defaults_match_go() -> None:
     )
     assert opts.delayed_tasks_key == "delayed_tasks"
     assert opts.block_timeout == 1.0
+
+
+# -- cluster ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_several_hosts_are_a_redis_cluster(private_cluster: Any) -> None:
+    queue = "cluster_q"
+    srv = Server(config(private_cluster.url, queue))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @srv.task(name="total")
+    def total(*xs: int) -> int:
+        return sum(xs)
+
+    try:
+        assert type(srv.broker.client).__name__ == "RedisCluster"  # type: ignore[attr-defined]
+        sig = Signature("add", [1, 2])
+        srv.send_task(sig)
+        assert [s.uuid for s in srv.get_pending_tasks()] == [sig.uuid]
+        assert srv.broker.purge(queue) == 1
+        worker = srv.new_worker("cluster", 4).launch_in_background()
+        try:
+            assert srv.send_task(Signature("add", [2, 3])).get(timeout=10) == 5
+            soon = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+            assert srv.send_task(Signature("add", [3, 4], eta=soon)).get(timeout=10) == 7
+            chord = Chord(Group([Signature("add", [i, i]) for i in range(8)]), Signature("total"))
+            assert srv.send_chord(chord).get(timeout=15) == 56  # states spread over the nodes
+            unknown = Signature("nobody_has_this", [])
+            srv.send_task(unknown)  # requeued with a delay through the delayed set (another slot)
+            assert wait_until(lambda: any(s.uuid == unknown.uuid for s in srv.get_delayed_tasks()), timeout=5)
+        finally:
+            worker.quit()
+    finally:
+        srv.close()

@@ -190,6 +190,7 @@ class RedisBroker(Broker):
         self._reap_every = min(max(vt / 3, 1.0), 5.0)
         self._shared: SharedClient | None = None
         self._lock = threading.Lock()
+        self._beat_lock = threading.Lock()
         self._consumers: dict[str, _Consumer] = {}
         self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
         self._maint: threading.Thread | None = None
@@ -418,9 +419,10 @@ class RedisBroker(Broker):
     def _leave(self, consumer: _Consumer) -> None:
         def run() -> None:
             keys = [consumer.queue, consumer.processing, consumer.heartbeat, consumer.registry]
-            self._script("reap", _REAP)(keys=keys, args=[consumer.cid, "1"])
-            with self._lock:
-                self._consumers.pop(consumer.cid, None)
+            with self._beat_lock:  # so that no heartbeat in flight registers it again
+                with self._lock:
+                    self._consumers.pop(consumer.cid, None)
+                self._script("reap", _REAP)(keys=keys, args=[consumer.cid, "1"])
 
         try:
             run()
@@ -454,11 +456,12 @@ class RedisBroker(Broker):
         while not self._closing.is_set():
             now = time.monotonic()
             try:
-                with self._lock:
-                    consumers = list(self._consumers.values())
-                if now >= next_beat:
-                    self._beat(consumers)
-                    next_beat = now + self.options.visibility_timeout / 3
+                with self._beat_lock:
+                    with self._lock:
+                        consumers = list(self._consumers.values())
+                    if now >= next_beat:
+                        self._beat(consumers)
+                        next_beat = now + self.options.visibility_timeout / 3
                 while self._deferred:
                     _what, op = self._deferred[0]
                     op()
