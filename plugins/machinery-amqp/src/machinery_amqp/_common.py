@@ -172,7 +172,6 @@ def parse_amqp_urls(url: str, config: Config, options: AMQPOptions, role: str) -
     return out
 
 
-
 def connect(params: list[pika.URLParameters]) -> pika.BlockingConnection:
     """A blocking connection to the first URL that answers (Go's failover order).
 
