@@ -150,3 +150,33 @@ def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def private_sentinel(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[tuple[PrivateRedis, int]]:
+    """A Sentinel watching ``private_redis`` as master ``mymaster``; yields (master, sentinel port)."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {private_redis.port} 1\n"
+        "sentinel down-after-milliseconds mymaster 60000\n"
+    )
+    proc = subprocess.Popen([private_redis.exe, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=port, socket_timeout=1) as c:
+                    if c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):
+                        break
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the private sentinel did not start")
+            time.sleep(0.05)
+        yield private_redis, port
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -468,8 +468,7 @@ def test_unix_socket_url(private_redis: Any) -> None:
     try:
         result = srv.send_task(Signature("add", [20, 22]))
         assert result.get(timeout=5) == 42
-        assert private_redis.client().execute_command("SELECT", 1)  # db 1 holds the state
-        assert redis.Redis(unix_socket_path=private_redis.socket, db=1).get(result.task_uuid)
+        assert redis.Redis(unix_socket_path=private_redis.socket, db=1).get(result.task_uuid)  # db 1 holds it
     finally:
         worker.quit()
         srv.close()
@@ -614,4 +613,23 @@ def test_several_hosts_are_a_redis_cluster(private_cluster: Any) -> None:
         finally:
             worker.quit()
     finally:
+        srv.close()
+
+
+def test_master_name_uses_sentinel(private_sentinel: Any) -> None:
+    master, sentinel_port = private_sentinel
+    url = f"redis://127.0.0.1:{sentinel_port}/2?master_name=mymaster"
+    srv = Server(config(url, "sentinel_q"))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("sentinel", 1).launch_in_background()
+    try:
+        result = srv.send_task(Signature("add", [4, 5]))
+        assert result.get(timeout=10) == 9
+        assert redis.Redis(port=master.port, db=2).get(result.task_uuid)  # stored on the master, db 2
+    finally:
+        worker.quit()
         srv.close()
