@@ -1,7 +1,8 @@
 """AWS transports for machinery: an SQS broker, a DynamoDB result backend and a DynamoDB lock.
 
 Schemes: ``https://sqs.<region>.amazonaws.com/<account>`` and ``sqs://`` (broker),
-``https://dynamodb.<region>.amazonaws.com`` and ``dynamodb://`` (backend and lock). Registered
+``https://dynamodb.<region>.amazonaws.com`` and ``dynamodb://`` (backend and lock); ``http://``
+for local servers (moto, ElasticMQ, DynamoDB Local). Registered
 lazily by name, so boto3 is imported only when one of these URLs is used.
 """
 
@@ -32,6 +33,7 @@ def machinery_register_brokers(register: Register) -> None:
     """``sqs://`` and Go's ``https://sqs.<region>.amazonaws.com/<account>`` brokers."""
     register("sqs", "machinery_sqs.broker:SQSBroker")
     register("https", "machinery_sqs.broker:SQSBroker")
+    register("http", "machinery_sqs.broker:SQSBroker")
 
 
 @hookimpl
@@ -39,13 +41,15 @@ def machinery_register_backends(register: Register) -> None:
     """``dynamodb://`` and Go's ``https://dynamodb.<region>.amazonaws.com`` result backends."""
     register("dynamodb", "machinery_sqs.backend:DynamoDBBackend")
     register("https", "machinery_sqs.backend:DynamoDBBackend")
+    register("http", "machinery_sqs.backend:DynamoDBBackend")
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
-    """``dynamodb://`` (and ``https://``) locks for periodic tasks."""
+    """``dynamodb://`` (and ``https://``, ``http://``) locks for periodic tasks."""
     register("dynamodb", "machinery_sqs.lock:DynamoDBLock")
     register("https", "machinery_sqs.lock:DynamoDBLock")
+    register("http", "machinery_sqs.lock:DynamoDBLock")
 
 
 def __getattr__(name: str) -> object:

@@ -31,11 +31,11 @@ _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 class AwsTarget:
     """What a transport URL says about where to connect.
 
-    :param scheme: ``https``, ``sqs`` or ``dynamodb``.
+    :param scheme: ``https``, ``http``, ``sqs`` or ``dynamodb``.
     :param region: the AWS region ("" when the URL leaves it to the environment).
-    :param endpoint_url: an explicit endpoint taken from a non-AWS ``https://`` host ("" if none).
+    :param endpoint_url: an explicit endpoint taken from a non-AWS host ("" if none).
     :param path: the URL path without slashes (the account id for SQS).
-    :param base: ``scheme://host/path`` without query, for Go's queue URLs (https form only).
+    :param base: ``scheme://host/path`` without query, for Go's queue URLs (http(s) forms only).
     :param query: options given in the URL's query string.
     """
 
@@ -50,8 +50,9 @@ class AwsTarget:
 def parse_aws_url(url: str, *, key: str, own_scheme: str) -> AwsTarget:
     """Parse ``https://<service>.<region>.amazonaws.com/<path>`` or ``<own_scheme>://[region][/path]``.
 
-    An ``https://`` host that is not an AWS one (a VPC endpoint, a local server) becomes the
-    endpoint URL. Options may follow as a query string (``?endpoint_url=...&region=...``).
+    An ``https://`` host that is not an AWS one (a VPC endpoint) and any ``http://`` host (a
+    local server such as moto or ElasticMQ) becomes the endpoint URL. Options may follow as a
+    query string (``?endpoint_url=...&region=...``).
 
     :param key: the config key the URL came from, for error messages (``broker``).
     :param own_scheme: the friendlier scheme of the transport (``sqs`` or ``dynamodb``).
@@ -72,14 +73,14 @@ def parse_aws_url(url: str, *, key: str, own_scheme: str) -> AwsTarget:
         raise ConfigError(key, f"{redact_url(url)!r}: unexpected fragment")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     path = parts.path.strip("/")
-    if scheme == "https":
+    if scheme in ("https", "http"):
         host = (parts.hostname or "").lower()
         if not host:
             raise ConfigError(key, f"{redact_url(url)!r}: missing host")
-        m = _AWS_HOST.match(host)
+        m = _AWS_HOST.match(host) if scheme == "https" else None
         region = m.group("region") if m else ""
-        endpoint = "" if m else f"https://{parts.netloc}"
-        base = f"https://{parts.netloc}/{path}" if path else f"https://{parts.netloc}"
+        endpoint = "" if m else f"{scheme}://{parts.netloc}"
+        base = f"{scheme}://{parts.netloc}/{path}" if path else f"{scheme}://{parts.netloc}"
         return AwsTarget(scheme, region, endpoint, path, base, query)
     if scheme == own_scheme:
         region = parts.netloc.lower()
@@ -88,7 +89,7 @@ def parse_aws_url(url: str, *, key: str, own_scheme: str) -> AwsTarget:
                 key, f"{redact_url(url)!r}: {region!r} is not an AWS region (expected {own_scheme}://us-east-1/...)"
             )
         return AwsTarget(scheme, region, "", path, "", query)
-    raise ConfigError(key, f"{redact_url(url)!r}: expected an https:// or {own_scheme}:// URL")
+    raise ConfigError(key, f"{redact_url(url)!r}: expected an https://, http:// or {own_scheme}:// URL")
 
 
 def error_code(exc: BaseException) -> str:

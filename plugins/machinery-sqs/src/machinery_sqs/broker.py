@@ -148,8 +148,9 @@ class SQSBroker(Broker):
     """Broker on AWS SQS (standard and FIFO queues).
 
     URLs: ``https://sqs.<region>.amazonaws.com/<account-id>`` (Go's form: the queue URL is the
-    broker URL + ``/`` + queue name) or ``sqs://[region][/account-id]`` (queue URLs looked up by
-    name). A ready boto3 client goes in ``Config.transport_options["sqs"]["client"]``.
+    broker URL + ``/`` + queue name; ``http://host:port/<account-id>`` likewise for a local
+    server, which also becomes the endpoint) or ``sqs://[region][/account-id]`` (queue URLs
+    looked up by name). A ready boto3 client goes in ``Config.transport_options["sqs"]["client"]``.
     """
 
     supports_native_delay: ClassVar[bool] = True
@@ -169,7 +170,7 @@ class SQSBroker(Broker):
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
         self.target: AwsTarget = parse_aws_url(url, key="broker", own_scheme="sqs")
-        if self.target.scheme == "https" and not self.target.path:
+        if self.target.base and not self.target.path:
             raise ConfigError(
                 "broker", f"{redact_url(url)!r}: expected https://sqs.<region>.amazonaws.com/<account-id>"
             )
@@ -209,7 +210,7 @@ class SQSBroker(Broker):
                 f"{queue!r} is not a valid SQS queue name (1-80 letters, digits, '-' or '_', "
                 "optionally ending in '.fifo')",
             )
-        if self.target.scheme == "https":
+        if self.target.base:
             url = f"{self.target.base}/{queue}"
         else:
             kwargs = {"QueueName": queue}
@@ -238,7 +239,7 @@ class SQSBroker(Broker):
                 raise self._error(exc, f"create SQS queue {queue!r}") from exc
             url = self._sqs().get_queue_url(QueueName=queue)["QueueUrl"]
         log.info("created SQS queue %r", queue)
-        if self.target.scheme == "https":
+        if self.target.base:
             return f"{self.target.base}/{queue}"
         return url
 

@@ -9,6 +9,7 @@ the machines' clocks in sync (NTP) to well under the lock TTL.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,9 +46,12 @@ class DynamoDBLock(Lock):
         self.tables = DynamoDBTables(url, config, "lock")
         self._table = (self.tables.options.lock_table, LOCK_KEY)
 
-    def _write(self, op: str, what: str, **params: Any) -> bool:
+    def _write(self, op: str, what: str, params: Callable[[], dict[str, Any]]) -> bool:
+        # params() runs once the client (and, with create_tables, the table) is ready, so the
+        # expiry it computes is not shortened by connection or table set-up.
         try:
-            getattr(self.tables.db(self._table), op)(TableName=self._table[0], **params)
+            db = self.tables.db(self._table)
+            getattr(db, op)(TableName=self._table[0], **params())
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -65,26 +69,29 @@ class DynamoDBLock(Lock):
 
     def acquire(self, key: str, ttl: timedelta) -> bool:
         """Conditional ``PutItem``: succeeds when the key is free, expired or already ours."""
-        values = self._values(ttl)
-        return self._write(
-            "put_item",
-            f"acquire lock {key!r}",
-            Item={LOCK_KEY: {"S": key}, "Owner": values[":o"], "ExpiresAt": values[":e"], TTL_ATTR: values[":t"]},
-            ConditionExpression="attribute_not_exists(#k) OR #e <= :now OR #o = :o",
-            ExpressionAttributeNames=_names("#k", "#e", "#o"),
-            ExpressionAttributeValues={":o": values[":o"], ":now": values[":now"]},
-        )
+
+        def params() -> dict[str, Any]:
+            v = self._values(ttl)
+            return {
+                "Item": {LOCK_KEY: {"S": key}, "Owner": v[":o"], "ExpiresAt": v[":e"], TTL_ATTR: v[":t"]},
+                "ConditionExpression": "attribute_not_exists(#k) OR #e <= :now OR #o = :o",
+                "ExpressionAttributeNames": _names("#k", "#e", "#o"),
+                "ExpressionAttributeValues": {":o": v[":o"], ":now": v[":now"]},
+            }
+
+        return self._write("put_item", f"acquire lock {key!r}", params)
 
     def release(self, key: str) -> bool:
         """Conditional ``DeleteItem``: only while this owner holds the key."""
-        values = self._values()
         return self._write(
             "delete_item",
             f"release lock {key!r}",
-            Key={LOCK_KEY: {"S": key}},
-            ConditionExpression="#o = :o AND #e > :now",
-            ExpressionAttributeNames=_names("#o", "#e"),
-            ExpressionAttributeValues=values,
+            lambda: {
+                "Key": {LOCK_KEY: {"S": key}},
+                "ConditionExpression": "#o = :o AND #e > :now",
+                "ExpressionAttributeNames": _names("#o", "#e"),
+                "ExpressionAttributeValues": self._values(),
+            },
         )
 
     def extend(self, key: str, ttl: timedelta) -> bool:
@@ -92,11 +99,13 @@ class DynamoDBLock(Lock):
         return self._write(
             "update_item",
             f"extend lock {key!r}",
-            Key={LOCK_KEY: {"S": key}},
-            UpdateExpression="SET #e = :e, #t = :t",
-            ConditionExpression="#o = :o AND #e > :now",
-            ExpressionAttributeNames=_names("#o", "#e", "#t"),
-            ExpressionAttributeValues=self._values(ttl),
+            lambda: {
+                "Key": {LOCK_KEY: {"S": key}},
+                "UpdateExpression": "SET #e = :e, #t = :t",
+                "ConditionExpression": "#o = :o AND #e > :now",
+                "ExpressionAttributeNames": _names("#o", "#e", "#t"),
+                "ExpressionAttributeValues": self._values(ttl),
+            },
         )
 
     def close(self) -> None:
