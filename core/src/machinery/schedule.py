@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Literal
 
+from machinery.config import redact_url
 from machinery.cron import Schedule, parse_cron
 from machinery.signature import Signature, format_time
 from machinery.workflow import Chain, Chord, Group
@@ -342,6 +343,7 @@ class Scheduler:
             "y" if len(entries) == 1 else "ies",
             ", ".join(f"{e.name} ({e.spec})" for e in entries) or "none yet",
         )
+        self._warm_up()
         while not stop.is_set():
             try:
                 wait = self.run_pending()
@@ -350,6 +352,15 @@ class Scheduler:
                 wait = 1.0
             stop.wait(min(wait, _MAX_SLEEP))
         log.info("scheduler stopped")
+
+    def _warm_up(self) -> None:
+        # Connect to the lock server now rather than at the first tick, so the first tick is not
+        # late by a client's set-up (seconds for some) and then skipped by every scheduler at once.
+        # Releasing a key nobody holds is a no-op for every lock.
+        try:
+            self.server.lock.release(f"machinery:periodic:warm-up:{self.server.lock.owner}")
+        except Exception as exc:  # noqa: BLE001 - the first tick will try (and log) again
+            log.warning("lock %s not reachable yet: %s", redact_url(self.server.lock.url), exc)
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -363,8 +374,10 @@ class Scheduler:
         soonest: datetime | None = None
         for entry in self.server.periodic_entries:
             t = self._next.get(entry.name)
-            if t is None:  # first look: only ticks within the grace period count
+            if t is None:  # first look: only the most recent tick, if within the grace period
                 t = _utc(entry.schedule.next(now - self.grace - timedelta(microseconds=1)))
+                while (nxt := _utc(entry.schedule.next(t))) <= now:
+                    t = nxt
             t = self._due(entry, t, now)
             self._next[entry.name] = t
             soonest = t if soonest is None else min(soonest, t)
