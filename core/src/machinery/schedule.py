@@ -15,10 +15,11 @@ Exactly once per tick
 
 Missed ticks
     A scheduler sends only the most recent due tick of each entry, and only while it is at most
-    ``grace`` old (60 s by default). Older ticks (the scheduler was down, suspended or blocked)
-    are skipped and logged, never sent in a burst: on restart at most one tick per entry is
-    sent late, and only when no other scheduler sent it already. A send that fails (broker down)
-    is logged and not retried, since a retry could duplicate a send that did get through.
+    ``grace`` old (60 s by default). Older ticks (the scheduler was down, suspended, or blocked
+    longer than the interval) are skipped and logged, never sent in a burst: on restart at most
+    one tick per entry is sent late, and only when no other scheduler sent it already. Running
+    two or more schedulers covers one that stalls. A send that fails (broker down) is logged
+    and not retried, since a retry could duplicate a send that did get through.
 
 Every tick sent is logged (logger ``machinery.schedule``, INFO) with the UUIDs it created, and
 its messages carry the headers ``machinery_periodic_name`` and ``machinery_periodic_tick``
@@ -408,7 +409,8 @@ class Scheduler:
         if first_missed is not None:
             count = "some" if missed < 0 else str(missed)
             log.warning(
-                "periodic %r: skipped %s tick(s) from %s: more than %gs late (another scheduler may have sent them)",
+                "periodic %r: skipped %s tick(s) from %s: this scheduler was late and sends only the most recent"
+                " tick, within %gs of it (another scheduler may have sent them)",
                 entry.name,
                 count,
                 format_time(first_missed),
