@@ -41,16 +41,34 @@ def queue() -> str:
     return f"rt_{uuid.uuid4().hex[:12]}"
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(cluster_bus: bool = False) -> int:
+    """A free port; with ``cluster_bus``, one whose cluster-bus port (port + 10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not cluster_bus or (port + 10000 <= 65535 and _bindable(port + 10000)):
+            return port
+    if cluster_bus:
+        for port in range(20000, 30000, 7):
+            if _bindable(port) and _bindable(port + 10000):
+                return port
+    raise RuntimeError("no free port")
 
 
 class PrivateRedis:
     """A redis-server of our own on a free port (and a Unix socket), safe to stop and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cluster_bus: bool = False) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             if os.environ.get("CI"):
@@ -58,7 +76,7 @@ class PrivateRedis:
             pytest.skip("redis-server is not installed")
         self.exe = exe
         self.dir = workdir
-        self.port = free_port()
+        self.port = free_port(cluster_bus)
         self.socket = str(workdir / "redis.sock")
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra: list[str] = []
@@ -82,8 +100,12 @@ class PrivateRedis:
                     if c.ping():
                         return
             except redis.RedisError:
+                if self.proc.poll() is not None:
+                    break
                 time.sleep(0.05)
-        raise RuntimeError(f"private redis-server on port {self.port} did not start")
+        log = self.dir / "redis.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        raise RuntimeError(f"private redis-server on port {self.port} did not start:\n{tail}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -112,7 +134,7 @@ class PrivateCluster:
         for i in range(3):
             d = workdir / f"node{i}"
             d.mkdir()
-            self.nodes.append(PrivateRedis(d))
+            self.nodes.append(PrivateRedis(d, cluster_bus=True))
 
     @property
     def url(self) -> str:
