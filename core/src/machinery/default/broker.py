@@ -307,34 +307,48 @@ class SQLiteBroker(Transport, Broker):
     # -- acknowledgement ----------------------------------------------------------------------
 
     def ack(self, delivery: Delivery) -> None:
-        """Delete the message (only while this delivery's lease is the current one)."""
+        """Delete the message (only while this delivery's lease is the current one).
+
+        Whatever happens, this instance stops renewing the lease: if the delete failed, the
+        message comes back when the lease ends (at-least-once).
+        """
         tag = _tag(delivery)
-        with self._guard("ack"), self._db.write(begin=False) as conn:
-            conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
-        with self._leases_lock:
-            self._leases.pop(tag, None)
+        try:
+            with self._guard("ack"), self._db.write(begin=False) as conn:
+                conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
+        finally:
+            self._forget(tag)
 
     def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Make the message claimable again (after ``delay``), or move it to the dead letters."""
+        """Make the message claimable again (after ``delay``), or move it to the dead letters.
+
+        If the database refuses, the lease is no longer renewed, so the message comes back
+        when it ends.
+        """
         tag = _tag(delivery)
         now = time.time()
-        with self._guard("nack"), self._db.write() as conn:
-            if requeue:
-                conn.execute(
-                    "UPDATE machinery_messages SET state = ?, visible_at = ? WHERE id = ? AND deliveries = ?",
-                    (DELAYED if delay > 0 else READY, now + max(delay, 0.0), *tag),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO machinery_dead_letters (queue, body, deliveries, dead_at) "
-                    "SELECT queue, body, deliveries, ? FROM machinery_messages WHERE id = ? AND deliveries = ?",
-                    (now, *tag),
-                )
-                conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
-        with self._leases_lock:
-            self._leases.pop(tag, None)
+        try:
+            with self._guard("nack"), self._db.write() as conn:
+                if requeue:
+                    conn.execute(
+                        "UPDATE machinery_messages SET state = ?, visible_at = ? WHERE id = ? AND deliveries = ?",
+                        (DELAYED if delay > 0 else READY, now + max(delay, 0.0), *tag),
+                    )
+                else:
+                    conn.execute(
+                        "INSERT INTO machinery_dead_letters (queue, body, deliveries, dead_at) "
+                        "SELECT queue, body, deliveries, ? FROM machinery_messages WHERE id = ? AND deliveries = ?",
+                        (now, *tag),
+                    )
+                    conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
+        finally:
+            self._forget(tag)
         if requeue:
             self._db.notify_messages()
+
+    def _forget(self, tag: tuple[int, int]) -> None:
+        with self._leases_lock:
+            self._leases.pop(tag, None)
 
     # -- inspection ---------------------------------------------------------------------------
 
