@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth_exc
 from google.pubsub_v1 import PublisherClient, SubscriberClient
 from google.pubsub_v1.types import DeadLetterPolicy, PubsubMessage, ReceivedMessage
@@ -91,7 +92,8 @@ class GCPPubSubOptions:
         ``MaxExtension``); the message is then redelivered. 0 means no limit.
     :param max_messages: cap on messages per pull (0: the worker's prefetch).
     :param pull_timeout: seconds one pull waits for messages; bounds how fast ``stop`` is seen.
-    :param publish_timeout: seconds a publish may take, retries included.
+    :param timeout: seconds one Pub/Sub call (publish, acknowledge, create...) may take,
+        retries of transient errors included.
     :param ordering: created subscriptions deliver in order, and messages carry an ordering key
         (the signature's ``BrokerMessageGroupId``, else ``ordering_key``, else the queue name).
     :param ordering_key: the ordering key used when the signature names none.
@@ -110,7 +112,7 @@ class GCPPubSubOptions:
     max_extension: float = 3600.0
     max_messages: int = 0
     pull_timeout: float = 1.0
-    publish_timeout: float = 60.0
+    timeout: float = 60.0
     ordering: bool = False
     ordering_key: str = ""
     dead_letter_topic: str = ""
@@ -128,8 +130,8 @@ class GCPPubSubOptions:
             raise ConfigError("gcp_pubsub.max_messages", "must be >= 0")
         if self.pull_timeout <= 0:
             raise ConfigError("gcp_pubsub.pull_timeout", "must be > 0 seconds")
-        if self.publish_timeout <= 0:
-            raise ConfigError("gcp_pubsub.publish_timeout", "must be > 0 seconds")
+        if self.timeout <= 0:
+            raise ConfigError("gcp_pubsub.timeout", "must be > 0 seconds")
         if self.max_delivery_attempts and not 5 <= self.max_delivery_attempts <= 100:
             raise ConfigError("gcp_pubsub.max_delivery_attempts", "must be 0 (no policy) or 5-100")
         if self.max_delivery_attempts and not self.dead_letter_topic:
@@ -236,6 +238,9 @@ class GCPPubSubBroker(Broker):
         self._heartbeat: threading.Thread | None = None
         self._closing = threading.Event()
         self._closed = False
+        self._retry = Retry(
+            initial=0.1, maximum=5.0, multiplier=2.0, predicate=_TRANSIENT, timeout=self.options.timeout
+        )
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -290,7 +295,10 @@ class GCPPubSubBroker(Broker):
             ) from exc
 
     def _call(self, what: str, resource: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        """Run one API call, turning Google's exceptions into machinery errors."""
+        """Run one API call within ``timeout`` (transient errors retried), turning Google's
+        exceptions into machinery errors."""
+        kwargs.setdefault("retry", self._retry)
+        kwargs.setdefault("timeout", self.options.timeout)
         try:
             return fn(**kwargs)
         except gexc.GoogleAPICallError as exc:
@@ -421,7 +429,6 @@ class GCPPubSubBroker(Broker):
                 self=client,
                 topic=topic,
                 messages=messages,
-                timeout=self.options.publish_timeout,
             )
         except (BrokerError, ConfigError) as exc:
             raise PublishError(f"{len(messages)} message(s) not published: {exc}", uuids[0]) from exc
@@ -608,7 +615,6 @@ class GCPPubSubBroker(Broker):
                 self=self._pub(),
                 topic=topic,
                 messages=[msg],
-                timeout=self.options.publish_timeout,
             )
         else:
             log.warning(
@@ -734,6 +740,14 @@ def _queue_of(topic: str) -> str:
     return topic.rpartition("/")[2]
 
 
+_TRANSIENT = if_exception_type(
+    gexc.Aborted,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.ResourceExhausted,
+    gexc.ServiceUnavailable,
+    gexc.Unknown,
+)
 _CONNECTION_CODES = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Unauthenticated)
 
 
