@@ -61,6 +61,8 @@ class BrokerConformance(SuiteBase):
     stop_timeout: ClassVar[float] = 2.5
     #: Seconds to wait for a message that should arrive now.
     delivery_timeout: ClassVar[float] = 10.0
+    #: Seconds the oracle may take to show a count (stores with eventually consistent counts).
+    oracle_timeout: ClassVar[float] = 3.0
     #: The redelivery timeout in effect with your ``transport_options`` (None: the broker
     #: class's ``redelivery_timeout``). Set it when your options shorten the visibility timeout.
     redelivery_timeout: ClassVar[float | None] = None
@@ -123,9 +125,9 @@ class BrokerConformance(SuiteBase):
         broker.publish(encode_signature(sig), sig)
         return sig
 
-    @staticmethod
-    def count(oracle: BrokerOracle, queue: str, expected: int, timeout: float = 3.0) -> None:
-        """Assert the oracle sees ``expected`` messages in ``queue`` (allowing eventual consistency)."""
+    def count(self, oracle: BrokerOracle, queue: str, expected: int) -> None:
+        """Assert the oracle sees ``expected`` messages in ``queue`` within ``oracle_timeout``."""
+        timeout = self.oracle_timeout
         last: list[int] = []
 
         def ok() -> bool:

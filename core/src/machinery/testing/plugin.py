@@ -35,7 +35,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -89,12 +89,18 @@ def _embedded_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'machinery-test.db'}"
 
 
-def _serves(kind: str, url: str) -> bool:
+def _serves(kind: Literal["broker", "backend", "lock"], url: str) -> bool:
+    """True when ``url`` should be used for ``kind``: its scheme serves that role, or serves no
+    role at all (so an uninstalled or unregistered plugin fails loudly instead of being
+    replaced by the embedded transport)."""
     try:
         scheme = scheme_of(url)
     except Exception:  # noqa: BLE001 - a bad URL is reported when it is used
         return True
-    return scheme in get_plugin_host().schemes(kind)  # type: ignore[arg-type]
+    host = get_plugin_host()
+    if scheme in host.schemes(kind):
+        return True
+    return not any(scheme in host.schemes(k) for k in ("broker", "backend", "lock"))
 
 
 @pytest.fixture
