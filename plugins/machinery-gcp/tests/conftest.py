@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from machinery.testing.oracle import require_server
+from machinery.testing import require_server
 
 os.environ.setdefault("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")
 

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth_exc
+from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1 import PublisherClient, SubscriberClient
 from google.pubsub_v1.types import DeadLetterPolicy, PubsubMessage, ReceivedMessage
 
@@ -101,6 +102,9 @@ class GCPPubSubOptions:
         it they are logged and acknowledged.
     :param max_delivery_attempts: when > 0 (5-100) and ``dead_letter_topic`` is set, created
         subscriptions get Pub/Sub's dead-letter policy with this many attempts.
+    :param topic_retention: seconds created topics keep messages, even acknowledged ones
+        (Pub/Sub's topic ``message_retention_duration``: 600 to 2,678,400; 0 = off). Lets a
+        subscription seek back in time or to a snapshot, e.g. to replay or inspect a queue.
     :param subscriptions: queue name to subscription id, overriding the derived names.
     :param publisher: a ready ``google.pubsub_v1.PublisherClient`` (or
         ``google.cloud.pubsub_v1.PublisherClient``) to use instead of building one.
@@ -117,6 +121,7 @@ class GCPPubSubOptions:
     ordering_key: str = ""
     dead_letter_topic: str = ""
     max_delivery_attempts: int = 0
+    topic_retention: int = 0
     subscriptions: dict[str, str] = field(default_factory=dict)
     publisher: Any = None
     subscriber: Any = None
@@ -136,6 +141,10 @@ class GCPPubSubOptions:
             raise ConfigError("gcp_pubsub.max_delivery_attempts", "must be 0 (no policy) or 5-100")
         if self.max_delivery_attempts and not self.dead_letter_topic:
             raise ConfigError("gcp_pubsub.max_delivery_attempts", "needs gcp_pubsub.dead_letter_topic")
+        if self.topic_retention and not 600 <= self.topic_retention <= 2_678_400:
+            raise ConfigError(
+                "gcp_pubsub.topic_retention", "must be 0 (off) or 600-2678400 seconds (10 min to 31 days)"
+            )
         if self.dead_letter_topic:
             _check_id(self.dead_letter_topic, "gcp_pubsub.dead_letter_topic", "topic")
         for queue, sub in self.subscriptions.items():
@@ -340,8 +349,11 @@ class GCPPubSubBroker(Broker):
         return info
 
     def _create_topic(self, topic: str) -> None:
+        request: dict[str, Any] = {"name": topic}
+        if self.options.topic_retention:
+            request["message_retention_duration"] = Duration(seconds=self.options.topic_retention)
         try:
-            self._call("create topic", topic, self._pub().create_topic, name=topic)
+            self._call("create topic", topic, self._pub().create_topic, request=request)
             log.info("created Pub/Sub topic %s", topic)
         except GCPPubSubError as exc:
             if exc.code != "ALREADY_EXISTS":
