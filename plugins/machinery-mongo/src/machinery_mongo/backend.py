@@ -93,7 +93,7 @@ def to_document(uuid: str, go_json: bytes, expires_at: datetime | None) -> dict[
     fields.pop("task_uuid", None)
     fields.pop("group_uuid", None)
     if fields.get("results"):
-        fields["results"] = [{"type": r["Type"], "value": _wide_ints(r["Value"])} for r in fields["results"]]
+        fields["results"] = [{_bson_name(k): _wide_ints(v) for k, v in r.items()} for r in fields["results"]]
     fields["created_at"] = parse_time(fields["created_at"])  # a BSON date, as Go's time.Time
     if not fields.get("ttl"):
         fields.pop("ttl", None)  # Go: `bson:"ttl,omitempty"`
