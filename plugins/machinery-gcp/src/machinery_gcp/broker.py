@@ -115,7 +115,7 @@ class GCPPubSubOptions:
     ack_deadline: int = 60
     max_extension: float = 3600.0
     max_messages: int = 0
-    pull_timeout: float = 1.0
+    pull_timeout: float = 1.5
     timeout: float = 60.0
     ordering: bool = False
     ordering_key: str = ""
