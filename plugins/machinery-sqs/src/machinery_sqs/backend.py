@@ -42,6 +42,12 @@ __all__ = ["DynamoDBBackend", "DynamoDBOptions", "from_item", "to_item"]
 
 log = logging.getLogger("machinery.dynamodb")
 
+#: Serializes this process's chord triggers. DynamoDB makes each conditional write atomic, so
+#: this is not what makes the trigger exactly-once across processes; it spares DynamoDB the
+#: contention of a process's own threads, and keeps single-process use exactly-once on local
+#: test servers that check conditions without isolation (moto_server handles requests in
+#: parallel threads with no per-item locking).
+_CHORD_LOCK = threading.Lock()
 _BATCH_GET = 100
 _BATCH_WRITE = 25
 _ATTEMPTS = 6
@@ -381,21 +387,23 @@ class DynamoDBBackend(Backend):
         expired and the flag is still false, so exactly one caller wins."""
         table = self._groups
         try:
-            self.tables.db(table).update_item(
-                TableName=table[0],
-                Key=self._key(table, group_uuid),
-                UpdateExpression="SET #c = :t",
-                ConditionExpression=(
-                    "attribute_exists(#k) AND (attribute_not_exists(#c) OR #c = :f) "
-                    "AND (attribute_not_exists(#ttl) OR #ttl > :now)"
-                ),
-                ExpressionAttributeNames={"#c": _CHORD, "#k": GROUP_KEY, "#ttl": TTL_ATTR},
-                ExpressionAttributeValues={
-                    ":t": {"BOOL": True},
-                    ":f": {"BOOL": False},
-                    ":now": {"N": str(int(time.time()))},
-                },
-            )
+            db = self.tables.db(table)
+            with _CHORD_LOCK:
+                db.update_item(
+                    TableName=table[0],
+                    Key=self._key(table, group_uuid),
+                    UpdateExpression="SET #c = :t",
+                    ConditionExpression=(
+                        "attribute_exists(#k) AND (attribute_not_exists(#c) OR #c = :f) "
+                        "AND (attribute_not_exists(#ttl) OR #ttl > :now)"
+                    ),
+                    ExpressionAttributeNames={"#c": _CHORD, "#k": GROUP_KEY, "#ttl": TTL_ATTR},
+                    ExpressionAttributeValues={
+                        ":t": {"BOOL": True},
+                        ":f": {"BOOL": False},
+                        ":now": {"N": str(int(time.time()))},
+                    },
+                )
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -457,10 +465,6 @@ class DynamoDBBackend(Backend):
                 time.sleep(0.05 * 2**attempt)
             else:
                 raise BackendError(f"DynamoDB left {len(request[table])} task states unwritten after retries")
-
-    def close(self) -> None:
-        """Close the client if this backend created it. Idempotent."""
-        self.tables.client.close()
 
 
 def _state(d: dict[str, Any]) -> TaskState:

@@ -272,6 +272,8 @@ class SQSBroker(Broker):
             else:
                 attrs = self._call(queue, "get_queue_attributes", f"read SQS queue {queue!r}", AttributeNames=["All"])
                 vis = int(attrs["Attributes"].get("VisibilityTimeout", 30))
+            if vis <= 0:
+                vis = 30  # a message visible again at once would run twice: use SQS's default
             self._visibility[url] = vis
         return vis
 
@@ -355,9 +357,8 @@ class SQSBroker(Broker):
                     "WaitTimeSeconds": wait,
                     "MessageSystemAttributeNames": ["All"],
                     "MessageAttributeNames": ["All"],
+                    "VisibilityTimeout": vis,
                 }
-                if self.options.visibility_timeout is not None:
-                    params["VisibilityTimeout"] = self.options.visibility_timeout
                 try:
                     out = self._call(queue, "receive_message", f"receive from SQS queue {queue!r}", **params)
                 except BrokerError as exc:
@@ -436,8 +437,9 @@ class SQSBroker(Broker):
 
     def _beat(self) -> None:
         while not self._closed:
-            with self._held_lock:
-                shortest = min((h.visibility for h in self._held.values()), default=30)
+            # a third of the shortest visibility timeout of the queues consumed (not of the
+            # messages held now: one received while sleeping must be extended in time)
+            shortest = min(self._visibility.values(), default=30)
             self._wake.wait(min(max(shortest / 3.0, 0.3), 60.0))
             self._wake.clear()
             if self._closed:
@@ -541,36 +543,28 @@ class SQSBroker(Broker):
         """
         queue = queue or self.default_queue
         url = self._queue_url(queue)
+        what = f"purge SQS queue {queue!r}"
         removed = 0
         while True:
-            out = self._call(
-                queue,
-                "receive_message",
-                f"purge SQS queue {queue!r}",
-                MaxNumberOfMessages=MAX_BATCH,
-                WaitTimeSeconds=0 if removed == 0 else 1,
-                VisibilityTimeout=30,
-            )
-            msgs = out.get("Messages") or ()
+            receive = {"MaxNumberOfMessages": MAX_BATCH, "VisibilityTimeout": 30}
+            msgs = self._call(queue, "receive_message", what, WaitTimeSeconds=0, **receive).get("Messages")
             if not msgs:
-                if removed == 0:  # a short poll may miss messages: look once more, long-polling
-                    out = self._call(
-                        queue,
-                        "receive_message",
-                        f"purge SQS queue {queue!r}",
-                        MaxNumberOfMessages=MAX_BATCH,
-                        WaitTimeSeconds=1,
-                        VisibilityTimeout=30,
-                    )
-                    msgs = out.get("Messages") or ()
+                # a short poll samples some servers only: ask for the count, long-poll if not 0
+                attrs = self._call(queue, "get_queue_attributes", what, AttributeNames=["ApproximateNumberOfMessages"])
+                if int(attrs["Attributes"].get("ApproximateNumberOfMessages", "0")) == 0:
+                    return removed
+                msgs = self._call(queue, "receive_message", what, WaitTimeSeconds=1, **receive).get("Messages")
                 if not msgs:
                     return removed
             entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
-            res = self._sqs().delete_message_batch(QueueUrl=url, Entries=entries)
+            try:
+                res = self._sqs().delete_message_batch(QueueUrl=url, Entries=entries)
+            except Exception as exc:
+                raise self._error(exc, what) from exc
             removed += len(entries) - len(res.get("Failed") or ())
 
     def close(self) -> None:
-        """Stop the heartbeat and close the client if this broker created it. Idempotent.
+        """Stop the heartbeat. Idempotent. (The boto3 client is shared in the process.)
 
         Messages still held come back after their visibility timeout.
         """
@@ -580,7 +574,6 @@ class SQSBroker(Broker):
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
         self._heartbeat = None
-        self._client.close()
 
 
 def _aliased(opts: Mapping[str, Any]) -> dict[str, Any]:

@@ -107,7 +107,3 @@ class DynamoDBLock(Lock):
                 "ExpressionAttributeValues": self._values(ttl),
             },
         )
-
-    def close(self) -> None:
-        """Close the client if this lock created it. Idempotent."""
-        self.tables.client.close()
