@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
 
 from bson.decimal128 import Decimal128
+from bson.errors import InvalidDocument
 from pymongo import MongoClient, ReplaceOne
-from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidDocument, InvalidURI, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from machinery.config import parse_options, redact_url
@@ -167,18 +168,18 @@ class MongoBackend(Backend):
         except PyMongoError as exc:
             raise BackendError(f"MongoDB failed ({what}): {exc}") from exc
 
+    def _new_client(self) -> MongoClient[dict[str, Any]]:
+        if "serverselectiontimeoutms" in self.url.lower():  # the URL's setting wins
+            return MongoClient(self.url)
+        return MongoClient(self.url, serverSelectionTimeoutMS=int(self.options.server_selection_timeout * 1000))
+
     def _collections(self) -> tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]]:
         """The ``tasks`` and ``group_metas`` collections; connects and creates the TTL indexes once."""
         if self._colls is None:
             with self._connect_lock, self._errors("connecting"):
                 if self._colls is None:
                     if self._client is None:
-                        timeout = (
-                            {}
-                            if "serverselectiontimeoutms" in self.url.lower()
-                            else {"serverSelectionTimeoutMS": int(self.options.server_selection_timeout * 1000)}
-                        )
-                        self._client = MongoClient(self.url, **timeout)
+                        self._client = self._new_client()
                     db = self._client[self.database]
                     colls = (db[TASKS], db[GROUP_METAS])
                     for coll in colls:  # idempotent: a no-op when the index exists
