@@ -260,9 +260,6 @@ class SQLiteLockError(_SQLiteErrorMixin, LockError):
         super().__init__(self._init(path, problem, reason, operation))
 
 
-SQLiteError = SQLiteBrokerError | SQLiteBackendError | SQLiteLockError
-
-
 class Transport:
     """Mixin of the three sqlite classes: URL parsing, the lazily opened shared database, and
     error translation.
