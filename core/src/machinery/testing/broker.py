@@ -40,6 +40,7 @@ _BOOL_CAPABILITIES = (
 
 def require_capability(cls: type, capability: str, why: str) -> None:
     """Skip the running test, with a stated reason, when ``cls`` does not declare ``capability``."""
+    __tracebackhide__ = True  # report the skip at the test, not here
     if not getattr(cls, capability, False):
         pytest.skip(f"{cls.__name__}.{capability} is False: {why}")
 
