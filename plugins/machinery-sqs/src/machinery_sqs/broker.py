@@ -16,6 +16,8 @@ holds every message until its ETA (``supports_native_delay``) and a task runs on
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -334,33 +336,40 @@ class SQSBroker(Broker):
     def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
         """Long-poll ``queue`` (up to 10 messages per call, bounded by ``prefetch``) and yield them.
 
-        Messages whose ETA is a second or more away are hidden again until it (never yielded).
-        Received messages are extended by the heartbeat until acked, nacked or released; when
-        the generator ends, messages received but not yielded are made visible again at once.
+        A message whose ETA is a second or more away is hidden again until then
+        (``ChangeMessageVisibility``); one due within the second is kept here and yielded when
+        due. So no message is yielded before its ETA. Received messages are extended by the
+        heartbeat until acked, nacked or released; when the generator ends, the messages it
+        received but did not yield are made visible again at once.
         """
         url = self._queue_url(queue)
         vis = self._queue_visibility(queue, url)
         self._start_heartbeat()
-        wait = _POLL_SECONDS
         buffer: deque[Delivery] = deque()
+        due_soon: list[tuple[float, int, Delivery]] = []  # (ETA, seq, delivery), a heap
+        seq = itertools.count()
         backoff = 0.5
+        what = f"receive from SQS queue {queue!r}"
         try:
             while not stop.is_set():
                 if buffer:
                     yield buffer.popleft()
                     continue
+                while due_soon and due_soon[0][0] <= time.time():
+                    buffer.append(heapq.heappop(due_soon)[2])
+                if buffer:
+                    continue
                 with self._held_lock:
                     held = len(self._held)
-                want = max(1, min(self.options.batch_size, prefetch - held))
                 params: dict[str, Any] = {
-                    "MaxNumberOfMessages": want,
-                    "WaitTimeSeconds": wait,
+                    "MaxNumberOfMessages": max(1, min(self.options.batch_size, prefetch - held)),
+                    "WaitTimeSeconds": 0 if due_soon else _POLL_SECONDS,
                     "MessageSystemAttributeNames": ["All"],
                     "MessageAttributeNames": ["All"],
                     "VisibilityTimeout": vis,
                 }
                 try:
-                    out = self._call(queue, "receive_message", f"receive from SQS queue {queue!r}", **params)
+                    messages = self._call(queue, "receive_message", what, **params).get("Messages") or ()
                 except BrokerError as exc:
                     log.warning("SQS receive from %r failed: %s; retrying in %.1fs", queue, exc, backoff)
                     stop.wait(backoff)
@@ -368,37 +377,49 @@ class SQSBroker(Broker):
                     continue
                 backoff = 0.5
                 url = self._urls.get(queue, url)
-                now = time.monotonic()
-                early: list[tuple[str, int]] = []
-                for m in out.get("Messages") or ():
+                received = time.monotonic()
+                later: list[tuple[str, int]] = []
+                for m in messages:
                     body = m["Body"].encode("utf-8")
-                    rh = m["ReceiptHandle"]
                     eta = eta_of(body)
-                    if eta is not None and eta - time.time() >= 1.0:
-                        early.append((rh, redelay_seconds(eta - time.time(), 0.0)))
+                    ahead = eta - time.time() if eta is not None else 0.0
+                    if ahead >= 1.0:
+                        later.append((m["ReceiptHandle"], redelay_seconds(ahead, 0.0)))
                         continue
-                    sysattrs = m.get("Attributes") or {}
+                    d = self._delivery(m, body, queue, url)
                     with self._held_lock:
-                        self._held[rh] = _Held(url, now, vis)
-                    buffer.append(
-                        Delivery(
-                            body=body,
-                            queue=queue,
-                            tag=rh,
-                            redelivered=int(sysattrs.get("ApproximateReceiveCount", "1")) > 1,
-                            attributes={
-                                "queue_url": url,
-                                "message_id": m.get("MessageId", ""),
-                                "attributes": sysattrs,
-                                "message_attributes": m.get("MessageAttributes") or {},
-                            },
-                        )
-                    )
-                if early:
-                    self._change_visibility(url, early)
+                        self._held[d.tag] = _Held(url, received, vis)
+                    if eta is not None and ahead > 0:
+                        heapq.heappush(due_soon, (eta, next(seq), d))
+                    else:
+                        buffer.append(d)
+                if later:
+                    try:
+                        self._change_visibility(url, later)
+                    except Exception as exc:  # noqa: BLE001 - they return after the visibility timeout
+                        log.warning("could not hide %d early SQS message(s) until their ETA: %s", len(later), exc)
+                if not messages and due_soon:
+                    stop.wait(min(max(due_soon[0][0] - time.time(), 0.0), 0.2))
         finally:
-            if buffer:
-                self._release([d.tag for d in buffer], url)
+            unsent = [d.tag for d in buffer] + [d.tag for *_, d in due_soon]
+            if unsent:
+                self._release(unsent, url)
+
+    @staticmethod
+    def _delivery(m: Mapping[str, Any], body: bytes, queue: str, url: str) -> Delivery:
+        sysattrs = m.get("Attributes") or {}
+        return Delivery(
+            body=body,
+            queue=queue,
+            tag=m["ReceiptHandle"],
+            redelivered=int(sysattrs.get("ApproximateReceiveCount", "1")) > 1,
+            attributes={
+                "queue_url": url,
+                "message_id": m.get("MessageId", ""),
+                "attributes": sysattrs,
+                "message_attributes": m.get("MessageAttributes") or {},
+            },
+        )
 
     def _release(self, handles: Sequence[str], url: str) -> None:
         with self._held_lock:
