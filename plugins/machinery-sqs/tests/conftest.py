@@ -66,8 +66,14 @@ def _cleanup_aws() -> Iterator[None]:
         for url in set(sqs.list_queues(MaxResults=1000).get("QueueUrls", [])) - before:
             sqs.delete_queue(QueueUrl=url)
         db = raw_client("dynamodb")
-        for name in db.list_tables(Limit=100).get("TableNames", []):
-            if name.startswith(RUN):
-                db.delete_table(TableName=name)
+        for page in db.get_paginator("list_tables").paginate():
+            for name in page.get("TableNames", []):
+                if name.startswith(RUN):
+                    db.delete_table(TableName=name)
     except Exception as exc:
         print(f"cleanup of {RUN} queues/tables failed: {exc}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the ``offline`` marker (tests that need no server)."""
+    config.addinivalue_line("markers", "offline: needs no SQS/DynamoDB server")

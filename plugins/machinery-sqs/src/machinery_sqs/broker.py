@@ -9,8 +9,10 @@ extending, so SQS delivers the message again once its visibility timeout runs ou
 ETA: SQS delays a message by at most 15 minutes (``DelaySeconds``) and FIFO queues not at all.
 A message is published with ``DelaySeconds = min(ETA - now, 900)`` (standard queues); when the
 consumer receives a message whose ETA is still a second or more away, it hides it again with
-``ChangeMessageVisibility(min(ETA - now, 12 h))`` instead of yielding it. The broker therefore
-holds every message until its ETA (``supports_native_delay``) and a task runs once, on time.
+``ChangeMessageVisibility(min(ETA - now, 12 h))`` instead of yielding it (one due within the
+second is kept and yielded when due). The broker therefore holds every message until its ETA
+(``supports_native_delay``) and a task runs once, on time. Each hop is a receive: with a redrive
+policy, ``maxReceiveCount`` must exceed 2 + (ETA - now) / 12 h.
 """
 
 from __future__ import annotations
