@@ -168,6 +168,7 @@ def test_bytes_travel_as_base64() -> None:
         (["a"], "[]string"),
         ([1, 2.5], "[]float64"),
         ([1, "a"], "[]interface {}"),
+        ([1, None], "[]interface {}"),
         ([], "[]interface {}"),
         ({"a": 1}, "map[string]interface {}"),
     ],

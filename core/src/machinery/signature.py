@@ -231,6 +231,8 @@ def infer_type(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         if not value:
             return "[]interface {}"
+        if any(v is None for v in value):
+            return "[]interface {}"  # JSON null elements: only the generic slice can carry them
         kinds = {infer_type(v) for v in value}
         if len(kinds) == 1:
             (kind,) = kinds
