@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue as _queue
+import socket
 import threading
 import time
 import uuid
@@ -234,14 +235,18 @@ def test_api_errors_become_machinery_errors(broker: GCPPubSubBroker, queue: str)
     assert isinstance(_translate(gexc.ServiceUnavailable("down"), "pull from", "s"), BrokerConnectionError)
 
 
-def test_deadline_exceeded_on_publish(url: str, queue: str) -> None:
-    setup = make_broker(url, queue)
-    setup.ensure_queue()
-    setup.close()
-    b = make_broker(url, queue, create_missing=False, timeout=0.000001)
+def test_unreachable_server_on_publish(url: str, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pub/Sub unreachable: retried until ``timeout``, then a PublishError naming the topic."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
+    b = make_broker(url, queue, create_missing=False, timeout=1.5)
     try:
+        t0 = time.monotonic()
         with pytest.raises(PublishError, match=rf"topic projects/.*/topics/{queue}") as ei:
             publish(b, sig())
+        assert time.monotonic() - t0 < 10
         assert isinstance(ei.value.__cause__, BrokerConnectionError)
     finally:
         b.close()
