@@ -58,7 +58,7 @@ def _probe_field(encode: Callable[[Any], bytes], obj: Any, attr: str, probe: Any
     setattr(obj, attr, probe)
     wire = json.loads(encode(obj))
     expected = format_time(probe) if isinstance(probe, datetime) else probe
-    return next(k for k, v in wire.items() if v == expected)
+    return str(next(k for k, v in wire.items() if v == expected))
 
 
 _PROBE_TIME = datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc)

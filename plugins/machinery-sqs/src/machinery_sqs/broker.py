@@ -569,7 +569,7 @@ class SQSBroker(Broker):
         what = f"purge SQS queue {queue!r}"
         removed = 0
         while True:
-            receive = {"MaxNumberOfMessages": MAX_BATCH, "VisibilityTimeout": 30}
+            receive: dict[str, Any] = {"MaxNumberOfMessages": MAX_BATCH, "VisibilityTimeout": 30}
             msgs = self._call(queue, "receive_message", what, WaitTimeSeconds=0, **receive).get("Messages")
             if not msgs:
                 # a short poll samples some servers only: ask for the count, long-poll if not 0
