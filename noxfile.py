@@ -79,8 +79,19 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session(tags=["bench"])
 def bench(session: nox.Session) -> None:
-    """Benchmarks against Celery, Dramatiq, RQ, arq, Huey and Taskiq (writes benchmarks/RESULTS.md)."""
-    session.install("-e", "core", "-e", "plugins/machinery-redis", "-r", "benchmarks/requirements.txt")
-    if (ROOT / "plugins" / "machinery-amqp").exists():
-        session.install("-e", "plugins/machinery-amqp")
-    session.run("python", "benchmarks/run.py", *session.posargs, env={"PYTHONUNBUFFERED": "1", **os.environ})
+    """Benchmarks against Celery, Dramatiq, RQ, arq, Huey and Taskiq (writes benchmarks/RESULTS.md).
+
+    The peers are pinned in benchmarks/requirements.txt and live only in this session's
+    environment; arq (which needs redis-py < 6) gets a second environment beside it.
+    """
+    session.install("-e", "core", "-e", "plugins/machinery-redis", "-e", "plugins/machinery-amqp")
+    session.install("-r", "benchmarks/requirements.txt")
+    arq_env = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-arq")
+    arq_python = arq_env / "bin" / "python"
+    if not arq_python.exists():
+        session.run("python", "-m", "venv", str(arq_env))
+    session.run(str(arq_python), "-m", "pip", "install", "-q", "-r", "benchmarks/requirements-arq.txt", external=True)
+    session.run(
+        "python", "benchmarks/run.py", "--arq-python", str(arq_python), *session.posargs,
+        env={"PYTHONUNBUFFERED": "1", **os.environ},
+    )

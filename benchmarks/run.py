@@ -1,0 +1,798 @@
+"""Benchmark machinery against Celery, Dramatiq, RQ, arq, Huey and Taskiq on one Redis, in one run.
+
+    nox -s bench                               # the full run: writes benchmarks/RESULTS.md + results.png
+    python benchmarks/run.py --smoke           # tiny N, machinery and whatever peers are installed
+    python benchmarks/run.py --systems machinery,celery --n 2000
+
+A private ``redis-server`` (``--save '' --appendonly no``) on a free port is started and stopped
+here; every system gets the same server, N, scenarios and clean state (``FLUSHALL`` of that
+private server between runs). Each system's producer runs in a subprocess (``driver.py``) and its
+worker is the system's own worker CLI, one process tree, concurrency 8. Scenarios:
+
+1. enqueue: N tasks from one producer, one call each (machinery also as one group);
+2. drain: N tasks queued, one worker started; throughput from the first task's start to the N-th
+   task's end, as recorded by the worker itself (results on, and off where the system allows);
+3. round trip: send one task, wait for its result; sequentially, after a warm-up;
+4. ETA lateness: tasks due over a few seconds record ``start - due`` into a Redis list;
+5. worker peak RSS (sum over the worker's process tree, from /proc) and import time;
+6. the floor: raw redis-py LPUSH + BRPOP on the same server.
+
+A system that cannot do a scenario gets "n/a" with the reason; a failure is reported as one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SYSTEMS_DIR = HERE / "systems"
+DRIVER = HERE / "driver.py"
+sys.path.insert(0, str(SYSTEMS_DIR))
+
+DONE_KEY = "bench:done"
+ETA_KEY = "bench:eta"
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+PEERS = ["celery", "dramatiq", "rq", "arq", "huey", "taskiq"]
+MACHINERY = ["machinery", "machinery-sqlite", "machinery-amqp"]
+ALL = ["floor", *MACHINERY, *PEERS]
+
+
+class NA(str):
+    """A cell that has no number: the reason (n/a) or the failure."""
+
+
+def failed(reason: str) -> NA:
+    return NA(f"FAILED: {reason}")
+
+
+# -- the private Redis server and process helpers ----------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, started and stopped by the benchmark."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+        self.version = self.client.info("server")["redis_version"]
+
+    def flush(self) -> None:
+        self.client.flushall()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tree_rss_kb(root: int) -> int:
+    """Resident set size (kB) of ``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+class Worker:
+    """A worker process tree under test, with a peak-RSS sampler."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log = log
+        self._logf = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.started = time.time()
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._logf, stderr=self._logf, start_new_session=True)
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, tree_rss_kb(self.proc.pid))
+            self._stop.wait(0.05)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])[-400:]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sampler.join()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(8)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        else:
+            try:  # children that outlived their parent
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._logf.close()
+
+
+# -- systems ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """One column of systems: a module under systems/ plus its environment."""
+
+    name: str
+    module: str
+    label: str
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=dict)
+    off_env: dict[str, str] | None = None  # extra env for "results off"; None = use BENCH_RESULTS=0
+    results_off: str | None = None  # n/a reason when results cannot be switched off
+    cleanup: Callable[[], None] | None = None
+    note: str = ""
+
+
+@dataclass
+class Row:
+    variant: Variant
+    cells: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+COLUMNS = [
+    ("enqueue", "enqueue/s"),
+    ("group", "group enqueue/s"),
+    ("drain_on", "drain/s (results)"),
+    ("drain_off", "drain/s (no results)"),
+    ("rt_p50", "round trip p50 ms"),
+    ("rt_p99", "round trip p99 ms"),
+    ("eta_p50", "ETA late p50 ms"),
+    ("eta_p99", "ETA late p99 ms"),
+    ("rss", "worker peak RSS MB"),
+    ("import", "import ms"),
+]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="machinery-bench-"))
+        self.redis = RedisServer(self.tmp)
+        self.token = secrets.token_hex(4)
+        self.rows: list[Row] = []
+        self.log_dir = self.tmp / "logs"
+        self.log_dir.mkdir()
+        self._info: dict[tuple[str, bool], dict[str, Any]] = {}
+
+    # environment -----------------------------------------------------------------------------
+
+    def base_env(self, v: Variant, results: bool, n: int) -> dict[str, str]:
+        env = {k: val for k, val in os.environ.items() if not k.startswith("BENCH_")}
+        env.update(
+            PYTHONPATH=str(SYSTEMS_DIR),
+            PYTHONUNBUFFERED="1",
+            BENCH_REDIS_URL=self.redis.url,
+            BENCH_RESULTS="1" if results else "0",
+            BENCH_N=str(n),
+            BENCH_QUEUE=f"bench_{v.name.replace('-', '_')}_{self.token}",
+        )
+        env.update(v.env)
+        if not results and v.off_env:
+            env.update(v.off_env)
+        return env
+
+    def driver(self, v: Variant, scenario: str, *, results: bool = True, timeout: float = 300, **opts: Any) -> dict[str, Any]:
+        cmd = [v.python, str(DRIVER), v.module, scenario, "--results", "1" if results else "0"]
+        for k, val in opts.items():
+            cmd += [f"--{k.replace('_', '-')}", str(val)]
+        proc = subprocess.run(cmd, env=self.base_env(v, results, 0), capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise RuntimeError(f"{scenario} producer: {err[:300]}")
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    def info(self, v: Variant, results: bool) -> dict[str, Any]:
+        """The system module's worker command, note and ETA support, asked in its own environment."""
+        key = (v.name, results)
+        if key not in self._info:
+            code = (
+                f"import json, bench_{v.module} as m\n"
+                f"print(json.dumps({{'cmd': m.worker_cmd({v.python!r}, {results!r}), "
+                "'note': getattr(m, 'WORKER_NOTE', ''), 'eta': getattr(m, 'ETA_UNSUPPORTED', '')}))"
+            )
+            out = subprocess.run(
+                [v.python, "-c", code], env=self.base_env(v, results, 0), capture_output=True, text=True, cwd=self.tmp
+            )
+            if out.returncode != 0:
+                last = (out.stderr.strip().splitlines() or ["?"])[-1]
+                raise RuntimeError(f"cannot load bench_{v.module}: {last[:200]}")
+            self._info[key] = json.loads(out.stdout)
+        return self._info[key]
+
+    def worker(self, v: Variant, results: bool, n: int) -> Worker:
+        cmd = list(self.info(v, results)["cmd"])
+        log = self.log_dir / f"{v.name}-{'on' if results else 'off'}-{int(time.time() * 1000)}.log"
+        return Worker(cmd, self.base_env(v, results, n), self.tmp, log)
+
+    def clean(self, v: Variant) -> None:
+        self.redis.flush()
+        if v.cleanup is not None:
+            v.cleanup()
+
+    # scenarios -------------------------------------------------------------------------------
+
+    def wait_done(self, w: Worker, timeout: float) -> tuple[float, float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            raw = self.redis.client.get(DONE_KEY)
+            if raw is not None:
+                first, last = (float(x) for x in raw.split())
+                return first, last
+            if not w.alive():
+                raise RuntimeError(f"worker exited with {w.proc.returncode}: {w.tail()}")
+            time.sleep(0.01)
+        raise RuntimeError(f"not all {self.args.n} tasks done within {timeout:.0f}s: {w.tail()}")
+
+    def drain(self, v: Variant, row: Row, results: bool, prefilled: bool) -> None:
+        key = "drain_on" if results else "drain_off"
+        n = self.args.n
+        if not prefilled:
+            self.driver(v, "prefill", results=results, n=n)
+        w = self.worker(v, results, n)
+        try:
+            first, last = self.wait_done(w, self.args.drain_timeout)
+        finally:
+            w.stop()
+        row.cells[key] = n / max(last - first, 1e-9)
+        row.cells[key + "_wall"] = last - w.started
+        if results:
+            row.cells["rss"] = w.peak_kb / 1024
+
+    def latency(self, v: Variant, row: Row) -> None:
+        w = self.worker(v, True, 0)
+        try:
+            try:
+                out = self.driver(v, "roundtrip", n=self.args.rt, warmup=self.args.rt_warmup, timeout=120)
+                lat = sorted(x * 1000 for x in out["latencies"])
+                row.cells["rt_p50"] = pct(lat, 50)
+                row.cells["rt_p99"] = pct(lat, 99)
+            except Exception as exc:
+                row.cells["rt_p50"] = row.cells["rt_p99"] = failed(str(exc))
+            if not w.alive():
+                raise RuntimeError(f"worker exited: {w.tail()}")
+            reason = self.info(v, True)["eta"]
+            if reason:
+                row.cells["eta_p50"] = row.cells["eta_p99"] = NA(f"n/a: {reason}")
+                return
+            try:
+                out = self.driver(v, "eta", n=self.args.eta, spread=self.args.eta_spread, timeout=60)
+                deadline = time.time() + (out["last_due"] - time.time()) + self.args.eta_grace
+                got: list[bytes] = []
+                while time.time() < deadline:
+                    got = self.redis.client.lrange(ETA_KEY, 0, -1)
+                    if len(got) >= self.args.eta:
+                        break
+                    time.sleep(0.05)
+                if len(got) < self.args.eta:
+                    raise RuntimeError(f"only {len(got)}/{self.args.eta} delayed tasks ran within {self.args.eta_grace:.0f}s of the last ETA")
+                late = sorted(float(x) * 1000 for x in got)
+                row.cells["eta_p50"] = pct(late, 50)
+                row.cells["eta_p99"] = pct(late, 99)
+            except Exception as exc:
+                row.cells["eta_p50"] = row.cells["eta_p99"] = failed(str(exc))
+        finally:
+            w.stop()
+
+    def import_time(self, v: Variant) -> float:
+        mod = {"floor": "redis"}.get(v.module, v.module)
+        code = f"import time; t = time.perf_counter(); import {mod}; print(time.perf_counter() - t)"
+        best = float("inf")
+        for _ in range(self.args.import_runs):
+            out = subprocess.run([v.python, "-c", code], capture_output=True, text=True, check=True, cwd=self.tmp)
+            best = min(best, float(out.stdout))
+        return best * 1000
+
+    def versions(self, v: Variant) -> dict[str, str]:
+        dists = {
+            "floor": ["redis", "hiredis"],
+            "machinery": ["machinery-core", "machinery-redis", "redis", "hiredis"],
+            "celery": ["celery", "kombu", "redis"],
+            "dramatiq": ["dramatiq", "redis"],
+            "rq": ["rq", "redis"],
+            "arq": ["arq", "redis", "hiredis"],
+            "huey": ["huey", "redis"],
+            "taskiq": ["taskiq", "taskiq-redis", "redis"],
+        }[v.module]
+        if v.name == "machinery-amqp":
+            dists = ["machinery-core", "machinery-amqp", "pika"]
+        elif v.name == "machinery-sqlite":
+            dists = ["machinery-core"]
+        code = (
+            "import json, importlib.metadata as m\nout = {}\n"
+            f"for d in {dists!r}:\n    try: out[d] = m.version(d)\n    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(out))"
+        )
+        out = subprocess.run([v.python, "-c", code], capture_output=True, text=True)
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
+    def available(self, v: Variant) -> str | None:
+        try:
+            self.info(v, True)
+        except RuntimeError as exc:
+            return f"not installed here ({exc})"
+        return None
+
+    def run_variant(self, v: Variant) -> Row:
+        row = Row(v)
+        t0 = time.monotonic()
+        print(f"== {v.name}", flush=True)
+        missing = self.available(v)
+        if missing:
+            for key, _ in COLUMNS:
+                row.cells[key] = NA(f"n/a: {missing}")
+            return row
+        row.versions = self.versions(v)
+        steps: list[tuple[str, Callable[[], None]]] = []
+
+        def enqueue() -> None:
+            out = self.driver(v, "enqueue", n=self.args.n, warmup=self.args.warmup)
+            row.cells["enqueue"] = out["n"] / out["seconds"]
+
+        def drain_on() -> None:
+            # the N tasks just enqueued are the drain's backlog (enqueue failed: prefill again)
+            self.drain(v, row, True, prefilled=isinstance(row.cells.get("enqueue"), float))
+
+        def drain_off() -> None:
+            if v.results_off:
+                row.cells["drain_off"] = NA(f"n/a: {v.results_off}")
+                return
+            self.drain(v, row, False, prefilled=False)
+
+        def group() -> None:
+            if v.module != "machinery":
+                row.cells["group"] = NA("n/a")
+                return
+            out = self.driver(v, "group", n=self.args.n, send_concurrency=self.args.send_concurrency)
+            row.cells["group"] = out["n"] / out["seconds"]
+
+        steps = [("enqueue", enqueue), ("drain_on", drain_on), ("drain_off", drain_off), ("group", group)]
+        for key, fn in steps:
+            try:
+                fn()
+            except Exception as exc:
+                row.cells[key] = failed(str(exc))
+                if key == "drain_on":
+                    row.cells.setdefault("rss", failed("drain failed"))
+                print(f"   {key}: {row.cells[key]}", flush=True)
+                self.clean(v)
+            else:
+                if key != "enqueue":  # the enqueued tasks are the drain's backlog
+                    self.clean(v)
+        try:
+            self.latency(v, row)
+        except Exception as exc:
+            for key in ("rt_p50", "rt_p99", "eta_p50", "eta_p99"):
+                row.cells.setdefault(key, failed(str(exc)))
+        finally:
+            self.clean(v)
+        try:
+            row.cells["import"] = self.import_time(v)
+        except Exception as exc:
+            row.cells["import"] = failed(str(exc))
+        print("   " + ", ".join(f"{k}={fmt(row.cells.get(k), k)}" for k, _ in COLUMNS) + f" ({time.monotonic() - t0:.0f}s)", flush=True)
+        return row
+
+    def close(self) -> None:
+        self.redis.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- variants -----------------------------------------------------------------------------------
+
+
+def amqp_cleanup(queue: str, exchange: str) -> Callable[[], None]:
+    def run() -> None:
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            ch = conn.channel()
+            ch.queue_delete(queue)
+            ch.exchange_delete(exchange)
+        finally:
+            conn.close()
+
+    return run
+
+
+def amqp_reachable() -> str | None:
+    try:
+        import pika
+    except ImportError:
+        return "pika not installed here"
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=2")).close()
+    except Exception as exc:
+        return f"RabbitMQ not reachable at 127.0.0.1:5672 ({type(exc).__name__})"
+    return None
+
+
+def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Variant]:
+    url = bench.redis.url
+    out: list[Variant] = []
+    for name in names:
+        if name == "floor":
+            out.append(Variant("floor", "floor", "floor: redis-py LPUSH + BRPOP", results_off="no results to switch off"))
+        elif name == "machinery":
+            out.append(Variant(
+                "machinery", "machinery", "machinery (redis)",
+                env={"BENCH_BROKER": url, "BENCH_BACKEND": url}, off_env={"BENCH_BACKEND": "memory://"},
+            ))
+        elif name == "machinery-sqlite":
+            db = bench.tmp / "machinery.db"
+
+            def rm_db(db: Path = db) -> None:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(db) + suffix).unlink(missing_ok=True)
+
+            out.append(Variant(
+                "machinery-sqlite", "machinery", "machinery (embedded sqlite://)",
+                env={"BENCH_BROKER": f"sqlite:///{db}", "BENCH_BACKEND": f"sqlite:///{db}"},
+                off_env={"BENCH_BACKEND": "memory://"}, cleanup=rm_db,
+            ))
+        elif name == "machinery-amqp":
+            reason = amqp_reachable()
+            queue = f"bench_machinery_amqp_{bench.token}"
+            exchange = f"bench_exchange_{bench.token}"
+            options = {"amqp": {"exchange": exchange, "binding_key": queue}}
+            v = Variant(
+                "machinery-amqp", "machinery", "machinery (RabbitMQ broker, redis backend)",
+                env={"BENCH_BROKER": AMQP_URL, "BENCH_BACKEND": url, "BENCH_OPTIONS": json.dumps(options)},
+                off_env={"BENCH_BACKEND": "memory://"}, cleanup=None if reason else amqp_cleanup(queue, exchange),
+            )
+            if reason:
+                v.env["BENCH_UNAVAILABLE"] = reason
+            out.append(v)
+        elif name == "arq":
+            out.append(Variant("arq", "arq", "arq", python=arq_python))
+        elif name in PEERS:
+            out.append(Variant(name, name, name))
+        else:
+            raise SystemExit(f"unknown system {name!r}; known: {', '.join(ALL)}")
+    return out
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        raise ValueError("no values")
+    k = (len(sorted_values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def fmt(value: Any, key: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, NA):
+        return "n/a" if value.startswith("n/a") else "FAILED"
+    if key in ("enqueue", "group", "drain_on", "drain_off"):
+        return f"{value:,.0f}"
+    if key in ("rss",):
+        return f"{value:.1f}"
+    if key == "import":
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": ram, "os": platform.platform(), "python": platform.python_version()}
+
+
+def numeric(row: Row, key: str) -> float | None:
+    v = row.cells.get(key)
+    return v if isinstance(v, float) else None
+
+
+def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
+    by = {r.variant.name: r for r in rows}
+    m = by.get("machinery")
+    if m is None:
+        return []
+    peers = [r for r in rows if r.variant.name in PEERS]
+    out: list[tuple[str, str, str]] = []
+
+    def best(key: str) -> tuple[float, str] | None:
+        vals = [(numeric(r, key), r.variant.name) for r in peers]
+        vals2 = [(x, n) for x, n in vals if x is not None]
+        return max(vals2) if vals2 else None
+
+    def ok(cond: bool) -> str:
+        return "met" if cond else "NOT met"
+
+    md, bp = numeric(m, "drain_on"), best("drain_on")
+    if md and bp:
+        r = md / bp[0]
+        out.append(("drain ≥ 1.5x fastest peer", f"{r:.2f}x ({md:,.0f} vs {bp[1]} {bp[0]:,.0f}/s)", ok(r >= 1.5)))
+    floor = by.get("floor")
+    fd = numeric(floor, "drain_on") if floor else None
+    if md and fd:
+        r = md / fd
+        out.append(("drain ≥ 40% of the LPUSH/BRPOP floor", f"{r:.0%} ({md:,.0f} vs {fd:,.0f}/s)", ok(r >= 0.4)))
+    me, mg, be = numeric(m, "enqueue"), numeric(m, "group"), best("enqueue")
+    if be:
+        if me:
+            r = me / be[0]
+            out.append(("enqueue ≥ 2x fastest peer (one call per task)", f"{r:.2f}x ({me:,.0f} vs {be[1]} {be[0]:,.0f}/s)", ok(r >= 2)))
+        if mg:
+            r = mg / be[0]
+            out.append(("enqueue ≥ 2x fastest peer (as one group)", f"{r:.2f}x ({mg:,.0f} vs {be[1]} {be[0]:,.0f}/s)", ok(r >= 2)))
+    p50, p99 = numeric(m, "rt_p50"), numeric(m, "rt_p99")
+    if p50 is not None:
+        out.append(("round trip p50 ≤ 1 ms", f"{p50:.2f} ms", ok(p50 <= 1)))
+    if p99 is not None:
+        out.append(("round trip p99 ≤ 5 ms", f"{p99:.2f} ms", ok(p99 <= 5)))
+    e99 = numeric(m, "eta_p99")
+    if e99 is not None:
+        out.append(("ETA lateness p99 ≤ 20 ms", f"{e99:.2f} ms", ok(e99 <= 20)))
+    rss = numeric(m, "rss")
+    prss = [(numeric(r, "rss"), r.variant.name) for r in peers if numeric(r, "rss") is not None]
+    if rss is not None and prss:
+        low = min(prss)
+        out.append(("worker RSS below every peer", f"{rss:.1f} MB vs lowest peer {low[1]} {low[0]:.1f} MB", ok(rss < low[0])))
+    imp = numeric(m, "import")
+    if imp is not None:
+        out.append(("`import machinery` ≤ 30 ms", f"{imp:.1f} ms", ok(imp <= 30)))
+    return out
+
+
+def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
+    a = bench.args
+    mach = machine()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Generated by `{' '.join(['python', 'benchmarks/run.py', *a.argv])}` (`nox -s bench`) on "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; whole run {wall:.0f} s.",
+        "",
+        f"- Machine: {mach['cpu']}, {mach['cores']} cores, {mach['ram']} RAM; {mach['os']}",
+        f"- Python {mach['python']}; redis-server {bench.redis.version} (private instance, `--save '' --appendonly no`, "
+        "same machine, loopback)",
+        f"- N = {a.n:,} tasks for enqueue and drain; {a.rt} sequential round trips after {a.rt_warmup} warm-up ones; "
+        f"{a.eta} ETA tasks due over {a.eta_spread:g} s; import time = best of {a.import_runs} fresh interpreters.",
+        "",
+        "| system | " + " | ".join(h for _, h in COLUMNS) + " |",
+        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
+    ]
+    for r in rows:
+        lines.append(f"| {r.variant.label} | " + " | ".join(fmt(r.cells.get(k), k) for k, _ in COLUMNS) + " |")
+    tg = targets(rows)
+    if tg:
+        lines += ["", "## Targets (machinery on Redis, ratios from this run)", "", "| target | measured | |", "| --- | --- | --- |"]
+        lines += [f"| {t} | {m} | {s} |" for t, m, s in tg]
+    notes = []
+    for r in rows:
+        for k, h in COLUMNS:
+            v = r.cells.get(k)
+            if isinstance(v, NA) and v != "n/a":
+                notes.append(f"- {r.variant.label}, {h}: {v}")
+    if notes:
+        lines += ["", "## n/a and failures", "", *sorted(set(notes))]
+    lines += ["", "## How each system ran", ""]
+    for r in rows:
+        v = r.variant
+        note = bench._info.get((v.name, True), {}).get("note", "")
+        vers = ", ".join(f"{k} {val}" for k, val in r.versions.items())
+        lines.append(f"- **{v.label}**: {note}{'; ' if note and vers else ''}{vers}")
+    lines += [
+        "",
+        "Method: every system uses the same private Redis, the same N, a no-op task returning its int",
+        "argument, and a clean server (`FLUSHALL`) between runs. *enqueue*: one producer process, one",
+        "call per task, timed after a warm-up; machinery's *group enqueue* sends the N tasks as one",
+        "`Group` (PENDING states and messages pipelined). *drain*: the N tasks are queued first, then one",
+        "worker is started; the rate is N over the time from the first task's start to the N-th task's",
+        "end, both recorded inside the worker (worker start-up is excluded for every system).",
+        "*results off* uses each system's switch (Celery `ignore_result`, Dramatiq without the Results",
+        "middleware, RQ `result_ttl=0`, arq `keep_result=0`, Huey `results=False`, Taskiq without a result",
+        "backend; machinery has no switch, so its worker uses the in-process `memory://` backend: states",
+        "are still recorded, in the worker's memory). *round trip*: send one task and block on its result",
+        "with the system's own API (poll intervals set to 1 ms where the API polls). *ETA*: tasks due",
+        "from 0.5 s to 0.5 + spread s from now record `start - due` in a Redis list. *RSS*: peak of the",
+        "sum of VmRSS over the worker's process tree during the drain with results. The floor is raw",
+        "redis-py: LPUSH per message and one BRPOP per message in one consumer process.",
+    ]
+    if plot:
+        lines += ["", f"![results]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [
+        ("drain_on", "drain, tasks/s (results on)"),
+        ("enqueue", "enqueue, tasks/s (one call each)"),
+        ("rt_p50", "round trip p50, ms (lower is better)"),
+        ("eta_p99", "ETA lateness p99, ms (lower is better)"),
+        ("rss", "worker peak RSS, MB (lower is better)"),
+        ("import", "import time, ms (lower is better)"),
+    ]
+    fig, axes = plt.subplots(3, 2, figsize=(12, 11))
+    for ax, (key, title) in zip(axes.flat, panels):
+        names, vals, colors = [], [], []
+        for r in rows:
+            x = numeric(r, key)
+            if x is None:
+                continue
+            names.append(r.variant.name)
+            vals.append(x)
+            colors.append("#d62728" if r.variant.name.startswith("machinery") else ("#7f7f7f" if r.variant.name == "floor" else "#1f77b4"))
+        ax.barh(names[::-1], vals[::-1], color=colors[::-1])
+        ax.set_title(title, fontsize=10)
+        for i, x in enumerate(vals[::-1]):
+            ax.text(x, i, f" {x:,.0f}" if x >= 100 else f" {x:.2f}", va="center", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.margins(x=0.2)
+    fig.suptitle("machinery vs Python task queues on one Redis (same machine, same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny N, for CI: checks the harness, not the speed")
+    p.add_argument("--systems", default=",".join(ALL), help=f"comma-separated subset of: {', '.join(ALL)}")
+    p.add_argument("--n", type=int, default=10_000, help="tasks for enqueue and drain")
+    p.add_argument("--rt", type=int, default=500, help="round trips")
+    p.add_argument("--eta", type=int, default=200, help="ETA tasks")
+    p.add_argument("--eta-spread", type=float, default=5.0, help="seconds the ETAs are spread over")
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown file to write")
+    p.add_argument("--plot", default=str(HERE / "results.png"), help="PNG to write ('' for none)")
+    p.add_argument("--json", default="", help="also write the raw numbers here")
+    p.add_argument("--arq-python", default=os.environ.get("BENCH_ARQ_PYTHON", sys.executable),
+                   help="interpreter of an environment with arq (arq 0.28 needs redis-py < 6)")
+    args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.warmup, args.rt_warmup, args.import_runs = 100, 20, 7
+    args.send_concurrency = 0
+    args.eta_grace = 10.0
+    if args.smoke:
+        args.n, args.rt, args.eta, args.eta_spread = min(args.n, 300), min(args.rt, 30), min(args.eta, 20), min(args.eta_spread, 1.0)
+        args.warmup, args.rt_warmup, args.import_runs, args.eta_grace = 10, 3, 2, 5.0
+    args.drain_timeout = max(30.0, args.n / 50)
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    t0 = time.monotonic()
+    bench = Bench(args)
+    try:
+        variants = build_variants(bench, names, args.arq_python)
+        rows = []
+        for v in variants:
+            if "BENCH_UNAVAILABLE" in v.env:
+                row = Row(v)
+                for key, _ in COLUMNS:
+                    row.cells[key] = NA(f"n/a: {v.env['BENCH_UNAVAILABLE']}")
+                rows.append(row)
+                continue
+            rows.append(bench.run_variant(v))
+        wall = time.monotonic() - t0
+        plot_path = Path(args.plot) if args.plot else None
+        plotted = plot_path is not None and plot(rows, plot_path)
+        rel = os.path.relpath(plot_path, Path(args.out).resolve().parent) if plotted and plot_path else None
+        text = render(bench, rows, wall, rel)
+        Path(args.out).write_text(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {r.variant.name: {k: (v if not isinstance(v, NA) else str(v)) for k, v in r.cells.items()} for r in rows},
+                indent=2,
+            ))
+        print(text)
+        bad = [r.variant.name for r in rows if any(isinstance(v, NA) and v.startswith("FAILED") for v in r.cells.values())]
+        return 1 if args.smoke and bad else 0
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

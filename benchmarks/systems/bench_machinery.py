@@ -1,0 +1,72 @@
+"""machinery: the app its worker CLI loads, and the producer-side operations.
+
+Worker: ``python -m machinery worker --app bench_machinery:server -c 8`` (threads). The broker,
+result backend and queue come from ``BENCH_BROKER``, ``BENCH_BACKEND`` (``memory://`` for "results
+off": states stay in the worker process, nothing is written to a store) and ``BENCH_QUEUE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+import probe
+
+from machinery import Config, Group, Server, Signature
+
+NAME = "machinery"
+DIST = "machinery-core"
+IMPORT = "machinery"
+ASYNC = False
+
+
+def _config() -> Config:
+    options = json.loads(os.environ.get("BENCH_OPTIONS", "{}") or "{}")
+    return Config(
+        broker=os.environ.get("BENCH_BROKER", ""),
+        result_backend=os.environ.get("BENCH_BACKEND", ""),
+        default_queue=os.environ.get("BENCH_QUEUE", "machinery_tasks"),
+        transport_options=options,
+    )
+
+
+server = Server(_config())
+server.register_tasks({"count": probe.count, "echo": probe.noop, "eta": probe.eta})
+
+
+def worker_cmd(python: str, results: bool) -> list[str]:
+    """The worker command line (its environment carries the URLs)."""
+    return [python, "-m", "machinery", "worker", "--app", "bench_machinery:server", "-c", "8", "--loglevel", "warning"]
+
+
+WORKER_NOTE = "`machinery worker -c 8` (8 task threads, one process)"
+
+
+class Client:
+    """Producer-side operations, one call per task."""
+
+    def __init__(self, results: bool) -> None:
+        self.server = server
+
+    def enqueue(self, i: int) -> None:
+        self.server.send_task(Signature("count", args=[i]))
+
+    def enqueue_group(self, n: int, send_concurrency: int) -> None:
+        group = Group(*[Signature("count", args=[i]) for i in range(n)])
+        self.server.send_group(group, send_concurrency=send_concurrency)
+
+    def roundtrip(self, i: int) -> int:
+        return int(self.server.send_task(Signature("echo", args=[i])).get(timeout=30))
+
+    def eta(self, i: int, due: float) -> None:
+        when = datetime.fromtimestamp(due, tz=timezone.utc)
+        self.server.send_task(Signature("eta", args=[i, due], eta=when))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    print(server, file=sys.stderr)

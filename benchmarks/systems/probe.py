@@ -1,0 +1,53 @@
+"""Instrumentation shared by every system's tasks (needs only redis-py).
+
+The benchmarked task is a no-op returning its int argument; :func:`count` wraps it so that the
+worker itself records when it ran the first and the N-th task (one Redis write per run, not per
+task), and :func:`eta` records how late a delayed task started (one ``RPUSH`` per task, identical
+for every system). The orchestrator reads ``bench:done`` and ``bench:eta`` from the benchmark's
+private Redis server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+DONE_KEY = "bench:done"
+ETA_KEY = "bench:eta"
+
+_N = int(os.environ.get("BENCH_N", "0") or 0)
+_counter = itertools.count(1)  # next() is atomic under the GIL: safe from task threads
+_first: list[float] = []
+_client: Any = None
+
+
+def _redis() -> Any:
+    global _client
+    if _client is None:
+        import redis
+
+        _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    return _client
+
+
+def noop(x: int) -> int:
+    """The benchmarked task body."""
+    return x
+
+
+def count(x: int) -> int:
+    """Run the task body and note the first start and the N-th completion."""
+    if not _first:
+        _first.append(time.time())
+    value = noop(x)
+    if next(_counter) == _N:
+        _redis().set(DONE_KEY, f"{_first[0]!r} {time.time()!r}")
+    return value
+
+
+def eta(x: int, due: float) -> int:
+    """Record ``start - due`` (seconds) for a task scheduled to start at ``due`` (Unix time)."""
+    _redis().rpush(ETA_KEY, repr(time.time() - due))
+    return noop(x)
