@@ -21,6 +21,7 @@ from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
 from machinery.state import GroupMeta, TaskState
+from machinery_redis.batch import CommandBatcher
 from machinery_redis.connection import (
     ENV_OPTIONS,
     SharedClient,
@@ -103,6 +104,13 @@ class RedisBackend(Backend):
             self._shared = acquire_client(self.target, self.options)
         return self._shared.client
 
+    @property
+    def batcher(self) -> CommandBatcher:
+        """The shared client's command batcher (group commit of state writes)."""
+        if self._shared is None:
+            self._shared = acquire_client(self.target, self.options)
+        return self._shared.batcher
+
     def _errors(self, what: str) -> Any:
         return translate_errors(what, self.url, BackendError, BackendConnectionError)
 
@@ -110,19 +118,21 @@ class RedisBackend(Backend):
         ttl = self.config.results_expire_in
         return ttl if ttl > 0 else None
 
+    def _set_command(self, state: TaskState, ex: int | None) -> tuple[Any, ...]:
+        body = encode_task_state(state)
+        return ("SET", state.task_uuid, body) if ex is None else ("SET", state.task_uuid, body, "EX", ex)
+
     def _store_state(self, state: TaskState) -> None:
+        # Through the shared batcher: concurrent workers' writes share one round trip.
         with self._errors(f"store state of {state.task_uuid}"):
-            self.client.set(state.task_uuid, encode_task_state(state), ex=self._ex())
+            self.batcher.execute([self._set_command(state, self._ex())])
 
     def _store_states(self, states: Sequence[TaskState]) -> None:
         if not states:
             return
         ex = self._ex()
         with self._errors(f"store {len(states)} states"):
-            pipe = self.client.pipeline(transaction=False)
-            for st in states:
-                pipe.set(st.task_uuid, encode_task_state(st), ex=ex)
-            pipe.execute()
+            self.batcher.execute([self._set_command(st, ex) for st in states])
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         with self._errors(f"load state of {task_uuid}"):

@@ -37,6 +37,7 @@ from machinery.config import redact_url
 from machinery.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
 from machinery.interfaces import Broker, Delivery
 from machinery.signature import Signature, decode_signature, encode_signature
+from machinery_redis.batch import CommandBatcher
 from machinery_redis.connection import (
     ENV_OPTIONS,
     SharedClient,
@@ -115,6 +116,18 @@ for _, m in ipairs(due) do
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, nxt[2] or false}
+"""
+
+# Takes up to ARGV[1] messages from the queue (KEYS[1]) into the processing list (KEYS[2]) in one
+# round trip, oldest first (the same order BLMOVE takes them in).
+_TAKE = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local m = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not m then break end
+  out[i] = m
+end
+return out
 """
 
 # KEYS: processing, destination list. ARGV: body, 'head'|'tail', dead-letter limit (0 = none).
@@ -213,6 +226,13 @@ class RedisBroker(Broker):
                 shared = self._shared
         return shared.client
 
+    @property
+    def batcher(self) -> CommandBatcher:
+        """The shared client's command batcher (acknowledgements share round trips)."""
+        self.client  # noqa: B018 - creates the shared client on first use
+        assert self._shared is not None
+        return self._shared.batcher
+
     def _script(self, name: str, text: str) -> Any:
         script = self._scripts.get(name)
         if script is None:
@@ -277,9 +297,11 @@ class RedisBroker(Broker):
     def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
         """Yield messages of ``queue``, each moved atomically into this consumer's processing list.
 
-        Blocks in ``BLMOVE`` for at most a second at a time, so ``stop`` is noticed within a
-        second; a message taken just as ``stop`` is set goes back to the queue head. Lost
-        connections are logged and retried with back-off (0.1 s doubling to 5 s).
+        Takes up to ``prefetch`` messages per round trip (a Lua loop of ``LMOVE``) and, when the
+        queue is empty, blocks in ``BLMOVE`` for at most a second at a time, so ``stop`` is
+        noticed within a second; messages taken but not yet yielded when ``stop`` is set (or the
+        generator is closed) go back to the queue head, in order. Lost connections are logged
+        and retried with back-off (0.1 s doubling to 5 s).
         """
         cid = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         consumer = _Consumer(queue, cid)
@@ -288,14 +310,24 @@ class RedisBroker(Broker):
         self._ensure_maintenance()
         blocking = build_client(self.target, self.options, retries=0)
         block = self.options.block_timeout
+        take = self._script("take", _TAKE)
+        batch = max(1, prefetch)
+        ready: deque[bytes] = deque()  # taken into the processing list, not yielded yet
         recover, failing, backoff = True, False, 0.1
         try:
             while not stop.is_set() and not self._closing.is_set():
+                if ready:
+                    yield Delivery(body=ready.popleft(), queue=queue, tag=consumer)
+                    continue
                 try:
                     if recover:
                         self._recover(consumer)
                         recover = False
-                    body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
+                    # Up to ``prefetch`` at once; block only when the queue is empty.
+                    bodies = take(keys=[queue, consumer.processing], args=[batch], client=blocking)
+                    if not bodies:
+                        body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
+                        bodies = [] if body is None else [body]
                 except redis.RedisError as exc:
                     recover = True
                     if not failing:
@@ -312,15 +344,17 @@ class RedisBroker(Broker):
                 if failing:
                     log.info("redis consumer of %r: connection to %s restored", queue, redact_url(self.url))
                     failing, backoff = False, 0.1
-                if body is None:
+                if not bodies:
                     continue
                 with consumer.lock:
-                    consumer.inflight[body] += 1
-                if stop.is_set():
-                    self._settle(consumer, body, "give back", lambda b=body: self._to_list(consumer, b, queue, "head"))
-                    break
-                yield Delivery(body=body, queue=queue, tag=consumer)
+                    for body in bodies:
+                        consumer.inflight[body] += 1
+                ready.extend(bodies)
         finally:
+            # What was taken but not yielded goes back to the queue head, in order.
+            while ready:
+                body = ready.pop()
+                self._settle(consumer, body, "give back", lambda b=body: self._to_list(consumer, b, queue, "head"))
             with consumer.lock:
                 consumer.active = False
                 idle = not consumer.inflight
@@ -344,7 +378,16 @@ class RedisBroker(Broker):
         """Remove the message from this consumer's processing list (the state is stored)."""
         consumer: _Consumer = delivery.tag
         body = delivery.body
-        self._settle(consumer, body, "ack", lambda: self.client.lrem(consumer.processing, 1, body))
+
+        def done(_replies: list[Any], error: BaseException | None) -> None:
+            if error is None:
+                self._settled(consumer, body)
+            else:  # the state is stored: retry the removal in the background (or it is redelivered)
+                self._settle_later(consumer, body, "ack", lambda: self.client.lrem(consumer.processing, 1, body), error)
+
+        # Rides in the next pipeline of the shared batcher (with other tasks' state writes);
+        # sent at once when none is on its way. The state was stored before this is called.
+        self.batcher.submit([("LREM", consumer.processing, 1, body)], done)
 
     def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
         """Requeue at the queue's tail (Go's requeue), into the delayed set, or dead-letter it."""
@@ -393,28 +436,39 @@ class RedisBroker(Broker):
             return
         self._script("settle_delayed", _SETTLE_TO_DELAYED)(keys=[consumer.processing, key], args=[body, member, score])
 
+    def _settled(self, consumer: _Consumer, body: bytes) -> None:
+        with consumer.lock:
+            consumer.inflight[body] -= 1
+            if consumer.inflight[body] <= 0:
+                del consumer.inflight[body]
+            done = not consumer.active and not consumer.inflight
+        if done:
+            self._leave(consumer)
+
     def _settle(self, consumer: _Consumer, body: bytes, what: str, op: Callable[[], Any]) -> None:
+        try:
+            op()
+        except redis.RedisError as exc:
+            self._settle_later(consumer, body, what, op, exc)
+        else:
+            self._settled(consumer, body)
+
+    def _settle_later(
+        self, consumer: _Consumer, body: bytes, what: str, op: Callable[[], Any], exc: BaseException
+    ) -> None:
+        log.warning(
+            "redis %s of a message from %r failed (%s); retrying in the background",
+            what,
+            consumer.queue,
+            redact_url(str(exc)),
+        )
+
         def run() -> None:
             op()
-            with consumer.lock:
-                consumer.inflight[body] -= 1
-                if consumer.inflight[body] <= 0:
-                    del consumer.inflight[body]
-                done = not consumer.active and not consumer.inflight
-            if done:
-                self._leave(consumer)
+            self._settled(consumer, body)
 
-        try:
-            run()
-        except redis.RedisError as exc:
-            log.warning(
-                "redis %s of a message from %r failed (%s); retrying in the background",
-                what,
-                consumer.queue,
-                redact_url(str(exc)),
-            )
-            self._deferred.append((what, run))
-            self._ensure_maintenance()
+        self._deferred.append((what, run))
+        self._ensure_maintenance()
 
     def _leave(self, consumer: _Consumer) -> None:
         def run() -> None:

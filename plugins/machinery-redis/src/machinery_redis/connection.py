@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from machinery.config import ConfigError, parse_options, redact_url
 from machinery.errors import MachineryError
+from machinery_redis.batch import CommandBatcher
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -358,6 +359,8 @@ class SharedClient:
         self.key = key
         self.client = client
         self.refs = 0
+        #: Shares round trips between the threads writing states and acknowledging messages.
+        self.batcher = CommandBatcher(client)
 
 
 _shared: dict[tuple[Any, ...], SharedClient] = {}

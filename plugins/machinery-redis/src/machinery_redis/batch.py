@@ -1,0 +1,160 @@
+"""Group commit: commands of many threads sent to Redis in one pipeline, one round trip.
+
+A worker runs tasks on several threads, and each task writes its states and acknowledges its
+message. Sent one by one, every write is a round trip whose system calls and wake-ups cost more
+than the write itself. :class:`CommandBatcher` lets concurrent callers share round trips: the first
+caller becomes the *driver* and sends what is queued as one non-transactional pipeline; callers
+arriving meanwhile queue their commands and wait, and one of them drives the next pipeline. A lone
+caller is sent at once (no timer, no added latency); under load, pipelines grow by themselves.
+Pipelines are sent one after the other, so commands reach Redis in the order they were queued.
+
+Each caller's commands are one *unit*: sent in order, in the same pipeline. :meth:`execute`
+returns only after Redis has answered all of them, so "stored" still means stored; an error
+reply to any of them raises for that unit only, and a connection error fails every unit of the
+pipeline (after redis-py's retries). :meth:`submit` queues a unit without waiting for it when a
+pipeline is already on its way, and reports the outcome to a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["CommandBatcher"]
+
+log = logging.getLogger("machinery.redis")
+
+#: Most commands sent in one pipeline (a burst is split into several round trips).
+MAX_BATCH = 256
+
+_local = threading.local()
+
+
+def _waiter() -> threading.Lock:
+    # One lock per thread, kept locked at rest: a thread waits for at most one unit at a time.
+    lock: threading.Lock | None = getattr(_local, "lock", None)
+    if lock is None:
+        lock = _local.lock = threading.Lock()
+        lock.acquire()
+    return lock
+
+
+Callback = Callable[[list[Any], "BaseException | None"], None]
+
+
+class _Unit:
+    __slots__ = ("callback", "commands", "error", "lead", "results", "sent", "waiter")
+
+    def __init__(self, commands: Sequence[tuple[Any, ...]], callback: Callback | None) -> None:
+        self.commands = commands
+        self.callback = callback
+        self.results: list[Any] = []
+        self.error: BaseException | None = None
+        self.lead = False
+        self.sent = False
+        self.waiter = _waiter() if callback is None else None
+
+
+class CommandBatcher:
+    """Shares pipelines between threads sending commands at the same time.
+
+    :param client: a redis-py ``Redis`` or ``RedisCluster`` client.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        self._queue: deque[_Unit] = deque()
+        self._busy = False
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` (each ``(name, *args)``) in order and return their replies.
+
+        :raises redis.RedisError: the first error reply among these commands, or the connection
+            error that failed their pipeline.
+        """
+        unit = _Unit(commands, None)
+        with self._lock:
+            self._queue.append(unit)
+            drive = not self._busy
+            self._busy = True
+        if not drive:
+            assert unit.waiter is not None
+            unit.waiter.acquire()  # released once answered, or when it is this unit's turn to drive
+            drive = unit.lead
+        if drive:
+            self._drive(unit)
+        if unit.error is not None:
+            raise unit.error
+        return unit.results
+
+    def submit(self, commands: Sequence[tuple[Any, ...]], callback: Callback) -> None:
+        """Queue ``commands`` to ride in the next pipeline; send them now if none is on its way.
+
+        ``callback(replies, error)`` runs on the thread that sent them, once Redis answered
+        (``error`` is the first error reply or the connection error, else None).
+        """
+        unit = _Unit(commands, callback)
+        with self._lock:
+            self._queue.append(unit)
+            if self._busy:
+                return
+            self._busy = True
+        self._drive(unit)
+
+    def _drive(self, own: _Unit) -> None:
+        # Send pipelines until ``own`` is sent; then hand over to a waiting caller, or keep
+        # sending what is left (units submitted without waiting), or stop when nothing is.
+        while True:
+            with self._lock:
+                batch = [self._queue.popleft()]
+                size = len(batch[0].commands)
+                while self._queue and size + len(self._queue[0].commands) <= MAX_BATCH:
+                    unit = self._queue.popleft()
+                    batch.append(unit)
+                    size += len(unit.commands)
+            self._send(batch)
+            for unit in batch:
+                if unit.callback is not None:
+                    try:
+                        unit.callback(unit.results, unit.error)
+                    except Exception:
+                        log.exception("a redis batch callback failed")
+                elif unit is not own:
+                    assert unit.waiter is not None
+                    unit.waiter.release()
+            handover: _Unit | None = None
+            with self._lock:
+                if not self._queue:
+                    self._busy = False
+                    return
+                if own.sent:
+                    handover = next((u for u in self._queue if u.waiter is not None), None)
+                    if handover is not None:
+                        handover.lead = True
+            if handover is not None:
+                assert handover.waiter is not None
+                handover.waiter.release()
+                return
+
+    def _send(self, batch: list[_Unit]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for unit in batch:
+            unit.sent = True
+            for cmd in unit.commands:
+                pipe.execute_command(*cmd)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to every unit of the pipeline
+            for unit in batch:
+                unit.error = exc
+            return
+        i = 0
+        for unit in batch:
+            n = len(unit.commands)
+            unit.results = list(replies[i : i + n])
+            i += n
+            unit.error = next((r for r in unit.results if isinstance(r, Exception)), None)
