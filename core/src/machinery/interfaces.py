@@ -222,6 +222,13 @@ class Backend(ABC):
         for st in states:
             self._store_state(st)
 
+    def _store_states_unconfirmed(self, states: Sequence[TaskState]) -> None:
+        """Write a task's intermediate states (RECEIVED, STARTED) without waiting for the store's
+        reply, where it guarantees they land before any later write of this process (a queue of
+        ordered pipelines, for instance); a write that fails is logged, and the task's final
+        state, written and confirmed later, is what counts. Default: :meth:`_store_states`."""
+        self._store_states(states)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
 
@@ -267,11 +274,12 @@ class Backend(ABC):
         self._set(signature, State.STARTED.value)
 
     def set_state_received_started(self, signature: Signature) -> None:
-        """Store RECEIVED then STARTED, in one round trip where :meth:`_store_states` batches."""
+        """Store RECEIVED then STARTED, in one round trip where the store batches (see
+        :meth:`_store_states_unconfirmed`)."""
         now = datetime.now(timezone.utc)
         ttl = self._ttl()
         uuid, name = signature.uuid, signature.name
-        self._store_states(
+        self._store_states_unconfirmed(
             [
                 TaskState(task_uuid=uuid, state=State.RECEIVED.value, task_name=name, created_at=now, ttl=ttl),
                 TaskState(task_uuid=uuid, state=State.STARTED.value, task_name=name, created_at=now, ttl=ttl),

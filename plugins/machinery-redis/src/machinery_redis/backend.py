@@ -12,11 +12,13 @@ caller wins however many race.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from machinery.config import redact_url
 from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from machinery.config import Config
 
 __all__ = ["RedisBackend"]
+
+log = logging.getLogger("machinery.redis")
 
 
 def _chord_field() -> str:
@@ -133,6 +137,21 @@ class RedisBackend(Backend):
         ex = self._ex()
         with self._errors(f"store {len(states)} states"):
             self.batcher.execute([self._set_command(st, ex) for st in states])
+
+    def _store_states_unconfirmed(self, states: Sequence[TaskState]) -> None:
+        """Queue RECEIVED/STARTED into the shared batcher without waiting: they ride in the next
+        pipeline, which is sent before any later write of this process (pipelines go out one
+        after the other, in order), so a task's final state is never overwritten by them."""
+        if not states:
+            return
+        ex = self._ex()
+        uuid = states[0].task_uuid
+
+        def done(_replies: list[Any], error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("could not store the intermediate state of %s: %s", uuid, redact_url(str(error)))
+
+        self.batcher.submit([self._set_command(st, ex) for st in states], done)
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         with self._errors(f"load state of {task_uuid}"):
