@@ -17,7 +17,7 @@ import threading
 import time
 import uuid as _uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -238,8 +238,8 @@ class Backend(ABC):
         secs = self.config.results_expire_in
         return secs if secs > 0 else 0
 
-    def _set(self, signature: Signature, state: str, **fields: Any) -> TaskState:
-        ts = TaskState(
+    def _state(self, signature: Signature, state: str, **fields: Any) -> TaskState:
+        return TaskState(
             task_uuid=signature.uuid,
             state=state,
             task_name=signature.name,
@@ -247,6 +247,9 @@ class Backend(ABC):
             ttl=self._ttl(),
             **fields,
         )
+
+    def _set(self, signature: Signature, state: str, **fields: Any) -> TaskState:
+        ts = self._state(signature, state, **fields)
         self._store_state(ts)
         return ts
 
@@ -293,6 +296,22 @@ class Backend(ABC):
     def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
         """Store SUCCESS with the task's typed results."""
         self._set(signature, State.SUCCESS.value, results=results)
+
+    def set_state_success_then(
+        self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
+    ) -> None:
+        """Store SUCCESS, then report the outcome: ``then(None)`` once it is stored, or
+        ``then(error)`` when it could not be. The worker acknowledges the message from ``then``,
+        so the acknowledgement still follows the store. The default stores synchronously
+        (:meth:`set_state_success`) and calls ``then`` before returning; stores that batch writes
+        override it to call ``then`` later, from the thread that sent the batch, once the store
+        has confirmed the write, so the task thread does not wait for it."""
+        try:
+            self.set_state_success(signature, results)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller through ``then``
+            then(exc)
+            return
+        then(None)
 
     def set_state_failure(self, signature: Signature, error: str) -> None:
         """Store FAILURE with the error string."""

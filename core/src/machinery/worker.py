@@ -375,20 +375,32 @@ class Worker:
                 broker.nack(delivery, requeue=True, delay=self.unregistered_requeue_delay)
             return
 
+        settled = False
+
+        def settle(keep: bool, error: BaseException | None) -> None:
+            nonlocal settled
+            settled = True
+            if error is not None:  # a state could not be stored: redeliver
+                self._report(error)
+                log.error("task %s (%s): %s; giving the message back for redelivery", sig.name, sig.uuid, error)
+                try:
+                    broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
+                except Exception:
+                    log.exception("could not give the message back; the broker will redeliver it")
+            elif keep:
+                broker.nack(delivery, requeue=False)
+            else:
+                broker.ack(delivery)
+
         try:
-            keep = self.process(sig, task)
-        except Exception as exc:  # noqa: BLE001 - state could not be stored: redeliver
-            self._report(exc)
-            log.error("task %s (%s): %s; giving the message back for redelivery", sig.name, sig.uuid, exc)
-            try:
-                broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
-            except Exception:
-                log.exception("could not give the message back; the broker will redeliver it")
+            keep = self._process(sig, task, settle)
+        except Exception as exc:  # a state could not be stored: redeliver
+            if settled:  # the acknowledgement itself failed: as before, not a reason to redeliver
+                raise
+            settle(False, exc)
             return
-        if keep:
-            broker.nack(delivery, requeue=False)
-        else:
-            broker.ack(delivery)
+        if keep is not None:
+            settle(keep, None)
 
     def process(self, sig: Signature, task: Task) -> bool:
         """Run one task and store its outcome (Go's ``Process``).
@@ -398,6 +410,17 @@ class Worker:
         :raises Exception: when a state could not be stored or a callback not sent; the
             caller then gives the message back for redelivery.
         """
+        keep = self._process(sig, task, None)
+        assert keep is not None
+        return keep
+
+    def _process(
+        self, sig: Signature, task: Task, settle: Callable[[bool, BaseException | None], None] | None
+    ) -> bool | None:
+        # With ``settle``, a success without follow-ups (callbacks, chord) is stored through
+        # ``Backend.set_state_success_then``: this returns None at once and ``settle`` runs once
+        # the state is stored (possibly on another thread), so a store that batches writes
+        # acknowledges after the store without making this task thread wait for it.
         backend = self.server.backend
         try:
             values = task.bind([a.value for a in sig.args])
@@ -434,6 +457,9 @@ class Worker:
                     return False
                 return self._failed(sig, exc, tb)
             runtime = time.perf_counter() - t0
+            if settle is not None and not sig.on_success and (not sig.group_uuid or sig.chord_callback is None):
+                self._succeeded_then(sig, results, runtime, settle)
+                return None
             self._succeeded(sig, results, runtime)
             return False
         finally:
@@ -450,6 +476,22 @@ class Worker:
                     threading.Thread(target=loop.run_forever, name=f"{self.consumer_tag}-asyncio", daemon=True).start()
                     self._loop = loop
         return asyncio.run_coroutine_threadsafe(fn(*values), self._loop).result()
+
+    def _succeeded_then(
+        self,
+        sig: Signature,
+        results: list[TaskResult],
+        runtime: float,
+        settle: Callable[[bool, BaseException | None], None],
+    ) -> None:
+        def stored(error: BaseException | None) -> None:
+            if error is None and self._obs_succeeded:
+                self._safe_hook(
+                    self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime)
+                )
+            settle(False, error)
+
+        self.server.backend.set_state_success_then(sig, results, stored)
 
     def _succeeded(self, sig: Signature, results: list[TaskResult], runtime: float) -> None:
         server = self.server

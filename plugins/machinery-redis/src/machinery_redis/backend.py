@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,7 +22,7 @@ from machinery.config import redact_url
 from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
-from machinery.state import GroupMeta, TaskState
+from machinery.state import GroupMeta, State, TaskResult, TaskState
 from machinery_redis.batch import CommandBatcher
 from machinery_redis.connection import (
     ENV_OPTIONS,
@@ -37,6 +37,7 @@ from machinery_redis.connection import (
 
 if TYPE_CHECKING:
     from machinery.config import Config
+    from machinery.signature import Signature
 
 __all__ = ["RedisBackend"]
 
@@ -152,6 +153,27 @@ class RedisBackend(Backend):
                 log.warning("could not store the intermediate state of %s: %s", uuid, redact_url(str(error)))
 
         self.batcher.submit([self._set_command(st, ex) for st in states], done)
+
+    def set_state_success_then(
+        self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
+    ) -> None:
+        """Queue SUCCESS in the shared batcher and call ``then`` from the thread that sends it,
+        once Redis has answered (``then(error)`` with a machinery error if it was not stored). The
+        worker acknowledges from ``then``: the ack rides in a later pipeline, after the state."""
+        state = self._state(signature, State.SUCCESS.value, results=results)
+        what = f"store state of {state.task_uuid}"
+
+        def done(_replies: list[Any], error: BaseException | None) -> None:
+            then(None if error is None else self._translate(what, error))
+
+        self.batcher.submit([self._set_command(state, self._ex())], done)
+
+    def _translate(self, what: str, error: BaseException) -> BaseException:
+        try:
+            with self._errors(what):
+                raise error
+        except BaseException as exc:  # noqa: BLE001 - returned, not swallowed
+            return exc
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         with self._errors(f"load state of {task_uuid}"):
