@@ -152,7 +152,7 @@ class RedisBackend(Backend):
             if error is not None:
                 log.warning("could not store the intermediate state of %s: %s", uuid, redact_url(str(error)))
 
-        self.batcher.submit([self._set_command(st, ex) for st in states], done)
+        self.batcher.submit([self._set_command(st, ex) for st in states], done, urgent=False)
 
     def set_state_success_then(
         self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]

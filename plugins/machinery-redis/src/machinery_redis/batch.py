@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,9 @@ log = logging.getLogger("machinery.redis")
 
 #: Most commands sent in one pipeline (a burst is split into several round trips).
 MAX_BATCH = 256
+#: Seconds a non-urgent unit (an intermediate state, an ack) waits for company when the batcher
+#: is idle: a quick task's RECEIVED/STARTED then share the round trip of its final state.
+LINGER = 0.001
 
 _local = threading.local()
 
@@ -64,11 +68,15 @@ class CommandBatcher:
     :param client: a redis-py ``Redis`` or ``RedisCluster`` client.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, linger: float = LINGER) -> None:
         self.client = client
+        self.linger = linger
         self._lock = threading.Lock()
         self._queue: deque[_Unit] = deque()
         self._busy = False
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
 
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run ``commands`` (each ``(name, *args)``) in order and return their replies.
@@ -91,9 +99,12 @@ class CommandBatcher:
             raise unit.error
         return unit.results
 
-    def submit(self, commands: Sequence[tuple[Any, ...]], callback: Callback) -> None:
-        """Queue ``commands`` to ride in the next pipeline; send them now if none is on its way.
+    def submit(self, commands: Sequence[tuple[Any, ...]], callback: Callback, *, urgent: bool = True) -> None:
+        """Queue ``commands`` to ride in the next pipeline without waiting for them.
 
+        When no pipeline is on its way, an ``urgent`` unit is sent at once from this thread;
+        another one waits up to :attr:`linger` seconds for company (a background thread sends
+        it then, unless a caller has sent it along with its own commands meanwhile).
         ``callback(replies, error)`` runs on the thread that sent them, once Redis answered
         (``error`` is the first error reply or the connection error, else None).
         """
@@ -102,10 +113,42 @@ class CommandBatcher:
             self._queue.append(unit)
             if self._busy:
                 return
+            if not urgent and not self._closed:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, name="machinery-redis-batcher", daemon=True
+                    )
+                    self._flusher.start()
+                self._wake.set()
+                return
             self._busy = True
         self._drive(unit)
 
-    def _drive(self, own: _Unit) -> None:
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._closed:
+                return
+            time.sleep(self.linger)
+            self._wake.clear()
+            with self._lock:
+                if self._busy or not self._queue:
+                    continue
+                self._busy = True
+            self._drive(None)
+
+    def close(self) -> None:
+        """Send what is still queued and stop the background thread."""
+        with self._lock:
+            self._closed = True
+            drive = bool(self._queue) and not self._busy
+            if drive:
+                self._busy = True
+        self._wake.set()
+        if drive:
+            self._drive(None)
+
+    def _drive(self, own: _Unit | None) -> None:
         # Send pipelines until ``own`` is sent; then hand over to a waiting caller, or keep
         # sending what is left (units submitted without waiting), or stop when nothing is.
         while True:
@@ -131,7 +174,7 @@ class CommandBatcher:
                 if not self._queue:
                     self._busy = False
                     return
-                if own.sent:
+                if own is None or own.sent:
                     handover = next((u for u in self._queue if u.waiter is not None), None)
                     if handover is not None:
                         handover.lead = True

@@ -385,7 +385,7 @@ class RedisBroker(Broker):
             else:  # the state is stored: retry the removal in the background (or it is redelivered)
                 self._settle_later(consumer, body, "ack", lambda: self.client.lrem(consumer.processing, 1, body), error)
 
-        # Rides in the next pipeline of the shared batcher (with other tasks' state writes);
+        # Rides in the next pipeline of the shared batcher (with other tasks' state writes), or is
         # sent at once when none is on its way. The state was stored before this is called.
         self.batcher.submit([("LREM", consumer.processing, 1, body)], done)
 

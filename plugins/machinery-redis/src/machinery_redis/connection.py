@@ -386,6 +386,7 @@ def release_client(shared: SharedClient) -> None:
         if shared.refs > 0 or _shared.get(shared.key) is not shared:
             return
         del _shared[shared.key]
+    shared.batcher.close()  # sends what is still queued (its units report their own errors)
     with contextlib.suppress(redis.RedisError, OSError):
         shared.client.close()
 
