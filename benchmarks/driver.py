@@ -35,6 +35,10 @@ def _parse() -> argparse.Namespace:
 def _sync(mod: Any, args: argparse.Namespace) -> dict[str, Any]:
     client = mod.Client(bool(args.results))
     try:
+        if args.scenario == "prefill" and hasattr(client, "prefill"):
+            t0 = time.perf_counter()  # untimed in the results: only the backlog for a drain
+            client.prefill(args.n)
+            return {"seconds": time.perf_counter() - t0, "n": args.n}
         if args.scenario in ("enqueue", "prefill"):
             for i in range(args.warmup):
                 client.enqueue(-1 - i)

@@ -175,7 +175,7 @@ class Worker:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(8)
+                self.proc.wait(3)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         if self.proc.poll() is None:
@@ -755,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="interpreter of an environment with arq (arq 0.28 needs redis-py < 6)")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
-    args.warmup, args.rt_warmup, args.import_runs = 100, 20, 7
+    args.warmup, args.rt_warmup, args.import_runs = 100, 20, 5
     args.send_concurrency = 0
     args.eta_grace = 10.0
     if args.smoke:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import probe
 
 from machinery import Config, Group, Server, Signature
+from machinery.signature import encode_signature, new_uuid
 
 NAME = "machinery"
 DIST = "machinery-core"
@@ -52,6 +53,18 @@ class Client:
 
     def enqueue(self, i: int) -> None:
         self.server.send_task(Signature("count", args=[i]))
+
+    def prefill(self, n: int) -> None:
+        """The drain's backlog: the same messages as :meth:`enqueue`, written in bulk."""
+        sigs = [Signature("count", args=[i], uuid=new_uuid("task_")) for i in range(n)]
+        for start in range(0, n, 1000):
+            chunk = sigs[start : start + 1000]
+            self.server.backend.set_states_pending(chunk)
+            items = []
+            for sig in chunk:
+                self.server.broker.adjust_routing_key(sig)
+                items.append((encode_signature(sig), sig))
+            self.server.broker.publish_many(items)
 
     def enqueue_group(self, n: int, send_concurrency: int) -> None:
         group = Group(*[Signature("count", args=[i]) for i in range(n)])

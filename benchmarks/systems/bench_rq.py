@@ -44,6 +44,12 @@ class Client:
     def enqueue(self, i: int) -> None:
         self.queue.enqueue(probe.count, i, **self.opts)
 
+    def prefill(self, n: int) -> None:
+        """The drain's backlog: the same jobs as :meth:`enqueue`, with ``Queue.enqueue_many``."""
+        for start in range(0, n, 1000):
+            jobs = [Queue.prepare_data(probe.count, (i,), **self.opts) for i in range(start, min(n, start + 1000))]
+            self.queue.enqueue_many(jobs)
+
     def roundtrip(self, i: int) -> int:
         job = self.queue.enqueue(probe.noop, i)
         result = job.latest_result(timeout=30)
