@@ -365,18 +365,32 @@ def test_threads_and_processes_each_message_delivered_once(db_path: Path, make: 
     publish(b, sig("add", -1, routing_key="warmup"))
     code = textwrap.dedent(
         f"""
-        import threading, sys
+        import os, threading, sys, time
         from machinery import Config
         from machinery.default.broker import SQLiteBroker
         b = SQLiteBroker({url!r}, Config())
         stop = threading.Event()
-        timer = threading.Timer(4.0, stop.set); timer.start()
+        def watch():
+            while not os.path.exists({str(db_path) + ".stop"!r}):
+                time.sleep(0.05)
+            stop.set()
+        threading.Thread(target=watch, daemon=True).start()
+        open(sys.argv[1], "w").close()  # ready
         for d in b.consume("shared", prefetch=4, stop=stop):
             print(d.body.decode(), flush=True)
+            time.sleep(0.001)
             b.ack(d)
         """
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    # consumers write to files: a pipe nobody reads until the end would fill up and block them
+    out_files = [open(db_path.parent / f"consumer{i}.out", "w+") for i in range(2)]  # noqa: SIM115
+    ready = [db_path.parent / f"consumer{i}.ready" for i in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(r)], stdout=f, text=True) for f, r in zip(out_files, ready)
+    ]
+    deadline = time.monotonic() + 30
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
     def produce(k: int) -> None:
         for i in range(n // 3):
@@ -387,7 +401,19 @@ def test_threads_and_processes_each_message_delivered_once(db_path: Path, make: 
         t.start()
     for t in publishers:
         t.join()
-    outs = [p.communicate(timeout=30)[0] for p in procs]
+    # stop the consumers only once everything was taken and acknowledged (no fixed timer)
+    deadline = time.monotonic() + 60
+    left = "SELECT count(*) FROM machinery_messages WHERE queue = 'shared'"
+    while raw(db_path, left)[0][0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    Path(str(db_path) + ".stop").write_text("1")
+    for p in procs:
+        p.wait(timeout=30)
+    outs = []
+    for f in out_files:
+        f.seek(0)
+        outs.append(f.read())
+        f.close()
     values = [decode_signature(line).args[0].value for out in outs for line in out.splitlines() if line]
     assert sorted(values) == sorted(k * 1000 + i for k in range(3) for i in range(n // 3))
     assert all(out.strip() for out in outs), "both consumer processes should have received messages"
