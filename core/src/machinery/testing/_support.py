@@ -209,6 +209,21 @@ class SubprocessWorker(WorkerHandle):
         """The process id."""
         return self.proc.pid
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the worker logged that it is consuming (its imports can take seconds on a
+        loaded machine: tests with tight timing must not start the clock before this).
+
+        :raises RuntimeError: the process exited or did not get ready in time.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready: queue=" in self.output():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} not ready after {timeout:g}s:\n{self.output()[-3000:]}")
+
     def alive(self) -> bool:
         """True while the process runs."""
         return self.proc.poll() is None

@@ -227,7 +227,10 @@ def machinery_worker(machinery_config: Config, tmp_path: Path) -> Iterator[Calla
         else:
             if tasks:
                 raise ValueError("extra tasks need in_process=True (the subprocess registers the standard tasks)")
-            handle = SubprocessWorker(cfg, tmp_path / f"worker-{len(started)}.log", concurrency=concurrency)
+            sub = SubprocessWorker(cfg, tmp_path / f"worker-{len(started)}.log", concurrency=concurrency)
+            started.append(sub)
+            sub.wait_ready()
+            return sub
         started.append(handle)
         return handle
 
