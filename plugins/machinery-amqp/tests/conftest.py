@@ -17,7 +17,7 @@ import pika
 import pika.exceptions as pex
 import pytest
 
-from machinery.testing.oracle import BackendOracle, BrokerOracle, require_server
+from machinery.testing import BackendOracle, BrokerOracle, require_server
 
 pytest_plugins = ["machinery.testing.plugin"]
 

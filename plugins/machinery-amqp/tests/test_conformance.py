@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import RawBackendOracle, RawBrokerOracle
 
-from machinery.testing.backend import BackendConformance
-from machinery.testing.broker import BrokerConformance
-from machinery.testing.oracle import BackendOracle, BrokerOracle
+from machinery.testing import BackendConformance, BackendOracle, BrokerConformance, BrokerOracle, WorkflowConformance
 
 
 class TestAMQPBroker(BrokerConformance):
@@ -20,3 +18,8 @@ class TestAMQPBackend(BackendConformance):
     @pytest.fixture
     def backend_oracle(self) -> BackendOracle:
         return RawBackendOracle()
+
+
+class TestAMQPWorkflow(WorkflowConformance):
+    """End to end with worker subprocesses: RabbitMQ broker, and (the suite's default for a
+    scheme that serves both roles) the AMQP result backend."""
