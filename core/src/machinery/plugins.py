@@ -54,6 +54,7 @@ KNOWN_SCHEMES = {
     "amqps": "machinery-amqp",
     "sqs": "machinery-sqs",
     "https": "machinery-sqs",
+    "http": "machinery-sqs",
     "dynamodb": "machinery-sqs",
     "gcppubsub": "machinery-gcp",
     "mongodb": "machinery-mongo",
