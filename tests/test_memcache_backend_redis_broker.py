@@ -15,7 +15,6 @@ from machinery.testing import BackendConformance, BackendOracle, WorkflowConform
 from machinery_memcache.backend import parse_servers
 
 
-
 class MemcacheOracle(BackendOracle):
     """Reads items with a plain pymemcache client."""
 
