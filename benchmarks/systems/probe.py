@@ -1,8 +1,8 @@
 """Instrumentation shared by every system's tasks (needs only redis-py).
 
 The benchmarked task is a no-op returning its int argument; :func:`count` wraps it so that the
-worker itself records when it ran the first and the N-th task (one Redis write per run, not per
-task), and :func:`eta` records how late a delayed task started (one ``RPUSH`` per task, identical
+worker itself records when it ran the first and the N-th task, and every 500th (a few Redis writes
+per run, not per task), and :func:`eta` records how late a delayed task started (one ``RPUSH`` per task, identical
 for every system). The orchestrator reads ``bench:done`` and ``bench:eta`` from the benchmark's
 private Redis server.
 """
@@ -15,6 +15,9 @@ import time
 from typing import Any
 
 DONE_KEY = "bench:done"
+FIRST_KEY = "bench:first"
+PROGRESS_KEY = "bench:progress"
+PROGRESS_EVERY = 500
 ETA_KEY = "bench:eta"
 
 _N = int(os.environ.get("BENCH_N", "0") or 0)
@@ -38,12 +41,16 @@ def noop(x: int) -> int:
 
 
 def count(x: int) -> int:
-    """Run the task body and note the first start and the N-th completion."""
+    """Run the task body and note the first start, every 500th completion and the N-th."""
     if not _first:
         _first.append(time.time())
+        _redis().set(FIRST_KEY, repr(_first[0]))
     value = noop(x)
-    if next(_counter) == _N:
+    k = next(_counter)
+    if k == _N:
         _redis().set(DONE_KEY, f"{_first[0]!r} {time.time()!r}")
+    elif k % PROGRESS_EVERY == 0:
+        _redis().rpush(PROGRESS_KEY, f"{k} {time.time()!r}")
     return value
 
 
