@@ -269,6 +269,9 @@ def test_handlers(server: Server, worker: Worker) -> None:
     with pytest.raises(TaskFailedError):
         server.send_task(Signature("fails")).get(timeout=5)
     assert events[:2] == ["pre:add", "post:add"]
+    deadline = time.monotonic() + 5  # the post-task handler runs just after the state is stored
+    while "post:fails" not in events and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert "pre:fails" in events and "post:fails" in events
     assert len(errors) == 1 and isinstance(errors[0], KeyError)
 
