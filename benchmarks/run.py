@@ -712,7 +712,8 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
         "backend; machinery has no switch, so its worker uses the in-process `memory://` backend: states",
         "are still recorded, in the worker's memory). *round trip*: send one task and block on its result",
         "with the system's own API (poll intervals set to 1 ms where the API polls). *ETA*: tasks due",
-        "from 0.5 s to 0.5 + spread s from now record `start - due` in a Redis list. *RSS*: peak of the",
+        "from 0.5 s to 0.5 + spread s from now record `start - due` in a Redis list (negative: started",
+        "before its ETA). *RSS*: peak of the",
         "sum of VmRSS over the worker's process tree during the drain with results. The floor is raw",
         "redis-py: LPUSH per message and one BRPOP per message in one consumer process.",
     ]
