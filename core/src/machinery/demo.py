@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -50,7 +51,7 @@ def _value(st: TaskState | None) -> Any:
     return vals[0] if len(vals) == 1 else vals
 
 
-class Row:
+class Row(ABC):
     """One example on screen: its label, what it should give, and what it shows now."""
 
     def __init__(self, label: str, expect: str) -> None:
@@ -61,13 +62,13 @@ class Row:
         self.done = False
         self.ok = False
 
+    @abstractmethod
     def uuids(self) -> list[str]:
         """Task UUIDs this row watches."""
-        raise NotImplementedError
 
+    @abstractmethod
     def update(self, states: States, now: float) -> None:
         """Refresh :attr:`status`, :attr:`detail`, :attr:`done` and :attr:`ok`."""
-        raise NotImplementedError
 
     def _finish(self, st: TaskState | None, expected: Any) -> None:
         if st is None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -163,14 +164,14 @@ class Consumer:
         return elapsed
 
 
-class WorkerHandle:
+class WorkerHandle(ABC):
     """A running worker (subprocess or thread) started by the ``machinery_worker`` fixture."""
 
     name = "worker"
 
+    @abstractmethod
     def stop(self) -> None:
         """Warm shutdown: stop consuming, let in-flight tasks finish."""
-        raise NotImplementedError
 
     def kill(self) -> None:
         """Die at once without acknowledging anything (SIGKILL)."""
