@@ -212,11 +212,6 @@ def test_worker_runs_tasks_and_stops_warm(env: dict[str, str], worker: subproces
 def test_second_signal_exits_at_once(env: dict[str, str], worker: subprocess.Popen[str], tmp_path: Path) -> None:
     wait_for_log(tmp_path / "worker.log", "ready:")
     sent = run(env, "send", "sleep", "float64:30")
-    # Known issue under investigation: in the full CI run (only there) this send has twice hit
-    # "database is locked ... busy_timeout=5s" while the worker idled; one retry is allowed so
-    # the signal behaviour under test is still checked, and a second lock error still fails.
-    if sent.returncode != 0 and "database is locked" in sent.stderr:
-        sent = run(env, "send", "sleep", "float64:30")
     assert sent.returncode == 0, sent.stderr
     deadline = time.monotonic() + 10
     while json.loads(run(env, "status", sent.stdout.strip()).stdout)["State"] != "STARTED":

@@ -4,6 +4,9 @@ worker rides out a locked database without losing results."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -104,6 +107,22 @@ def test_full_disk(tmp_path: Path) -> None:
     backend.close()
 
 
+def test_a_failed_expiry_sweep_does_not_fail_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "sweep.db"
+    backend = SQLiteBackend(f"sqlite:///{path}", Config(results_expire_in=1))
+    backend.set_state_pending(Signature("add", uuid="task_old"))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE machinery_states SET expires_at = 1")  # long expired
+    conn.execute("CREATE TRIGGER no_delete BEFORE DELETE ON machinery_states BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    conn.close()
+    backend._db._last_sweep = 0.0  # the sweep runs after the next store, and fails
+    backend.set_state_pending(Signature("add", uuid="task_new"))  # stored: no error
+    state = backend.get_state("task_new")
+    assert state is not None and state.state == "PENDING"
+    assert any("refused" in r.getMessage() and "next sweep" in r.getMessage() for r in caplog.records)
+    backend.close()
+
+
 def test_worker_rides_out_a_locked_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     cfg = Config(
@@ -153,3 +172,72 @@ def test_heartbeat_survives_a_locked_database(tmp_path: Path, caplog: pytest.Log
     it.close()  # type: ignore[attr-defined]
     broker.close()
     assert any("locked" in r.getMessage() for r in caplog.records)
+
+
+# One process per round-robin slot; each opens a brand-new file at the same instant as the others
+# and stores a state there, as `machinery send` does while a just-started worker polls.
+_OPEN_TOGETHER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from machinery import Config, Signature
+    from machinery.default.backend import SQLiteBackend
+    base, me, rounds, period = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    (base / f"ready{me}").touch()
+    while not (base / "go").exists():
+        time.sleep(0.005)
+    start = float((base / "go").read_text())
+    for i in range(rounds):
+        at = start + i * period
+        time.sleep(max(0.0, at - time.time() - 0.003))
+        while time.time() < at:  # a sleeping thread wakes too unevenly to collide
+            pass
+        backend = SQLiteBackend(f"sqlite:///{base / f'r{i}.db'}", Config())
+        try:
+            backend.set_state_pending(Signature("add", uuid=f"task_{me}"))
+            print("ok", flush=True)
+        except Exception as exc:
+            print(f"round {i}: {exc}", flush=True)
+        finally:
+            backend.close()
+    """
+)
+
+
+def test_processes_opening_a_new_file_at_once_wait_for_each_other(tmp_path: Path) -> None:
+    # The first connection to a new file switches it to WAL mode. SQLite does that as a read
+    # upgraded to a write, which fails at once with "database is locked" (busy_timeout is not
+    # applied) when another process is switching the same file. This failed the CLI test in CI
+    # ("database is locked ... during store state"): `send` ran as the worker first opened the file.
+    procs_n, rounds, period = 4, 25, 0.06
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_TOGETHER, str(tmp_path), str(k), str(rounds), str(period)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(procs_n)
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready{k}").exists() for k in range(procs_n)):
+        assert time.monotonic() < deadline, "helper processes did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs if p.poll() is not None]
+        time.sleep(0.02)
+    (tmp_path / "go.tmp").write_text(str(time.time() + 0.2))
+    (tmp_path / "go.tmp").rename(tmp_path / "go")
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    lines = [line for out in outputs for line in out.splitlines()]
+    failures = [line for line in lines if line != "ok"]
+    assert failures == [], "\n".join(failures)
+    assert len(lines) == procs_n * rounds
+    for i in range(rounds):
+        assert raw_count(tmp_path / f"r{i}.db") == procs_n
+
+
+def raw_count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM machinery_states").fetchone()[0])
+    finally:
+        conn.close()

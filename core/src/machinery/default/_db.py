@@ -49,6 +49,7 @@ __all__ = [
     "SQLiteOptions",
     "Transport",
     "describe_error",
+    "is_busy",
     "open_database",
     "release_database",
     "parse_url",
@@ -181,6 +182,16 @@ def parse_url(url: str, config: Config) -> tuple[str, SQLiteOptions]:
 
 
 # -- errors --------------------------------------------------------------------------------------
+
+_SQLITE_BUSY = 5
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """True for ``SQLITE_BUSY`` (and its extended codes): another connection holds a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if isinstance(code, int):
+        return code & 0xFF == _SQLITE_BUSY
+    return "database is locked" in str(exc).lower()
 
 
 def describe_error(exc: sqlite3.Error, busy_timeout: float) -> tuple[str, str]:
@@ -370,7 +381,7 @@ class Database:
         with self._init_lock:
             if self._ready:
                 return
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch the database to WAL mode (journal_mode={mode})")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -388,9 +399,32 @@ class Database:
                         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                         conn.execute("COMMIT")
                     except BaseException:
-                        conn.execute("ROLLBACK")
+                        if conn.in_transaction:  # SQLite may have rolled back already
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
                         raise
             self._ready = True
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=WAL``, retried for up to ``busy_timeout`` while another
+        connection holds the file's lock.
+
+        SQLite runs this pragma without its busy handler: it opens a read transaction to look
+        at the header, then upgrades it to a write to mark the file as WAL, and a read-to-write
+        upgrade fails at once with ``SQLITE_BUSY`` instead of waiting. Two processes opening a
+        new file at the same moment (a worker's first poll and a ``machinery send``) hit this,
+        so the wait that ``busy_timeout`` promises is done here.
+        """
+        deadline = time.monotonic() + self.options.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     @staticmethod
     def _has_tables(conn: sqlite3.Connection) -> bool:
@@ -448,8 +482,8 @@ class Database:
             if not begin:
                 yield c
                 return
-            c.execute("BEGIN IMMEDIATE")
             try:
+                c.execute("BEGIN IMMEDIATE")
                 yield c
                 c.execute("COMMIT")
             except BaseException:

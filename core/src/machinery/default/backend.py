@@ -9,6 +9,7 @@ one caller, in any thread or process, sees it change a row.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from machinery.state import GroupMeta, TaskState
 
 __all__ = ["SQLiteBackend", "SQLiteBackendError"]
+
+log = logging.getLogger("machinery.sqlite")
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _UPSERT_STATE = (
@@ -60,16 +63,22 @@ class SQLiteBackend(Transport, Backend):
             raise SQLiteBackendError(self.path, "corrupt", reason, "load") from exc
 
     def _sweep(self) -> None:
-        # Delete a bounded batch of expired rows, at most once a minute per process.
+        # Delete a bounded batch of expired rows, at most once a minute per process. Best
+        # effort: expired rows are invisible anyway, and the state just stored must not be
+        # reported as failed (and its task redelivered) because the clean-up after it failed.
         if not self._db.should_sweep():
             return
         now = time.time()
-        with self._guard("expire"), self._db.write() as conn:
-            for table in ("machinery_states", "machinery_groups"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE uuid IN (SELECT uuid FROM {table} WHERE expires_at <= ? LIMIT 5000)",
-                    (now,),
-                )
+        try:
+            with self._guard("expire"), self._db.write() as conn:
+                for table in ("machinery_states", "machinery_groups"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE uuid IN "
+                        f"(SELECT uuid FROM {table} WHERE expires_at <= ? LIMIT 5000)",
+                        (now,),
+                    )
+        except SQLiteBackendError as exc:
+            log.warning("%s; expired records are deleted at the next sweep", exc)
 
     # -- primitives -----------------------------------------------------------------------------
 
