@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid as _uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +114,19 @@ class Broker(ABC):
         """
         for body, sig in items:
             self.publish(body, sig)
+
+    def publish_pending(self, body: bytes, signature: Signature, backend: Backend) -> bool:
+        """Store the task's PENDING state in ``backend`` and publish it, in one round trip.
+
+        A broker that shares its store with ``backend`` (the same Redis server, say) overrides
+        this to send both writes together, PENDING first; both must be confirmed before it
+        returns True. The default returns False without doing anything, and the producer then
+        stores PENDING and publishes one after the other.
+
+        :raises machinery.errors.BackendError: PENDING was not stored.
+        :raises machinery.errors.PublishError: the message was not accepted.
+        """
+        return False
 
     @abstractmethod
     def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
@@ -256,6 +268,11 @@ class Backend(ABC):
     def set_state_pending(self, signature: Signature) -> None:
         """Store PENDING (called by the producer before publishing)."""
         self._set(signature, State.PENDING.value)
+
+    def pending_state(self, signature: Signature) -> TaskState:
+        """The PENDING record :meth:`set_state_pending` would store (for
+        :meth:`Broker.publish_pending`, which stores it along with the message)."""
+        return self._state(signature, State.PENDING.value)
 
     def set_states_pending(self, signatures: Sequence[Signature]) -> None:
         """Store PENDING for several tasks (groups), in one round trip where the store allows."""
@@ -400,7 +417,9 @@ class Lock(ABC):
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
         self.config = config
-        self.owner = _uuid.uuid4().hex
+        from uuid import uuid4  # here, not at import: ``uuid`` brings ``platform`` (Python < 3.12)
+
+        self.owner = uuid4().hex
 
     @abstractmethod
     def acquire(self, key: str, ttl: timedelta) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["Server"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger("machinery.server")
 
 
 class Server:
@@ -228,11 +226,12 @@ class Server:
         :raises PublishError: the broker did not accept it.
         :raises BackendError: the PENDING state could not be stored.
         """
-        if not signature.uuid:
-            signature.uuid = new_uuid("task_")
-        self._backend.set_state_pending(signature)
         body = self._prepare(signature)
-        self._broker.publish(body, signature)
+        # PENDING is stored before the message can be taken (a worker's STARTED must not be
+        # overwritten by it): in one round trip where the broker shares the backend's store.
+        if not self._broker.publish_pending(body, signature, self._backend):
+            self._backend.set_state_pending(signature)
+            self._broker.publish(body, signature)
         return AsyncResult(signature, self._backend)
 
     def send_task_with_context(self, context: Mapping[str, Any], signature: Signature) -> AsyncResult:

@@ -633,3 +633,145 @@ def test_master_name_uses_sentinel(private_sentinel: Any) -> None:
     finally:
         worker.quit()
         srv.close()
+
+
+# -- one round trip per send, pushed results -------------------------------------------------------
+
+
+def test_send_stores_pending_and_publishes_in_one_round_trip(private_redis: Any) -> None:
+    queue = "fused_q"
+    srv = Server(config(private_redis.url, queue))
+    try:
+        srv.broker.client.ping()
+        raw = private_redis.client()
+        raw.config_resetstat()
+        sig = Signature("add", [1, 2])
+        srv.send_task(sig)
+        later = Signature("add", [0, 0], eta=datetime.now(timezone.utc) + timedelta(days=1))
+        srv.send_task(later)
+        stats = raw.info("commandstats")
+        assert stats["cmdstat_set"]["calls"] == 2
+        assert stats["cmdstat_rpush"]["calls"] == 1
+        assert stats["cmdstat_zadd"]["calls"] == 1
+        assert json.loads(raw.get(sig.uuid))["State"] == "PENDING"
+        assert json.loads(raw.get(later.uuid))["State"] == "PENDING"
+        assert [json.loads(b)["UUID"] for b in raw.lrange(queue, 0, -1)] == [sig.uuid]
+        assert [json.loads(b)["UUID"] for b in raw.zrange("delayed_tasks", 0, -1)] == [later.uuid]
+        # the two writes went out together: one pipeline, so Redis saw one read of the socket
+        # per send (no second round trip between PENDING and the message)
+        assert stats["cmdstat_set"]["calls"] + stats["cmdstat_rpush"]["calls"] + stats["cmdstat_zadd"]["calls"] == 4
+    finally:
+        srv.close()
+
+
+def test_send_to_another_database_stores_and_publishes_separately(url: str, queue: str, raw: redis.Redis) -> None:
+    backend_url = url.rsplit("/", 1)[0] + "/5"
+    srv = Server(Config(broker=url, result_backend=backend_url, default_queue=queue, no_unix_signals=True))
+    other = redis.Redis.from_url(backend_url)
+    try:
+        assert srv.broker.publish_pending(b"{}", Signature("add", [1, 2]), srv.backend) is False
+        sig = Signature("add", [1, 2])
+        srv.send_task(sig)
+        assert json.loads(other.get(sig.uuid))["State"] == "PENDING"
+        assert raw.get(sig.uuid) is None
+        assert raw.llen(queue) == 1
+    finally:
+        other.delete(sig.uuid)
+        other.close()
+        srv.close()
+        raw.delete(queue)
+
+
+def test_send_reports_a_refused_message_and_keeps_the_state(url: str, queue: str, raw: redis.Redis) -> None:
+    raw.set(queue, "not a list")  # RPUSH to it fails with WRONGTYPE; the SET before it succeeds
+    srv = Server(config(url, queue))
+    try:
+        sig = Signature("add", [1, 2])
+        with pytest.raises(PublishError, match="WRONGTYPE") as info:
+            srv.send_task(sig)
+        assert getattr(info.value, "task_uuid", None) == sig.uuid
+        assert not isinstance(info.value, BrokerConnectionError)
+        assert json.loads(raw.get(sig.uuid))["State"] == "PENDING"
+        raw.delete(queue)
+        assert srv.send_task(Signature("add", [3, 4])).status == "PENDING"  # the pipe is clean
+    finally:
+        srv.close()
+        raw.delete(queue, sig.uuid)
+
+
+def test_result_wait_is_woken_by_the_change_not_by_polling(url: str, queue: str, raw: redis.Redis) -> None:
+    srv = Server(config(url, queue))
+    try:
+        sig = Signature("add", [1, 2])
+        srv.send_task(sig)
+        done = json.loads(raw.get(sig.uuid))
+        done.update(State="SUCCESS", Results=[{"Type": "int64", "Value": 3}])
+        timer = threading.Timer(0.3, lambda: raw.set(sig.uuid, json.dumps(done)))
+        timer.start()
+        # a 30 s poll interval: only a pushed change can end this wait within the 10 s timeout
+        state = srv.backend.wait_for(sig.uuid, timeout=10, poll_interval=30)
+        assert state is not None and state.state == "SUCCESS"
+        assert srv.backend._watcher is not None and not srv.backend._watcher.broken
+    finally:
+        srv.close()
+        raw.delete(queue, sig.uuid)
+
+
+def test_result_wait_survives_a_killed_tracking_connection(url: str, queue: str, raw: redis.Redis) -> None:
+    srv = Server(config(url, queue, client_name="watch_test"))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("watch", 2).launch_in_background()
+    try:
+        assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2
+        watcher = srv.backend._watcher
+        assert watcher is not None
+        assert raw.client_kill_filter(_type="pubsub") >= 1  # the watcher's listener
+        wait_until(lambda: watcher.broken)
+        # polled meanwhile, then a new watcher (at most one rebuild every 5 s)
+        assert srv.send_task(Signature("add", [2, 2])).get(timeout=5) == 4
+        srv.backend._watcher_retry_at = 0.0
+        assert srv.send_task(Signature("add", [3, 3])).get(timeout=5) == 6
+        assert srv.backend._watcher is not None and srv.backend._watcher is not watcher
+        assert not srv.backend._watcher.broken
+    finally:
+        worker.quit()
+        srv.close()
+        raw.delete(queue)
+
+
+def test_result_wait_polls_when_tracking_is_off(url: str, queue: str, raw: redis.Redis) -> None:
+    srv = Server(config(url, queue, track_states=False))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("poll", 2).launch_in_background()
+    try:
+        assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2
+        assert srv.backend._watcher is None
+    finally:
+        worker.quit()
+        srv.close()
+        raw.delete(queue)
+
+
+def test_batcher_returns_error_replies_in_place_when_asked(url: str, raw: redis.Redis) -> None:
+    key = f"k_{uuid.uuid4().hex}"
+    raw.set(key, "a string")
+    backend = RedisBackend(url, Config(result_backend=url))
+    try:
+        replies = backend.batcher.execute([("GET", key), ("LPUSH", key, "x"), ("STRLEN", key)], raise_on_error=False)
+        assert replies[0] == b"a string"
+        assert isinstance(replies[1], redis.ResponseError) and "WRONGTYPE" in str(replies[1])
+        assert replies[2] == 8
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            backend.batcher.execute([("LPUSH", key, "x")])
+        assert backend.batcher.execute([("GET", key)]) == [b"a string"]  # the connection is in step
+    finally:
+        backend.close()
+        raw.delete(key)

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import redis
 
 from machinery.config import redact_url
 from machinery.errors import BackendConnectionError, BackendError
@@ -34,6 +37,7 @@ from machinery_redis.connection import (
     release_client,
     translate_errors,
 )
+from machinery_redis.tracking import StateWatcher, wait_completed
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -42,6 +46,13 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend"]
 
 log = logging.getLogger("machinery.redis")
+
+#: Connection classes whose server can track keys for us (not Sentinel-managed ones).
+_TRACKABLE = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
+
+
+def _decode_state(raw: bytes | None) -> TaskState | None:
+    return None if raw is None else decode_task_state(raw)
 
 
 def _chord_field() -> str:
@@ -101,20 +112,26 @@ class RedisBackend(Backend):
         self.options = load_options(self.target, config)
         self._shared: SharedClient | None = None
         self._trigger: Any = None
+        self._watcher: StateWatcher | None = None
+        self._watcher_lock = threading.Lock()
+        self._watcher_retry_at = 0.0
+
+    @property
+    def shared(self) -> SharedClient:
+        """The process-wide client this backend uses (a broker on the same server shares it)."""
+        if self._shared is None:
+            self._shared = acquire_client(self.target, self.options)
+        return self._shared
 
     @property
     def client(self) -> Any:
         """The shared redis-py client (created on first use)."""
-        if self._shared is None:
-            self._shared = acquire_client(self.target, self.options)
-        return self._shared.client
+        return self.shared.client
 
     @property
     def batcher(self) -> CommandBatcher:
         """The shared client's command batcher (group commit of state writes)."""
-        if self._shared is None:
-            self._shared = acquire_client(self.target, self.options)
-        return self._shared.batcher
+        return self.shared.batcher
 
     def _errors(self, what: str) -> Any:
         return translate_errors(what, self.url, BackendError, BackendConnectionError)
@@ -126,6 +143,11 @@ class RedisBackend(Backend):
     def _set_command(self, state: TaskState, ex: int | None) -> tuple[Any, ...]:
         body = encode_task_state(state)
         return ("SET", state.task_uuid, body) if ex is None else ("SET", state.task_uuid, body, "EX", ex)
+
+    def pending_command(self, signature: Signature) -> tuple[Any, ...]:
+        """The ``SET`` that stores the PENDING state of ``signature`` (sent by the broker in the
+        pipeline that publishes it)."""
+        return self._set_command(self.pending_state(signature), self._ex())
 
     def _store_state(self, state: TaskState) -> None:
         # Through the shared batcher: concurrent workers' writes share one round trip.
@@ -210,8 +232,23 @@ class RedisBackend(Backend):
             self.client.delete(uuid)
 
     def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
-        """Poll until SUCCESS or FAILURE: from 0.2 ms, growing by a quarter up to 2 ms for the
-        first half second (quick tasks are seen at once), then up to ``poll_interval``."""
+        """Wait until SUCCESS or FAILURE, woken by Redis when the state changes (client tracking,
+        see :mod:`machinery_redis.tracking`), so a result is seen one round trip after it is
+        stored. Where tracking is not available (Cluster, Sentinel, a server older than 6, a
+        lost connection) it polls: from 0.2 ms, growing by a quarter up to 2 ms for the first
+        half second, then up to ``poll_interval``."""
+        watcher = self._state_watcher()
+        if watcher is not None:
+            try:
+                state: TaskState | None = wait_completed(
+                    watcher, task_uuid, _decode_state, timeout, max(poll_interval, 0.01)
+                )
+                return state
+            except (redis.RedisError, OSError) as exc:
+                log.info("redis state watcher failed (%s); polling %s instead", type(exc).__name__, task_uuid)
+        return self._poll(task_uuid, timeout, poll_interval)
+
+    def _poll(self, task_uuid: str, timeout: float, poll_interval: float) -> TaskState | None:
         start = time.monotonic()
         deadline = start + timeout
         delay = 0.0002
@@ -227,8 +264,43 @@ class RedisBackend(Backend):
             state = self._load_state(task_uuid)
         return state
 
+    def _state_watcher(self) -> StateWatcher | None:
+        watcher = self._watcher
+        if watcher is not None and not watcher.broken:
+            return watcher
+        if not self.options.track_states:
+            return None
+        with self._watcher_lock:
+            watcher = self._watcher
+            if watcher is not None and not watcher.broken:
+                return watcher
+            now = time.monotonic()
+            if now < self._watcher_retry_at:
+                return None
+            self._watcher_retry_at = now + 5.0
+            if watcher is not None:
+                watcher.close()
+                self._watcher = None
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is None or pool.connection_class not in _TRACKABLE:  # Cluster, Sentinel
+                self._watcher_retry_at = float("inf")
+                return None
+            kwargs = {**pool.connection_kwargs, "protocol": 2}
+            watcher = StateWatcher(lambda: pool.connection_class(**kwargs))
+            try:
+                watcher.start()
+            except (redis.RedisError, OSError, RuntimeError) as exc:
+                watcher.close()
+                log.info("redis client tracking unavailable (%s); results are polled", redact_url(str(exc)))
+                return None
+            self._watcher = watcher
+            return watcher
+
     def close(self) -> None:
         """Release this backend's share of the connection pool. Idempotent."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
         if self._shared is not None:
             release_client(self._shared)
             self._shared = None

@@ -17,12 +17,16 @@ pipeline is already on its way, and reports the outcome to a callback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
 
 __all__ = ["CommandBatcher"]
 
@@ -77,10 +81,14 @@ class CommandBatcher:
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self._closed = False
+        self._cluster = isinstance(client, RedisCluster)
+        self._conn: Any = None
 
-    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def execute(self, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = True) -> list[Any]:
         """Run ``commands`` (each ``(name, *args)``) in order and return their replies.
 
+        :param raise_on_error: with False, error replies are returned in place (as exceptions)
+            instead of raised; connection errors are raised either way.
         :raises redis.RedisError: the first error reply among these commands, or the connection
             error that failed their pipeline.
         """
@@ -95,8 +103,9 @@ class CommandBatcher:
             drive = unit.lead
         if drive:
             self._drive(unit)
-        if unit.error is not None:
-            raise unit.error
+        error = unit.error
+        if error is not None and (raise_on_error or error not in unit.results):
+            raise error
         return unit.results
 
     def submit(self, commands: Sequence[tuple[Any, ...]], callback: Callback, *, urgent: bool = True) -> None:
@@ -147,6 +156,9 @@ class CommandBatcher:
         self._wake.set()
         if drive:
             self._drive(None)
+        with self._lock:
+            if not self._busy:
+                self._release()
 
     def _drive(self, own: _Unit | None) -> None:
         # Send pipelines until ``own`` is sent; then hand over to a waiting caller, or keep
@@ -184,13 +196,12 @@ class CommandBatcher:
                 return
 
     def _send(self, batch: list[_Unit]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for unit in batch:
             unit.sent = True
-            for cmd in unit.commands:
-                pipe.execute_command(*cmd)
+            commands.extend(unit.commands)
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._exchange(commands)
         except BaseException as exc:  # noqa: BLE001 - handed to every unit of the pipeline
             for unit in batch:
                 unit.error = exc
@@ -198,6 +209,45 @@ class CommandBatcher:
         i = 0
         for unit in batch:
             n = len(unit.commands)
-            unit.results = list(replies[i : i + n])
+            unit.results = replies[i : i + n]
             i += n
             unit.error = next((r for r in unit.results if isinstance(r, Exception)), None)
+
+    def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        # Only the driver sends (one pipeline at a time), so one connection, kept out of the
+        # pool, is enough: the commands are packed and written at once and the replies read back,
+        # without building a redis-py pipeline object for every round trip. A cluster client
+        # spreads keys over nodes: its own pipeline does that.
+        if self._cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in commands:
+                pipe.execute_command(*cmd)
+            return list(pipe.execute(raise_on_error=False))
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.client.connection_pool.get_connection()
+        return list(conn.retry.call_with_retry(lambda: _round_trip(conn, commands), lambda _e: conn.disconnect()))
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                self.client.connection_pool.release(conn)
+
+
+def _round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Write ``commands`` on ``conn`` in one go and read one reply per command (error replies
+    are returned as exceptions). Any other failure leaves unread replies behind: the connection
+    is closed then, so the next use starts clean."""
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        conn.disconnect()
+        raise

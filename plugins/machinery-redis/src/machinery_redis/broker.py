@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import redis
 
 from machinery.config import redact_url
-from machinery.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
-from machinery.interfaces import Broker, Delivery
+from machinery.errors import BackendError, BrokerConnectionError, BrokerError, DecodeError, PublishError
+from machinery.interfaces import Backend, Broker, Delivery
 from machinery.signature import Signature, decode_signature, encode_signature
 from machinery_redis.batch import CommandBatcher
 from machinery_redis.connection import (
@@ -267,6 +267,41 @@ class RedisBroker(Broker):
                 self.client.rpush(queue, body)
             else:
                 self.client.zadd(self.options.delayed_tasks_key, {body: score})
+
+    def publish_pending(self, body: bytes, signature: Signature, backend: Backend) -> bool:
+        """PENDING (``SET``) and the message (``RPUSH``, or ``ZADD`` for a later ETA) in one
+        pipeline, when ``backend`` is a Redis backend on the same server and database (it then
+        shares this broker's connections). Redis runs a connection's commands in order, so the
+        state is written before any worker can take the message. Not on a cluster, where the two
+        keys may live on different nodes.
+
+        :raises machinery.errors.BackendError: the state was refused.
+        :raises machinery.errors.PublishError: the message was refused (or, when the error is a
+            ``ConnectionError`` too, Redis could not be reached within ``redis.retries``).
+        """
+        from machinery_redis.backend import RedisBackend
+
+        if type(backend) is not RedisBackend or self._cluster:
+            return False
+        if backend.shared is not self._shared:  # another server, database or options
+            return False
+        state_cmd = backend.pending_command(signature)
+        score = self._delay_score(signature)
+        if score is None:
+            msg_cmd: tuple[Any, ...] = ("RPUSH", self.queue_for(signature), body)
+        else:
+            msg_cmd = ("ZADD", self.options.delayed_tasks_key, score, body)
+        with self._publish_errors(f"publish {signature.uuid}", signature.uuid):
+            state_reply, msg_reply = self.batcher.execute([state_cmd, msg_cmd], raise_on_error=False)
+        if isinstance(state_reply, Exception):
+            raise BackendError(
+                f"store PENDING of {signature.uuid}: redis at {redact_url(self.url)} failed: {state_reply}"
+            ) from state_reply
+        if isinstance(msg_reply, Exception):
+            err = PublishError(f"publish {signature.uuid}: redis at {redact_url(self.url)} failed: {msg_reply}")
+            err.task_uuid = signature.uuid  # type: ignore[attr-defined]
+            raise err from msg_reply
+        return True
 
     def _publish_errors(self, what: str, task_uuid: str) -> Any:
         return translate_errors(what, self.url, PublishError, _PublishConnectionError, task_uuid=task_uuid)

@@ -106,6 +106,8 @@ class RedisOptions:
     :param ssl_certfile: client certificate file for ``rediss://``.
     :param ssl_keyfile: client key file for ``rediss://``.
     :param ssl_check_hostname: check the server's host name against its certificate.
+    :param track_states: wait for results with Redis client tracking (pushed changes, two
+        extra connections per waiting process) instead of polling; needs Redis >= 6.
     """
 
     max_idle: int = 3
@@ -132,6 +134,7 @@ class RedisOptions:
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
     ssl_check_hostname: bool = True
+    track_states: bool = True
 
     section: ClassVar[str] = "redis"
 
@@ -175,7 +178,7 @@ class RedisOptions:
     def connection_key(self) -> tuple[Any, ...]:
         """The options that shape connections (clients with equal keys share a pool)."""
         skip = {"max_idle_timeout", "normal_tasks_poll_period", "delayed_tasks_poll_period", "delayed_tasks_key",
-                "visibility_timeout", "dead_letter_limit"}
+                "visibility_timeout", "dead_letter_limit", "track_states"}
         return tuple(getattr(self, f.name) for f in fields(self) if f.name not in skip)
 
 
