@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from machinery import Arg, BackendError, BrokerError, Config, Server, Signature
-from machinery.default._db import SQLiteBackendError, SQLiteBrokerError, SQLiteLockError
+from machinery import Arg, BackendError, BrokerError, Config, Server, Signature, TaskFailedError
+from machinery.default._db import Database, SQLiteBackendError, SQLiteBrokerError, SQLiteLockError
 from machinery.default.backend import SQLiteBackend
 from machinery.default.broker import SQLiteBroker
 from machinery.default.lock import SQLiteLock
 from machinery.errors import LockError
 from machinery.signature import encode_signature
+from machinery.state import TaskResult
 
 
 def publish(broker: SQLiteBroker, value: int = 1, body_size: int = 0) -> None:
@@ -121,6 +122,46 @@ def test_a_failed_expiry_sweep_does_not_fail_the_store(tmp_path: Path, caplog: p
     assert state is not None and state.state == "PENDING"
     assert any("refused" in r.getMessage() and "next sweep" in r.getMessage() for r in caplog.records)
     backend.close()
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit needs Python 3.11")
+def test_a_result_too_big_for_sqlite_becomes_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    connect = Database._connect
+
+    def small_values(self: Database) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 20_000)  # as if values could not exceed 20 kB
+        return conn
+
+    monkeypatch.setattr(Database, "_connect", small_values)
+    backend = SQLiteBackend(url, Config())
+    with pytest.raises(SQLiteBackendError) as info:
+        backend.set_state_success(Signature("big", uuid="task_big"), [TaskResult("string", "x" * 50_000)])
+    assert info.value.problem == "too-big" and info.value.retryable is False
+    backend.close()
+
+    server = Server(Config(broker=url, result_backend=url, no_unix_signals=True))
+    runs: list[int] = []
+
+    @server.task("big")
+    def big(n: int) -> str:
+        runs.append(n)
+        return "x" * n
+
+    worker = server.new_worker(concurrency=1)
+    worker.backend_error_requeue_delay = 0.05
+    worker.launch_in_background()
+    try:
+        with pytest.raises(TaskFailedError) as failed:
+            server.send_task(Signature("big", args=[Arg("int64", 50_000)])).get(timeout=10)
+        assert "too-big" not in failed.value.error and "larger than SQLite accepts" in failed.value.error
+        time.sleep(0.3)  # a redelivery would have run it again by now
+        assert runs == [50_000]
+        assert server.get_pending_tasks() == [] and server.broker.dead_letters() == []  # type: ignore[attr-defined]
+    finally:
+        worker.quit(timeout=10)
+        server.close()
 
 
 def test_worker_rides_out_a_locked_database(tmp_path: Path) -> None:

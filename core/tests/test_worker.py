@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -27,9 +28,11 @@ from machinery import (
     TaskFailedError,
     Worker,
 )
+from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Delivery
-from machinery.memory import MemoryBroker
-from machinery.signature import encode_signature
+from machinery.memory import MemoryBackend, MemoryBroker
+from machinery.signature import encode_signature, encode_task_state
+from machinery.state import TaskResult, TaskState
 
 
 @pytest.fixture
@@ -445,3 +448,166 @@ def test_memory_broker_requires_ack(server: Server) -> None:
     broker.ack(d2)
     stop.set()
     assert list(gen) == []
+
+
+# -- backend errors that no retry can fix ------------------------------------------------------
+
+
+class LimitedBackend(MemoryBackend):
+    """A memory backend that refuses, for good, states above ``limit`` bytes of Go JSON (as
+    memcached refuses items above its size limit)."""
+
+    limit = 2000
+    #: States refused whatever their size (``"FAILURE"``...), permanently.
+    refuse: frozenset[str] = frozenset()
+    #: How many stores of these states fail transiently (connection lost) before one works.
+    flaky: dict[str, int]
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.flaky = {}
+        self.refused: list[str] = []
+
+    def _store_state(self, state: TaskState) -> None:
+        size = len(encode_task_state(state))
+        if self.flaky.get(state.state, 0) > 0:
+            self.flaky[state.state] -= 1
+            raise BackendConnectionError("connection lost")
+        if size > self.limit or state.state in self.refuse:
+            self.refused.append(state.state)
+            raise BackendError(f"task {state.task_uuid}: {size} bytes is over the limit", retryable=False)
+        super()._store_state(state)
+
+
+class CallbackThreadBackend(LimitedBackend):
+    """Reports ``set_state_success_then`` from a sending thread that holds the lock every store
+    takes, as a batching store does: a store made from inside ``then`` would wait forever."""
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.sending = threading.Lock()
+
+    def _store_state(self, state: TaskState) -> None:
+        if not self.sending.acquire(timeout=3):
+            raise AssertionError("a store was made from the sending thread (it would deadlock)")
+        try:
+            super()._store_state(state)
+        finally:
+            self.sending.release()
+
+    def set_state_success_then(
+        self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
+    ) -> None:
+        state = self._state(signature, "SUCCESS", results=results)
+
+        def send() -> None:
+            error: BaseException | None = None
+            with self.sending:
+                if len(encode_task_state(state)) > self.limit:
+                    error = BackendError("over the limit", retryable=False)
+                else:
+                    MemoryBackend._store_state(self, state)
+                then(error)
+
+        threading.Thread(target=send).start()
+
+
+def limited_server(backend_cls: type[LimitedBackend] = LimitedBackend) -> tuple[Server, LimitedBackend, list[str]]:
+    name = uuid.uuid4().hex
+    config = Config(broker=f"memory://{name}", result_backend=f"memory://{name}")
+    backend = backend_cls(f"memory://{name}", config)
+    srv = Server(config, backend=backend)
+    runs: list[str] = []
+
+    @srv.task("big")
+    def big(n: int) -> str:
+        runs.append("big")
+        return "x" * n
+
+    @srv.task("add")
+    def add(*args: int) -> int:
+        return sum(args)
+
+    return srv, backend, runs
+
+
+def test_a_result_the_backend_can_never_store_becomes_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    srv, _backend, runs = limited_server()
+    w = srv.new_worker("p", 2)
+    w.backend_error_requeue_delay = 0.05
+    w.launch_in_background()
+    try:
+        r = srv.send_task(Signature("big", args=[Arg("int64", 10_000)]))
+        with pytest.raises(TaskFailedError) as info:
+            r.get(timeout=5)
+        assert "the result backend cannot store this task's state" in info.value.error
+        assert "BackendError" in info.value.error and "over the limit" in info.value.error
+        assert len(info.value.error) < 1200
+        # the same through the synchronous store (a chain: the next step is sent after it)
+        chain = Chain(Signature("big", args=[Arg("int64", 10_000)]), Signature("add"))
+        with pytest.raises(TaskFailedError):
+            srv.send_chain(chain).get(timeout=5)
+        assert srv.backend.get_state(chain.tasks[1].uuid) is None  # the next step was not sent
+        time.sleep(0.3)  # many redelivery delays: nothing runs again
+        assert runs == ["big", "big"]
+        assert srv.get_pending_tasks() == [] and srv.broker.dead_letters() == []  # type: ignore[attr-defined]
+        assert any("stored FAILURE instead" in rec.getMessage() for rec in caplog.records)
+        assert srv.send_task(Signature("big", args=[Arg("int64", 10)])).get(timeout=5) == "x" * 10
+    finally:
+        w.quit(timeout=10)
+
+
+def test_when_even_the_failure_cannot_be_stored_the_message_is_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    srv, backend, runs = limited_server()
+    backend.refuse = frozenset({"FAILURE"})
+    w = srv.new_worker("p", 1)
+    w.backend_error_requeue_delay = 0.05
+    w.launch_in_background()
+    try:
+        sig = Signature("big", args=[Arg("int64", 10_000)])
+        srv.send_task(sig)
+        deadline = time.monotonic() + 5
+        while not srv.broker.dead_letters() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        assert [json.loads(b)["UUID"] for b in srv.broker.dead_letters()] == [sig.uuid]  # type: ignore[attr-defined]
+        time.sleep(0.3)
+        assert runs == ["big"] and backend.refused == ["SUCCESS", "FAILURE"]
+        assert srv.get_pending_tasks() == []
+        assert any("failed too" in rec.getMessage() and "dropping" in rec.getMessage() for rec in caplog.records)
+    finally:
+        w.quit(timeout=10)
+
+
+def test_transient_errors_still_redeliver(caplog: pytest.LogCaptureFixture) -> None:
+    srv, backend, runs = limited_server()
+    backend.flaky = {"SUCCESS": 1, "FAILURE": 1}
+    w = srv.new_worker("p", 1)
+    w.backend_error_requeue_delay = 0.05
+    w.launch_in_background()
+    try:
+        # SUCCESS: connection lost once, then stored on the redelivery
+        assert srv.send_task(Signature("big", args=[Arg("int64", 5)])).get(timeout=5) == "xxxxx"
+        assert runs == ["big", "big"]
+        # too big for good, and the FAILURE that replaces it is lost once: redelivered, then stored
+        with pytest.raises(TaskFailedError):
+            srv.send_task(Signature("big", args=[Arg("int64", 10_000)])).get(timeout=5)
+        assert runs == ["big"] * 4
+        assert any("giving the message back" in rec.getMessage() for rec in caplog.records)
+    finally:
+        w.quit(timeout=10)
+
+
+def test_the_failure_is_not_stored_from_the_backends_sending_thread() -> None:
+    srv, _backend, runs = limited_server(CallbackThreadBackend)
+    w = srv.new_worker("p", 1).launch_in_background()
+    try:
+        assert srv.send_task(Signature("big", args=[Arg("int64", 5)])).get(timeout=5) == "xxxxx"
+        with pytest.raises(TaskFailedError) as info:
+            srv.send_task(Signature("big", args=[Arg("int64", 10_000)])).get(timeout=5)
+        assert "over the limit" in info.value.error
+        assert srv.get_pending_tasks() == []
+        assert runs == ["big", "big"]
+    finally:
+        w.quit(timeout=10)

@@ -5,34 +5,41 @@
 >>> @server.task("add")
 ... def add(*args: int) -> int:
 ...     return sum(args)
+
+The public names are imported on first use (PEP 562 module ``__getattr__``), so
+``import machinery`` costs almost nothing and a producer never loads the worker.
 """
 
-from __future__ import annotations
+import sys as _sys
 
-from machinery._hookimpl import hookimpl
-from machinery.config import Config
-from machinery.errors import (
-    ArgumentTypeError,
-    BackendError,
-    BrokerError,
-    ConfigError,
-    DecodeError,
-    MachineryError,
-    PublishError,
-    ResultTimeoutError,
-    RetryTaskLater,
-    TaskFailedError,
-    TaskNotRegisteredError,
-    UnknownSchemeError,
-)
-from machinery.interfaces import Backend, Broker, Delivery, Lock
-from machinery.results import AsyncResult, ChainAsyncResult, ChordAsyncResult, GroupResult
-from machinery.server import Server
-from machinery.signature import Arg, Headers, Signature
-from machinery.state import GroupMeta, State, TaskResult, TaskState
-from machinery.task import TaskContext
-from machinery.worker import Worker
-from machinery.workflow import Chain, Chord, Group
+# Not ``from typing import TYPE_CHECKING``: importing ``typing`` costs more than the rest of this
+# module. Type checkers (mypy, pyright) treat a ``TYPE_CHECKING`` name as true; Python sees False.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
+    from machinery._hookimpl import hookimpl
+    from machinery.config import Config
+    from machinery.errors import (
+        ArgumentTypeError,
+        BackendError,
+        BrokerError,
+        ConfigError,
+        DecodeError,
+        MachineryError,
+        PublishError,
+        ResultTimeoutError,
+        RetryTaskLater,
+        TaskFailedError,
+        TaskNotRegisteredError,
+        UnknownSchemeError,
+    )
+    from machinery.interfaces import Backend, Broker, Delivery, Lock
+    from machinery.results import AsyncResult, ChainAsyncResult, ChordAsyncResult, GroupResult
+    from machinery.server import Server
+    from machinery.signature import Arg, Headers, Signature
+    from machinery.state import GroupMeta, State, TaskResult, TaskState
+    from machinery.task import TaskContext
+    from machinery.worker import Worker
+    from machinery.workflow import Chain, Chord, Group
 
 __version__ = "0.1.0"
 
@@ -74,3 +81,82 @@ __all__ = [
     "__version__",
     "hookimpl",
 ]
+
+#: Public name -> the submodule that defines it.
+_LAZY = {
+    "hookimpl": "_hookimpl",
+    "Config": "config",
+    "ArgumentTypeError": "errors",
+    "BackendError": "errors",
+    "BrokerError": "errors",
+    "ConfigError": "errors",
+    "DecodeError": "errors",
+    "MachineryError": "errors",
+    "PublishError": "errors",
+    "ResultTimeoutError": "errors",
+    "RetryTaskLater": "errors",
+    "TaskFailedError": "errors",
+    "TaskNotRegisteredError": "errors",
+    "UnknownSchemeError": "errors",
+    "Backend": "interfaces",
+    "Broker": "interfaces",
+    "Delivery": "interfaces",
+    "Lock": "interfaces",
+    "AsyncResult": "results",
+    "ChainAsyncResult": "results",
+    "ChordAsyncResult": "results",
+    "GroupResult": "results",
+    "Server": "server",
+    "Arg": "signature",
+    "Headers": "signature",
+    "Signature": "signature",
+    "GroupMeta": "state",
+    "State": "state",
+    "TaskResult": "state",
+    "TaskState": "state",
+    "TaskContext": "task",
+    "Worker": "worker",
+    "Chain": "workflow",
+    "Chord": "workflow",
+    "Group": "workflow",
+}
+
+#: Submodules that ``import machinery`` used to load, so ``machinery.signature`` and the like
+#: still resolve as attributes without an explicit ``import machinery.signature``.
+_SUBMODULES = frozenset(
+    {
+        "_hookimpl",
+        "config",
+        "errors",
+        "events",
+        "hookspecs",
+        "interfaces",
+        "plugins",
+        "results",
+        "retry",
+        "server",
+        "signature",
+        "state",
+        "task",
+        "worker",
+        "workflow",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None and name not in _SUBMODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # ``__import__`` rather than importlib: it is the import statement's path, so the import
+    # shows in ``python -X importtime`` like any other.
+    __import__(f"{__name__}.{module or name}")
+    value = _sys.modules[f"{__name__}.{module or name}"]
+    if module is not None:
+        value = getattr(value, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

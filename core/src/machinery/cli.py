@@ -20,20 +20,10 @@ found...), 2 bad usage or configuration, 124 ``send --wait`` timed out, 130 inte
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import logging
 import math
 import os
-import re
-import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from machinery.config import Config, redact_url
 from machinery.errors import (
     ArgumentTypeError,
     ConfigError,
@@ -43,13 +33,20 @@ from machinery.errors import (
     UnknownSchemeError,
 )
 
+# Only what ``--help`` and argument parsing need is imported with this module; each command
+# imports the rest (``json``, ``logging``, the config's dataclasses...) when it runs. For the
+# same reason ``typing`` is not imported: type checkers treat ``TYPE_CHECKING`` as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import re
+    from collections.abc import Callable, Sequence
+    from datetime import datetime
+    from typing import Any, NoReturn, TextIO
+
     from machinery.server import Server
     from machinery.signature import Arg, Signature
 
 __all__ = ["CLIError", "load_app", "main", "parse_arg"]
-
-log = logging.getLogger("machinery.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
 
@@ -68,14 +65,23 @@ class CLIError(MachineryError):
 
 # -- typed arguments ---------------------------------------------------------------------------
 
-_INT = re.compile(r"[+-]?\d+\Z")
-_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)\Z")
+_numbers: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+
+
+def _number_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    global _numbers
+    if _numbers is None:
+        import re
+
+        _numbers = (re.compile(r"[+-]?\d+\Z"), re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)\Z"))
+    return _numbers
 
 
 def _infer(text: str) -> Any:
-    if _INT.match(text):
+    int_re, float_re = _number_patterns()
+    if int_re.match(text):
         return int(text)
-    if _FLOAT.match(text):
+    if float_re.match(text):
         value = float(text)
         return value if math.isfinite(value) else text
     if text in ("true", "false"):
@@ -85,6 +91,8 @@ def _infer(text: str) -> Any:
 
 def _candidates(text: str) -> list[Any]:
     # A value as JSON (1, true, [1,2], "x"), then as the raw text.
+    import json
+
     out: list[Any] = []
     try:
         out.append(json.loads(text))
@@ -136,6 +144,8 @@ def load_app(spec: str) -> Server:
 
     :raises CLIError: the module cannot be imported or holds no (single) server.
     """
+    import importlib
+
     from machinery.server import Server
 
     module_name, _, attr = spec.partition(":")
@@ -185,6 +195,7 @@ def build_server(args: argparse.Namespace) -> Server:
     """The server a command works on: the ``--app``'s (re-configured when ``--config``,
     ``--broker`` or ``--backend`` is given), else one built from the config file, the
     environment and the flags."""
+    from machinery.config import Config
     from machinery.server import Server
 
     app = load_app(args.app) if getattr(args, "app", None) else None
@@ -204,6 +215,8 @@ def build_server(args: argparse.Namespace) -> Server:
 
 
 def _setup_logging(level: str) -> None:
+    import logging
+
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
@@ -240,6 +253,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_beat(args: argparse.Namespace) -> int:
     """Run only the periodic scheduler of the app."""
+    import logging
+    import signal
+    import threading
+
+    from machinery.config import redact_url
+
+    log = logging.getLogger("machinery.cli")
     scheduler_class = _scheduler_class()
     server = build_server(args)
     if not server.periodic_entries:
@@ -282,10 +302,14 @@ def _json_value(value: Any) -> Any:
 
 
 def _print_json(value: Any, out: TextIO) -> None:
+    import json
+
     print(json.dumps(_json_value(value), default=str, ensure_ascii=False), file=out)
 
 
 def _parse_eta(text: str) -> datetime:
+    from datetime import datetime, timezone
+
     from machinery.signature import parse_time
 
     try:
@@ -301,6 +325,8 @@ def _parse_eta(text: str) -> datetime:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send one task; print its UUID and, with ``--wait``, its result."""
+    from datetime import datetime, timedelta, timezone
+
     from machinery.signature import Signature
 
     try:
@@ -356,6 +382,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _describe(sig: Signature) -> str:
+    import json
+
     from machinery.signature import format_time
 
     args = ", ".join(json.dumps(_json_value(a.value), default=str) for a in sig.args)
@@ -415,6 +443,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List every plugin: distribution, version, schemes, hooks, and load failures."""
+    import json
+
     from machinery.plugins import get_plugin_host
 
     host = get_plugin_host()
@@ -479,11 +509,37 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _terminal_columns() -> int:
+    """The terminal width as ``shutil.get_terminal_size().columns`` finds it: ``$COLUMNS``, else
+    the size of ``sys.__stdout__``'s terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, minus its ``import shutil`` (which brings ``bz2``, ``lzma`` and
+    ``zlib`` into every worker, since each ``add_argument`` makes a formatter): the same width,
+    found without ``shutil``."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _terminal_columns() - 2 if width is None else width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from machinery import __version__
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_HelpFormatter)
     opts = common.add_argument_group("configuration")
     opts.add_argument("--config", metavar="FILE", help="YAML file with Go Machinery's keys (broker, ...)")
     opts.add_argument("--broker", metavar="URL", help="broker URL (overrides the file and $BROKER)")
@@ -498,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="machinery",
+        formatter_class=_HelpFormatter,
         description="Distributed task queue, wire-compatible with Go Machinery.",
         epilog="Quick start: machinery demo",
     )
@@ -505,7 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("worker", parents=[common], help="run a worker for an app's tasks")
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+        return sub.add_parser(name, parents=[common], formatter_class=_HelpFormatter, help=help)
+
+    p = command("worker", "run a worker for an app's tasks")
     p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="module holding the Server")
     p.add_argument("--queue", "-Q", help="queue to consume (default: the config's default_queue)")
     p.add_argument("--concurrency", "-c", type=_positive_int, default=0, help="task threads (0: 8)")
@@ -513,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
     p.set_defaults(func=cmd_worker, default_level="info")
 
-    p = sub.add_parser("send", parents=[common], help="send a task (typed args: int64:1, []string:a,b, or inferred)")
+    p = command("send", "send a task (typed args: int64:1, []string:a,b, or inferred)")
     p.add_argument("name", help="registered task name")
     p.add_argument("args", nargs="*", metavar="ARG", help="TYPE:VALUE or a value whose type is inferred")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
@@ -527,32 +587,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-count", type=_positive_int, default=0, help="retries on failure (Fibonacci back-off)")
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("status", parents=[common], help="print a task's state (Go TaskState JSON)")
+    p = command("status", "print a task's state (Go TaskState JSON)")
     p.add_argument("uuid")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("inspect", parents=[common], help="list pending or delayed tasks")
+    p = command("inspect", "list pending or delayed tasks")
     p.add_argument("what", choices=["pending", "delayed"])
     p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue; delayed: all)")
     p.add_argument("--json", action="store_true", help="one Go signature JSON per line")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("purge", parents=[common], help="delete the waiting messages of a queue")
+    p = command("purge", "delete the waiting messages of a queue")
     p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue)")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_purge)
 
-    p = sub.add_parser("plugins", parents=[common], help="list plugins, their schemes and hooks")
+    p = command("plugins", "list plugins, their schemes and hooks")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("beat", parents=[common], help="run only the periodic task scheduler")
+    p = command("beat", "run only the periodic task scheduler")
     p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="module holding the Server")
     p.set_defaults(func=cmd_beat, default_level="info")
 
-    p = sub.add_parser("demo", parents=[common], help="see machinery work: a worker and the seed examples")
+    p = command("demo", "see machinery work: a worker and the seed examples")
     p.add_argument("--plain", action="store_true", help="line output even on a terminal")
     p.add_argument("--keep", action="store_true", help="keep the demo's database and worker log")
     p.add_argument("--timeout", type=_seconds, default=20.0, help="seconds to wait for every result (default 20)")

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from machinery.errors import ConfigError
 
-__all__ = ["Config", "parse_options", "redact_url"]
+if TYPE_CHECKING:
+    import re
+    from typing import Literal, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+__all__ = ["Config", "parse_options", "redact_url"]
 
 #: Section names Go Machinery's config files use. A file may carry them even when the plugin
 #: is not installed (they are then ignored); any other unknown key is an error.
@@ -180,6 +180,8 @@ class Config:
             import yaml
         except ImportError:
             raise ConfigError(str(path), "reading YAML needs PyYAML: pip install 'machinery-core[yaml]'") from None
+        from pathlib import Path
+
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
@@ -245,10 +247,19 @@ def _plugin_env_options() -> dict[str, tuple[str, str]]:
 
 # -- redaction --------------------------------------------------------------------------------
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@")
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:password|passwd|pass|secret|token|key|access_key|secret_key|sig)[^=&]*=)[^&]*"
-)
+_USERINFO_RE = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@"
+_SECRET_QUERY_RE = r"(?i)([?&;](?:password|passwd|pass|secret|token|key|access_key|secret_key|sig)[^=&]*=)[^&]*"
+_redaction: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+
+
+def _redaction_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    # Compiled on first use rather than at import (most imports never redact anything).
+    global _redaction
+    if _redaction is None:
+        import re
+
+        _redaction = (re.compile(_USERINFO_RE), re.compile(_SECRET_QUERY_RE))
+    return _redaction
 
 
 def _secret_key(key: str) -> bool:
@@ -263,6 +274,7 @@ def redact_url(url: str) -> str:
     """
     if not url:
         return url
+    userinfo, secret_query = _redaction_patterns()
 
     def _sub(m: re.Match[str]) -> str:
         user = m.group("user")
@@ -271,8 +283,8 @@ def redact_url(url: str) -> str:
             return f"{m.group('scheme')}{name}:***@"
         return f"{m.group('scheme')}***@"
 
-    out = _USERINFO.sub(_sub, url)
-    return _SECRET_QUERY.sub(r"\1***", out)
+    out = userinfo.sub(_sub, url)
+    return secret_query.sub(r"\1***", out)
 
 
 # -- plugin option parsing ----------------------------------------------------------------------
@@ -282,6 +294,9 @@ _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
+    import types
+    import typing
+
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
@@ -357,6 +372,8 @@ def parse_options(cls: type[T], section: str, *sources: Mapping[str, Any]) -> T:
     :param section: the section name, for error messages (``redis``).
     :param sources: mappings of options (YAML section, URL query, keyword arguments).
     """
+    import typing
+
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)

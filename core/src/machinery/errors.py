@@ -154,7 +154,22 @@ class PublishError(BrokerError):
 
 
 class BackendError(MachineryError):
-    """A result backend operation failed."""
+    """A result backend operation failed.
+
+    :param retryable: False when trying again cannot succeed: a record bigger than the store
+        accepts, say. A worker redelivers the message of a task whose state could not be
+        stored, hoping for a store that works again; for an error that is not retryable it
+        stores FAILURE (with this error's message) instead and acknowledges the message. Subclasses
+        may set it as a class attribute. Default True.
+    """
+
+    #: False when the same operation can never succeed (see the class docstring).
+    retryable: bool = True
+
+    def __init__(self, *args: object, retryable: bool | None = None) -> None:
+        super().__init__(*args)
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class BackendConnectionError(BackendError, ConnectionError):

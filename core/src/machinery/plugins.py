@@ -8,21 +8,20 @@ plugins by entry-point name.
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-import pluggy
-
-from machinery import hookspecs
 from machinery.errors import MachineryError, PluginLoadError, UnknownSchemeError
 from machinery.interfaces import Backend, Broker, Lock
 
 if TYPE_CHECKING:
+    import logging
+
+    import pluggy
+
     from machinery.events import TaskEvent, WorkerEvent
 
 __all__ = [
@@ -66,7 +65,12 @@ Kind = Literal["broker", "backend", "lock"]
 Register = Callable[[str, "type[Any] | str"], None]
 T = TypeVar("T")
 
-log = logging.getLogger("machinery.plugins")
+
+def _log() -> logging.Logger:
+    # ``logging`` is imported when there is something to log, not with this module.
+    import logging
+
+    return logging.getLogger("machinery.plugins")
 
 
 def scheme_of(url: str) -> str:
@@ -101,7 +105,12 @@ class PluginHost:
     """Typed facade over the pluggy manager; use :func:`get_plugin_host` for the shared one."""
 
     def __init__(self, *, load_entry_points: bool = True) -> None:
-        self.pm = pluggy.PluginManager(NAME)
+        # pluggy (and with it ``inspect``) is imported by the first host, not by ``import machinery``.
+        import pluggy
+
+        from machinery import hookspecs
+
+        self.pm: pluggy.PluginManager = pluggy.PluginManager(NAME)
         self.pm.add_hookspecs(hookspecs)
         self._load_entry_points = load_entry_points
         self._loaded = False
@@ -124,11 +133,13 @@ class PluginHost:
         with self._lock:
             if self._loaded:
                 return
+            from importlib import import_module
+
             from machinery import __version__
 
             blocked = {b.strip() for b in os.environ.get("MACHINERY_DISABLE_PLUGINS", "").split(",") if b.strip()}
             for mod_name in DEFAULT_PLUGINS:
-                mod = importlib.import_module(mod_name)
+                mod = import_module(mod_name)
                 self.pm.register(mod, name=mod_name)
                 self._infos[mod_name] = PluginInfo(mod_name, "machinery-core", __version__)
             if self._load_entry_points:
@@ -159,7 +170,7 @@ class PluginHost:
                 err = PluginLoadError(ep.name, f"{dist_name} {version}", f"{type(exc).__name__}: {exc}")
                 self.failures.append(err)
                 self._infos[ep.name] = PluginInfo(ep.name, dist_name, version, error=err.reason)
-                log.warning("%s", err)
+                _log().warning("%s", err)
                 continue
             self._infos[ep.name] = PluginInfo(ep.name, dist_name, version)
 
@@ -220,9 +231,11 @@ class PluginHost:
             raise UnknownSchemeError(scheme, kind, self.schemes(kind), hint)
         target, dist = entry
         if isinstance(target, str):
+            from importlib import import_module
+
             mod_name, _, attr = target.partition(":")
             try:
-                target = getattr(importlib.import_module(mod_name), attr)
+                target = getattr(import_module(mod_name), attr)
             except Exception as exc:
                 raise PluginLoadError(scheme, dist, f"cannot import {entry[0]}: {exc}") from exc
         if not (isinstance(target, type) and issubclass(target, base)):

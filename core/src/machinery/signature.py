@@ -14,20 +14,17 @@ keys match case-insensitively as in Go) and rejects malformed ones with
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
-import re
-import uuid as _uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from machinery.errors import ArgumentTypeError, DecodeError
 from machinery.state import ZERO_TIME, GroupMeta, TaskResult, TaskState
+
+if TYPE_CHECKING:
+    import re
 
 __all__ = [
     "GO_TYPES",
@@ -126,6 +123,9 @@ def _bytes(type_name: str) -> Callable[[Any], bytes]:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value)
         if isinstance(value, str):
+            import base64
+            import binascii
+
             try:
                 return base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
@@ -200,6 +200,8 @@ def to_go(type_name: str, value: Any) -> Any:
     Only byte slices change form (to base64 text); other values pass through.
     """
     if type_name in _BYTES_TYPES:
+        import base64
+
         return base64.b64encode(value).decode("ascii")
     return value
 
@@ -310,7 +312,9 @@ class Arg:
 
 def new_uuid(prefix: str = "task_") -> str:
     """A new UUID with Go Machinery's prefix (``task_``, ``group_`` or ``chord_``)."""
-    return prefix + str(_uuid.uuid4())
+    from uuid import uuid4  # not at import: ``uuid`` brings ``platform`` (Python < 3.12)
+
+    return prefix + str(uuid4())
 
 
 @dataclass(slots=True, eq=True)
@@ -394,9 +398,18 @@ class Signature:
 # Time
 # ---------------------------------------------------------------------------------------------
 
-_TIME_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
-)
+_TIME_PATTERN = r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+_time_re: re.Pattern[str] | None = None
+
+
+def _time_match(text: str) -> re.Match[str] | None:
+    # The pattern is compiled on first use, not at import (many processes never parse a time).
+    global _time_re
+    if _time_re is None:
+        import re
+
+        _time_re = re.compile(_TIME_PATTERN)
+    return _time_re.match(text)
 
 
 def format_time(dt: datetime) -> str:
@@ -416,7 +429,7 @@ def parse_time(text: str) -> datetime:
 
     :raises ValueError: when ``text`` is not RFC 3339.
     """
-    m = _TIME_RE.match(text)
+    m = _time_match(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     year, month, day, hour, minute, second, frac, z, sign, oh, om = m.groups()
@@ -433,7 +446,18 @@ def parse_time(text: str) -> datetime:
 # JSON text, Go style
 # ---------------------------------------------------------------------------------------------
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+def _first_dumps(obj: Any) -> str:
+    # ``json`` is imported, and the encoder made, on the first encode rather than at import.
+    global _dumps
+    import json
+
+    _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+    return _dumps(obj)
+
+
+#: Compact JSON text (Go's separators; NaN and infinities refused).
+_dumps: Callable[[Any], str] = _first_dumps
 
 
 def _go_escape(text: str) -> str:
@@ -453,6 +477,8 @@ def _go_float(x: float) -> str:
     a = abs(x)
     if 1e-6 <= a < 1e21:
         if "e" in r or "E" in r:
+            from decimal import Decimal  # rare (|x| < 1e-4 or >= 1e16): not imported up front
+
             r = format(Decimal(r), "f")
         if r.endswith(".0"):
             r = r[:-2]
@@ -515,6 +541,8 @@ def _arg_to_wire(arg: Arg, marks: _FloatMarks) -> dict[str, Any]:
     t = arg.type
     v = arg.value
     if t in _BYTES_TYPES:
+        import base64
+
         v = base64.b64encode(v).decode("ascii")
     elif (t in _FLOAT_TYPES or t in _JSON_TYPES) and _needs_slow(v):
         v = _sorted_json(v, marks)
@@ -807,6 +835,8 @@ def _sig_from_wire(d: Any, path: str = "") -> Signature:
 
 
 def _loads(raw: bytes | str) -> Any:
+    import json
+
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -825,6 +855,8 @@ def decode_signature(raw: bytes | str | Mapping[str, Any]) -> Signature:
     try:
         return _sig_from_wire(dict(data) if isinstance(data, Mapping) and not isinstance(data, dict) else data)
     except _Bad as bad:
+        import json
+
         src = raw if not isinstance(raw, Mapping) else json.dumps(raw, default=str)
         raise DecodeError(src, f"{bad.path}: {bad.reason}") from None
     except RecursionError:
@@ -840,6 +872,8 @@ def decode_signature(raw: bytes | str | Mapping[str, Any]) -> Signature:
 def _result_to_wire(r: TaskResult, marks: _FloatMarks) -> dict[str, Any]:
     v = r.value
     if r.type in _BYTES_TYPES:
+        import base64
+
         v = base64.b64encode(v).decode("ascii")
     elif _needs_slow(v):
         v = _sorted_json(v, marks)
@@ -923,6 +957,8 @@ def task_state_from_mapping(d: Mapping[str, Any]) -> TaskState:
             ttl=_get_int(d, "TTL", ""),
         )
     except _Bad as bad:
+        import json
+
         raise DecodeError(json.dumps(dict(d), default=str), f"task state {bad.path}: {bad.reason}") from None
 
 
@@ -981,6 +1017,8 @@ def group_meta_from_mapping(d: Mapping[str, Any]) -> GroupMeta:
             ttl=_get_int(d, "TTL", ""),
         )
     except _Bad as bad:
+        import json
+
         raise DecodeError(json.dumps(dict(d), default=str), f"group meta {bad.path}: {bad.reason}") from None
 
 

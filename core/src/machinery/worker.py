@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from machinery.config import redact_url
 from machinery.errors import (
     ArgumentTypeError,
+    BackendError,
     DecodeError,
     MachineryError,
     RetryTaskLater,
@@ -53,6 +54,8 @@ DEFAULT_CONCURRENCY = 8
 UNREGISTERED_REQUEUE_DELAY = 5.0
 #: Delay before a delivery whose state could not be stored is offered again.
 BACKEND_ERROR_REQUEUE_DELAY = 2.0
+#: Longest backend error message stored in the FAILURE that replaces an unstorable state.
+MAX_STORED_BACKEND_ERROR = 1000
 _ETA_TOLERANCE = 0.002
 _STOP = object()
 
@@ -66,6 +69,11 @@ def error_string(exc: BaseException) -> str:
     msg = str(exc)
     name = type(exc).__name__
     return f"{name}: {msg}" if msg else name
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A backend error that no retry can fix (:attr:`BackendError.retryable` is False)."""
+    return isinstance(exc, BackendError) and not exc.retryable
 
 
 class Worker:
@@ -101,6 +109,9 @@ class Worker:
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._scheduler: Any = None
+        #: Threads storing FAILURE for tasks whose state could never be stored (joined at shutdown).
+        self._settlers: set[threading.Thread] = set()
+        self._settlers_lock = threading.Lock()
         self.beat = False
         #: Seconds before an unregistered task is offered again.
         self.unregistered_requeue_delay = UNREGISTERED_REQUEUE_DELAY
@@ -227,6 +238,10 @@ class Worker:
         for _ in self._threads:
             self._work.put(_STOP)
         for t in self._threads:
+            t.join()
+        with self._settlers_lock:
+            settlers = list(self._settlers)
+        for t in settlers:
             t.join()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -380,7 +395,12 @@ class Worker:
         def settle(keep: bool, error: BaseException | None) -> None:
             nonlocal settled
             settled = True
-            if error is not None:  # a state could not be stored: redeliver
+            if error is not None and _permanent(error):
+                # This may run on the thread a backend sends its batched writes from (see
+                # ``Backend.set_state_success_then``), where a blocking store could wait for
+                # itself: the FAILURE is stored from another thread.
+                self._settle_permanent_in_background(sig, delivery, error)
+            elif error is not None:  # a state could not be stored: redeliver
                 self._report(error)
                 log.error("task %s (%s): %s; giving the message back for redelivery", sig.name, sig.uuid, error)
                 try:
@@ -397,10 +417,74 @@ class Worker:
         except Exception as exc:  # a state could not be stored: redeliver
             if settled:  # the acknowledgement itself failed: as before, not a reason to redeliver
                 raise
+            if _permanent(exc):  # never stored, however often it runs: FAILURE instead
+                settled = True
+                self._settle_permanent(sig, delivery, exc)
+                return
             settle(False, exc)
             return
         if keep is not None:
             settle(keep, None)
+
+    def _settle_permanent(self, sig: Signature, delivery: Delivery, error: BaseException) -> None:
+        """Settle a delivery whose state the backend refused for good (a result bigger than the
+        store takes, say). Redelivering would run the task again and fail the same way forever,
+        so a small FAILURE that says why is stored instead and the message acknowledged. If
+        that FAILURE cannot be stored either: for good, the message is dropped (dead-lettered
+        where the broker keeps them); for now (connection lost), it is given back as usual."""
+        broker = self.server.broker
+        self._report(error)
+        reason = error_string(error)
+        if len(reason) > MAX_STORED_BACKEND_ERROR:
+            reason = reason[: MAX_STORED_BACKEND_ERROR - 3] + "..."
+        message = f"the result backend cannot store this task's state: {reason}"
+        try:
+            self.server.backend.set_state_failure(sig, message)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the message must be settled
+            if not _permanent(exc):
+                log.error(
+                    "task %s (%s): %s; storing FAILURE instead failed too (%s); giving the message back for redelivery",
+                    sig.name,
+                    sig.uuid,
+                    error,
+                    exc,
+                )
+                broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
+                return
+            log.error(
+                "task %s (%s): %s; storing FAILURE instead failed too (%s); "
+                "dropping the message (dead-lettered where the broker keeps them)",
+                sig.name,
+                sig.uuid,
+                error,
+                exc,
+            )
+            broker.nack(delivery, requeue=False)
+            return
+        log.error(
+            "task %s (%s): %s; stored FAILURE instead and acknowledged the message (it would fail again)",
+            sig.name,
+            sig.uuid,
+            error,
+        )
+        if self._obs_failed:
+            self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=message, exc=error))
+        broker.ack(delivery)
+
+    def _settle_permanent_in_background(self, sig: Signature, delivery: Delivery, error: BaseException) -> None:
+        def run() -> None:
+            try:
+                self._settle_permanent(sig, delivery, error)
+            except Exception:
+                log.exception("could not settle the message of task %s (%s)", sig.name, sig.uuid)
+            finally:
+                with self._settlers_lock:
+                    self._settlers.discard(threading.current_thread())
+
+        t = threading.Thread(target=run, name=f"{self.consumer_tag}-settle", daemon=True)
+        with self._settlers_lock:
+            self._settlers.add(t)
+        t.start()
 
     def process(self, sig: Signature, task: Task) -> bool:
         """Run one task and store its outcome (Go's ``Process``).

@@ -156,6 +156,37 @@ def test_too_large_result_is_a_clear_error_and_a_failure(url: str) -> None:
         AsyncResult(s.uuid, b).get(timeout=2)
 
 
+def test_a_worker_stores_failure_for_a_too_large_result_and_does_not_redeliver(url: str) -> None:
+    assert ItemTooLargeError.retryable is False
+    name = new_uuid()
+    cfg = Config(broker=f"memory://{name}", result_backend=url, results_expire_in=600, no_unix_signals=True)
+    server = Server(cfg)
+    runs: list[int] = []
+
+    @server.task("big")
+    def big(n: int) -> str:
+        runs.append(n)
+        return "x" * n
+
+    worker = server.new_worker("mc", 1)
+    worker.backend_error_requeue_delay = 0.05
+    worker.launch_in_background()
+    try:
+        s = Signature("big", args=[2_000_000])
+        with pytest.raises(TaskFailedError, match="item size limit"):
+            server.send_task(s).get(timeout=10)  # the backend's own FAILURE, or the worker's
+        time.sleep(0.5)  # redeliveries every 0.05 s would have run it again
+        assert runs == [2_000_000]
+        state = server.backend.get_state(s.uuid)
+        assert state is not None and state.state == "FAILURE"
+        assert state.error.startswith("the result backend cannot store this task's state: ItemTooLargeError")
+        assert server.get_pending_tasks() == [] and server.broker.dead_letters() == []  # type: ignore[attr-defined]
+        assert server.send_task(Signature("big", args=[3])).get(timeout=10) == "xxx"
+    finally:
+        worker.quit(timeout=10)
+        server.close()
+
+
 def test_larger_item_limit_is_honoured() -> None:
     server = Memcached("-I", "4m")
     try:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HAS_RETURNING",
+    "PERMANENT_PROBLEMS",
     "SQLiteBackendError",
     "SQLiteBrokerError",
     "SQLiteLockError",
@@ -197,11 +198,13 @@ def is_busy(exc: sqlite3.Error) -> bool:
 def describe_error(exc: sqlite3.Error, busy_timeout: float) -> tuple[str, str]:
     """A short problem name and an explanation for a SQLite error.
 
-    Problems: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``cannot-open``, ``io``,
-    ``schema`` and ``error``.
+    Problems: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``too-big``,
+    ``cannot-open``, ``io``, ``schema`` and ``error``.
     """
     msg = str(exc)
     low = msg.lower()
+    if "too big" in low:  # SQLITE_TOOBIG: a value beyond SQLite's length limit
+        return "too-big", f"the record is larger than SQLite accepts ({msg})"
     if "locked" in low or "busy" in low:
         return "locked", (
             f"database is locked: another process held the write lock for longer than busy_timeout={busy_timeout:g}s"
@@ -221,18 +224,25 @@ def describe_error(exc: sqlite3.Error, busy_timeout: float) -> tuple[str, str]:
     return "error", msg
 
 
+#: Problems that no retry fixes (the same write fails the same way).
+PERMANENT_PROBLEMS = frozenset({"too-big"})
+
+
 class _SQLiteErrorMixin:
-    """What every sqlite error carries: the file, a short problem name and the operation."""
+    """What every sqlite error carries: the file, a short problem name and the operation; and
+    ``retryable``, False for :data:`PERMANENT_PROBLEMS`."""
 
     role = "database"
     path: str
     problem: str
     operation: str
+    retryable: bool
 
     def _init(self, path: str, problem: str, reason: str, operation: str) -> str:
         self.path = path
         self.problem = problem
         self.operation = operation
+        self.retryable = problem not in PERMANENT_PROBLEMS
         return f"sqlite {self.role} {path}: {reason} (during {operation})"
 
 
@@ -240,8 +250,8 @@ class SQLiteBrokerError(_SQLiteErrorMixin, BrokerConnectionError):
     """The embedded broker's database failed (locked, corrupted, read-only, full...).
 
     :param path: the database file.
-    :param problem: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``cannot-open``,
-        ``io``, ``schema`` or ``error``.
+    :param problem: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``too-big``,
+        ``cannot-open``, ``io``, ``schema`` or ``error`` (``too-big`` is not ``retryable``).
     :param reason: the explanation.
     :param operation: what was being done (``publish``, ``claim``...).
     """

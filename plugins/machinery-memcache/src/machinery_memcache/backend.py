@@ -60,11 +60,14 @@ class MemcacheOptions:
 
 
 class ItemTooLargeError(BackendError):
-    """A record is bigger than memcached's item size limit.
+    """A record is bigger than memcached's item size limit. Not ``retryable``: a worker stores
+    FAILURE instead of redelivering the task.
 
     :param key: the task (or group) UUID.
     :param size: the encoded record's size in bytes.
     """
+
+    retryable = False
 
     def __init__(self, key: str, size: int) -> None:
         self.key = key
