@@ -149,17 +149,13 @@ class PluginHost:
             self._loaded = True
 
     def _load_from_entry_points(self, blocked: set[str]) -> None:
-        try:
-            from importlib.metadata import entry_points
-        except ImportError:  # pragma: no cover
-            from importlib_metadata import entry_points  # type: ignore[no-redef]
-        for ep in entry_points(group=NAME):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.name if dist is not None else "?"
-            version = dist.version if dist is not None else "?"
+        from machinery._entrypoints import entry_points  # importlib.metadata's reading, lighter
+
+        for ep in entry_points(NAME):
+            dist_name, version = ep.dist_name, ep.dist_version
             if ep.name in blocked:
                 self.pm.set_blocked(ep.name)
-                log.info("plugin %s blocked by MACHINERY_DISABLE_PLUGINS", ep.name)
+                _log().info("plugin %s blocked by MACHINERY_DISABLE_PLUGINS", ep.name)
                 continue
             if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
                 continue
