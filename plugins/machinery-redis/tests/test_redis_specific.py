@@ -775,3 +775,44 @@ def test_batcher_returns_error_replies_in_place_when_asked(url: str, raw: redis.
     finally:
         backend.close()
         raw.delete(key)
+
+
+def test_provisional_writes_are_dropped_when_superseded_and_sent_otherwise(private_redis: Any) -> None:
+    from machinery_redis.batch import CommandBatcher
+
+    raw = private_redis.client()
+    client = redis.Redis(port=private_redis.port)
+    batcher = CommandBatcher(client, linger=0.2)
+    errors: list[BaseException | None] = []
+    built: list[str] = []
+
+    def build(key: str, value: str) -> Any:
+        def make() -> list[tuple[Any, ...]]:
+            built.append(value)
+            return [("SET", key, value)]
+
+        return make
+
+    try:
+        raw.config_resetstat()
+        # superseded before its linger is over: never built, never sent
+        batcher.submit_provisional("k1", build("k1", "started"), lambda _r, e: errors.append(e))
+        batcher.execute([("SET", "k1", "success")], supersedes="k1")
+        # a provisional unit of another key is not touched by it, and leaves after the linger
+        batcher.submit_provisional("k2", build("k2", "started"), lambda _r, e: errors.append(e))
+        batcher.submit([("SET", "k3", "x")], lambda _r, e: errors.append(e), supersedes="k1")
+        assert wait_until(lambda: raw.get("k2") == b"started", timeout=5)
+        assert raw.get("k1") == b"success"
+        assert built == ["started"]  # only k2's
+        assert raw.info("commandstats")["cmdstat_set"]["calls"] == 3
+        # a build that fails reports to its callback and the batcher keeps working
+        def broken() -> list[tuple[Any, ...]]:
+            raise ValueError("cannot encode")
+
+        batcher.submit_provisional("k4", broken, lambda _r, e: errors.append(e))
+        assert wait_until(lambda: len(errors) == 3, timeout=5)
+        assert errors[:2] == [None, None] and isinstance(errors[2], ValueError)
+        assert batcher.execute([("GET", "k1")]) == [b"success"]
+    finally:
+        batcher.close()
+        client.close()

@@ -152,7 +152,7 @@ class RedisBackend(Backend):
     def _store_state(self, state: TaskState) -> None:
         # Through the shared batcher: concurrent workers' writes share one round trip.
         with self._errors(f"store state of {state.task_uuid}"):
-            self.batcher.execute([self._set_command(state, self._ex())])
+            self.batcher.execute([self._set_command(state, self._ex())], supersedes=state.task_uuid)
 
     def _store_states(self, states: Sequence[TaskState]) -> None:
         if not states:
@@ -164,17 +164,22 @@ class RedisBackend(Backend):
     def _store_states_unconfirmed(self, states: Sequence[TaskState]) -> None:
         """Queue RECEIVED/STARTED into the shared batcher without waiting: they ride in the next
         pipeline, which is sent before any later write of this process (pipelines go out one
-        after the other, in order), so a task's final state is never overwritten by them."""
+        after the other, in order), so a task's final state is never overwritten by them. A
+        task that ends before they leave (within the batcher's linger, or while a pipeline is
+        on its way) drops them: its final state replaces them, unencoded and unsent."""
         if not states:
             return
         ex = self._ex()
         uuid = states[0].task_uuid
 
+        def build() -> list[tuple[Any, ...]]:
+            return [self._set_command(st, ex) for st in states]
+
         def done(_replies: list[Any], error: BaseException | None) -> None:
             if error is not None:
                 log.warning("could not store the intermediate state of %s: %s", uuid, redact_url(str(error)))
 
-        self.batcher.submit([self._set_command(st, ex) for st in states], done, urgent=False)
+        self.batcher.submit_provisional(uuid, build, done)
 
     def set_state_success_then(
         self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
@@ -188,7 +193,7 @@ class RedisBackend(Backend):
         def done(_replies: list[Any], error: BaseException | None) -> None:
             then(None if error is None else self._translate(what, error))
 
-        self.batcher.submit([self._set_command(state, self._ex())], done)
+        self.batcher.submit([self._set_command(state, self._ex())], done, supersedes=state.task_uuid)
 
     def _translate(self, what: str, error: BaseException) -> BaseException:
         try:

@@ -54,11 +54,19 @@ Callback = Callable[[list[Any], "BaseException | None"], None]
 
 
 class _Unit:
-    __slots__ = ("callback", "commands", "error", "lead", "results", "sent", "waiter")
+    __slots__ = ("build", "callback", "commands", "error", "key", "lead", "results", "sent", "waiter")
 
-    def __init__(self, commands: Sequence[tuple[Any, ...]], callback: Callback | None) -> None:
+    def __init__(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        callback: Callback | None,
+        key: str | None = None,
+        build: Callable[[], Sequence[tuple[Any, ...]]] | None = None,
+    ) -> None:
         self.commands = commands
         self.callback = callback
+        self.key = key
+        self.build = build
         self.results: list[Any] = []
         self.error: BaseException | None = None
         self.lead = False
@@ -84,16 +92,22 @@ class CommandBatcher:
         self._cluster = isinstance(client, RedisCluster)
         self._conn: Any = None
 
-    def execute(self, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = True) -> list[Any]:
+    def execute(
+        self, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = True, supersedes: str | None = None
+    ) -> list[Any]:
         """Run ``commands`` (each ``(name, *args)``) in order and return their replies.
 
         :param raise_on_error: with False, error replies are returned in place (as exceptions)
             instead of raised; connection errors are raised either way.
+        :param supersedes: drop the provisional units of this key not sent yet (see
+            :meth:`submit_provisional`): these commands replace them.
         :raises redis.RedisError: the first error reply among these commands, or the connection
             error that failed their pipeline.
         """
         unit = _Unit(commands, None)
         with self._lock:
+            if supersedes is not None:
+                self._drop_provisional(supersedes)
             self._queue.append(unit)
             drive = not self._busy
             self._busy = True
@@ -108,7 +122,14 @@ class CommandBatcher:
             raise error
         return unit.results
 
-    def submit(self, commands: Sequence[tuple[Any, ...]], callback: Callback, *, urgent: bool = True) -> None:
+    def submit(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        callback: Callback,
+        *,
+        urgent: bool = True,
+        supersedes: str | None = None,
+    ) -> None:
         """Queue ``commands`` to ride in the next pipeline without waiting for them.
 
         When no pipeline is on its way, an ``urgent`` unit is sent at once from this thread;
@@ -116,9 +137,30 @@ class CommandBatcher:
         it then, unless a caller has sent it along with its own commands meanwhile).
         ``callback(replies, error)`` runs on the thread that sent them, once Redis answered
         (``error`` is the first error reply or the connection error, else None).
+
+        :param supersedes: drop the provisional units of this key not sent yet.
         """
-        unit = _Unit(commands, callback)
+        self._enqueue(_Unit(commands, callback), urgent, supersedes)
+
+    def submit_provisional(self, key: str, build: Callable[[], Sequence[tuple[Any, ...]]], callback: Callback) -> None:
+        """Queue writes that a later write of ``key`` makes pointless (a task's RECEIVED and
+        STARTED, once its final state is on its way): they wait :attr:`linger` seconds like a
+        non-urgent unit, and are dropped, unsent, if a unit that ``supersedes`` ``key`` is queued
+        before they leave. ``build()`` makes the commands when they are sent, so a dropped unit
+        costs no encoding either. ``callback`` is not called for a dropped unit.
+        """
+        self._enqueue(_Unit((), callback, key, build), False, None)
+
+    def _drop_provisional(self, key: str) -> None:
+        # Under self._lock. Provisional units of ``key`` still queued are never sent.
+        stale = [u for u in self._queue if u.build is not None and u.key == key]
+        for u in stale:
+            self._queue.remove(u)
+
+    def _enqueue(self, unit: _Unit, urgent: bool, supersedes: str | None) -> None:
         with self._lock:
+            if supersedes is not None:
+                self._drop_provisional(supersedes)
             self._queue.append(unit)
             if self._busy:
                 return
@@ -165,12 +207,15 @@ class CommandBatcher:
         # sending what is left (units submitted without waiting), or stop when nothing is.
         while True:
             with self._lock:
+                if not self._queue:  # only provisional units were queued, and were dropped
+                    self._busy = False
+                    return
                 batch = [self._queue.popleft()]
-                size = len(batch[0].commands)
-                while self._queue and size + len(self._queue[0].commands) <= MAX_BATCH:
+                size = _size(batch[0])
+                while self._queue and size + _size(self._queue[0]) <= MAX_BATCH:
                     unit = self._queue.popleft()
                     batch.append(unit)
-                    size += len(unit.commands)
+                    size += _size(unit)
             self._send(batch)
             for unit in batch:
                 if unit.callback is not None:
@@ -199,9 +244,15 @@ class CommandBatcher:
         commands: list[tuple[Any, ...]] = []
         for unit in batch:
             unit.sent = True
+            if unit.build is not None:
+                try:
+                    unit.commands = unit.build()
+                except Exception as exc:  # noqa: BLE001 - reported to the unit's callback
+                    unit.commands, unit.build, unit.error = (), None, exc
+                    continue
             commands.extend(unit.commands)
         try:
-            replies = self._exchange(commands)
+            replies = self._exchange(commands) if commands else []
         except BaseException as exc:  # noqa: BLE001 - handed to every unit of the pipeline
             for unit in batch:
                 unit.error = exc
@@ -211,7 +262,8 @@ class CommandBatcher:
             n = len(unit.commands)
             unit.results = replies[i : i + n]
             i += n
-            unit.error = next((r for r in unit.results if isinstance(r, Exception)), None)
+            if unit.error is None:
+                unit.error = next((r for r in unit.results if isinstance(r, Exception)), None)
 
     def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         # Only the driver sends (one pipeline at a time), so one connection, kept out of the
@@ -233,6 +285,10 @@ class CommandBatcher:
         if conn is not None:
             with contextlib.suppress(Exception):
                 self.client.connection_pool.release(conn)
+
+
+def _size(unit: _Unit) -> int:
+    return len(unit.commands) if unit.build is None else 2
 
 
 def _round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
