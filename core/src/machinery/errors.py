@@ -8,7 +8,11 @@ Errors carry attributes as well as a message.
 
 from __future__ import annotations
 
-from datetime import timedelta
+# Nothing is imported at run time (the CLI's ``--help`` loads this module); type checkers treat
+# ``TYPE_CHECKING`` as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 __all__ = [
     "ArgumentTypeError",
@@ -241,6 +245,8 @@ class RetryTaskLater(MachineryError):
     """
 
     def __init__(self, message: str, retry_in: timedelta | float) -> None:
+        from datetime import timedelta
+
         self.message = message
         self.retry_in = retry_in if isinstance(retry_in, timedelta) else timedelta(seconds=retry_in)
         super().__init__(f"{message} (retry in {self.retry_in.total_seconds():g}s)")
