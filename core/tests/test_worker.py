@@ -33,6 +33,7 @@ from machinery.interfaces import Delivery
 from machinery.memory import MemoryBackend, MemoryBroker
 from machinery.signature import encode_signature, encode_task_state
 from machinery.state import TaskResult, TaskState
+from machinery.workflow import chord_callback_to_send
 
 
 @pytest.fixture
@@ -448,6 +449,61 @@ def test_memory_broker_requires_ack(server: Server) -> None:
     broker.ack(d2)
     stop.set()
     assert list(gen) == []
+
+
+def _missing_group_warnings(caplog: pytest.LogCaptureFixture, group_uuid: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno == logging.WARNING and group_uuid in r.getMessage()]
+
+
+def test_a_chord_whose_group_record_is_gone_logs_a_warning(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="machinery")
+    ran: list[int] = []
+
+    @server.task("total")
+    def total(*xs: int) -> int:
+        ran.append(len(xs))
+        return sum(xs)
+
+    chord = Chord(Group(Signature("add", args=[1]), Signature("add", args=[2])), Signature("total"))
+    server.send_chord(chord)
+    group_uuid, cb = chord.group.group_uuid, chord.callback
+    server.backend.purge_group_meta(group_uuid)  # as if it had expired, or the store restarted
+    w = server.new_worker("c", 2).launch_in_background()
+    try:
+        deadline = time.monotonic() + 5
+        while not _missing_group_warnings(caplog, group_uuid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for t in chord.group.tasks:
+            assert server.get_state(t.uuid).state == "SUCCESS"  # type: ignore[union-attr]
+        time.sleep(0.2)
+    finally:
+        w.quit(timeout=10)
+    (warning,) = _missing_group_warnings(caplog, group_uuid)  # once, not once per member
+    text = warning.getMessage()
+    assert f"chord callback total ({cb.uuid}) of group {group_uuid} will not be sent" in text
+    assert "missing from the result backend" in text
+    assert ran == [] and server.backend.get_state(cb.uuid) is None
+
+
+def test_a_group_record_gone_between_trigger_and_read_is_logged_not_sent_empty(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = server.backend
+    chord = Chord(Group(Signature("add", args=[1])), Signature("total"))
+    member = chord.group.tasks[0]
+    backend.init_group(chord.group.group_uuid, chord.group.uuids())
+    backend.set_state_success(member, [TaskResult("int64", 1)])
+    real = backend.trigger_chord
+
+    def trigger_then_expire(group_uuid: str) -> bool:
+        won = real(group_uuid)
+        backend.purge_group_meta(group_uuid)
+        return won
+
+    backend.trigger_chord = trigger_then_expire  # type: ignore[method-assign]
+    assert chord_callback_to_send(backend, member) is None  # not sent without the results
+    assert len(_missing_group_warnings(caplog, chord.group.group_uuid)) == 1
+    assert chord.callback.args == []
 
 
 # -- backend errors that no retry can fix ------------------------------------------------------

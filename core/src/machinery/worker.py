@@ -35,6 +35,7 @@ from machinery.events import TaskEvent, WorkerEvent
 from machinery.retry import fibonacci_next
 from machinery.signature import Arg, Signature, decode_signature, results_for
 from machinery.task import TaskContext
+from machinery.workflow import chord_callback_to_send
 
 if TYPE_CHECKING:
     import asyncio
@@ -590,20 +591,9 @@ class Worker:
             server.send_task(nxt)
         if not sig.group_uuid or sig.chord_callback is None:
             return
-        backend = server.backend
-        if not backend.group_completed(sig.group_uuid, sig.group_task_count):
-            return
-        if not backend.trigger_chord(sig.group_uuid):
-            return
-        states = backend.group_task_states(sig.group_uuid, sig.group_task_count)
-        cb = sig.chord_callback
-        for st in states:
-            if not st.is_success:
-                log.warning("chord of group %s not sent: task %s is %s", sig.group_uuid, st.task_uuid, st.state)
-                return
-            if not cb.immutable:
-                cb.args.extend(Arg._trusted(r.type, r.value) for r in st.results or ())
-        server.send_task(cb)
+        cb = chord_callback_to_send(server.backend, sig)
+        if cb is not None:
+            server.send_task(cb)
 
     def _failed(self, sig: Signature, exc: BaseException, tb: str) -> bool:
         server = self.server

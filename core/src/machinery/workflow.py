@@ -7,15 +7,31 @@
 * :class:`Chord`: a group plus a callback that receives all members' results, in group order,
   fired exactly once when the whole group has succeeded.
   ``Chord(Group(add(1, 1), add(5, 5)), multiply())`` runs ``multiply(2, 10)`` = 20.
+
+The worker that stores a chord member's SUCCESS calls :func:`chord_callback_to_send`; the one
+call that completes the group gets the callback to send. The group record (its member list
+and trigger flag) must still be in the result backend then: when it has expired or was lost
+(a cache restarted), the callback cannot be sent, and a WARNING names the group and callback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from machinery.signature import Signature, new_uuid
+from machinery.signature import Arg, Signature, new_uuid
 
-__all__ = ["Chain", "Chord", "Group"]
+# Producers import this module: nothing more is imported at run time (``logging`` only when a
+# warning is due); type checkers treat ``TYPE_CHECKING`` as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from machinery.interfaces import Backend
+
+__all__ = ["Chain", "Chord", "Group", "chord_callback_to_send"]
+
+# Groups already reported missing (a WARNING once per group and process, not once per member;
+# forgotten all at once past 1000, so a group may be reported again then).
+_missing_reported: dict[str, None] = {}
+_MISSING_REMEMBERED = 1000
 
 
 def _flatten(tasks: tuple[Signature | Iterable[Signature], ...]) -> list[Signature]:
@@ -94,3 +110,55 @@ class Chord:
 
     def __repr__(self) -> str:
         return f"Chord({self.group!r} -> {self.callback.name})"
+
+
+def _warn(msg: str, *args: object) -> None:
+    import logging
+
+    logging.getLogger("machinery.worker").warning(msg, *args)
+
+
+def _warn_group_missing(group_uuid: str, callback: Signature) -> None:
+    if group_uuid in _missing_reported:
+        return
+    if len(_missing_reported) >= _MISSING_REMEMBERED:
+        _missing_reported.clear()
+    _missing_reported[group_uuid] = None
+    _warn(
+        "chord callback %s (%s) of group %s will not be sent: the group's record is missing from the "
+        "result backend (expired after results_expire_in, or lost when the store restarted)",
+        callback.name,
+        callback.uuid,
+        group_uuid,
+    )
+
+
+def chord_callback_to_send(backend: Backend, member: Signature) -> Signature | None:
+    """After ``member``, a task of a chord's group, has succeeded: the chord callback, with every
+    member's results appended (unless it is immutable), when this call is the one that completes
+    the group and wins the trigger; else None.
+
+    A missing group record is logged as a WARNING naming the group and the callback (it costs
+    one more read of the group record for a member that does not complete the group). A group
+    with a failed member is logged too; its callback is not sent either.
+    """
+    group_uuid, count, callback = member.group_uuid, member.group_task_count, member.chord_callback
+    if not group_uuid or callback is None:
+        return None
+    if not backend.group_completed(group_uuid, count):
+        if backend.get_group_meta(group_uuid) is None:
+            _warn_group_missing(group_uuid, callback)
+        return None
+    if not backend.trigger_chord(group_uuid):
+        return None
+    states = backend.group_task_states(group_uuid, count)
+    if not states:  # the record went away between the trigger and this read
+        _warn_group_missing(group_uuid, callback)
+        return None
+    for st in states:
+        if not st.is_success:
+            _warn("chord of group %s not sent: task %s is %s", group_uuid, st.task_uuid, st.state)
+            return None
+        if not callback.immutable:
+            callback.args.extend(Arg._trusted(r.type, r.value) for r in st.results or ())
+    return callback
