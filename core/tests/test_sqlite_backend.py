@@ -122,6 +122,38 @@ def test_chord_triggers_once_across_threads(make: Callable[..., SQLiteBackend]) 
     assert b.trigger_chord("unknown_group") is False
 
 
+def test_concurrent_writers_share_connections(
+    make: Callable[..., SQLiteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Threads queueing for the in-process write lock hold no connection (a worker's 8 task
+    # threads used to open one each, about 250 kB apiece).
+    b = make()
+    b.set_state_pending(Signature("add", uuid="task_first"))  # the schema exists from here on
+    db = b._db
+    opened: list[int] = []
+    connect = db._connect
+
+    def counting_connect() -> sqlite3.Connection:
+        opened.append(1)
+        return connect()
+
+    monkeypatch.setattr(db, "_connect", counting_connect)
+    barrier = threading.Barrier(8)
+
+    def writer(n: int) -> None:
+        barrier.wait()
+        for i in range(40):
+            b.set_state_started(Signature("add", uuid=f"task_{n}_{i}"))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) <= 1, f"{len(opened)} connections opened by 8 writing threads"
+    assert b.get_state("task_7_39") is not None
+
+
 def test_chord_triggers_once_across_processes(make: Callable[..., SQLiteBackend], db_path: Path) -> None:
     b = make()
     b.init_group("group_p", ["a"])

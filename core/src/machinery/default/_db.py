@@ -481,12 +481,23 @@ class Database:
         :param begin: False for a single statement, which is its own transaction (autocommit).
         """
         own = conn is None
-        c = self.checkout() if conn is None else conn  # before the lock: it may create the schema
+        # A pooled connection is taken once the lock is held, so threads queueing for the lock
+        # hold no connection: a worker's task threads then share one or two connections instead
+        # of opening one each (about 250 kB apiece). Until the schema exists, a new connection
+        # creates it under this same lock, so it is taken first, as the caller's own is.
+        late = own and self._ready
+        c = None if late else (self.checkout() if conn is None else conn)
         timeout = self.options.busy_timeout
         if not self._write_lock.acquire(timeout=timeout if timeout > 0 else -1):
-            if own:
+            if c is not None and own:
                 self.checkin(c)
             raise sqlite3.OperationalError("database is locked (by other threads of this process)")
+        if c is None:
+            try:
+                c = self.checkout()
+            except BaseException:
+                self._write_lock.release()
+                raise
         broken = False
         try:
             if not begin:
