@@ -816,3 +816,22 @@ def test_provisional_writes_are_dropped_when_superseded_and_sent_otherwise(priva
     finally:
         batcher.close()
         client.close()
+
+
+def test_consumer_reloads_its_script_after_a_script_flush(private_redis: Any) -> None:
+    queue = "flush_q"
+    srv = Server(config(private_redis.url, queue))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("flush", 2).launch_in_background()
+    try:
+        assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2
+        private_redis.client().script_flush()  # the consumer's take script is gone
+        results = [srv.send_task(Signature("add", [i, i])) for i in range(5)]
+        assert [r.get(timeout=5) for r in results] == [2 * i for i in range(5)]
+    finally:
+        worker.quit()
+        srv.close()

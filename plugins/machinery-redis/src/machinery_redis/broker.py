@@ -161,6 +161,29 @@ return n
 """
 
 
+def _call(conn: Any, *args: Any) -> Any:
+    """One command on a connection of our own. An error reply leaves it in step; anything else
+    (timeout, lost connection, interruption) may leave a reply unread, so it is closed (and
+    reopened by the next command)."""
+    try:
+        conn.send_command(*args)
+        return conn.read_response()
+    except redis.ResponseError:
+        raise
+    except BaseException:
+        conn.disconnect()
+        raise
+
+
+def _take(conn: Any, script: Any, queue: str, processing: str, n: int) -> list[bytes]:
+    try:
+        bodies = _call(conn, "EVALSHA", script.sha, 2, queue, processing, n)
+    except redis.exceptions.NoScriptError:  # a restarted or flushed server forgot it
+        _call(conn, "SCRIPT", "LOAD", script.script)
+        bodies = _call(conn, "EVALSHA", script.sha, 2, queue, processing, n)
+    return list(bodies or [])
+
+
 class _Consumer:
     """One ``consume`` call: its keys, and the bodies it has yielded and not yet settled."""
 
@@ -346,6 +369,9 @@ class RedisBroker(Broker):
         blocking = build_client(self.target, self.options, retries=0)
         block = self.options.block_timeout
         take = self._script("take", _TAKE)
+        # One connection of its own, written to directly (no pool hand-out per call); a
+        # cluster client routes each command to its node instead.
+        conn = None if is_cluster(blocking) else blocking.connection_pool.get_connection()
         batch = max(1, prefetch)
         ready: deque[bytes] = deque()  # taken into the processing list, not yielded yet
         recover, failing, backoff = True, False, 0.1
@@ -359,10 +385,16 @@ class RedisBroker(Broker):
                         self._recover(consumer)
                         recover = False
                     # Up to ``prefetch`` at once; block only when the queue is empty.
-                    bodies = take(keys=[queue, consumer.processing], args=[batch], client=blocking)
-                    if not bodies:
-                        body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
-                        bodies = [] if body is None else [body]
+                    if conn is None:
+                        bodies = take(keys=[queue, consumer.processing], args=[batch], client=blocking)
+                        if not bodies:
+                            body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
+                            bodies = [] if body is None else [body]
+                    else:
+                        bodies = _take(conn, take, queue, consumer.processing, batch)
+                        if not bodies:
+                            body = _call(conn, "BLMOVE", queue, consumer.processing, "LEFT", "RIGHT", block)
+                            bodies = [] if body is None else [body]
                 except redis.RedisError as exc:
                     recover = True
                     if not failing:
@@ -395,6 +427,8 @@ class RedisBroker(Broker):
                 idle = not consumer.inflight
             if idle and not self._closed:
                 self._leave(consumer)
+            if conn is not None:
+                conn.disconnect()
             blocking.close()
 
     def _recover(self, consumer: _Consumer) -> None:
