@@ -84,7 +84,7 @@ def bench(session: nox.Session) -> None:
     The peers are pinned in benchmarks/requirements.txt and live only in this session's
     environment; arq (which needs redis-py < 6) gets a second environment beside it.
     """
-    session.install("-e", "core", "-e", "plugins/machinery-redis", "-e", "plugins/machinery-amqp")
+    session.install("-e", "core", "-e", "plugins/machinery-redis[hiredis]", "-e", "plugins/machinery-amqp")
     session.install("-r", "benchmarks/requirements.txt")
     arq_env = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-arq")
     arq_python = arq_env / "bin" / "python"

@@ -290,7 +290,10 @@ class RedisBackend(Backend):
             if pool is None or pool.connection_class not in _TRACKABLE:  # Cluster, Sentinel
                 self._watcher_retry_at = float("inf")
                 return None
-            kwargs = {**pool.connection_kwargs, "protocol": 2}
+            # RESP2 connections of our own (pub/sub messages, no push frames); redis-py 8's
+            # maintenance notifications need RESP3, so their settings are left out.
+            kwargs = {k: v for k, v in pool.connection_kwargs.items() if "maint_notifications" not in k}
+            kwargs["protocol"] = 2
             watcher = StateWatcher(lambda: pool.connection_class(**kwargs))
             try:
                 watcher.start()
