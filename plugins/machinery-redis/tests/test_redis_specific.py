@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -835,3 +836,33 @@ def test_consumer_reloads_its_script_after_a_script_flush(private_redis: Any) ->
     finally:
         worker.quit()
         srv.close()
+
+
+def test_a_forked_child_uses_connections_of_its_own(url: str, queue: str, raw: redis.Redis) -> None:
+    srv = Server(config(url, queue))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("fork", 2).launch_in_background()
+    try:
+        assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2  # watcher + batcher open
+        parent_watcher = srv.backend._watcher
+        pid = os.fork()
+        if pid == 0:  # the child: its own sends and waits, never the parent's sockets
+            code = 1
+            try:
+                ok = [srv.send_task(Signature("add", [i, 10])).get(timeout=5) for i in range(3)] == [10, 11, 12]
+                code = 0 if ok and srv.backend._watcher is not parent_watcher else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's connections are intact
+        assert [srv.send_task(Signature("add", [i, 1])).get(timeout=5) for i in range(3)] == [1, 2, 3]
+        assert srv.backend._watcher is parent_watcher and not parent_watcher.broken
+    finally:
+        worker.quit()
+        srv.close()
+        raw.delete(queue)

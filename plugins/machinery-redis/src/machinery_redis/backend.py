@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -271,6 +272,9 @@ class RedisBackend(Backend):
 
     def _state_watcher(self) -> StateWatcher | None:
         watcher = self._watcher
+        if watcher is not None and watcher.pid != os.getpid():  # forked: the parent's, untouched
+            watcher = self._watcher = None
+            self._watcher_retry_at = 0.0
         if watcher is not None and not watcher.broken:
             return watcher
         if not self.options.track_states:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -91,6 +92,7 @@ class CommandBatcher:
         self._closed = False
         self._cluster = isinstance(client, RedisCluster)
         self._conn: Any = None
+        self._pid = os.getpid()
 
     def execute(
         self, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = True, supersedes: str | None = None
@@ -276,13 +278,15 @@ class CommandBatcher:
                 pipe.execute_command(*cmd)
             return list(pipe.execute(raise_on_error=False))
         conn = self._conn
-        if conn is None:
+        if conn is None or self._pid != os.getpid():
+            # (a forked child never writes on its parent's socket: it opens its own)
             conn = self._conn = self.client.connection_pool.get_connection()
+            self._pid = os.getpid()
         return list(conn.retry.call_with_retry(lambda: _round_trip(conn, commands), lambda _e: conn.disconnect()))
 
     def _release(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 self.client.connection_pool.release(conn)
 

@@ -17,6 +17,7 @@ If the listener's connection drops, announcements may be lost: waiters then also
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ class StateWatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.broken = False
+        #: The process that opened the connections (a forked child must build its own).
+        self.pid = os.getpid()
 
     def start(self) -> None:
         """Open both connections, subscribe and turn tracking on (raises if Redis refuses)."""
