@@ -738,7 +738,9 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
         "with the system's own API (poll intervals set to 1 ms where the API polls). *ETA*: tasks due",
         "from 0.5 s to 0.5 + spread s from now record `start - due` in a Redis list (negative: started",
         "before its ETA). *RSS*: peak of the",
-        "sum of VmRSS over the worker's process tree during the drain with results. The floor is raw",
+        "sum of VmRSS over the worker's process tree during the drain with results (the probe task",
+        "records its progress in this Redis, so every worker, the sqlite:// one included, has redis-py",
+        "loaded: about 22 MB of each figure on this machine). The floor is raw",
         "redis-py: LPUSH per message and one BRPOP per message in one consumer process.",
     ]
     if plot:
