@@ -740,7 +740,7 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
         "before its ETA). *RSS*: peak of the",
         "sum of VmRSS over the worker's process tree during the drain with results (the probe task",
         "records its progress in this Redis, so every worker, the sqlite:// one included, has redis-py",
-        "loaded: about 22 MB of each figure on this machine). The floor is raw",
+        "loaded: 20 to 22 MB of each figure on this machine). The floor is raw",
         "redis-py: LPUSH per message and one BRPOP per message in one consumer process.",
     ]
     if plot:
