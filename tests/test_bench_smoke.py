@@ -34,8 +34,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert set(rows) == {"machinery (redis)", "machinery (embedded sqlite://)"}, text
     for name, line in rows.items():
         cells = [c.strip() for c in line.strip("|").split("|")[1:]]
-        # enqueue, group, drain on/off, round trip p50/p99, ETA p50/p99, RSS, import: all numbers
-        assert len(cells) == 10, line
+        # enqueue, group, drain on/off, round trip p50/p99, ETA p50/p99, RSS, import alone and
+        # with the main API: all numbers
+        assert len(cells) == 11, line
         for cell in cells:
             assert re.fullmatch(r"-?[\d,]+(\.\d+)?", cell), f"{name}: {cell!r} in {line}"
     assert re.search(r"Machine: .+ cores", text)
