@@ -106,13 +106,19 @@ class CommandBatcher:
         :raises redis.RedisError: the first error reply among these commands, or the connection
             error that failed their pipeline.
         """
-        unit = _Unit(commands, None)
         with self._lock:
             if supersedes is not None:
                 self._drop_provisional(supersedes)
-            self._queue.append(unit)
-            drive = not self._busy
-            self._busy = True
+            alone = not self._busy and not self._queue
+            if alone:
+                self._busy = True
+            else:
+                unit = _Unit(commands, None)
+                self._queue.append(unit)
+                drive = not self._busy
+                self._busy = True
+        if alone:  # nobody else is sending: no unit, no hand-over, straight to Redis
+            return self._execute_alone(commands, raise_on_error)
         if not drive:
             assert unit.waiter is not None
             unit.waiter.acquire()  # released once answered, or when it is this unit's turn to drive
@@ -123,6 +129,22 @@ class CommandBatcher:
         if error is not None and (raise_on_error or error not in unit.results):
             raise error
         return unit.results
+
+    def _execute_alone(self, commands: Sequence[tuple[Any, ...]], raise_on_error: bool) -> list[Any]:
+        try:
+            replies = self._exchange(list(commands))
+        finally:
+            with self._lock:
+                more = bool(self._queue)  # queued meanwhile: send them (or hand over) as _drive does
+                if not more:
+                    self._busy = False
+            if more:
+                self._drive(None)
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
 
     def submit(
         self,

@@ -233,6 +233,7 @@ class RedisBroker(Broker):
         self._closing = threading.Event()
         self._closed = False
         self._scripts: dict[str, Any] = {}
+        self._fused_backend: Backend | None = None  # the last backend found to share our client
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -302,20 +303,21 @@ class RedisBroker(Broker):
         :raises machinery.errors.PublishError: the message was refused (or, when the error is a
             ``ConnectionError`` too, Redis could not be reached within ``redis.retries``).
         """
-        from machinery_redis.backend import RedisBackend
-
-        if type(backend) is not RedisBackend or self._cluster:
-            return False
-        if backend.shared is not self._shared:  # another server, database or options
-            return False
-        state_cmd = backend.pending_command(signature)
+        if backend is not self._fused_backend:
+            if not self._shares_connections(backend):
+                return False
+            self._fused_backend = backend
+        state_cmd = backend.pending_command(signature)  # type: ignore[attr-defined]
         score = self._delay_score(signature)
         if score is None:
             msg_cmd: tuple[Any, ...] = ("RPUSH", self.queue_for(signature), body)
         else:
             msg_cmd = ("ZADD", self.options.delayed_tasks_key, score, body)
-        with self._publish_errors(f"publish {signature.uuid}", signature.uuid):
+        try:
             state_reply, msg_reply = self.batcher.execute([state_cmd, msg_cmd], raise_on_error=False)
+        except redis.RedisError as exc:
+            with self._publish_errors(f"publish {signature.uuid}", signature.uuid):
+                raise exc  # translated: PublishError (and ConnectionError when unreachable)
         if isinstance(state_reply, Exception):
             raise BackendError(
                 f"store PENDING of {signature.uuid}: redis at {redact_url(self.url)} failed: {state_reply}"
@@ -325,6 +327,14 @@ class RedisBroker(Broker):
             err.task_uuid = signature.uuid  # type: ignore[attr-defined]
             raise err from msg_reply
         return True
+
+    def _shares_connections(self, backend: Backend) -> bool:
+        from machinery_redis.backend import RedisBackend
+
+        if type(backend) is not RedisBackend or self._cluster:
+            return False
+        self.client  # noqa: B018 - creates the shared client on first use
+        return backend.shared is self._shared  # else another server, database or options
 
     def _publish_errors(self, what: str, task_uuid: str) -> Any:
         return translate_errors(what, self.url, PublishError, _PublishConnectionError, task_uuid=task_uuid)
