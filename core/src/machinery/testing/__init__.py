@@ -30,6 +30,7 @@ This package imports pytest; ``import machinery`` never imports it.
 
 from __future__ import annotations
 
+from machinery.testing._support import check_periodic_ticks_once
 from machinery.testing.backend import BackendConformance
 from machinery.testing.broker import BrokerConformance, require_capability
 from machinery.testing.lock import LockConformance
@@ -43,6 +44,7 @@ __all__ = [
     "BrokerOracle",
     "LockConformance",
     "WorkflowConformance",
+    "check_periodic_ticks_once",
     "require_capability",
     "require_server",
 ]

@@ -1,16 +1,23 @@
-"""Helpers shared by the conformance classes: a gated consumer, polling, worker handles."""
+"""Helpers shared by the conformance classes and tests: a gated consumer, polling, worker
+handles, a multi-process periodic-scheduler check."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue as _queue
+import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +30,14 @@ if TYPE_CHECKING:
     from machinery.signature import Signature
     from machinery.worker import Worker
 
-__all__ = ["Consumer", "SubprocessWorker", "ThreadWorker", "WorkerHandle", "wait_until"]
+__all__ = [
+    "Consumer",
+    "SubprocessWorker",
+    "ThreadWorker",
+    "WorkerHandle",
+    "check_periodic_ticks_once",
+    "wait_until",
+]
 
 T = TypeVar("T")
 
@@ -287,3 +301,139 @@ class ThreadWorker(WorkerHandle):
         """Stop consuming and wait for in-flight tasks."""
         self.worker.quit(wait=True, timeout=timeout)
         self.server.close()
+
+
+_SCHEDULER_CHILD = textwrap.dedent(
+    """
+    import logging, os, signal, sys, threading
+    from machinery import Config, Server, Signature
+    from machinery.schedule import Scheduler
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    env = os.environ
+    server = Server(Config(broker=env["P_BROKER"], result_backend=env["P_BACKEND"], lock=env["P_LOCK"],
+                           default_queue=env["P_QUEUE"]))
+    server.register_periodic_task("@every 1s", env["P_NAME"], Signature("tick"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _ = server.lock
+    print("ready", flush=True)
+    Scheduler(server).run_forever(stop)
+    server.close()
+    """
+)
+_SENT = re.compile(r"machinery\.schedule: periodic '[^']+': tick (\S+) sent task (task_\S+)")
+
+
+def check_periodic_ticks_once(
+    workdir: Path,
+    *,
+    broker: str,
+    backend: str,
+    lock: str,
+    seconds: float = 10.0,
+    processes: int = 3,
+) -> None:
+    """Run ``processes`` scheduler processes against one lock; assert each tick fired exactly once.
+
+    Each process runs :class:`~machinery.schedule.Scheduler` on its own ``Server`` (so its own
+    lock owner) for an ``@every 1s`` entry, all on a fresh queue, for ``seconds``. Then every
+    message of the queue is consumed, and the check is, by the tick header each one carries,
+    that no tick was delivered twice, no interior tick is missing, at least ``seconds - 2``
+    ticks were delivered, and the schedulers' "sent" log lines name exactly the delivered
+    (tick, task UUID) pairs.
+
+    :param workdir: a scratch directory (the child script is written there).
+    :param broker: broker URL of the schedulers and of the draining consumer.
+    :param backend: result backend URL.
+    :param lock: lock URL: the transport under test.
+    :param seconds: how long the schedulers run.
+    :param processes: how many scheduler processes.
+    :raises AssertionError: a process failed, or a tick was duplicated or missed.
+    """
+    queue = f"periodic_{uuid.uuid4().hex[:8]}"
+    logs = _run_schedulers(workdir, broker, backend, lock, queue, seconds, processes)
+    delivered = _drain_ticks(broker, backend, queue)
+    counts = Counter(tick for tick, _ in delivered)
+    dupes = {t: c for t, c in counts.items() if c != 1}
+    assert not dupes, f"ticks delivered more than once: {dupes}"
+    ticks = sorted(datetime.fromisoformat(t.replace("Z", "+00:00")) for t in counts)
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a != timedelta(seconds=1)]
+    warnings = [
+        line
+        for log in logs
+        for line in log.splitlines()
+        if line.startswith("machinery.schedule") and not _SENT.match(line)
+    ]
+    assert not gaps, f"missing interior ticks between {gaps}; scheduler logs: {warnings}"
+    assert len(ticks) >= seconds - 2, f"only {len(ticks)} ticks in {seconds:g}s"
+    # what the schedulers logged as sent is exactly what was delivered, UUIDs included
+    logged = [(m.group(1), m.group(2)) for log in logs for m in _SENT.finditer(log)]
+    assert sorted(logged) == sorted(delivered)
+
+
+def _run_schedulers(
+    workdir: Path, broker: str, backend: str, lock: str, queue: str, seconds: float, n: int
+) -> list[str]:
+    """Run ``n`` scheduler processes for ``seconds``; return their stderr (logs)."""
+    script = workdir / "periodic_child.py"
+    script.write_text(_SCHEDULER_CHILD)
+    env = {
+        **os.environ,
+        "P_BROKER": broker,
+        "P_BACKEND": backend,
+        "P_LOCK": lock,
+        "P_QUEUE": queue,
+        "P_NAME": f"every-second-{uuid.uuid4().hex[:8]}",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+    logs: list[str] = []
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
+        time.sleep(seconds)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            _, err = p.communicate(timeout=15)
+            logs.append(err)
+            assert p.returncode == 0, err
+    return logs
+
+
+def _drain_ticks(broker: str, backend: str, queue: str, idle: float = 2.0) -> list[tuple[str, str]]:
+    """Consume (and ack) every message of ``queue`` until it is idle: (tick header, task UUID) pairs."""
+    from machinery.config import Config
+    from machinery.schedule import TICK_HEADER
+    from machinery.server import Server
+
+    server = Server(Config(broker=broker, result_backend=backend, default_queue=queue))
+    stop = threading.Event()
+    last = [time.monotonic()]
+
+    def watchdog() -> None:
+        while not stop.is_set():
+            if time.monotonic() - last[0] > idle:
+                stop.set()
+            time.sleep(0.1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    out: list[tuple[str, str]] = []
+    try:
+        for d in server.broker.consume(queue, prefetch=16, stop=stop):
+            sig = decode_signature(d.body)
+            out.append((str(sig.headers[TICK_HEADER]), sig.uuid))
+            server.broker.ack(d)
+            last[0] = time.monotonic()
+    finally:
+        stop.set()
+        server.close()
+    return out
