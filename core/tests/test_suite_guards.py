@@ -160,10 +160,39 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield pytester
 
 
-def outcomes(pytester: pytest.Pytester, source: str, *args: str) -> dict[str, set[str]]:
-    """Run ``source`` as a test module; ``{"passed": {"Class::test"...}, "failed": ..., "skipped": ...}``."""
-    pytester.makepyfile(test_guarded=textwrap.dedent(source))
-    rec = pytester.inline_run("-p", "no:cacheprovider", *args)
+def suite_class(
+    name: str,
+    suite: str,
+    url: str,
+    *,
+    process_local: bool = True,
+    lock_url: str | None = None,
+    body: str = "",
+    **attrs: float,
+) -> str:
+    """Source of a conformance subclass ``name(suite)`` on ``url``, as a plugin's test module
+    writes one: ``attrs`` become class attributes, ``body`` (methods) is appended."""
+    lines = [f"class {name}({suite}):"]
+    if process_local:
+        lines.append("    process_local = True")
+    lines += [f"    {attr} = {value!r}" for attr, value in attrs.items()]
+    lines += ["    @pytest.fixture", f"    def url(self): return {url!r}"]
+    if lock_url is not None:
+        lines += ["    @pytest.fixture", f"    def lock_url(self): return {lock_url!r}"]
+    if body:
+        lines.append(textwrap.indent(textwrap.dedent(body).strip("\n"), "    "))
+    return "\n".join(lines) + "\n"
+
+
+def outcomes(pytester: pytest.Pytester, *classes: str, k: str) -> dict[str, set[str]]:
+    """Run ``classes`` (see :func:`suite_class`) as a test module, selecting tests with ``-k k``;
+    ``{"passed": {"Class::test"...}, "failed": ..., "skipped": ...}``."""
+    header = (
+        "import pytest\n"
+        "from machinery.testing import BackendConformance, BrokerConformance, LockConformance, WorkflowConformance\n"
+    )
+    pytester.makepyfile(test_guarded="\n\n".join([header, *classes]))
+    rec = pytester.inline_run("-p", "no:cacheprovider", "-k", k)
     passed, skipped, failed = rec.listoutcomes()
 
     def names(reports: list[object]) -> set[str]:
@@ -172,28 +201,18 @@ def outcomes(pytester: pytest.Pytester, source: str, *args: str) -> dict[str, se
     return {"passed": names(list(passed)), "skipped": names(list(skipped)), "failed": names(list(failed))}
 
 
+# A broken broker must fail fast: the contract tests otherwise wait their full timeouts.
+FAST_BROKER = {"delivery_timeout": 1.0, "oracle_timeout": 1.0, "eta_tolerance": 0.5}
+
+
 def test_ack_before_run_is_caught(suite: pytest.Pytester) -> None:
     """A broker that acknowledges on delivery fails the at-least-once tests; memory passes them."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import BrokerConformance
-
-        class TestBroken(BrokerConformance):
-            process_local = True
-            delivery_timeout = oracle_timeout = 1.0
-            eta_tolerance = 0.5
-            @pytest.fixture
-            def url(self): return "ackearly://guard"
-
-        class TestControl(BrokerConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "memory://guard"
-        """,
-        "-k", "kept_until_ack or nack_requeue or nack_with_delay",
-    )  # fmt: skip
+        suite_class("TestBroken", "BrokerConformance", "ackearly://guard", **FAST_BROKER),
+        suite_class("TestControl", "BrokerConformance", "memory://guard"),
+        k="kept_until_ack or nack_requeue or nack_with_delay",
+    )
     caught = {"test_message_kept_until_ack", "test_nack_requeue_redelivers", "test_nack_with_delay"}
     assert res["failed"] == {f"TestBroken::{t}" for t in caught}, res
     assert {f"TestControl::{t}" for t in caught} <= res["passed"], res
@@ -203,19 +222,9 @@ def test_lost_nack_is_caught(suite: pytest.Pytester) -> None:
     """A broker that drops requeued messages fails the nack and unknown-task tests."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import BrokerConformance
-
-        class TestBroken(BrokerConformance):
-            process_local = True
-            delivery_timeout = oracle_timeout = 1.0
-            eta_tolerance = 0.5
-            @pytest.fixture
-            def url(self): return "losenack://guard"
-        """,
-        "-k", "nack_requeue or nack_with_delay or unknown_task_requeued",
-    )  # fmt: skip
+        suite_class("TestBroken", "BrokerConformance", "losenack://guard", **FAST_BROKER),
+        k="nack_requeue or nack_with_delay or unknown_task_requeued",
+    )
     assert res["failed"] == {
         "TestBroken::test_nack_requeue_redelivers",
         "TestBroken::test_nack_with_delay",
@@ -227,17 +236,9 @@ def test_early_eta_is_caught(suite: pytest.Pytester) -> None:
     """A broker claiming native delay but delivering ETA tasks at once fails the ETA tests."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import BrokerConformance
-
-        class TestBroken(BrokerConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "earlyeta://guard"
-        """,
-        "-k", "eta_not_early or delayed_tasks",
-    )  # fmt: skip
+        suite_class("TestBroken", "BrokerConformance", "earlyeta://guard"),
+        k="eta_not_early or delayed_tasks",
+    )
     assert res["failed"] == {"TestBroken::test_eta_not_early_and_within_bound", "TestBroken::test_delayed_tasks"}, res
 
 
@@ -245,24 +246,10 @@ def test_lock_that_never_expires_is_caught(suite: pytest.Pytester) -> None:
     """A lock ignoring its TTL fails the expiry tests; the memory lock passes them."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import LockConformance
-
-        class TestBroken(LockConformance):
-            process_local = True
-            expiry_tolerance = 0.5
-            @pytest.fixture
-            def url(self): return "stucklock://guard"
-
-        class TestControl(LockConformance):
-            process_local = True
-            expiry_tolerance = 0.5
-            @pytest.fixture
-            def url(self): return "memory://guard"
-        """,
-        "-k", "expiry",
-    )  # fmt: skip
+        suite_class("TestBroken", "LockConformance", "stucklock://guard", expiry_tolerance=0.5),
+        suite_class("TestControl", "LockConformance", "memory://guard", expiry_tolerance=0.5),
+        k="expiry",
+    )
     expiry = {"test_expiry", "test_release_after_expiry_keeps_new_holder"}
     assert res["failed"] == {f"TestBroken::{t}" for t in expiry}, res
     assert {f"TestControl::{t}" for t in expiry} <= res["passed"], res
@@ -273,25 +260,12 @@ def test_lock_without_exclusion_is_caught(suite: pytest.Pytester) -> None:
     fire once per scheduler instead of once per tick."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import LockConformance, WorkflowConformance
-
-        class TestBroken(LockConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "nolock://guard"
-
-        class TestBrokenBeat(WorkflowConformance):
-            process_local = True
-            periodic_window = 2.5
-            @pytest.fixture
-            def url(self): return "memory://guard"
-            @pytest.fixture
-            def lock_url(self): return "nolock://guard"
-        """,
-        "-k", "excludes or exclusion_threads or once_per_tick",
-    )  # fmt: skip
+        suite_class("TestBroken", "LockConformance", "nolock://guard"),
+        suite_class(
+            "TestBrokenBeat", "WorkflowConformance", "memory://guard", lock_url="nolock://guard", periodic_window=2.5
+        ),
+        k="excludes or exclusion_threads or once_per_tick",
+    )
     assert res["failed"] == {
         "TestBroken::test_acquire_excludes_other_owners",
         "TestBroken::test_mutual_exclusion_threads",
@@ -303,22 +277,10 @@ def test_non_atomic_chord_trigger_is_caught(suite: pytest.Pytester) -> None:
     """A backend whose chord flag is read-then-written fails the 50-thread exactly-once test."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import BackendConformance
-
-        class TestBroken(BackendConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "racychord://guard"
-
-        class TestControl(BackendConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "memory://guard"
-        """,
-        "-k", "chord_trigger",
-    )  # fmt: skip
+        suite_class("TestBroken", "BackendConformance", "racychord://guard"),
+        suite_class("TestControl", "BackendConformance", "memory://guard"),
+        k="chord_trigger",
+    )
     assert res["failed"] == {"TestBroken::test_chord_trigger_exactly_once_concurrently"}, res
     assert "TestControl::test_chord_trigger_exactly_once_concurrently" in res["passed"], res
 
@@ -327,46 +289,31 @@ def test_unregistered_scheme_fails(suite: pytest.Pytester) -> None:
     """The suite resolves the URL through the plugin host: an uninstalled scheme is an error."""
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import LockConformance
-
-        class TestMissing(LockConformance):
-            @pytest.fixture
-            def url(self): return "nosuchplugin://x"
-        """,
-        "-k", "resolved_through_entry_point",
-    )  # fmt: skip
+        suite_class("TestMissing", "LockConformance", "nosuchplugin://x", process_local=False),
+        k="resolved_through_entry_point",
+    )
     assert res["failed"] == {"TestMissing::test_resolved_through_entry_point"}, res
 
 
 def test_override_without_xfail_fails_the_guard(suite: pytest.Pytester) -> None:
     """Overriding a suite test without an xfail reason, or deleting one, fails ``test_no_overrides``;
     an override marked ``xfail(reason=...)`` is accepted."""
+    sneaky = """
+        def test_priority(self):
+            pass
+        test_purge = None
+    """
+    honest = """
+        @pytest.mark.xfail(reason="our priorities are approximate", strict=False)
+        def test_priority(self):
+            raise AssertionError("approximate")
+    """
     res = outcomes(
         suite,
-        """
-        import pytest
-        from machinery.testing import BrokerConformance
-
-        class TestSneaky(BrokerConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "memory://guard"
-            def test_priority(self):
-                pass
-            test_purge = None
-
-        class TestHonest(BrokerConformance):
-            process_local = True
-            @pytest.fixture
-            def url(self): return "memory://guard"
-            @pytest.mark.xfail(reason="our priorities are approximate", strict=False)
-            def test_priority(self):
-                raise AssertionError("approximate")
-        """,
-        "-k", "no_overrides",
-    )  # fmt: skip
+        suite_class("TestSneaky", "BrokerConformance", "memory://guard", body=sneaky),
+        suite_class("TestHonest", "BrokerConformance", "memory://guard", body=honest),
+        k="no_overrides",
+    )
     assert res["failed"] == {"TestSneaky::test_no_overrides"}, res
     assert "TestHonest::test_no_overrides" in res["passed"], res
     out = suite.runpytest_inprocess("-p", "no:cacheprovider", "-k", "TestSneaky and no_overrides").stdout.str()
