@@ -705,3 +705,100 @@ def test_send_stores_pending_then_publishes_by_default(server: Server, monkeypat
     assert broker.publish_pending(b"{}", Signature("add"), backend) is False
     server.send_task(Signature("add", args=[Arg("int64", 1)]))
     assert order == ["pending", "publish"]
+
+
+# -- the success path: store, then hook, then follow-ups ---------------------------------------
+
+
+class SuccessOrderBackend(MemoryBackend):
+    """Records how SUCCESS is stored, into a log shared with a hook recorder and ``send_task``.
+    ``then_errors`` SUCCESS stores through ``set_state_success_then`` fail (connection lost)."""
+
+    def __init__(self, url: str, config: Config, log: list[tuple[str, str]]) -> None:
+        super().__init__(url, config)
+        self.log = log
+        self.then_errors = 0
+
+    def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
+        super().set_state_success(signature, results)
+        self.log.append(("stored", signature.name))
+
+    def set_state_success_then(
+        self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
+    ) -> None:
+        self.log.append(("store_then", signature.name))
+        if self.then_errors > 0:
+            self.then_errors -= 1
+            then(BackendConnectionError("connection lost"))
+            return
+        super().set_state_success_then(signature, results, then)
+
+
+def test_success_stores_then_fires_the_hook_then_sends_follow_ups(monkeypatch: pytest.MonkeyPatch) -> None:
+    from machinery import hookimpl
+    from machinery.events import TaskEvent
+    from machinery.plugins import PluginHost
+
+    log: list[tuple[str, str]] = []
+
+    class Succeeded:
+        @hookimpl
+        def machinery_task_succeeded(self, event: TaskEvent) -> None:
+            assert event.runtime is not None and event.runtime >= 0 and event.results is not None
+            log.append(("hook", f"{event.signature.name}={[r.value for r in event.results]}"))
+
+    host = PluginHost(load_entry_points=False)
+    host.pm.register(Succeeded(), name="succeeded")
+    name = uuid.uuid4().hex
+    config = Config(broker=f"memory://{name}", result_backend=f"memory://{name}", lock=f"memory://{name}")
+    backend = SuccessOrderBackend(f"memory://{name}", config, log)
+    srv = Server(config, backend=backend, plugins=host)
+    for task in ("first", "second", "member", "join"):
+        srv.register_task(task, lambda *args: sum(args))
+    send = srv.send_task
+    monkeypatch.setattr(srv, "send_task", lambda sig: (log.append(("send", sig.name)), send(sig))[1])
+
+    def hooked(last: str) -> None:  # get() returns once stored: the hook may still be firing
+        deadline = time.monotonic() + 5
+        while log[-1:] != [("hook", last)] and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    w = srv.new_worker("order", 1)
+    w.backend_error_requeue_delay = 0.05
+    w.launch_in_background()
+    try:
+        # no follow-ups: stored through set_state_success_then, the hook fires once it is stored
+        # and not for the attempt whose store failed (that message is redelivered)
+        backend.then_errors = 1
+        assert send(Signature("first", args=[Arg("int64", 1)])).get(timeout=5) == 1
+        hooked("first=[1]")
+        assert log == [("store_then", "first"), ("store_then", "first"), ("stored", "first"), ("hook", "first=[1]")]
+        # an on_success callback: stored synchronously, hook, then the callback is sent
+        log.clear()
+        chain = Chain(Signature("first", args=[Arg("int64", 2)]), Signature("second", args=[Arg("int64", 3)]))
+        assert srv.send_chain(chain).get(timeout=5) == 5
+        hooked("second=[5]")
+        assert log == [
+            ("send", "first"),  # by send_chain
+            ("stored", "first"),
+            ("hook", "first=[2]"),
+            ("send", "second"),
+            ("store_then", "second"),
+            ("stored", "second"),
+            ("hook", "second=[5]"),
+        ]
+        # a chord's member: stored synchronously, hook, then the chord callback is sent
+        log.clear()
+        chord = Chord(Group(Signature("member", args=[Arg("int64", 4)])), Signature("join"))
+        assert srv.send_chord(chord).get(timeout=5) == 4
+        hooked("join=[4]")
+        assert log == [
+            ("stored", "member"),
+            ("hook", "member=[4]"),
+            ("send", "join"),
+            ("store_then", "join"),
+            ("stored", "join"),
+            ("hook", "join=[4]"),
+        ]
+    finally:
+        w.quit(timeout=10)

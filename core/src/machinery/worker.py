@@ -541,12 +541,7 @@ class Worker:
                     self._retry(sig, exc)
                     return False
                 return self._failed(sig, exc, tb)
-            runtime = time.perf_counter() - t0
-            if settle is not None and not sig.on_success and (not sig.group_uuid or sig.chord_callback is None):
-                self._succeeded_then(sig, results, runtime, settle)
-                return None
-            self._succeeded(sig, results, runtime)
-            return False
+            return self._succeeded(sig, results, time.perf_counter() - t0, settle)
         finally:
             if self._post_task is not None:
                 self._post_task(sig)
@@ -562,34 +557,51 @@ class Worker:
                     self._loop = loop
         return asyncio.run_coroutine_threadsafe(fn(*values), self._loop).result()
 
-    def _succeeded_then(
+    def _succeeded(
         self,
         sig: Signature,
         results: list[TaskResult],
         runtime: float,
-        settle: Callable[[bool, BaseException | None], None],
-    ) -> None:
-        def stored(error: BaseException | None) -> None:
-            if error is None and self._obs_succeeded:
-                self._safe_hook(
-                    self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime)
-                )
-            settle(False, error)
+        settle: Callable[[bool, BaseException | None], None] | None,
+    ) -> bool | None:
+        """Store SUCCESS, then fire ``task_succeeded``, then send the follow-ups (``on_success``
+        callbacks, the chord callback): nothing after the store happens unless it is stored.
 
-        self.server.backend.set_state_success_then(sig, results, stored)
+        With ``settle`` and no follow-ups, the store goes through
+        ``Backend.set_state_success_then``: this returns None at once, and the hook fires and
+        ``settle`` runs once SUCCESS is stored (possibly on the backend's sending thread).
+        Otherwise the store is synchronous, its errors propagate, and this returns False.
+        """
+        no_chord = not sig.group_uuid or sig.chord_callback is None
+        if settle is not None and no_chord and not sig.on_success:
+            # the hot path: one closure per task, no other work until the store reports
+            def stored(error: BaseException | None) -> None:
+                if error is None and self._obs_succeeded:
+                    self._fire_succeeded(sig, results, runtime)
+                settle(False, error)
 
-    def _succeeded(self, sig: Signature, results: list[TaskResult], runtime: float) -> None:
-        server = self.server
-        server.backend.set_state_success(sig, results)
+            self.server.backend.set_state_success_then(sig, results, stored)
+            return None
+        self.server.backend.set_state_success(sig, results)
         if self._obs_succeeded:
-            self._safe_hook(
-                self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime)
-            )
+            self._fire_succeeded(sig, results, runtime)
+        self._send_follow_ups(sig, results, no_chord)
+        return False
+
+    def _fire_succeeded(self, sig: Signature, results: list[TaskResult], runtime: float) -> None:
+        """The ``task_succeeded`` hook (callers check ``_obs_succeeded``, so a worker without
+        observers pays nothing on its success path)."""
+        self._safe_hook(self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime))
+
+    def _send_follow_ups(self, sig: Signature, results: list[TaskResult], no_chord: bool) -> None:
+        """Send ``on_success`` callbacks (with the results unless immutable) and, for the
+        member of a chord's group, the chord callback once the whole group has succeeded."""
+        server = self.server
         for nxt in sig.on_success:
             if not nxt.immutable:
                 nxt.args.extend(Arg._trusted(r.type, r.value) for r in results)
             server.send_task(nxt)
-        if not sig.group_uuid or sig.chord_callback is None:
+        if no_chord:
             return
         cb = chord_callback_to_send(server.backend, sig)
         if cb is not None:
