@@ -24,11 +24,6 @@ from machinery.state import TaskResult, TaskState
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "results.db"
-
-
-@pytest.fixture
 def make(db_path: Path) -> Iterator[Callable[..., SQLiteBackend]]:
     made: list[SQLiteBackend] = []
 
@@ -42,21 +37,15 @@ def make(db_path: Path) -> Iterator[Callable[..., SQLiteBackend]]:
         b.close()
 
 
-def raw(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def test_states_are_stored_as_go_json(make: Callable[..., SQLiteBackend], db_path: Path) -> None:
+def test_states_are_stored_as_go_json(
+    make: Callable[..., SQLiteBackend], raw: Callable[..., list[tuple[object, ...]]]
+) -> None:
     b = make()
     s = Signature("add", uuid="task_1")
     b.set_state_success(s, [TaskResult("int64", 3)])
     st = b.get_state("task_1")
     assert st is not None and st.is_success and st.values == [3]
-    (data,) = raw(db_path, "SELECT data FROM machinery_states WHERE uuid = 'task_1'")[0]
+    (data,) = raw("SELECT data FROM machinery_states WHERE uuid = 'task_1'")[0]
     assert isinstance(data, bytes) and data == encode_task_state(st)
     doc = json.loads(data)
     assert doc["State"] == "SUCCESS" and doc["Results"] == [{"Type": "int64", "Value": 3}]
@@ -80,7 +69,7 @@ def test_bulk_load_keeps_order_and_missing(make: Callable[..., SQLiteBackend]) -
     assert len(got) == 1201
 
 
-def test_results_expire(make: Callable[..., SQLiteBackend], db_path: Path) -> None:
+def test_results_expire(make: Callable[..., SQLiteBackend], raw: Callable[..., list[tuple[object, ...]]]) -> None:
     b = make(results_expire_in=1)
     b.set_state_pending(Signature("add", uuid="task_x"))
     b.init_group("group_x", ["task_x"])
@@ -92,13 +81,13 @@ def test_results_expire(make: Callable[..., SQLiteBackend], db_path: Path) -> No
     # The sweep deletes expired rows (at most once a minute; force it).
     b._db._last_sweep = 0.0
     b.set_state_pending(Signature("add", uuid="task_y"))
-    assert raw(db_path, "SELECT uuid FROM machinery_states") == [("task_y",)]
+    assert raw("SELECT uuid FROM machinery_states") == [("task_y",)]
 
 
-def test_no_expiry_when_zero(make: Callable[..., SQLiteBackend], db_path: Path) -> None:
+def test_no_expiry_when_zero(make: Callable[..., SQLiteBackend], raw: Callable[..., list[tuple[object, ...]]]) -> None:
     b = make(results_expire_in=0)
     b.set_state_pending(Signature("add", uuid="task_keep"))
-    assert raw(db_path, "SELECT expires_at FROM machinery_states") == [(None,)]
+    assert raw("SELECT expires_at FROM machinery_states") == [(None,)]
 
 
 def test_chord_triggers_once_across_threads(make: Callable[..., SQLiteBackend]) -> None:
@@ -218,14 +207,16 @@ def locks(db_path: Path) -> Iterator[tuple[SQLiteLock, SQLiteLock]]:
     b.close()
 
 
-def test_lock_owner_and_expiry(locks: tuple[SQLiteLock, SQLiteLock], db_path: Path) -> None:
+def test_lock_owner_and_expiry(
+    locks: tuple[SQLiteLock, SQLiteLock], raw: Callable[..., list[tuple[object, ...]]]
+) -> None:
     a, b = locks
     ttl = timedelta(seconds=0.4)
     assert a.acquire("k", ttl)
     assert a.acquire("k", ttl)  # the holder may re-take (and refresh) its own key
     assert not b.acquire("k", ttl)
     assert not b.release("k") and not b.extend("k", ttl)
-    assert raw(db_path, "SELECT owner FROM machinery_locks WHERE key = 'k'") == [(a.owner,)]
+    assert raw("SELECT owner FROM machinery_locks WHERE key = 'k'") == [(a.owner,)]
     assert a.extend("k", timedelta(seconds=0.6))
     time.sleep(0.45)
     assert not b.acquire("k", ttl)  # extended

@@ -5,7 +5,6 @@ across processes and the idle cost."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -29,11 +28,6 @@ from machinery.signature import decode_signature, encode_signature
 
 def sig(name: str = "add", *values: int, **kw: object) -> Signature:
     return Signature(name, args=[Arg("int64", v) for v in values], **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "q.db"
 
 
 @pytest.fixture
@@ -74,14 +68,6 @@ def take(broker: SQLiteBroker, queue: str, n: int, timeout: float = 5.0, prefetc
     stop.set()
     t.join(2)
     return out
-
-
-def raw(db_path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 # -- URLs and options ------------------------------------------------------------------------
@@ -158,13 +144,15 @@ def test_capabilities() -> None:
 # -- messages ---------------------------------------------------------------------------------
 
 
-def test_one_file_holds_queue_results_and_locks(make: Callable[..., SQLiteBroker], db_path: Path) -> None:
+def test_one_file_holds_queue_results_and_locks(
+    make: Callable[..., SQLiteBroker], raw: Callable[..., list[tuple[object, ...]]]
+) -> None:
     b = make()
     publish(b, sig("add", 1))
-    tables = {r[0] for r in raw(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {r[0] for r in raw("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"machinery_messages", "machinery_states", "machinery_groups", "machinery_locks"} <= tables
-    assert raw(db_path, "PRAGMA journal_mode")[0][0] == "wal"
-    assert raw(db_path, "PRAGMA user_version")[0][0] == _db.SCHEMA_VERSION
+    assert raw("PRAGMA journal_mode")[0][0] == "wal"
+    assert raw("PRAGMA user_version")[0][0] == _db.SCHEMA_VERSION
 
 
 def test_priority_then_fifo(make: Callable[..., SQLiteBroker]) -> None:
@@ -188,7 +176,7 @@ def test_custom_queues_are_separate(make: Callable[..., SQLiteBroker]) -> None:
 
 
 def test_publish_many_is_one_transaction_and_claims_in_batches(
-    make: Callable[..., SQLiteBroker], db_path: Path
+    make: Callable[..., SQLiteBroker], raw: Callable[..., list[tuple[object, ...]]]
 ) -> None:
     b = make()
     items = [(encode_signature(s), s) for s in (sig("add", i, routing_key="q") for i in range(100))]
@@ -197,7 +185,7 @@ def test_publish_many_is_one_transaction_and_claims_in_batches(
     got = take(b, "q", 10, prefetch=10)
     assert [decode_signature(d.body).args[0].value for d in got] == list(range(10))
     # One claim statement took the whole batch: every one of them has the same lease end.
-    leases = raw(db_path, "SELECT visible_at FROM machinery_messages WHERE state = 2")
+    leases = raw("SELECT visible_at FROM machinery_messages WHERE state = 2")
     assert len(leases) == 10 and len({r[0] for r in leases}) == 1
 
 
@@ -215,7 +203,9 @@ def test_claim_with_and_without_returning(make: Callable[..., SQLiteBroker], ret
     assert b.pending_tasks() == []
 
 
-def test_unyielded_claims_go_back_when_the_consumer_stops(make: Callable[..., SQLiteBroker], db_path: Path) -> None:
+def test_unyielded_claims_go_back_when_the_consumer_stops(
+    make: Callable[..., SQLiteBroker], raw: Callable[..., list[tuple[object, ...]]]
+) -> None:
     b = make()
     for i in range(5):
         publish(b, sig("add", i))
@@ -224,7 +214,7 @@ def test_unyielded_claims_go_back_when_the_consumer_stops(make: Callable[..., SQ
     first = next(it)  # claims five, yields one
     it.close()  # type: ignore[attr-defined]
     assert [s.args[0].value for s in b.pending_tasks()] == [1, 2, 3, 4]
-    rows = raw(db_path, "SELECT deliveries FROM machinery_messages WHERE state = 0")
+    rows = raw("SELECT deliveries FROM machinery_messages WHERE state = 0")
     assert all(r[0] == 0 for r in rows)
     b.ack(first)
 
@@ -358,7 +348,9 @@ def test_stop_is_noticed_quickly_and_idle_cost_is_small(make: Callable[..., SQLi
     assert share < 0.10, f"idle consumer used {share:.1%} of a core"
 
 
-def test_threads_and_processes_each_message_delivered_once(db_path: Path, make: Callable[..., SQLiteBroker]) -> None:
+def test_threads_and_processes_each_message_delivered_once(
+    db_path: Path, raw: Callable[..., list[tuple[object, ...]]], make: Callable[..., SQLiteBroker]
+) -> None:
     url = f"sqlite:///{db_path}"
     n = 300
     b = make()
@@ -404,7 +396,7 @@ def test_threads_and_processes_each_message_delivered_once(db_path: Path, make: 
     # stop the consumers only once everything was taken and acknowledged (no fixed timer)
     deadline = time.monotonic() + 60
     left = "SELECT count(*) FROM machinery_messages WHERE queue = 'shared'"
-    while raw(db_path, left)[0][0] and time.monotonic() < deadline:
+    while raw(left)[0][0] and time.monotonic() < deadline:
         time.sleep(0.05)
     Path(str(db_path) + ".stop").write_text("1")
     for p in procs:
@@ -417,7 +409,7 @@ def test_threads_and_processes_each_message_delivered_once(db_path: Path, make: 
     values = [decode_signature(line).args[0].value for out in outs for line in out.splitlines() if line]
     assert sorted(values) == sorted(k * 1000 + i for k in range(3) for i in range(n // 3))
     assert all(out.strip() for out in outs), "both consumer processes should have received messages"
-    assert raw(db_path, "SELECT count(*) FROM machinery_messages WHERE queue = 'shared'")[0][0] == 0
+    assert raw("SELECT count(*) FROM machinery_messages WHERE queue = 'shared'")[0][0] == 0
 
 
 def test_fork_does_not_reuse_parent_connections(make: Callable[..., SQLiteBroker]) -> None:
