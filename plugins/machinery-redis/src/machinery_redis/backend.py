@@ -241,8 +241,8 @@ class RedisBackend(Backend):
         """Wait until SUCCESS or FAILURE, woken by Redis when the state changes (client tracking,
         see :mod:`machinery_redis.tracking`), so a result is seen one round trip after it is
         stored. Where tracking is not available (Cluster, Sentinel, a server older than 6, a
-        lost connection) it polls: from 0.2 ms, growing by a quarter up to 2 ms for the first
-        half second, then up to ``poll_interval``."""
+        lost connection) it polls as the core's default does."""
+        deadline = time.monotonic() + timeout
         watcher = self._state_watcher()
         if watcher is not None:
             try:
@@ -252,23 +252,7 @@ class RedisBackend(Backend):
                 return state
             except (redis.RedisError, OSError) as exc:
                 log.info("redis state watcher failed (%s); polling %s instead", type(exc).__name__, task_uuid)
-        return self._poll(task_uuid, timeout, poll_interval)
-
-    def _poll(self, task_uuid: str, timeout: float, poll_interval: float) -> TaskState | None:
-        start = time.monotonic()
-        deadline = start + timeout
-        delay = 0.0002
-        state = self._load_state(task_uuid)
-        while state is None or not state.is_completed:
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                break
-            time.sleep(min(delay, remaining))
-            cap = min(0.002, poll_interval) if now - start < 0.5 else poll_interval
-            delay = min(delay * 1.25, cap) if delay < cap else cap
-            state = self._load_state(task_uuid)
-        return state
+        return super().wait_for(task_uuid, max(0.0, deadline - time.monotonic()), poll_interval)
 
     def _state_watcher(self) -> StateWatcher | None:
         watcher = self._watcher

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-__all__ = ["CommandBatcher"]
+__all__ = ["CommandBatcher", "round_trip"]
 
 log = logging.getLogger("machinery.redis")
 
@@ -304,7 +304,7 @@ class CommandBatcher:
             # (a forked child never writes on its parent's socket: it opens its own)
             conn = self._conn = self.client.connection_pool.get_connection()
             self._pid = os.getpid()
-        return list(conn.retry.call_with_retry(lambda: _round_trip(conn, commands), lambda _e: conn.disconnect()))
+        return list(conn.retry.call_with_retry(lambda: round_trip(conn, commands), lambda _e: conn.disconnect()))
 
     def _release(self) -> None:
         conn, self._conn = self._conn, None
@@ -317,7 +317,7 @@ def _size(unit: _Unit) -> int:
     return len(unit.commands) if unit.build is None else 2
 
 
-def _round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Write ``commands`` on ``conn`` in one go and read one reply per command (error replies
     are returned as exceptions). Any other failure leaves unread replies behind: the connection
     is closed then, so the next use starts clean."""

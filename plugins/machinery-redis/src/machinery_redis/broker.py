@@ -37,7 +37,7 @@ from machinery.config import redact_url
 from machinery.errors import BackendError, BrokerConnectionError, BrokerError, DecodeError, PublishError
 from machinery.interfaces import Backend, Broker, Delivery
 from machinery.signature import Signature, decode_signature, encode_signature
-from machinery_redis.batch import CommandBatcher
+from machinery_redis.batch import CommandBatcher, round_trip
 from machinery_redis.connection import (
     ENV_OPTIONS,
     SharedClient,
@@ -162,17 +162,12 @@ return n
 
 
 def _call(conn: Any, *args: Any) -> Any:
-    """One command on a connection of our own. An error reply leaves it in step; anything else
-    (timeout, lost connection, interruption) may leave a reply unread, so it is closed (and
-    reopened by the next command)."""
-    try:
-        conn.send_command(*args)
-        return conn.read_response()
-    except redis.ResponseError:
-        raise
-    except BaseException:
-        conn.disconnect()
-        raise
+    """One command on a connection of our own (see :func:`machinery_redis.batch.round_trip`);
+    an error reply is raised."""
+    reply = round_trip(conn, [args])[0]
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def _take(conn: Any, script: Any, queue: str, processing: str, n: int) -> list[bytes]:

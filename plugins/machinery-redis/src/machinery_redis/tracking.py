@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from machinery_redis.batch import round_trip
+
 log = logging.getLogger("machinery.redis")
 
 __all__ = ["StateWatcher"]
@@ -73,13 +75,13 @@ class StateWatcher:
             if self.broken:
                 raise ConnectionError("the state watcher lost its connection")
             try:
-                self._reader.send_command("GET", key)
-                value: bytes | None = self._reader.read_response()
+                value = round_trip(self._reader, [("GET", key)])[0]
             except BaseException:
                 self.broken = True
-                self._reader.disconnect()
                 raise
-            return value
+            if isinstance(value, Exception):
+                raise value
+            return value  # type: ignore[no-any-return]
 
     def subscribe(self, key: str) -> threading.Event:
         """An event set whenever ``key`` is announced as changed (until :meth:`unsubscribe`)."""
