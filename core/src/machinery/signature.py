@@ -310,11 +310,17 @@ class Arg:
         return f"Arg({self.type!r}, {self.value!r})"
 
 
+_uuid4: Callable[[], Any] | None = None
+
+
 def new_uuid(prefix: str = "task_") -> str:
     """A new UUID with Go Machinery's prefix (``task_``, ``group_`` or ``chord_``)."""
-    from uuid import uuid4  # not at import: ``uuid`` brings ``platform`` (Python < 3.12)
+    global _uuid4
+    if _uuid4 is None:  # not at import: ``uuid`` brings ``platform`` (Python < 3.12)
+        from uuid import uuid4
 
-    return prefix + str(uuid4())
+        _uuid4 = uuid4
+    return prefix + str(_uuid4())
 
 
 @dataclass(slots=True, eq=True)
