@@ -27,9 +27,11 @@ DYNAMODB_URL = os.environ.get("DYNAMODB_URL", "dynamodb://us-east-1")
 GO_SQS_URL = f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}"
 GO_DYNAMODB_URL = "https://dynamodb.us-east-1.amazonaws.com"
 
-#: A 2-second visibility timeout so redelivery tests are quick, and DelaySeconds capped at 1 s
-#: so every ETA test also takes the "longer than SQS can delay" path (re-hiding on receipt).
-SQS_OPTIONS = {"visibility_timeout": 2, "max_delay_seconds": 1}
+#: A 4-second visibility timeout so redelivery tests are quick (with 2 s, a heartbeat late by a
+#: second on a loaded CI machine let SQS hand a held message to a second consumer), and
+#: DelaySeconds capped at 1 s so every ETA test also takes the "longer than SQS can delay" path
+#: (re-hiding on receipt).
+SQS_OPTIONS = {"visibility_timeout": 4, "max_delay_seconds": 1}
 
 
 class SQSOracle(BrokerOracle):
@@ -95,7 +97,7 @@ def transport_options() -> dict[str, dict[str, Any]]:
 
 
 class TestSQSBroker(BrokerConformance):
-    redelivery_timeout: ClassVar[float | None] = 2.0
+    redelivery_timeout: ClassVar[float | None] = 4.0
 
     @pytest.fixture
     def broker_url(self, url: str) -> str:
