@@ -4,6 +4,7 @@
     nox -s "tests(plugin='redis')"        # one plugin against its real server
     nox -t plugins                        # every plugin
     nox -s e2e                            # cross-plugin and end-to-end tests (tests/)
+    nox -s docs                           # the documentation site, every example in it run
     nox -s bench                          # benchmarks (not part of CI)
 
 The plugin list is derived from the folders in plugins/, never written out. Each session
@@ -74,7 +75,18 @@ def e2e(session: nox.Session) -> None:
     for plugin in PLUGINS:
         path = ROOT / "plugins" / f"machinery-{plugin}"
         session.install("-e", str(path), *_test_group(path))
-    session.run(*PYTEST, "tests", *_pytest_args(session))
+    session.run(*PYTEST, "tests", "--ignore=tests/docs", *_pytest_args(session))
+
+
+@nox.session(tags=["docs"])
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs build --strict, into site/) and every example in docs/ and
+    README.md run against memory://, sqlite:// and the real servers (tests/docs)."""
+    session.install("-r", "docs/requirements.txt", "-e", "core[yaml,testing]")
+    for plugin in PLUGINS:
+        session.install("-e", str(ROOT / "plugins" / f"machinery-{plugin}"))
+    session.run("mkdocs", "build", "--strict", "--clean", "--site-dir", "site")
+    session.run(*PYTEST, "tests/docs", *_pytest_args(session))
 
 
 @nox.session(tags=["bench"])
