@@ -263,7 +263,7 @@ def configuration_page() -> str:
         try:
             cls = getattr(importlib.import_module(module), name)
         except ImportError as exc:
-            log.warning("section %r: cannot import %s (%s); install every plugin to build the docs", section, target, exc)
+            log.warning("section %r: cannot import %s (%s); install every plugin", section, target, exc)
             continue
         info = transports.get(section)
         if info is None:

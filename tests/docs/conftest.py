@@ -15,6 +15,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     skipped = [s for r in RESULTS.values() for s in r["skipped"]]
     tr = terminalreporter
     tr.section("documentation examples")
-    tr.write_line(f"{len(RESULTS)} pages: {executed} examples executed, {files} written as files, {len(skipped)} skipped")
+    counts = f"{executed} examples executed, {files} written as files, {len(skipped)} skipped"
+    tr.write_line(f"{len(RESULTS)} pages: {counts}")
     for where, reason in skipped:
         tr.write_line(f"  skipped {where}: {reason}")

@@ -161,7 +161,7 @@ def run_page(path: Path, workdir: Path, *, timeout: float = 120.0) -> Outcome:
                 code = compile("\n" * (b.line - 1) + b.code, str(ROOT / b.path), "exec")
                 try:
                     exec(code, namespace)
-                except BaseException as exc:  # noqa: BLE001 - reported with the doc's line numbers
+                except BaseException as exc:
                     tb = "".join(traceback.format_exception(exc))
                     raise RuntimeError(f"{b.where}: python example failed\n{tb}") from None
             elif "background" in b.markers:

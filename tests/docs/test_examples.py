@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from examples import RESULTS, ROOT, extract, pages
 
 RUNNER = Path(__file__).with_name("examples.py")

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from examples import MarkerError, extract
 
 RUNNER = Path(__file__).with_name("examples.py")
