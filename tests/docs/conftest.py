@@ -15,7 +15,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     skipped = [s for r in RESULTS.values() for s in r["skipped"]]
     tr = terminalreporter
     tr.section("documentation examples")
-    counts = f"{executed} examples executed, {files} written as files, {len(skipped)} skipped"
-    tr.write_line(f"{len(RESULTS)} pages: {counts}")
+    gofmt = sum(r.get("gofmt", 0) for r in RESULTS.values())
+    tr.write_line(f"{len(RESULTS)} pages: {executed} examples executed, {files} written as files,")
+    tr.write_line(f"{gofmt} Go files gofmt-checked, {len(skipped)} skipped")
     for where, reason in skipped:
         tr.write_line(f"  skipped {where}: {reason}")

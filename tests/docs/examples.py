@@ -15,7 +15,10 @@ Markers are HTML comments on the line(s) just before a block (invisible on the s
 - ``<!-- example: file NAME -->``: the block is written to ``NAME`` in the page's directory
   before any block runs (a module for ``--app``, a YAML config...); it is not run itself;
 - ``<!-- example: background -->``: a shell block started in the background (a worker) and
-  stopped with SIGTERM when the page ends; it must then exit with status 0.
+  stopped with SIGTERM when the page ends; it must then exit with status 0;
+- ``<!-- example: gofmt -->``: a ``go`` block that must be a whole Go file, syntactically valid
+  and formatted as ``gofmt`` prints it (checked when ``gofmt`` is installed, else reported as
+  skipped). It is not compiled: that needs Go Machinery's modules.
 
 ``python tests/docs/examples.py PAGE.md`` runs one page and prints a JSON summary as its last
 line; ``tests/docs/test_examples.py`` runs every page that way.
@@ -23,9 +26,11 @@ line; ``tests/docs/test_examples.py`` runs every page that way.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,7 +97,7 @@ def extract(path: Path, text: str | None = None) -> list[Block]:
             continue
         for mm in MARKER.finditer(line):
             name, arg = mm.group(1), mm.group(2)
-            if name not in ("skip", "file", "background"):
+            if name not in ("skip", "file", "background", "gofmt"):
                 raise MarkerError(f"{rel}:{i + 1}: unknown example marker {name!r}")
             if name in ("skip", "file") and not arg:
                 what = "a reason" if name == "skip" else "a file name"
@@ -116,6 +121,7 @@ class Outcome:
     executed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
     files: int = 0
+    gofmt: int = 0
     error: str = ""
 
 
@@ -153,8 +159,20 @@ def run_page(path: Path, workdir: Path, *, timeout: float = 120.0) -> Outcome:
                 if b.kind == "python":
                     compile(b.code, b.where, "exec")  # a module file must at least compile
                 continue
+            if b.lang == "go" and "gofmt" in b.markers:
+                if shutil.which("gofmt") is None:
+                    out.skipped.append((b.where, "gofmt is not installed: Go syntax not checked"))
+                    continue
+                res = subprocess.run(["gofmt", "-e"], input=b.code, capture_output=True, text=True, timeout=60)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{b.where}: Go syntax error\n{res.stderr}")
+                if res.stdout != b.code:
+                    diff = "".join(difflib.unified_diff(b.code.splitlines(True), res.stdout.splitlines(True)))
+                    raise RuntimeError(f"{b.where}: Go code is not gofmt-formatted\n{diff}")
+                out.gofmt += 1
+                continue
             if b.lang == "go":
-                raise MarkerError(f"{b.where}: a go block needs '<!-- example: skip REASON -->' or 'file'")
+                raise MarkerError(f"{b.where}: a go block needs '<!-- example: skip REASON -->' or 'gofmt'")
             if not b.kind:
                 continue
             if b.kind == "python":
@@ -212,7 +230,8 @@ def main(argv: list[str]) -> int:
             return 1
         finally:
             os.chdir(ROOT)
-    print(json.dumps({"executed": out.executed, "skipped": out.skipped, "files": out.files, "error": out.error}))
+    summary = {"executed": out.executed, "skipped": out.skipped, "files": out.files, "gofmt": out.gofmt}
+    print(json.dumps({**summary, "error": out.error}))
     if out.error:
         print(out.error, file=sys.stderr)
         return 1

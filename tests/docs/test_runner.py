@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,15 @@ def test_a_background_command_is_stopped_and_must_exit_cleanly(tmp_path: Path) -
     ok = run(tmp_path, "<!-- example: background -->\n```sh\nsleep 30\n```\n```sh\ntrue\n```\n")
     # sleep dies of SIGTERM (status -15): the runner reports it
     assert ok.returncode == 1 and "after SIGTERM" in ok.stderr
+
+
+@pytest.mark.skipif(shutil.which("gofmt") is None, reason="gofmt is not installed")
+def test_a_go_block_is_checked_with_gofmt(tmp_path: Path) -> None:
+    good = 'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("hi")\n}\n'
+    assert run(tmp_path, f"<!-- example: gofmt -->\n```go\n{good}```\n").returncode == 0
+    broken = good.replace("{", "", 1)
+    res = run(tmp_path, f"<!-- example: gofmt -->\n```go\n{broken}```\n")
+    assert res.returncode == 1 and "Go syntax error" in res.stderr
+    unformatted = good.replace("\t", "    ")
+    res = run(tmp_path, f"<!-- example: gofmt -->\n```go\n{unformatted}```\n")
+    assert res.returncode == 1 and "not gofmt-formatted" in res.stderr
