@@ -97,12 +97,43 @@ def test_group_results_in_order(server: Server, worker: Worker) -> None:
     assert results.group_uuid == g.group_uuid
 
 
-def test_immutable_callback_does_not_receive_results(server: Server, worker: Worker) -> None:
-    cb = Signature("add", args=[100], immutable=True, uuid="task_" + uuid.uuid4().hex)
-    server.send_task(Signature("add", args=[1, 2], on_success=[cb]))
+def test_an_immutable_task_does_not_pass_its_results_on(server: Server, worker: Worker) -> None:
+    """The *finished* task's ``Immutable`` decides whether its results are appended to its
+    ``OnSuccess`` signatures; the callback's own flag plays no part (Go's ``v2/worker.go``,
+    ``taskSucceeded``: ``if signature.Immutable == false { ... successTask.Args = append(...) }``)."""
+    cb = Signature("add", args=[100], uuid="task_" + uuid.uuid4().hex)
+    server.send_task(Signature("add", args=[1, 2], immutable=True, on_success=[cb]))
     assert server.async_result(cb.uuid).get(timeout=5) == 100
+    # an immutable callback of a mutable task still receives the results
+    cb2 = Signature("add", args=[100], immutable=True, uuid="task_" + uuid.uuid4().hex)
+    server.send_task(Signature("add", args=[1, 2], on_success=[cb2]))
+    assert server.async_result(cb2.uuid).get(timeout=5) == 103
+
+
+def test_chain_with_an_immutable_step_gives_40(server: Server, worker: Worker) -> None:
+    """Chain(add(1,1) immutable, add(5,5), multiply(4)) = 40 on a Go worker (``v2/worker.go``);
+    the plain chain stays 48 (``test_seed_chain_gives_48``)."""
+    chain = Chain(
+        Signature("add", args=[1, 1]).set_immutable(),
+        Signature("add", args=[5, 5]),
+        Signature("multiply", args=[4]),
+    )
+    assert chain.tasks[0].immutable and not chain.tasks[1].immutable
+    assert server.send_chain(chain).get(timeout=5) == 40
+    assert server.backend.get_state(chain.tasks[1].uuid).values == [10]  # type: ignore[union-attr]
+    # an immutable *last-but-one* step: multiply(4) runs alone
+    chain = Chain(
+        Signature("add", args=[1, 1]), Signature("add", args=[5, 5], immutable=True), Signature("multiply", args=[4])
+    )
+    assert server.send_chain(chain).get(timeout=5) == 4
+
+
+def test_immutable_chord_callback_does_not_receive_results(server: Server, worker: Worker) -> None:
+    """The chord checks the callback's own flag (``ChordCallback.Immutable``, ``v2/worker.go``)."""
     chord = Chord(Group(Signature("add", args=[1])), Signature("add", args=[7], immutable=True))
     assert server.send_chord(chord).get(timeout=5) == 7
+    chord = Chord(Group(Signature("add", args=[1], immutable=True)), Signature("add", args=[7]))
+    assert server.send_chord(chord).get(timeout=5) == 8
 
 
 def test_on_success_callbacks_get_results_appended(server: Server, worker: Worker) -> None:

@@ -336,7 +336,11 @@ class Signature:
     :param eta: run no earlier than this time (a timezone-aware datetime; naive means UTC).
     :param headers: message headers (tracing context...), JSON values.
     :param priority: 0-255 message priority where the broker supports it.
-    :param immutable: do not pass this task's results to its ``on_success`` callbacks.
+    :param immutable: Go's ``Immutable``: this task does not pass its results on. When it
+        succeeds, its results are *not* appended to its ``on_success`` callbacks' arguments (in a
+        :class:`~machinery.workflow.Chain`, the next step runs with only its own arguments); the
+        flag of the task that *finished* decides, not the callback's (Go's ``worker.go``). On a
+        chord callback it means the members' results are not appended to it.
     :param retry_count: retries left on failure (Fibonacci back-off, Go semantics).
     :param retry_timeout: the current back-off in seconds (0 = start at 1 s).
     :param on_success: tasks sent when this one succeeds, receiving its results.
@@ -388,6 +392,16 @@ class Signature:
     def copy(self) -> Signature:
         """A deep copy (callbacks and args are copied, values are shared)."""
         return decode_signature(encode_signature(self))
+
+    def set_immutable(self, immutable: bool = True) -> Signature:
+        """Set :attr:`immutable` and return ``self``: this task's results are not passed to the
+        tasks it triggers (``on_success``, the next step of a chain).
+
+        ``Chain(add(1, 1).set_immutable(), add(5, 5), multiply(4))`` runs ``add(5, 5)`` without
+        ``add(1, 1)``'s result, then ``multiply(4, 10)`` = 40, on Go and Python workers alike.
+        """
+        self.immutable = immutable
+        return self
 
     def countdown(self, seconds: float) -> Signature:
         """Set :attr:`eta` to now plus ``seconds`` and return ``self`` (for chaining)."""

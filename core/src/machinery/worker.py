@@ -594,11 +594,17 @@ class Worker:
         self._safe_hook(self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime))
 
     def _send_follow_ups(self, sig: Signature, results: list[TaskResult], no_chord: bool) -> None:
-        """Send ``on_success`` callbacks (with the results unless immutable) and, for the
-        member of a chord's group, the chord callback once the whole group has succeeded."""
+        """Send ``on_success`` callbacks and, for the member of a chord's group, the chord
+        callback once the whole group has succeeded.
+
+        The results are appended to every ``on_success`` callback unless *the finished task*
+        is immutable (``sig.immutable``); the callbacks' own flags play no part here, as in Go's
+        ``Worker.taskSucceeded`` (``v2/worker.go``: ``if signature.Immutable == false``). The
+        chord callback's own flag decides for the chord (:func:`chord_callback_to_send`)."""
         server = self.server
+        pass_results = not sig.immutable
         for nxt in sig.on_success:
-            if not nxt.immutable:
+            if pass_results:
                 nxt.args.extend(Arg._trusted(r.type, r.value) for r in results)
             server.send_task(nxt)
         if no_chord:
