@@ -159,12 +159,15 @@ def test_task_error_is_failure_and_on_error_gets_the_error_first(
     cb = Signature("record", args=["extra"], uuid="task_" + uuid.uuid4().hex)
     caplog.set_level(logging.ERROR, logger="machinery")
     r = server.send_task(Signature("boom", args=[7], on_error=[cb]))
-    with pytest.raises(TaskFailedError, match="ValueError: bad 7") as info:
+    with pytest.raises(TaskFailedError, match="bad 7") as info:
         r.get(timeout=5)
-    assert info.value.error == "ValueError: bad 7"
+    # Go stores err.Error() and prepends it, typed "string", to OnError (v2/worker.go taskFailed)
+    assert info.value.error == "bad 7"
     assert server.async_result(cb.uuid).get(timeout=5) == "ok"
-    assert seen == [["ValueError: bad 7", "extra"]]
-    assert any("Traceback" in rec.getMessage() and "bad 7" in rec.getMessage() for rec in caplog.records)
+    assert seen == [["bad 7", "extra"]]
+    assert any(
+        "Traceback" in rec.getMessage() and "ValueError: bad 7" in rec.getMessage() for rec in caplog.records
+    ), "the log line keeps the exception class and the traceback"
     # the worker is still alive
     assert server.send_task(Signature("add", args=[1])).get(timeout=5) == 1
 
@@ -197,13 +200,46 @@ def test_retry_count_uses_fibonacci_backoff(server: Server, worker: Worker) -> N
     assert 0.9 <= gaps[0] < 1.8 and 1.9 <= gaps[1] < 2.8
 
 
+def test_stored_error_is_the_message_as_go_stores_err_error(server: Server, worker: Worker) -> None:
+    """Go stores ``err.Error()`` and prepends ``Arg{Type: "string", Value: err.Error()}`` to each
+    ``OnError`` signature (``v2/worker.go``, ``taskFailed``): ``"boom"``, not ``"RuntimeError: boom"``.
+    An exception without a message stores its class name (a Go error always has text)."""
+
+    @server.task("boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    @server.task("silent")
+    def silent() -> None:
+        raise KeyError
+
+    @server.task("record")
+    def record(err: str) -> str:
+        return err
+
+    cb = Signature("record", uuid="task_" + uuid.uuid4().hex)
+    r = server.send_task(Signature("boom", on_error=[cb]))
+    with pytest.raises(TaskFailedError):
+        r.get(timeout=5)
+    st = server.backend.get_state(r.task_uuid)
+    assert st is not None and st.error == "boom"
+    assert server.async_result(cb.uuid).get(timeout=5) == "boom"
+    sent = server.backend.get_state(cb.uuid)
+    assert sent is not None and sent.results is not None and sent.results[0].type == "string"
+    r = server.send_task(Signature("silent"))
+    with pytest.raises(TaskFailedError):
+        r.get(timeout=5)
+    st = server.backend.get_state(r.task_uuid)
+    assert st is not None and st.error == "KeyError"
+
+
 def test_retry_count_exhausted_is_failure(server: Server, worker: Worker) -> None:
     @server.task("always")
     def always() -> None:
         raise RuntimeError("nope")
 
     r = server.send_task(Signature("always", retry_count=1))
-    with pytest.raises(TaskFailedError, match="RuntimeError: nope"):
+    with pytest.raises(TaskFailedError, match="nope"):
         r.get(timeout=5)
 
 
