@@ -525,14 +525,22 @@ def test_group_states_are_read_in_one_round_trip(private_redis: Any) -> None:
 
 
 def test_results_without_expiry(url: str, queue: str, raw: redis.Redis) -> None:
-    backend = RedisBackend(url, config(url, queue).replace(results_expire_in=0))
+    """-1 keeps results forever (Python only); 0 is Go's default 3600 s (``v2/backends/redis/
+    redis.go`` getExpiration), and the stored ``TTL`` field is 0 as Go writes it."""
+    backend = RedisBackend(url, config(url, queue).replace(results_expire_in=-1))
+    zero = RedisBackend(url, config(url, queue).replace(results_expire_in=0))
     sig = Signature("add", [1, 1], uuid=task_uuid())
+    sig2 = Signature("add", [1, 1], uuid=task_uuid())
     try:
         backend.set_state_pending(sig)
         assert raw.ttl(sig.uuid) == -1
+        zero.set_state_pending(sig2)
+        assert 3590 <= raw.ttl(sig2.uuid) <= 3600
+        assert json.loads(raw.get(sig2.uuid))["TTL"] == 0
     finally:
-        raw.delete(sig.uuid)
+        raw.delete(sig.uuid, sig2.uuid)
         backend.close()
+        zero.close()
 
 
 # -- lock -------------------------------------------------------------------------------------------

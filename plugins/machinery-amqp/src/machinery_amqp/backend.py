@@ -42,8 +42,6 @@ __all__ = ["AMQPBackend"]
 log = logging.getLogger("machinery.amqp")
 T = TypeVar("T")
 
-#: Go's ``DefaultResultsExpireIn``: used when ``results_expire_in`` is 0, as Go does.
-DEFAULT_EXPIRES = 3600
 _PROPS = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 # A second reader may hold the state message for one round trip; look again before saying "none".
 _EMPTY_RETRIES = (0.002, 0.01)
@@ -91,12 +89,12 @@ class AMQPBackend(Backend):
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    @property
-    def _expires_ms(self) -> int:
-        return (self.config.results_expire_in or DEFAULT_EXPIRES) * 1000
-
     def _args(self) -> dict[str, Any]:
-        ms = self._expires_ms
+        # Go: int32(ResultsExpireIn * 1000), 0 -> DefaultResultsExpireIn; -1 (Python only): no expiry
+        secs = self.lifetime()
+        if secs is None:
+            return {}
+        ms = secs * 1000
         return {"x-message-ttl": ms, "x-expires": ms}
 
     def _run(self, fn: Callable[[BlockingChannel], T], what: str) -> T:

@@ -2,7 +2,7 @@
 
 - a task's state: key = the task UUID, value = Go's ``TaskState`` JSON;
 - a group's metadata: key = the group UUID, value = Go's ``GroupMeta`` JSON;
-- both expire after ``results_expire_in`` seconds (0 keeps them).
+- both expire after ``results_expire_in`` seconds (0: Go's default 3600; -1 keeps them).
 
 So a Go client reading ``GET <task uuid>`` sees what a Python worker stored, and the other way
 round. The chord flag is set inside the stored ``GroupMeta`` by a Lua script, so exactly one
@@ -138,8 +138,7 @@ class RedisBackend(Backend):
         return translate_errors(what, self.url, BackendError, BackendConnectionError)
 
     def _ex(self) -> int | None:
-        ttl = self.config.results_expire_in
-        return ttl if ttl > 0 else None
+        return self.lifetime()  # Go's getExpiration: 0 means 3600 s
 
     def _set_command(self, state: TaskState, ex: int | None) -> tuple[Any, ...]:
         body = encode_task_state(state)
