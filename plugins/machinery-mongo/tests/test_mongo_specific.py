@@ -94,10 +94,18 @@ def test_documents_have_go_bson_shapes(url: str, test_database: str, db: Db) -> 
 
 
 def test_no_expiry_means_no_ttl_fields(url: str, test_database: str, db: Db) -> None:
+    """-1 keeps results (no ``expires_at``); 0 is Go's default 3600 s. ``ttl`` is 0, so left out
+    (Go's ``bson:"ttl,omitempty"``, ``v2/tasks/state.go``)."""
+    s = sig()
+    backend(url, test_database, expire=-1).set_state_failure(s, "boom")
+    doc = db.tasks.find_one({"_id": s.uuid})
+    assert doc is not None and "ttl" not in doc and "expires_at" not in doc and doc["error"] == "boom"
     s = sig()
     backend(url, test_database, expire=0).set_state_failure(s, "boom")
     doc = db.tasks.find_one({"_id": s.uuid})
-    assert doc is not None and "ttl" not in doc and "expires_at" not in doc and doc["error"] == "boom"
+    assert doc is not None and "ttl" not in doc and "expires_at" in doc
+    left = doc["expires_at"].replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)
+    assert 3500 < left.total_seconds() <= 3600
 
 
 def test_reads_what_go_wrote(url: str, test_database: str, db: Db) -> None:
