@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from machinery import Config, Server
-from machinery.errors import BrokerConnectionError, ConfigError, PublishError
+from machinery.errors import BackendError, BrokerConnectionError, ConfigError, PublishError
 from machinery.plugins import get_plugin_host
 from machinery.signature import Signature, encode_signature
 from machinery.workflow import Chord, Group
@@ -503,6 +503,43 @@ def test_chord_trigger_is_atomic_and_go_shaped(url: str, raw: redis.Redis) -> No
         assert backend.trigger_chord(f"group_{uuid.uuid4()}") is False  # unknown group
     finally:
         raw.delete(group)
+        backend.close()
+
+
+def test_chord_trigger_takes_gos_trigger_chord_mutex(
+    url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Go's Redis backend triggers a chord under the redsync mutex ``TriggerChordMutex``
+    (``v2/backends/redis/redis.go`` TriggerChord: ``SET TriggerChordMutex <random> NX PX 8000``,
+    32 tries 50-250 ms apart, compare-and-delete unlock). A Python trigger takes the same key,
+    so it waits while a Go worker holds it, and it leaves a lock it does not own alone."""
+    import machinery_redis.backend as rb
+
+    backend = RedisBackend(url, config(url, "unused"))
+    group = f"group_{uuid.uuid4()}"
+    raw.set(group, GO_GROUP_META.format(group=group), ex=60)
+    try:
+        # a "Go worker" holds the lock for 0.6 s: the Python trigger waits for it
+        raw.set(rb.CHORD_MUTEX, "go-holder", nx=True, px=600)
+        t0 = time.monotonic()
+        assert backend.trigger_chord(group) is True
+        assert time.monotonic() - t0 >= 0.4, "the trigger did not wait for the lock holder"
+        assert raw.get(rb.CHORD_MUTEX) is None  # released after the trigger
+        assert json.loads(raw.get(group))["ChordTriggered"] is True
+        # held for good (every try): a clear, retryable BackendError, the holder's key untouched
+        monkeypatch.setattr(rb, "CHORD_MUTEX_TRIES", 3)
+        raw.set(rb.CHORD_MUTEX, "go-holder", px=20000)
+        other = f"group_{uuid.uuid4()}"
+        raw.set(other, GO_GROUP_META.format(group=other), ex=60)
+        with pytest.raises(BackendError, match="TriggerChordMutex"):
+            backend.trigger_chord(other)
+        assert raw.get(rb.CHORD_MUTEX) == b"go-holder"
+        assert json.loads(raw.get(other))["ChordTriggered"] is False
+        raw.delete(other)
+    finally:
+        raw.delete(group)
+        if raw.get(rb.CHORD_MUTEX) == b"go-holder":
+            raw.delete(rb.CHORD_MUTEX)
         backend.close()
 
 
