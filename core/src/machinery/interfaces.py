@@ -185,6 +185,9 @@ class Backend(ABC):
     persistent: ClassVar[bool] = True
     #: Config section (YAML mapping) this transport owns.
     config_section: ClassVar[str | None] = None
+    #: Chords need the group record :meth:`init_group` writes (False where a group without one,
+    #: as Go's AMQP backend sends, completes all the same).
+    needs_group_record: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url

@@ -152,7 +152,7 @@ def chord_callback_to_send(backend: Backend, member: Signature) -> Signature | N
     if not group_uuid or callback is None:
         return None
     if not backend.group_completed(group_uuid, count):
-        if backend.get_group_meta(group_uuid) is None:
+        if backend.needs_group_record and backend.get_group_meta(group_uuid) is None:
             _warn_group_missing(group_uuid, callback)
         return None
     if not backend.trigger_chord(group_uuid):

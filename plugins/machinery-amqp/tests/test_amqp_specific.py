@@ -485,3 +485,96 @@ def test_backend_go_layout_and_group_queue(queue: str) -> None:
             be.purge_state(s.uuid)
     finally:
         be.close()
+
+
+_GO_MEMBER = (
+    '{"UUID":"%(uuid)s","Name":"add","RoutingKey":"%(queue)s","ETA":null,"GroupUUID":"%(group)s",'
+    '"GroupTaskCount":%(count)d,"Args":[{"Name":"","Type":"int64","Value":%(a)d},'
+    '{"Name":"","Type":"int64","Value":%(a)d}],"Headers":{},"Priority":0,"Immutable":false,"RetryCount":0,'
+    '"RetryTimeout":0,"OnSuccess":null,"OnError":null,"ChordCallback":{"UUID":"%(cb)s","Name":"total",'
+    '"RoutingKey":"","ETA":null,"GroupUUID":"","GroupTaskCount":0,"Args":null,"Headers":{},"Priority":0,'
+    '"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,"ChordCallback":null,'
+    '"BrokerMessageGroupId":"","SQSReceiptHandle":"","StopTaskDeletionOnError":false,'
+    '"IgnoreWhenTaskNotRegistered":false},"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
+    '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
+)
+
+
+def test_chord_from_a_go_producer_without_group_record_fires_once(queue: str) -> None:
+    """Go's AMQP backend writes no group record (``v2/backends/amqp/amqp.go``: ``InitGroup``
+    returns nil); completion is the message count of the queue named after the group, fed by
+    each member's completion (``markTaskCompleted``). A chord published the Go way (raw Go JSON,
+    Go's SendGroup: PENDING states only, no ``<group>_meta``) fires exactly once on two Python
+    workers with the AMQP result backend, and leaves Go's marker queue ``<group>_chord_triggered``."""
+    group, cb = new_uuid("group_"), new_uuid("chord_")
+    n = 8
+    uuids = [new_uuid() for _ in range(n)]
+    cfg = _config(queue).replace(result_backend=amqp_url())
+    with raw_channel() as ch:
+        ch.exchange_declare("machinery_exchange", "direct", durable=True, auto_delete=False)
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        ch.queue_bind(queue, "machinery_exchange", queue)
+        ch.confirm_delivery()
+        props = pika.BasicProperties(headers={}, content_type="application/json", delivery_mode=2)
+        for i, u in enumerate(uuids):
+            body = _GO_MEMBER % {"uuid": u, "queue": queue, "group": group, "count": n, "a": i, "cb": cb}
+            ch.basic_publish("machinery_exchange", queue, body.encode(), props)
+    runs: list[tuple[int, ...]] = []
+    servers, workers = [], []
+    for tag in ("w1", "w2"):
+        server = Server(cfg)
+
+        @server.task(name="add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        @server.task(name="total")
+        def total(*xs: int) -> int:
+            runs.append(xs)
+            return sum(xs)
+
+        servers.append(server)
+        workers.append(Worker(server, tag, 4).launch_in_background())
+    try:
+        st = servers[0].backend.wait_for(cb, timeout=30)
+        assert st is not None and st.is_success, st
+        assert st.values == [sum(2 * i for i in range(n))]
+        time.sleep(1.0)  # any second firing would show now
+        assert len(runs) == 1 and sorted(runs[0]) == [2 * i for i in range(n)]  # completion order
+        with raw_channel() as ch:
+            assert ch.queue_declare(f"{group}_chord_triggered", passive=True).method.message_count == 1
+            with pytest.raises(pex.ChannelClosedByBroker):
+                ch.queue_declare(f"{group}_meta", passive=True)  # nothing Go does not write
+    finally:
+        for w in workers:
+            w.quit()
+        for s in servers:
+            s.backend.purge_group_meta(group)
+            s.close()
+
+
+def test_chord_trigger_is_first_wins_without_a_group_record(queue: str) -> None:
+    """``<group>_chord_triggered`` takes one message (reject-publish): of 16 concurrent Python
+    triggers on a group no Python producer recorded, exactly one wins; a Go worker's
+    ``TriggerChord`` (passive declare of that queue) then returns false."""
+    be = AMQPBackend(amqp_url(), _config(queue))
+    group = new_uuid("group_")
+    try:
+        wins: list[bool] = []
+        barrier = threading.Barrier(16)
+
+        def race() -> None:
+            barrier.wait()
+            wins.append(be.trigger_chord(group))
+
+        threads = [threading.Thread(target=race) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wins.count(True) == 1 and len(wins) == 16
+        with raw_channel() as ch:
+            ch.queue_declare(f"{group}_chord_triggered", passive=True)
+    finally:
+        be.purge_group_meta(group)
+        be.close()
