@@ -248,6 +248,8 @@ class AMQPBackend(Backend):
         """Publish one message into Go's marker queue ``<group>_chord_triggered``, which takes
         at most one (``reject-publish``): the caller whose publish is confirmed wins, the others
         are nacked. The queue's existence stops Go workers (Go's ``TriggerChord``)."""
+        if not (self._queue_exists(group_uuid) or self._queue_exists(_meta_queue(group_uuid))):
+            return False  # an unknown group: neither completions nor a record
         name = _chord_triggered(group_uuid)
         args: dict[str, Any] = {"x-max-length": 1, "x-overflow": "reject-publish"}
         secs = self.lifetime()
@@ -332,12 +334,19 @@ class AMQPBackend(Backend):
         self._run(lambda ch: self._put(ch, signature.group_uuid, body), f"mark {signature.uuid} completed")
 
     def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
-        """Store SUCCESS, then publish it to the group's queue as Go's ``markTaskCompleted`` does."""
-        self._mark_completed(signature, self._set(signature, State.SUCCESS.value, results=results))
+        """Publish SUCCESS to the group's queue (Go's ``markTaskCompleted``), then store it.
+
+        Go stores first; here the completion goes first so that whoever sees the final state
+        also sees the group's count include it (a duplicate after a failed store is harmless)."""
+        state = self._state(signature, State.SUCCESS.value, results=results)
+        self._mark_completed(signature, state)
+        self._store_state(state)
 
     def set_state_failure(self, signature: Signature, error: str) -> None:
-        """Store FAILURE, then publish it to the group's queue as Go's ``markTaskCompleted`` does."""
-        self._mark_completed(signature, self._set(signature, State.FAILURE.value, error=error))
+        """Publish FAILURE to the group's queue (Go's ``markTaskCompleted``), then store it."""
+        state = self._state(signature, State.FAILURE.value, error=error)
+        self._mark_completed(signature, state)
+        self._store_state(state)
 
     def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
         """Go's test: the group queue holds ``group_task_count`` completion messages (fewer:
@@ -350,13 +359,13 @@ class AMQPBackend(Backend):
             count = self._run(
                 lambda ch: ch.queue_declare(group_uuid, passive=True).method.message_count, f"inspect {group_uuid!r}"
             )
-        except _Missing:
-            count = 0
-        if count < group_task_count:
+        except _Missing:  # no completion yet, or members sent without their group fields
+            count = None
+        if count is not None and count < group_task_count:
             return False
         if self._load_group(group_uuid) is not None:
             return super().group_completed(group_uuid, group_task_count)
-        return True
+        return count is not None
 
     def close(self) -> None:
         """Close the pooled connections. Idempotent."""
