@@ -297,6 +297,44 @@ def test_eta_via_go_delay_queue(queue: str, make_broker: Callable[..., AMQPBroke
     b.ack(got[0])
 
 
+def test_delayed_message_goes_through_the_exchange_like_go(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """Go's ``delay()`` (``v2/brokers/amqp/amqp.go``) binds ``delay.<ms>.<exchange>.<routing key>``
+    to the exchange with the queue's own name as binding key and publishes through the exchange
+    with that routing key, with no priority."""
+    b = make_broker()
+    sig = Signature("add", [1], eta=datetime.now(timezone.utc) + timedelta(seconds=30))
+    _publish(b, sig)
+    with raw_channel() as ch:
+        method, props, body = None, None, b""
+        deadline = time.monotonic() + 5
+        names: list[str] = []
+        while method is None and time.monotonic() < deadline:
+            for ms in range(30000, 29000, -1):  # the delay in ms, truncated at publish time
+                name = f"delay.{ms}.machinery_exchange.{queue}"
+                try:
+                    ch.queue_declare(name, passive=True)
+                except pex.ChannelClosedByBroker:
+                    ch = ch.connection.channel()
+                    continue
+                names.append(name)
+                method, props, body = ch.basic_get(name, auto_ack=False)
+                break
+        assert method is not None, "no delay queue holds the message"
+        assert method.exchange == "machinery_exchange" and method.routing_key == names[0]
+        assert props.priority is None and json.loads(body)["UUID"] == sig.uuid
+        ch.basic_nack(method.delivery_tag, requeue=False)
+        delete_queues(names[0])
+
+
+def test_priority_zero_is_not_sent(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """Go's amqp091 publishes ``Priority: signature.Priority`` and leaves a 0 off the wire."""
+    b = make_broker()
+    _publish(b, Signature("add", [1]))
+    with raw_channel() as ch:
+        method, props, _body = ch.basic_get(queue, auto_ack=True)
+    assert method is not None and props.priority is None
+
+
 def test_nack_with_delay_republishes_then_acks(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
     b = make_broker()
     sig = _publish(b, Signature("add", [1]))
@@ -559,6 +597,8 @@ def test_chord_trigger_is_first_wins_without_a_group_record(queue: str) -> None:
     ``TriggerChord`` (passive declare of that queue) then returns false."""
     be = AMQPBackend(amqp_url(), _config(queue))
     group = new_uuid("group_")
+    member = Signature("add", uuid=new_uuid(), group_uuid=group, group_task_count=1)
+    be.set_state_success(member, results_for(1))  # Go's completion message: the group is known
     try:
         wins: list[bool] = []
         barrier = threading.Barrier(16)
@@ -577,4 +617,5 @@ def test_chord_trigger_is_first_wins_without_a_group_record(queue: str) -> None:
             ch.queue_declare(f"{group}_chord_triggered", passive=True)
     finally:
         be.purge_group_meta(group)
+        be.purge_state(member.uuid)
         be.close()
