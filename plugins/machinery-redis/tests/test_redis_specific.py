@@ -615,6 +615,34 @@ def test_chord_end_to_end(server: Server) -> None:
         worker.quit()
 
 
+def test_unknown_task_goes_to_gos_delayed_set_and_does_not_block_the_queue(
+    server: Server, queue: str, raw: redis.Redis
+) -> None:
+    """Mixed fleet: a task this Python worker does not know (one only Go workers run) is put in
+    Go's ``delayed_tasks`` set for ``unregistered_requeue_delay`` (a Go worker's delayed mover
+    takes it back to the queue's tail, ``v2/brokers/redis/redis.go``), so it neither runs here
+    nor holds up the tasks behind it; a Go worker sees it again in its queue."""
+    worker = server.new_worker("mixed", 1)
+    worker.unregistered_requeue_delay = 30
+    unknown = Signature("only_go_knows", [1], uuid=task_uuid())
+    server.send_task(unknown)
+    known = server.send_task(Signature("add", [2, 3]))
+    worker.launch_in_background()
+    try:
+        assert known.get(timeout=10) == 5
+        members = raw.zrange("delayed_tasks", 0, -1, withscores=True)
+        mine = [(m, score) for m, score in members if json.loads(m)["UUID"] == unknown.uuid]
+        assert len(mine) == 1, "the unknown task must wait in Go's delayed set"
+        member, score = mine[0]
+        assert json.loads(member)["RoutingKey"] == queue and score > time.time_ns() + 20e9
+        assert raw.llen(queue) == 0
+    finally:
+        worker.quit()
+        for m, _ in raw.zrange("delayed_tasks", 0, -1, withscores=True):
+            if json.loads(m)["UUID"] == unknown.uuid:
+                raw.zrem("delayed_tasks", m)
+
+
 def test_options_dataclass_defaults_match_go() -> None:
     opts = RedisOptions()
     assert (opts.max_idle, opts.idle_timeout, opts.read_timeout, opts.write_timeout, opts.connect_timeout) == (
