@@ -194,7 +194,7 @@ def test_worker_runs_tasks_and_stops_warm(env: dict[str, str], worker: subproces
 
     failed = run(env, "send", "fail", "--wait", "--timeout", "20")
     assert failed.returncode == 1
-    assert failed.stderr.strip() == "FAILURE: ValueError: nope"
+    assert failed.stderr.strip() == "FAILURE: nope"
 
     timed_out = run(env, "send", "not_registered_anywhere", "--wait", "--timeout", "0.5")
     assert timed_out.returncode == 124

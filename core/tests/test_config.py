@@ -46,7 +46,7 @@ def test_go_yaml_file_loads_with_sections_kept_for_plugins(tmp_path: Path) -> No
     [
         ("brokr: 'redis://x'\n", "brokr"),
         ("results_expire_in: soon\n", "results_expire_in"),
-        ("results_expire_in: -1\n", "results_expire_in"),
+        ("results_expire_in: -2\n", "results_expire_in"),
         ("default_queue: ''\n", "default_queue"),
         ("broker: not-a-url\n", "broker"),
         ("frobnicate:\n  a: 1\n", "frobnicate"),

@@ -163,13 +163,13 @@ def test_hook_machinery_task_succeeded(run: tuple[Recorder, dict[str, str]]) -> 
 def test_hook_machinery_task_failed(run: tuple[Recorder, dict[str, str]]) -> None:
     rec, ids = run
     ev = next(e for e in _events(rec, "failed") if e.signature.uuid == ids["bad"])
-    assert ev.error == "ValueError: nope" and isinstance(ev.exc, ValueError) and "Traceback" in ev.traceback
+    assert ev.error == "nope" and isinstance(ev.exc, ValueError) and "Traceback" in ev.traceback
 
 
 def test_hook_machinery_task_retried(run: tuple[Recorder, dict[str, str]]) -> None:
     rec, ids = run
     ev = next(e for e in _events(rec, "retried") if e.signature.uuid == ids["again"])
-    assert ev.retry_in == 1 and ev.error == "RuntimeError: first"
+    assert ev.retry_in == 1 and ev.error == "first"
 
 
 def test_hook_machinery_worker_started(run: tuple[Recorder, dict[str, str]]) -> None:

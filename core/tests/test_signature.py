@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from machinery import Arg, ArgumentTypeError, DecodeError, Signature
+from machinery import Arg, ArgumentTypeError, Config, DecodeError, Server, Signature
 from machinery.signature import (
     GO_TYPES,
     decode_group_meta,
@@ -200,18 +200,20 @@ def test_result_types_use_go_reflect_names() -> None:
 
 
 def test_encoding_matches_go_json_marshal_byte_for_byte() -> None:
+    """Go master's ``Signature`` has no ``ChordErrorCallback`` field (``v2/tasks/signature.go``)."""
     sig = Signature(
         "add",
         args=[Arg("int64", 1), Arg("int64", 1)],
         uuid="task_48760a1a-8576-4536-973b-da09048c2ac5",
         routing_key="machinery_task",
+        headers={},
     )
     expected = (
         b'{"UUID":"task_48760a1a-8576-4536-973b-da09048c2ac5","Name":"add","RoutingKey":"machinery_task",'
         b'"ETA":null,"GroupUUID":"","GroupTaskCount":0,'
         b'"Args":[{"Name":"","Type":"int64","Value":1},{"Name":"","Type":"int64","Value":1}],'
         b'"Headers":{},"Priority":0,"Immutable":false,"RetryCount":0,"RetryTimeout":0,'
-        b'"OnSuccess":null,"OnError":null,"ChordCallback":null,"ChordErrorCallback":null,'
+        b'"OnSuccess":null,"OnError":null,"ChordCallback":null,'
         b'"BrokerMessageGroupId":"","SQSReceiptHandle":"","StopTaskDeletionOnError":false,'
         b'"IgnoreWhenTaskNotRegistered":false}'
     )
@@ -300,6 +302,43 @@ def test_workflow_uuids_use_go_prefixes() -> None:
     wire = json.loads(encode_signature(ch.tasks[0]))
     assert wire["OnSuccess"][0]["Name"] == "b"
     assert wire["OnSuccess"][0]["OnSuccess"][0]["Name"] == "c"
+
+
+def test_no_chord_error_callback_field_and_one_from_an_unmerged_go_commit_is_ignored() -> None:
+    """``ChordErrorCallback`` is not a field of Go Machinery master (``v2/tasks/signature.go``);
+    a producer built from the unmerged commit that adds it still decodes (Go ignores unknown keys)."""
+    body = encode_signature(Signature("add", args=[1], chord_callback=Signature("cb")))
+    assert b"ChordErrorCallback" not in body
+    raw = json.loads(body)
+    raw["ChordErrorCallback"] = {"UUID": "task_x", "Name": "on_chord_error"}
+    sig = decode_signature(json.dumps(raw))
+    assert sig.chord_callback is not None and sig.chord_callback.name == "cb"
+    assert not hasattr(sig, "chord_error_callback")
+
+
+def test_headers_are_null_until_sent_like_go() -> None:
+    """Go's ``NewSignature``/``NewChain`` leave ``Headers`` nil (``null``); ``SendTask`` makes them
+    ``{}`` (``v2/server.go`` SendTaskWithContext, ``v2/tracing/tracing.go`` HeadersWithSpan), so a
+    plain ``SendChain`` sends the head with ``{}`` and the nested steps with ``null``;
+    ``SendChainWithContext`` gives every step ``{}``, ``SendChord`` the callback too."""
+    srv = Server(Config(broker="memory://hdr", result_backend="memory://hdr"))
+    chain = Chain(Signature("a"), Signature("b", headers={"k": "v"}), Signature("c"))
+    assert b'"Headers":null' in encode_signature(chain.tasks[2])
+    srv.send_chain(chain)
+    wire = json.loads(encode_signature(chain.tasks[0]))
+    assert wire["Headers"] == {}
+    assert wire["OnSuccess"][0]["Headers"] == {"k": "v"}
+    assert wire["OnSuccess"][0]["OnSuccess"][0]["Headers"] is None
+    chain = Chain(Signature("a"), Signature("b"))
+    srv.send_chain_with_context({}, chain)
+    assert json.loads(encode_signature(chain.tasks[0]))["OnSuccess"][0]["Headers"] == {}
+    chord = Chord(Group(Signature("a"), Signature("b")), Signature("cb"))
+    srv.send_chord(chord)
+    assert json.loads(encode_signature(chord.group.tasks[0]))["ChordCallback"]["Headers"] == {}
+    on_err = Signature("e")
+    srv.send_task(Signature("a", on_error=[on_err]))
+    assert b'"Headers":null' in encode_signature(on_err)
+    srv.close()
 
 
 # -- time -----------------------------------------------------------------------------------

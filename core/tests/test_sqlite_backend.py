@@ -84,10 +84,22 @@ def test_results_expire(make: Callable[..., SQLiteBackend], raw: Callable[..., l
     assert raw("SELECT uuid FROM machinery_states") == [("task_y",)]
 
 
-def test_no_expiry_when_zero(make: Callable[..., SQLiteBackend], raw: Callable[..., list[tuple[object, ...]]]) -> None:
-    b = make(results_expire_in=0)
+def test_no_expiry_when_minus_one_and_zero_is_gos_default(
+    make: Callable[..., SQLiteBackend], raw: Callable[..., list[tuple[object, ...]]]
+) -> None:
+    """``results_expire_in: 0`` is Go's default 3600 s (``getExpiration`` in Go's backends);
+    -1 keeps results forever (Python only)."""
+    b = make(results_expire_in=-1)
     b.set_state_pending(Signature("add", uuid="task_keep"))
     assert raw("SELECT expires_at FROM machinery_states") == [(None,)]
+    b = make(results_expire_in=0)
+    now = time.time()
+    b.set_state_pending(Signature("add", uuid="task_hour"))
+    (expires,) = raw("SELECT expires_at FROM machinery_states WHERE uuid = 'task_hour'")[0]
+    assert now + 3590 < expires < now + 3610
+    # the stored TaskState's TTL field is 0, as Go's Redis/AMQP/memcache/Mongo backends write it
+    st = b.get_state("task_hour")
+    assert st is not None and st.ttl == 0
 
 
 def test_chord_triggers_once_across_threads(make: Callable[..., SQLiteBackend]) -> None:

@@ -97,12 +97,43 @@ def test_group_results_in_order(server: Server, worker: Worker) -> None:
     assert results.group_uuid == g.group_uuid
 
 
-def test_immutable_callback_does_not_receive_results(server: Server, worker: Worker) -> None:
-    cb = Signature("add", args=[100], immutable=True, uuid="task_" + uuid.uuid4().hex)
-    server.send_task(Signature("add", args=[1, 2], on_success=[cb]))
+def test_an_immutable_task_does_not_pass_its_results_on(server: Server, worker: Worker) -> None:
+    """The *finished* task's ``Immutable`` decides whether its results are appended to its
+    ``OnSuccess`` signatures; the callback's own flag plays no part (Go's ``v2/worker.go``,
+    ``taskSucceeded``: ``if signature.Immutable == false { ... successTask.Args = append(...) }``)."""
+    cb = Signature("add", args=[100], uuid="task_" + uuid.uuid4().hex)
+    server.send_task(Signature("add", args=[1, 2], immutable=True, on_success=[cb]))
     assert server.async_result(cb.uuid).get(timeout=5) == 100
+    # an immutable callback of a mutable task still receives the results
+    cb2 = Signature("add", args=[100], immutable=True, uuid="task_" + uuid.uuid4().hex)
+    server.send_task(Signature("add", args=[1, 2], on_success=[cb2]))
+    assert server.async_result(cb2.uuid).get(timeout=5) == 103
+
+
+def test_chain_with_an_immutable_step_gives_40(server: Server, worker: Worker) -> None:
+    """Chain(add(1,1) immutable, add(5,5), multiply(4)) = 40 on a Go worker (``v2/worker.go``);
+    the plain chain stays 48 (``test_seed_chain_gives_48``)."""
+    chain = Chain(
+        Signature("add", args=[1, 1]).set_immutable(),
+        Signature("add", args=[5, 5]),
+        Signature("multiply", args=[4]),
+    )
+    assert chain.tasks[0].immutable and not chain.tasks[1].immutable
+    assert server.send_chain(chain).get(timeout=5) == 40
+    assert server.backend.get_state(chain.tasks[1].uuid).values == [10]  # type: ignore[union-attr]
+    # an immutable *last-but-one* step: multiply(4) runs alone
+    chain = Chain(
+        Signature("add", args=[1, 1]), Signature("add", args=[5, 5], immutable=True), Signature("multiply", args=[4])
+    )
+    assert server.send_chain(chain).get(timeout=5) == 4
+
+
+def test_immutable_chord_callback_does_not_receive_results(server: Server, worker: Worker) -> None:
+    """The chord checks the callback's own flag (``ChordCallback.Immutable``, ``v2/worker.go``)."""
     chord = Chord(Group(Signature("add", args=[1])), Signature("add", args=[7], immutable=True))
     assert server.send_chord(chord).get(timeout=5) == 7
+    chord = Chord(Group(Signature("add", args=[1], immutable=True)), Signature("add", args=[7]))
+    assert server.send_chord(chord).get(timeout=5) == 8
 
 
 def test_on_success_callbacks_get_results_appended(server: Server, worker: Worker) -> None:
@@ -128,12 +159,15 @@ def test_task_error_is_failure_and_on_error_gets_the_error_first(
     cb = Signature("record", args=["extra"], uuid="task_" + uuid.uuid4().hex)
     caplog.set_level(logging.ERROR, logger="machinery")
     r = server.send_task(Signature("boom", args=[7], on_error=[cb]))
-    with pytest.raises(TaskFailedError, match="ValueError: bad 7") as info:
+    with pytest.raises(TaskFailedError, match="bad 7") as info:
         r.get(timeout=5)
-    assert info.value.error == "ValueError: bad 7"
+    # Go stores err.Error() and prepends it, typed "string", to OnError (v2/worker.go taskFailed)
+    assert info.value.error == "bad 7"
     assert server.async_result(cb.uuid).get(timeout=5) == "ok"
-    assert seen == [["ValueError: bad 7", "extra"]]
-    assert any("Traceback" in rec.getMessage() and "bad 7" in rec.getMessage() for rec in caplog.records)
+    assert seen == [["bad 7", "extra"]]
+    assert any(
+        "Traceback" in rec.getMessage() and "ValueError: bad 7" in rec.getMessage() for rec in caplog.records
+    ), "the log line keeps the exception class and the traceback"
     # the worker is still alive
     assert server.send_task(Signature("add", args=[1])).get(timeout=5) == 1
 
@@ -166,13 +200,46 @@ def test_retry_count_uses_fibonacci_backoff(server: Server, worker: Worker) -> N
     assert 0.9 <= gaps[0] < 1.8 and 1.9 <= gaps[1] < 2.8
 
 
+def test_stored_error_is_the_message_as_go_stores_err_error(server: Server, worker: Worker) -> None:
+    """Go stores ``err.Error()`` and prepends ``Arg{Type: "string", Value: err.Error()}`` to each
+    ``OnError`` signature (``v2/worker.go``, ``taskFailed``): ``"boom"``, not ``"RuntimeError: boom"``.
+    An exception without a message stores its class name (a Go error always has text)."""
+
+    @server.task("boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    @server.task("silent")
+    def silent() -> None:
+        raise KeyError
+
+    @server.task("record")
+    def record(err: str) -> str:
+        return err
+
+    cb = Signature("record", uuid="task_" + uuid.uuid4().hex)
+    r = server.send_task(Signature("boom", on_error=[cb]))
+    with pytest.raises(TaskFailedError):
+        r.get(timeout=5)
+    st = server.backend.get_state(r.task_uuid)
+    assert st is not None and st.error == "boom"
+    assert server.async_result(cb.uuid).get(timeout=5) == "boom"
+    sent = server.backend.get_state(cb.uuid)
+    assert sent is not None and sent.results is not None and sent.results[0].type == "string"
+    r = server.send_task(Signature("silent"))
+    with pytest.raises(TaskFailedError):
+        r.get(timeout=5)
+    st = server.backend.get_state(r.task_uuid)
+    assert st is not None and st.error == "KeyError"
+
+
 def test_retry_count_exhausted_is_failure(server: Server, worker: Worker) -> None:
     @server.task("always")
     def always() -> None:
         raise RuntimeError("nope")
 
     r = server.send_task(Signature("always", retry_count=1))
-    with pytest.raises(TaskFailedError, match="RuntimeError: nope"):
+    with pytest.raises(TaskFailedError, match="nope"):
         r.get(timeout=5)
 
 

@@ -22,7 +22,30 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-__all__ = ["Config", "parse_options", "redact_url"]
+__all__ = [
+    "DEFAULT_RESULTS_EXPIRE_IN",
+    "KEEP_RESULTS_FOREVER",
+    "Config",
+    "parse_options",
+    "redact_url",
+    "results_lifetime",
+]
+
+#: Go's ``config.DefaultResultsExpireIn``: the lifetime ``results_expire_in: 0`` means (Go's
+#: ``getExpiration`` in every result backend).
+DEFAULT_RESULTS_EXPIRE_IN = 3600
+#: ``results_expire_in: -1``: keep results forever (a Python-only spelling; Go has none).
+KEEP_RESULTS_FOREVER = -1
+
+
+def results_lifetime(results_expire_in: int) -> int | None:
+    """Seconds results live for a ``results_expire_in`` value: 0 is Go's default 3600 s, -1
+    (:data:`KEEP_RESULTS_FOREVER`) is None (never expire), anything else is itself."""
+    if results_expire_in == 0:
+        return DEFAULT_RESULTS_EXPIRE_IN
+    if results_expire_in < 0:
+        return None
+    return results_expire_in
 
 #: Section names Go Machinery's config files use. A file may carry them even when the plugin
 #: is not installed (they are then ignored); any other unknown key is an error.
@@ -49,7 +72,8 @@ class Config:
         also serves results, else the embedded default.
     :param lock: lock URL for periodic tasks; empty means the backend's (or broker's) URL.
     :param default_queue: the queue tasks go to when they name none.
-    :param results_expire_in: seconds results are kept (0 = forever); Go's default 3600.
+    :param results_expire_in: seconds results are kept; 0 means Go's default 3600 (as in Go),
+        -1 keeps them forever (Python only: Go has no such setting).
     :param multiple_broker_separator: splits several broker URLs for failover (Go's setting).
     :param no_unix_signals: do not install SIGINT/SIGTERM handlers in workers.
     :param timezone: time zone of periodic schedules (IANA name), UTC by default.
@@ -78,8 +102,8 @@ class Config:
             object.__setattr__(self, "results_expire_in", _coerce("results_expire_in", rei, int))
         elif type(rei) is not int:
             raise ConfigError("results_expire_in", f"expected whole seconds, got {rei!r}")
-        if self.results_expire_in < 0:
-            raise ConfigError("results_expire_in", "must be >= 0")
+        if self.results_expire_in < KEEP_RESULTS_FOREVER:
+            raise ConfigError("results_expire_in", "must be >= 0 (0 = Go's default 3600), or -1 to keep forever")
         if isinstance(self.no_unix_signals, str):
             object.__setattr__(self, "no_unix_signals", _coerce("no_unix_signals", self.no_unix_signals, bool))
         for url_key in ("broker", "result_backend", "lock"):

@@ -267,7 +267,7 @@ def send_examples(server: Server) -> list[Row]:
 
     callback = sig("report_error", uuid=new_uuid("task_"))
     r = server.send_task(sig("divide", 1, 0, on_error=[callback]))
-    rows.append(ErrorRow("failure: divide(1, 0) + on_error", r.task_uuid, callback.uuid, "ZeroDivisionError"))
+    rows.append(ErrorRow("failure: divide(1, 0) + on_error", r.task_uuid, callback.uuid, "division by zero"))
     return rows
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from machinery.config import results_lifetime
 from machinery.state import GroupMeta, State, TaskResult, TaskState
 
 if TYPE_CHECKING:
@@ -184,6 +185,9 @@ class Backend(ABC):
     persistent: ClassVar[bool] = True
     #: Config section (YAML mapping) this transport owns.
     config_section: ClassVar[str | None] = None
+    #: Chords need the group record :meth:`init_group` writes (False where a group without one,
+    #: as Go's AMQP backend sends, completes all the same).
+    needs_group_record: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
@@ -191,9 +195,15 @@ class Backend(ABC):
 
     @property
     def expires_in(self) -> timedelta | None:
-        """Result lifetime from ``results_expire_in`` (None: keep forever)."""
-        secs = self.config.results_expire_in
-        return timedelta(seconds=secs) if secs > 0 else None
+        """Result lifetime from ``results_expire_in`` (None: keep forever); see :meth:`lifetime`."""
+        secs = self.lifetime()
+        return timedelta(seconds=secs) if secs is not None else None
+
+    def lifetime(self) -> int | None:
+        """Seconds a stored record lives, from ``results_expire_in`` as Go reads it: 0 means Go's
+        default 3600 (``getExpiration``, ``config.DefaultResultsExpireIn``); a negative value
+        (Python only) keeps records forever and gives None."""
+        return results_lifetime(self.config.results_expire_in)
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -247,8 +257,10 @@ class Backend(ABC):
     # -- Go-visible operations (template methods) ---------------------------------------------
 
     def _ttl(self) -> int:
-        secs = self.config.results_expire_in
-        return secs if secs > 0 else 0
+        """The ``TTL`` field of stored states and groups: 0, as Go's Redis, AMQP, memcache and
+        Mongo backends leave it (only Go's DynamoDB backend sets it, to the absolute expiry;
+        a backend that does so overrides this)."""
+        return 0
 
     def _state(self, signature: Signature, state: str, **fields: Any) -> TaskState:
         return TaskState(

@@ -45,10 +45,20 @@ def machinery_task_succeeded(event: TaskEvent) -> None:
 def machinery_task_failed(event: TaskEvent) -> None:
     """Log at ERROR, with the traceback when the task raised."""
     sig = event.signature
+    error = _with_class(event)
     if event.traceback:
-        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, event.error, event.traceback.rstrip())
+        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, error, event.traceback.rstrip())
     else:
-        task_log.error("failed %s %s: %s", sig.name, sig.uuid, event.error)
+        task_log.error("failed %s %s: %s", sig.name, sig.uuid, error)
+
+
+def _with_class(event: TaskEvent) -> str:
+    """The stored error string (Go's ``err.Error()``, the bare message) with the exception's
+    class in front, for the log line: ``ValueError: nope``."""
+    exc = event.exc
+    if exc is None or event.error == type(exc).__name__:
+        return event.error
+    return f"{type(exc).__name__}: {event.error}"
 
 
 @hookimpl
@@ -61,7 +71,7 @@ def machinery_task_retried(event: TaskEvent) -> None:
         sig.uuid,
         event.retry_in,
         sig.retry_count,
-        event.error,
+        _with_class(event),
     )
 
 

@@ -202,8 +202,8 @@ class MemoryBackend(Backend):
         self._s: _BackendStore = _store(_backends, url, _BackendStore)
 
     def _expiry(self) -> float:
-        secs = self.config.results_expire_in
-        return time.monotonic() + secs if secs > 0 else float("inf")
+        secs = self.lifetime()
+        return time.monotonic() + secs if secs is not None else float("inf")
 
     def _get(self, uuid: str) -> Any:
         entry = self._s.records.get(uuid)

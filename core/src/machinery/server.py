@@ -10,7 +10,7 @@ from machinery.config import Config, redact_url
 from machinery.errors import ConfigError, MachineryError, TaskNotRegisteredError
 from machinery.plugins import PluginHost, get_plugin_host
 from machinery.results import AsyncResult, ChainAsyncResult, ChordAsyncResult, GroupResult
-from machinery.signature import Signature, encode_signature, new_uuid
+from machinery.signature import Signature, _NullHeaders, encode_signature, new_uuid, sent_headers
 from machinery.state import TaskState
 from machinery.task import Task
 from machinery.workflow import Chain, Chord, Group
@@ -215,6 +215,8 @@ class Server:
     def _prepare(self, sig: Signature) -> bytes:
         if not sig.uuid:
             sig.uuid = new_uuid("task_")
+        if type(sig.headers) is _NullHeaders:  # Go's HeadersWithSpan: a nil map becomes {}
+            sig.headers = dict(sig.headers)
         if self._pre_publish is not None:
             self._pre_publish(sig)
         self._broker.adjust_routing_key(sig)
@@ -236,7 +238,7 @@ class Server:
 
     def send_task_with_context(self, context: Mapping[str, Any], signature: Signature) -> AsyncResult:
         """``send_task`` carrying ``context`` (tracing ids, request ids...) in the headers."""
-        signature.headers.update(context)
+        signature.headers = {**signature.headers, **context}
         return self.send_task(signature)
 
     def _republish(self, signature: Signature) -> None:
@@ -281,11 +283,12 @@ class Server:
     ) -> GroupResult:
         """``send_group`` carrying ``context`` in every member's headers."""
         for s in group.tasks:
-            s.headers.update(context)
+            s.headers = {**s.headers, **context}
         return self.send_group(group, send_concurrency)
 
     def send_chord(self, chord: Chord, send_concurrency: int = 0) -> ChordAsyncResult:
         """Send the chord's group; the callback is sent by the worker that completes the group."""
+        sent_headers(chord.callback)  # Go's SendChord gives the callback {} headers too
         self.send_group(chord.group, send_concurrency)
         return ChordAsyncResult(chord.group.tasks, chord.callback, self._backend)
 
@@ -294,8 +297,8 @@ class Server:
     ) -> ChordAsyncResult:
         """``send_chord`` carrying ``context`` in the headers."""
         for s in chord.group.tasks:
-            s.headers.update(context)
-        chord.callback.headers.update(context)
+            s.headers = {**s.headers, **context}
+        chord.callback.headers = {**chord.callback.headers, **context}
         return self.send_chord(chord, send_concurrency)
 
     def send_chain(self, chain: Chain) -> ChainAsyncResult:
@@ -305,8 +308,8 @@ class Server:
 
     def send_chain_with_context(self, context: Mapping[str, Any], chain: Chain) -> ChainAsyncResult:
         """``send_chain`` carrying ``context`` in the headers of every task."""
-        for s in chain.tasks:
-            s.headers.update(context)
+        for s in chain.tasks:  # Go's SendChainWithContext: {} headers on every step
+            s.headers = {**s.headers, **context}
         return self.send_chain(chain)
 
     def delay(self, name: str, *args: Any, eta: datetime | None = None, **options: Any) -> AsyncResult:

@@ -323,6 +323,24 @@ def new_uuid(prefix: str = "task_") -> str:
     return prefix + str(_uuid4())
 
 
+class _NullHeaders(dict[str, Any]):
+    """Headers that are Go's nil map: encoded as JSON ``null`` while empty.
+
+    A new :class:`Signature` starts with them, as Go's ``NewSignature`` leaves ``Headers`` nil;
+    sending it (``Server.send_task`` and the group, chord and ``..._with_context`` variants)
+    makes them a plain ``{}`` as Go's ``tracing.HeadersWithSpan`` does. So callbacks and chain
+    steps not yet sent carry ``"Headers":null`` and sent ones ``"Headers":{}``, as in Go.
+    """
+
+    __slots__ = ()
+
+
+def sent_headers(sig: Signature) -> None:
+    """Give ``sig`` Go's headers of a sent signature: a nil map becomes ``{}`` (``HeadersWithSpan``)."""
+    if type(sig.headers) is _NullHeaders:
+        sig.headers = dict(sig.headers)
+
+
 @dataclass(slots=True, eq=True)
 class Signature:
     """One task invocation (Go's ``tasks.Signature``).
@@ -334,15 +352,19 @@ class Signature:
     :param uuid: set by ``send_task`` when empty (``task_<uuid4>``).
     :param routing_key: queue or routing key; empty means the broker's default.
     :param eta: run no earlier than this time (a timezone-aware datetime; naive means UTC).
-    :param headers: message headers (tracing context...), JSON values.
+    :param headers: message headers (tracing context...), JSON values. Empty ones are Go's nil
+        map (``"Headers":null``) until the signature is sent, then ``{}``, as in Go.
     :param priority: 0-255 message priority where the broker supports it.
-    :param immutable: do not pass this task's results to its ``on_success`` callbacks.
+    :param immutable: Go's ``Immutable``: this task does not pass its results on. When it
+        succeeds, its results are *not* appended to its ``on_success`` callbacks' arguments (in a
+        :class:`~machinery.workflow.Chain`, the next step runs with only its own arguments); the
+        flag of the task that *finished* decides, not the callback's (Go's ``worker.go``). On a
+        chord callback it means the members' results are not appended to it.
     :param retry_count: retries left on failure (Fibonacci back-off, Go semantics).
     :param retry_timeout: the current back-off in seconds (0 = start at 1 s).
     :param on_success: tasks sent when this one succeeds, receiving its results.
     :param on_error: tasks sent when this one fails, receiving the error string first.
     :param chord_callback: set on group members by :class:`~machinery.workflow.Chord`.
-    :param chord_error_callback: Go's ``ChordErrorCallback`` (carried, not used by Go's worker).
     :param group_uuid: set by :class:`~machinery.workflow.Group`.
     :param group_task_count: set by :class:`~machinery.workflow.Group`.
     :param broker_message_group_id: SQS FIFO message group id.
@@ -358,7 +380,7 @@ class Signature:
     eta: datetime | None = None
     group_uuid: str = ""
     group_task_count: int = 0
-    headers: Headers = field(default_factory=dict)
+    headers: Headers = field(default_factory=_NullHeaders)
     priority: int = 0
     immutable: bool = False
     retry_count: int = 0
@@ -366,7 +388,6 @@ class Signature:
     on_success: list[Signature] = field(default_factory=list)
     on_error: list[Signature] = field(default_factory=list)
     chord_callback: Signature | None = None
-    chord_error_callback: Signature | None = None
     broker_message_group_id: str = ""
     sqs_receipt_handle: str = ""
     stop_task_deletion_on_error: bool = False
@@ -388,6 +409,16 @@ class Signature:
     def copy(self) -> Signature:
         """A deep copy (callbacks and args are copied, values are shared)."""
         return decode_signature(encode_signature(self))
+
+    def set_immutable(self, immutable: bool = True) -> Signature:
+        """Set :attr:`immutable` and return ``self``: this task's results are not passed to the
+        tasks it triggers (``on_success``, the next step of a chain).
+
+        ``Chain(add(1, 1).set_immutable(), add(5, 5), multiply(4))`` runs ``add(5, 5)`` without
+        ``add(1, 1)``'s result, then ``multiply(4, 10)`` = 40, on Go and Python workers alike.
+        """
+        self.immutable = immutable
+        return self
 
     def countdown(self, seconds: float) -> Signature:
         """Set :attr:`eta` to now plus ``seconds`` and return ``self`` (for chaining)."""
@@ -499,12 +530,6 @@ def _go_float(x: float) -> str:
     return f"{mant}e{sign}{digits}"
 
 
-class _NullHeaders(dict[str, Any]):
-    """Headers that arrived as JSON ``null`` (Go's nil map); re-encoded as ``null`` while empty."""
-
-    __slots__ = ()
-
-
 class _FloatMarks:
     """Stand-ins for floats so the C JSON encoder can be used; swapped for Go text afterwards."""
 
@@ -577,7 +602,6 @@ def _sig_to_wire(sig: Signature, marks: _FloatMarks) -> dict[str, Any]:
         "OnSuccess": [_sig_to_wire(s, marks) for s in sig.on_success] if sig.on_success else None,
         "OnError": [_sig_to_wire(s, marks) for s in sig.on_error] if sig.on_error else None,
         "ChordCallback": _sig_to_wire(sig.chord_callback, marks) if sig.chord_callback else None,
-        "ChordErrorCallback": (_sig_to_wire(sig.chord_error_callback, marks) if sig.chord_error_callback else None),
         "BrokerMessageGroupId": sig.broker_message_group_id,
         "SQSReceiptHandle": sig.sqs_receipt_handle,
         "StopTaskDeletionOnError": sig.stop_task_deletion_on_error,
@@ -621,7 +645,6 @@ _SIG_FIELDS = (
     "OnSuccess",
     "OnError",
     "ChordCallback",
-    "ChordErrorCallback",
     "BrokerMessageGroupId",
     "SQSReceiptHandle",
     "StopTaskDeletionOnError",
@@ -753,7 +776,6 @@ def _sig_fast(d: dict[str, Any], path: str) -> Signature | None:
         and get("OnSuccess") is None
         and get("OnError") is None
         and get("ChordCallback") is None
-        and get("ChordErrorCallback") is None
     ):
         return None
     bm = get("BrokerMessageGroupId", "")
@@ -778,7 +800,6 @@ def _sig_fast(d: dict[str, Any], path: str) -> Signature | None:
     sig.on_success = []
     sig.on_error = []
     sig.chord_callback = None
-    sig.chord_error_callback = None
     sig.broker_message_group_id = bm
     sig.sqs_receipt_handle = sq
     sig.stop_task_deletion_on_error = stop
@@ -815,7 +836,6 @@ def _sig_from_wire(d: Any, path: str = "") -> Signature:
     elif not isinstance(headers, dict):
         raise _Bad(f"{path}Headers", "expected an object or null")
     cc = d.get("ChordCallback")
-    cec = d.get("ChordErrorCallback")
     sig = Signature.__new__(Signature)
     sig.name = name
     sig.args = _args_from_wire(d.get("Args"), f"{path}Args")
@@ -832,7 +852,6 @@ def _sig_from_wire(d: Any, path: str = "") -> Signature:
     sig.on_success = _sig_list(d.get("OnSuccess"), f"{path}OnSuccess")
     sig.on_error = _sig_list(d.get("OnError"), f"{path}OnError")
     sig.chord_callback = _sig_from_wire(cc, f"{path}ChordCallback.") if cc is not None else None
-    sig.chord_error_callback = _sig_from_wire(cec, f"{path}ChordErrorCallback.") if cec is not None else None
     sig.broker_message_group_id = _get_str(d, "BrokerMessageGroupId", path)
     sig.sqs_receipt_handle = _get_str(d, "SQSReceiptHandle", path)
     sig.stop_task_deletion_on_error = _get_bool(d, "StopTaskDeletionOnError", path)

@@ -66,7 +66,20 @@ def _debug() -> bool:
 
 
 def error_string(exc: BaseException) -> str:
-    """The error string stored for a failed task: ``"ValueError: message"``."""
+    """The error string stored for a failed task, and prepended to its ``on_error`` callbacks'
+    arguments: the exception's message, ``str(exc)`` (``"boom"`` for ``RuntimeError("boom")``),
+    as Go stores ``err.Error()`` (``v2/worker.go``, ``taskFailed``).
+
+    An exception with an empty message gives its class name (``"KeyboardInterrupt"``) instead:
+    a Go error always has text, and an empty error string would hide that the task failed.
+    The class and the traceback are in the worker's log line.
+    """
+    msg = str(exc)
+    return msg if msg else type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ValueError: message"``, for log lines (not stored)."""
     msg = str(exc)
     name = type(exc).__name__
     return f"{name}: {msg}" if msg else name
@@ -435,7 +448,7 @@ class Worker:
         where the broker keeps them); for now (connection lost), it is given back as usual."""
         broker = self.server.broker
         self._report(error)
-        reason = error_string(error)
+        reason = _describe(error)
         if len(reason) > MAX_STORED_BACKEND_ERROR:
             reason = reason[: MAX_STORED_BACKEND_ERROR - 3] + "..."
         message = f"the result backend cannot store this task's state: {reason}"
@@ -594,11 +607,17 @@ class Worker:
         self._safe_hook(self._hooks.task_succeeded, TaskEvent(sig, self.consumer_tag, results=results, runtime=runtime))
 
     def _send_follow_ups(self, sig: Signature, results: list[TaskResult], no_chord: bool) -> None:
-        """Send ``on_success`` callbacks (with the results unless immutable) and, for the
-        member of a chord's group, the chord callback once the whole group has succeeded."""
+        """Send ``on_success`` callbacks and, for the member of a chord's group, the chord
+        callback once the whole group has succeeded.
+
+        The results are appended to every ``on_success`` callback unless *the finished task*
+        is immutable (``sig.immutable``); the callbacks' own flags play no part here, as in Go's
+        ``Worker.taskSucceeded`` (``v2/worker.go``: ``if signature.Immutable == false``). The
+        chord callback's own flag decides for the chord (:func:`chord_callback_to_send`)."""
         server = self.server
+        pass_results = not sig.immutable
         for nxt in sig.on_success:
-            if not nxt.immutable:
+            if pass_results:
                 nxt.args.extend(Arg._trusted(r.type, r.value) for r in results)
             server.send_task(nxt)
         if no_chord:
@@ -615,8 +634,10 @@ class Worker:
             self._report(exc)
         elif self._obs_failed:
             pass  # the logging plugin logs it (with the traceback)
+        elif tb:
+            log.error("failed processing task %s (%s): %s\n%s", sig.name, sig.uuid, _describe(exc), tb.rstrip())
         else:
-            log.error("failed processing task %s (%s): %s", sig.name, sig.uuid, err)
+            log.error("failed processing task %s (%s): %s", sig.name, sig.uuid, _describe(exc))
         if self._obs_failed:
             self._safe_hook(
                 self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, traceback=tb)
@@ -645,5 +666,5 @@ class Worker:
                 self._hooks.task_retried, TaskEvent(sig, self.consumer_tag, error=err, exc=exc, retry_in=secs)
             )
         else:
-            log.warning("task %s (%s) failed: %s; retrying in %gs", sig.name, sig.uuid, err, secs)
+            log.warning("task %s (%s) failed: %s; retrying in %gs", sig.name, sig.uuid, _describe(exc), secs)
         self.server._republish(sig)

@@ -1,9 +1,11 @@
 """Workflows: groups, chains and chords, with Go Machinery's semantics.
 
 * :class:`Group`: tasks run in parallel; each gets the group's UUID and size.
-* :class:`Chain`: each task's ``on_success`` holds the next; results are appended to the next
-  task's arguments unless it is immutable. ``Chain(add(1, 1), add(5, 5), multiply(4))`` runs
-  ``multiply(4, add(5, 5, add(1, 1)))`` = 48.
+* :class:`Chain`: each task's ``on_success`` holds the next; a task's results are appended to
+  the next task's arguments unless the task that produced them is immutable (Go's meaning of
+  ``Immutable``). ``Chain(add(1, 1), add(5, 5), multiply(4))`` runs
+  ``multiply(4, add(5, 5, add(1, 1)))`` = 48; with ``add(1, 1).set_immutable()`` first,
+  ``add(5, 5)`` does not receive its result: ``multiply(4, add(5, 5))`` = 40.
 * :class:`Chord`: a group plus a callback that receives all members' results, in group order,
   fired exactly once when the whole group has succeeded.
   ``Chord(Group(add(1, 1), add(5, 5)), multiply())`` runs ``multiply(2, 10)`` = 20.
@@ -72,6 +74,10 @@ class Group:
 
 class Chain:
     """Tasks that run one after another, each receiving the previous results (Go's ``NewChain``).
+
+    To make a step ignore the previous step's result, mark the *previous* step immutable
+    (``Signature(..., immutable=True)`` or :meth:`Signature.set_immutable`): in Go's terms an
+    immutable task does not pass its results to its success callbacks.
 
     :param tasks: signatures, as arguments or one iterable.
     """
@@ -146,7 +152,7 @@ def chord_callback_to_send(backend: Backend, member: Signature) -> Signature | N
     if not group_uuid or callback is None:
         return None
     if not backend.group_completed(group_uuid, count):
-        if backend.get_group_meta(group_uuid) is None:
+        if backend.needs_group_record and backend.get_group_meta(group_uuid) is None:
             _warn_group_missing(group_uuid, callback)
         return None
     if not backend.trigger_chord(group_uuid):

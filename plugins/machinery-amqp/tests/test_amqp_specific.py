@@ -297,6 +297,44 @@ def test_eta_via_go_delay_queue(queue: str, make_broker: Callable[..., AMQPBroke
     b.ack(got[0])
 
 
+def test_delayed_message_goes_through_the_exchange_like_go(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """Go's ``delay()`` (``v2/brokers/amqp/amqp.go``) binds ``delay.<ms>.<exchange>.<routing key>``
+    to the exchange with the queue's own name as binding key and publishes through the exchange
+    with that routing key, with no priority."""
+    b = make_broker()
+    sig = Signature("add", [1], eta=datetime.now(timezone.utc) + timedelta(seconds=30))
+    _publish(b, sig)
+    with raw_channel() as ch:
+        method, props, body = None, None, b""
+        deadline = time.monotonic() + 5
+        names: list[str] = []
+        while method is None and time.monotonic() < deadline:
+            for ms in range(30000, 29000, -1):  # the delay in ms, truncated at publish time
+                name = f"delay.{ms}.machinery_exchange.{queue}"
+                try:
+                    ch.queue_declare(name, passive=True)
+                except pex.ChannelClosedByBroker:
+                    ch = ch.connection.channel()
+                    continue
+                names.append(name)
+                method, props, body = ch.basic_get(name, auto_ack=False)
+                break
+        assert method is not None, "no delay queue holds the message"
+        assert method.exchange == "machinery_exchange" and method.routing_key == names[0]
+        assert props.priority is None and json.loads(body)["UUID"] == sig.uuid
+        ch.basic_nack(method.delivery_tag, requeue=False)
+        delete_queues(names[0])
+
+
+def test_priority_zero_is_not_sent(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """Go's amqp091 publishes ``Priority: signature.Priority`` and leaves a 0 off the wire."""
+    b = make_broker()
+    _publish(b, Signature("add", [1]))
+    with raw_channel() as ch:
+        method, props, _body = ch.basic_get(queue, auto_ack=True)
+    assert method is not None and props.priority is None
+
+
 def test_nack_with_delay_republishes_then_acks(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
     b = make_broker()
     sig = _publish(b, Signature("add", [1]))
@@ -484,4 +522,100 @@ def test_backend_go_layout_and_group_queue(queue: str) -> None:
         for s in sigs:
             be.purge_state(s.uuid)
     finally:
+        be.close()
+
+
+_GO_MEMBER = (
+    '{"UUID":"%(uuid)s","Name":"add","RoutingKey":"%(queue)s","ETA":null,"GroupUUID":"%(group)s",'
+    '"GroupTaskCount":%(count)d,"Args":[{"Name":"","Type":"int64","Value":%(a)d},'
+    '{"Name":"","Type":"int64","Value":%(a)d}],"Headers":{},"Priority":0,"Immutable":false,"RetryCount":0,'
+    '"RetryTimeout":0,"OnSuccess":null,"OnError":null,"ChordCallback":{"UUID":"%(cb)s","Name":"total",'
+    '"RoutingKey":"","ETA":null,"GroupUUID":"","GroupTaskCount":0,"Args":null,"Headers":{},"Priority":0,'
+    '"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,"OnError":null,"ChordCallback":null,'
+    '"BrokerMessageGroupId":"","SQSReceiptHandle":"","StopTaskDeletionOnError":false,'
+    '"IgnoreWhenTaskNotRegistered":false},"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
+    '"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
+)
+
+
+def test_chord_from_a_go_producer_without_group_record_fires_once(queue: str) -> None:
+    """Go's AMQP backend writes no group record (``v2/backends/amqp/amqp.go``: ``InitGroup``
+    returns nil); completion is the message count of the queue named after the group, fed by
+    each member's completion (``markTaskCompleted``). A chord published the Go way (raw Go JSON,
+    Go's SendGroup: PENDING states only, no ``<group>_meta``) fires exactly once on two Python
+    workers with the AMQP result backend, and leaves Go's marker queue ``<group>_chord_triggered``."""
+    group, cb = new_uuid("group_"), new_uuid("chord_")
+    n = 8
+    uuids = [new_uuid() for _ in range(n)]
+    cfg = _config(queue).replace(result_backend=amqp_url())
+    with raw_channel() as ch:
+        ch.exchange_declare("machinery_exchange", "direct", durable=True, auto_delete=False)
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        ch.queue_bind(queue, "machinery_exchange", queue)
+        ch.confirm_delivery()
+        props = pika.BasicProperties(headers={}, content_type="application/json", delivery_mode=2)
+        for i, u in enumerate(uuids):
+            body = _GO_MEMBER % {"uuid": u, "queue": queue, "group": group, "count": n, "a": i, "cb": cb}
+            ch.basic_publish("machinery_exchange", queue, body.encode(), props)
+    runs: list[tuple[int, ...]] = []
+    servers, workers = [], []
+    for tag in ("w1", "w2"):
+        server = Server(cfg)
+
+        @server.task(name="add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        @server.task(name="total")
+        def total(*xs: int) -> int:
+            runs.append(xs)
+            return sum(xs)
+
+        servers.append(server)
+        workers.append(Worker(server, tag, 4).launch_in_background())
+    try:
+        st = servers[0].backend.wait_for(cb, timeout=30)
+        assert st is not None and st.is_success, st
+        assert st.values == [sum(2 * i for i in range(n))]
+        time.sleep(1.0)  # any second firing would show now
+        assert len(runs) == 1 and sorted(runs[0]) == [2 * i for i in range(n)]  # completion order
+        with raw_channel() as ch:
+            assert ch.queue_declare(f"{group}_chord_triggered", passive=True).method.message_count == 1
+            with pytest.raises(pex.ChannelClosedByBroker):
+                ch.queue_declare(f"{group}_meta", passive=True)  # nothing Go does not write
+    finally:
+        for w in workers:
+            w.quit()
+        for s in servers:
+            s.backend.purge_group_meta(group)
+            s.close()
+
+
+def test_chord_trigger_is_first_wins_without_a_group_record(queue: str) -> None:
+    """``<group>_chord_triggered`` takes one message (reject-publish): of 16 concurrent Python
+    triggers on a group no Python producer recorded, exactly one wins; a Go worker's
+    ``TriggerChord`` (passive declare of that queue) then returns false."""
+    be = AMQPBackend(amqp_url(), _config(queue))
+    group = new_uuid("group_")
+    member = Signature("add", uuid=new_uuid(), group_uuid=group, group_task_count=1)
+    be.set_state_success(member, results_for(1))  # Go's completion message: the group is known
+    try:
+        wins: list[bool] = []
+        barrier = threading.Barrier(16)
+
+        def race() -> None:
+            barrier.wait()
+            wins.append(be.trigger_chord(group))
+
+        threads = [threading.Thread(target=race) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wins.count(True) == 1 and len(wins) == 16
+        with raw_channel() as ch:
+            ch.queue_declare(f"{group}_chord_triggered", passive=True)
+    finally:
+        be.purge_group_meta(group)
+        be.purge_state(member.uuid)
         be.close()

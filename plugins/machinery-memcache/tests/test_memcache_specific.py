@@ -123,7 +123,9 @@ def test_expiry_over_30_days_is_sent_as_a_timestamp(url: str) -> None:
     b = backend(url, expire=forty_days)
     assert abs(b._expire() - (time.time() + forty_days)) < 5
     assert backend(url, expire=MAX_RELATIVE_EXPIRY)._expire() == MAX_RELATIVE_EXPIRY
-    assert backend(url, expire=0)._expire() == 0
+    # Go's getExpirationTimestamp: 0 means DefaultResultsExpireIn (v2/backends/memcache/memcache.go)
+    assert backend(url, expire=0)._expire() == 3600
+    assert backend(url, expire=-1)._expire() == 0  # Python-only "keep forever"
     s = sig()
     b.set_state_pending(s)
     assert b.get_state(s.uuid) is not None

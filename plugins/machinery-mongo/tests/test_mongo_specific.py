@@ -82,8 +82,9 @@ def test_documents_have_go_bson_shapes(url: str, test_database: str, db: Db) -> 
     assert doc is not None
     assert doc["state"] == "SUCCESS" and doc["task_name"] == "add" and doc["error"] == ""
     assert doc["results"] == [{"type": "int64", "value": 2**62 + 1}, {"type": "[]string", "value": ["a", "b"]}]
-    assert isinstance(doc["created_at"], datetime) and doc["ttl"] == 600
-    assert set(doc) == {"_id", "task_name", "state", "results", "error", "created_at", "ttl", "expires_at"}
+    # TaskState.TTL is 0 as Go's Mongo backend leaves it, so `bson:"ttl,omitempty"` drops it
+    assert isinstance(doc["created_at"], datetime) and "ttl" not in doc
+    assert set(doc) == {"_id", "task_name", "state", "results", "error", "created_at", "expires_at"}
 
     g, members = new_uuid("group_"), [new_uuid(), new_uuid()]
     b.init_group(g, members)
@@ -94,10 +95,18 @@ def test_documents_have_go_bson_shapes(url: str, test_database: str, db: Db) -> 
 
 
 def test_no_expiry_means_no_ttl_fields(url: str, test_database: str, db: Db) -> None:
+    """-1 keeps results (no ``expires_at``); 0 is Go's default 3600 s. ``ttl`` is 0, so left out
+    (Go's ``bson:"ttl,omitempty"``, ``v2/tasks/state.go``)."""
+    s = sig()
+    backend(url, test_database, expire=-1).set_state_failure(s, "boom")
+    doc = db.tasks.find_one({"_id": s.uuid})
+    assert doc is not None and "ttl" not in doc and "expires_at" not in doc and doc["error"] == "boom"
     s = sig()
     backend(url, test_database, expire=0).set_state_failure(s, "boom")
     doc = db.tasks.find_one({"_id": s.uuid})
-    assert doc is not None and "ttl" not in doc and "expires_at" not in doc and doc["error"] == "boom"
+    assert doc is not None and "ttl" not in doc and "expires_at" in doc
+    left = doc["expires_at"].replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)
+    assert 3500 < left.total_seconds() <= 3600
 
 
 def test_reads_what_go_wrote(url: str, test_database: str, db: Db) -> None:

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from machinery import Config, Server
-from machinery.errors import BrokerConnectionError, ConfigError, PublishError
+from machinery.errors import BackendError, BrokerConnectionError, ConfigError, PublishError
 from machinery.plugins import get_plugin_host
 from machinery.signature import Signature, encode_signature
 from machinery.workflow import Chord, Group
@@ -506,6 +506,43 @@ def test_chord_trigger_is_atomic_and_go_shaped(url: str, raw: redis.Redis) -> No
         backend.close()
 
 
+def test_chord_trigger_takes_gos_trigger_chord_mutex(
+    url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Go's Redis backend triggers a chord under the redsync mutex ``TriggerChordMutex``
+    (``v2/backends/redis/redis.go`` TriggerChord: ``SET TriggerChordMutex <random> NX PX 8000``,
+    32 tries 50-250 ms apart, compare-and-delete unlock). A Python trigger takes the same key,
+    so it waits while a Go worker holds it, and it leaves a lock it does not own alone."""
+    import machinery_redis.backend as rb
+
+    backend = RedisBackend(url, config(url, "unused"))
+    group = f"group_{uuid.uuid4()}"
+    raw.set(group, GO_GROUP_META.format(group=group), ex=60)
+    try:
+        # a "Go worker" holds the lock for 0.6 s: the Python trigger waits for it
+        raw.set(rb.CHORD_MUTEX, "go-holder", nx=True, px=600)
+        t0 = time.monotonic()
+        assert backend.trigger_chord(group) is True
+        assert time.monotonic() - t0 >= 0.4, "the trigger did not wait for the lock holder"
+        assert raw.get(rb.CHORD_MUTEX) is None  # released after the trigger
+        assert json.loads(raw.get(group))["ChordTriggered"] is True
+        # held for good (every try): a clear, retryable BackendError, the holder's key untouched
+        monkeypatch.setattr(rb, "CHORD_MUTEX_TRIES", 3)
+        raw.set(rb.CHORD_MUTEX, "go-holder", px=20000)
+        other = f"group_{uuid.uuid4()}"
+        raw.set(other, GO_GROUP_META.format(group=other), ex=60)
+        with pytest.raises(BackendError, match="TriggerChordMutex"):
+            backend.trigger_chord(other)
+        assert raw.get(rb.CHORD_MUTEX) == b"go-holder"
+        assert json.loads(raw.get(other))["ChordTriggered"] is False
+        raw.delete(other)
+    finally:
+        raw.delete(group)
+        if raw.get(rb.CHORD_MUTEX) == b"go-holder":
+            raw.delete(rb.CHORD_MUTEX)
+        backend.close()
+
+
 def test_group_states_are_read_in_one_round_trip(private_redis: Any) -> None:
     url = private_redis.url
     srv = Server(config(url, "g_q"))
@@ -525,14 +562,22 @@ def test_group_states_are_read_in_one_round_trip(private_redis: Any) -> None:
 
 
 def test_results_without_expiry(url: str, queue: str, raw: redis.Redis) -> None:
-    backend = RedisBackend(url, config(url, queue).replace(results_expire_in=0))
+    """-1 keeps results forever (Python only); 0 is Go's default 3600 s (``v2/backends/redis/
+    redis.go`` getExpiration), and the stored ``TTL`` field is 0 as Go writes it."""
+    backend = RedisBackend(url, config(url, queue).replace(results_expire_in=-1))
+    zero = RedisBackend(url, config(url, queue).replace(results_expire_in=0))
     sig = Signature("add", [1, 1], uuid=task_uuid())
+    sig2 = Signature("add", [1, 1], uuid=task_uuid())
     try:
         backend.set_state_pending(sig)
         assert raw.ttl(sig.uuid) == -1
+        zero.set_state_pending(sig2)
+        assert 3590 <= raw.ttl(sig2.uuid) <= 3600
+        assert json.loads(raw.get(sig2.uuid))["TTL"] == 0
     finally:
-        raw.delete(sig.uuid)
+        raw.delete(sig.uuid, sig2.uuid)
         backend.close()
+        zero.close()
 
 
 # -- lock -------------------------------------------------------------------------------------------
@@ -568,6 +613,34 @@ def test_chord_end_to_end(server: Server) -> None:
         assert server.send_chord(chord).get(timeout=10) == 30
     finally:
         worker.quit()
+
+
+def test_unknown_task_goes_to_gos_delayed_set_and_does_not_block_the_queue(
+    server: Server, queue: str, raw: redis.Redis
+) -> None:
+    """Mixed fleet: a task this Python worker does not know (one only Go workers run) is put in
+    Go's ``delayed_tasks`` set for ``unregistered_requeue_delay`` (a Go worker's delayed mover
+    takes it back to the queue's tail, ``v2/brokers/redis/redis.go``), so it neither runs here
+    nor holds up the tasks behind it; a Go worker sees it again in its queue."""
+    worker = server.new_worker("mixed", 1)
+    worker.unregistered_requeue_delay = 30
+    unknown = Signature("only_go_knows", [1], uuid=task_uuid())
+    server.send_task(unknown)
+    known = server.send_task(Signature("add", [2, 3]))
+    worker.launch_in_background()
+    try:
+        assert known.get(timeout=10) == 5
+        members = raw.zrange("delayed_tasks", 0, -1, withscores=True)
+        mine = [(m, score) for m, score in members if json.loads(m)["UUID"] == unknown.uuid]
+        assert len(mine) == 1, "the unknown task must wait in Go's delayed set"
+        member, score = mine[0]
+        assert json.loads(member)["RoutingKey"] == queue and score > time.time_ns() + 20e9
+        assert raw.llen(queue) == 0
+    finally:
+        worker.quit()
+        for m, _ in raw.zrange("delayed_tasks", 0, -1, withscores=True):
+            if json.loads(m)["UUID"] == unknown.uuid:
+                raw.zrem("delayed_tasks", m)
 
 
 def test_options_dataclass_defaults_match_go() -> None:

@@ -52,8 +52,8 @@ class SQLiteBackend(Transport, Backend):
         self._setup(url, config)
 
     def _expires_at(self, now: float) -> float | None:
-        secs = self.config.results_expire_in
-        return now + secs if secs > 0 else None
+        secs = self.lifetime()
+        return now + secs if secs is not None else None
 
     def _decode_state(self, uuid: str, data: bytes) -> TaskState:
         try:

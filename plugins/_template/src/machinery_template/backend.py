@@ -62,8 +62,8 @@ class TemplateBackend(Backend):
         self._store = example_store(server_name(url, "result_backend"))
 
     def _deadline(self) -> float:
-        secs = self.config.results_expire_in  # 0: keep forever
-        return time.monotonic() + secs if secs > 0 else float("inf")
+        secs = self.lifetime()  # results_expire_in as Go reads it (0: 3600 s); None: keep forever
+        return time.monotonic() + secs if secs is not None else float("inf")
 
     def _store_state(self, state: TaskState) -> None:
         """Write (replace) the task's record, with expiry."""

@@ -5,9 +5,16 @@ Every task gets a queue named after its UUID (non-durable, auto-delete, ``x-mess
 *consumes* the state when reading it; here a read takes every message, acknowledges all but the
 newest and gives the newest back, so reads do not destroy the state and older states are
 pruned. Completed members of a group are also published to a queue named after the group (Go's
-``markTaskCompleted``), whose message count answers "is the group complete?" in one round
-trip. Group metadata lives in ``<group>_meta``; the chord trigger is a queue ``<group>_chord_token``
-holding one token message that exactly one ``basic.get`` can win.
+``markTaskCompleted``), whose message count answers "is the group complete?", as in Go, so a
+group sent by a Go producer (which writes no group record: Go's ``InitGroup`` is a no-op)
+completes on Python workers.
+
+The chord trigger is Go's marker queue ``<group>_chord_triggered`` (Go's ``TriggerChord`` fires
+unless it exists), made first-wins among Python workers: it holds at most one message
+(``x-max-length`` 1, ``x-overflow`` ``reject-publish``), and only the one publish that RabbitMQ
+confirms wins; the others are nacked. A Python producer also writes ``<group>_meta`` (Go ignores
+it): with it, completion is checked member by member and the chord gets results in group order;
+without it (a Go producer), completion is Go's message count and the order is completion order.
 """
 
 from __future__ import annotations
@@ -42,8 +49,6 @@ __all__ = ["AMQPBackend"]
 log = logging.getLogger("machinery.amqp")
 T = TypeVar("T")
 
-#: Go's ``DefaultResultsExpireIn``: used when ``results_expire_in`` is 0, as Go does.
-DEFAULT_EXPIRES = 3600
 _PROPS = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 # A second reader may hold the state message for one round trip; look again before saying "none".
 _EMPTY_RETRIES = (0.002, 0.01)
@@ -76,6 +81,7 @@ class AMQPBackend(Backend):
     persistent: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "amqp"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
+    needs_group_record: ClassVar[bool] = False  # Go's groups have none: the group queue counts
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -91,12 +97,12 @@ class AMQPBackend(Backend):
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    @property
-    def _expires_ms(self) -> int:
-        return (self.config.results_expire_in or DEFAULT_EXPIRES) * 1000
-
     def _args(self) -> dict[str, Any]:
-        ms = self._expires_ms
+        # Go: int32(ResultsExpireIn * 1000), 0 -> DefaultResultsExpireIn; -1 (Python only): no expiry
+        secs = self.lifetime()
+        if secs is None:
+            return {}
+        ms = secs * 1000
         return {"x-message-ttl": ms, "x-expires": ms}
 
     def _run(self, fn: Callable[[BlockingChannel], T], what: str) -> T:
@@ -222,17 +228,10 @@ class AMQPBackend(Backend):
         return [self._load_state(u) for u in task_uuids]
 
     def _store_group(self, meta: GroupMeta) -> None:
-        """Publish the group metadata to ``<group>_meta`` and one chord token to ``<group>_chord_token``."""
+        """Publish the group metadata to ``<group>_meta`` (member order; Go writes no group
+        record and ignores this queue; nothing requires it)."""
         body = encode_group_meta(meta)
-        token = _chord_token(meta.group_uuid)
-
-        def go(ch: BlockingChannel) -> None:
-            self._put(ch, _meta_queue(meta.group_uuid), body)
-            self._declare(ch, token)
-            ch.queue_purge(token)
-            self._put(ch, token, b"chord")
-
-        self._run(go, f"store group {meta.group_uuid}")
+        self._run(lambda ch: self._put(ch, _meta_queue(meta.group_uuid), body), f"store group {meta.group_uuid}")
 
     def _load_group(self, group_uuid: str) -> GroupMeta | None:
         body = self._read(_meta_queue(group_uuid))
@@ -246,26 +245,73 @@ class AMQPBackend(Backend):
         return meta
 
     def _mark_chord_triggered(self, group_uuid: str) -> bool:
-        """Take the group's single chord token with an auto-ack ``basic.get``: only one wins."""
+        """Publish one message into Go's marker queue ``<group>_chord_triggered``, which takes
+        at most one (``reject-publish``): the caller whose publish is confirmed wins, the others
+        are nacked. The queue's existence stops Go workers (Go's ``TriggerChord``)."""
+        if not (self._queue_exists(group_uuid) or self._queue_exists(_meta_queue(group_uuid))):
+            return False  # an unknown group: neither completions nor a record
+        name = _chord_triggered(group_uuid)
+        args: dict[str, Any] = {"x-max-length": 1, "x-overflow": "reject-publish"}
+        secs = self.lifetime()
+        if secs is not None:  # no x-message-ttl: the marker must outlive every late member
+            args["x-expires"] = secs * 1000
 
         def go(ch: BlockingChannel) -> bool:
-            method, _props, _body = ch.basic_get(_chord_token(group_uuid), auto_ack=True)
-            if method is None:
-                return False
-            # Go's marker: a Go worker sees this queue and does not trigger the chord again.
-            self._declare(ch, _chord_triggered(group_uuid))
+            ch.queue_declare(name, durable=False, auto_delete=False, arguments=args)
+            try:
+                ch.basic_publish("", name, b"triggered", _PROPS, mandatory=True)
+            except pex.NackError:
+                return False  # another worker's marker is there
             return True
 
+        return self._run(go, f"trigger the chord of {group_uuid}")
+
+    def _completions(self, group_uuid: str) -> list[TaskState]:
+        """The completion states in Go's group queue, oldest first, one per task (the newest of
+        duplicates), read without consuming them."""
+
+        def go(ch: BlockingChannel) -> list[bytes]:
+            bodies: list[bytes] = []
+            last = 0
+            while True:
+                method, _props, payload = ch.basic_get(group_uuid, auto_ack=False)
+                if method is None:
+                    break
+                last = method.delivery_tag
+                bodies.append(payload)
+                if method.message_count == 0:
+                    break
+            if last:
+                ch.basic_nack(last, multiple=True, requeue=True)
+            return bodies
+
         try:
-            return self._run(go, f"trigger the chord of {group_uuid}")
+            bodies = self._run(go, f"read the completions of {group_uuid}")
         except _Missing:
-            return False
+            return []
+        by_task: dict[str, TaskState] = {}
+        for body in bodies:
+            try:
+                st = decode_task_state(body)
+            except DecodeError as exc:
+                raise BackendError(f"a completion in {group_uuid} is not valid: {exc.reason}") from exc
+            by_task.pop(st.task_uuid, None)
+            by_task[st.task_uuid] = st
+        return list(by_task.values())
+
+    def group_task_states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
+        """In group order when a Python producer recorded the group; otherwise (a Go producer,
+        no record) the completion messages of Go's group queue, in completion order as Go's
+        ``GroupTaskStates`` returns them (not consumed here)."""
+        if self._load_group(group_uuid) is not None:
+            return super().group_task_states(group_uuid, group_task_count)
+        return self._completions(group_uuid)
 
     def _delete(self, uuid: str) -> None:
         """Delete the task's or group's queues (state, completions, metadata, chord queues)."""
 
         def go(ch: BlockingChannel) -> None:
-            for name in (uuid, _meta_queue(uuid), _chord_token(uuid), _chord_triggered(uuid)):
+            for name in (uuid, _meta_queue(uuid), _chord_triggered(uuid)):
                 ch.queue_delete(name)
                 with self._lock:
                     self._declared.pop(name, None)
@@ -288,25 +334,38 @@ class AMQPBackend(Backend):
         self._run(lambda ch: self._put(ch, signature.group_uuid, body), f"mark {signature.uuid} completed")
 
     def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
-        """Store SUCCESS, then publish it to the group's queue as Go's ``markTaskCompleted`` does."""
-        self._mark_completed(signature, self._set(signature, State.SUCCESS.value, results=results))
+        """Publish SUCCESS to the group's queue (Go's ``markTaskCompleted``), then store it.
+
+        Go stores first; here the completion goes first so that whoever sees the final state
+        also sees the group's count include it (a duplicate after a failed store is harmless)."""
+        state = self._state(signature, State.SUCCESS.value, results=results)
+        self._mark_completed(signature, state)
+        self._store_state(state)
 
     def set_state_failure(self, signature: Signature, error: str) -> None:
-        """Store FAILURE, then publish it to the group's queue as Go's ``markTaskCompleted`` does."""
-        self._mark_completed(signature, self._set(signature, State.FAILURE.value, error=error))
+        """Publish FAILURE to the group's queue (Go's ``markTaskCompleted``), then store it."""
+        state = self._state(signature, State.FAILURE.value, error=error)
+        self._mark_completed(signature, state)
+        self._store_state(state)
 
     def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
-        """Fewer completion messages than tasks in Go's group queue means "not yet" (one round
-        trip); otherwise every member's state is checked, so duplicates cannot fake completion."""
+        """Go's test: the group queue holds ``group_task_count`` completion messages (fewer:
+        "not yet", one round trip). With a Python producer's group record every member's state
+        is then checked, so a duplicate completion (a redelivered member) cannot fake it;
+        without one (a Go producer) the count decides, as in Go. (The messages are not read
+        here: a reader holds them unacknowledged for a moment, and a concurrent count would
+        miss them, so two last members could each see the group incomplete.)"""
         try:
             count = self._run(
                 lambda ch: ch.queue_declare(group_uuid, passive=True).method.message_count, f"inspect {group_uuid!r}"
             )
-        except _Missing:
+        except _Missing:  # no completion yet, or members sent without their group fields
             count = None
         if count is not None and count < group_task_count:
             return False
-        return super().group_completed(group_uuid, group_task_count)
+        if self._load_group(group_uuid) is not None:
+            return super().group_completed(group_uuid, group_task_count)
+        return count is not None
 
     def close(self) -> None:
         """Close the pooled connections. Idempotent."""
@@ -322,10 +381,6 @@ class AMQPBackend(Backend):
 
 def _meta_queue(group_uuid: str) -> str:
     return f"{group_uuid}_meta"
-
-
-def _chord_token(group_uuid: str) -> str:
-    return f"{group_uuid}_chord_token"
 
 
 def _chord_triggered(group_uuid: str) -> str:

@@ -399,7 +399,7 @@ class AMQPBroker(Broker):
             content_type="application/json",
             delivery_mode=2,
             headers=_amqp_table(signature.headers) if signature.headers else None,
-            priority=signature.priority,
+            priority=signature.priority or None,  # Go's amqp091 leaves a 0 priority off the wire
             message_id=signature.uuid or None,
             expiration=expiration,
         )
@@ -420,8 +420,17 @@ class AMQPBroker(Broker):
                 "x-message-ttl": delay_ms,
                 "x-expires": delay_ms * 2,
             }
-        spec = _QueueSpec(name, None, durable=True, auto_delete=self.options.auto_delete, arguments=tuple(args.items()))
-        return [spec], Outgoing("", name, body, props, uuid)
+        # Go's delay(): the delay queue is bound to the exchange with its own name as the key,
+        # and the message goes through the exchange with that routing key, without a priority.
+        # (Not through a fanout or headers exchange, which would also copy it into every task
+        # queue at once: there the default exchange delivers it to the delay queue alone.)
+        props.priority = None
+        o = self.options
+        via = o.exchange if o.exchange_type in ("direct", "topic") else ""
+        spec = _QueueSpec(
+            name, name if via else None, durable=True, auto_delete=o.auto_delete, arguments=tuple(args.items())
+        )
+        return [spec], Outgoing(via, name, body, props, uuid)
 
     def _plan(self, body: bytes, signature: Signature) -> tuple[list[_QueueSpec], Outgoing, bool]:
         target = self._route_spec(signature)
@@ -548,7 +557,7 @@ class AMQPBroker(Broker):
             content_type="application/json",
             delivery_mode=2,
             headers=attrs.get("headers") or None,
-            priority=attrs.get("priority", 0),
+            priority=attrs.get("priority") or None,
             message_id=uuid or None,
         )
         specs, out = self._delay_plan(

@@ -130,7 +130,9 @@ class MemcacheBackend(Backend):
         return self._clients[zlib.crc32(key.encode()) % len(self._clients)]
 
     def _expire(self) -> int:
-        secs = self.config.results_expire_in  # 0: never expires
+        secs = self.lifetime()  # Go's getExpirationTimestamp: 0 means 3600 s
+        if secs is None:
+            return 0  # memcached's "never expires" (results_expire_in: -1)
         return secs if secs <= MAX_RELATIVE_EXPIRY else int(time.time()) + secs
 
     def _call(self, client: PooledClient, key: str, op: str, *args: Any, retry: bool = True, size: int = 0) -> Any:

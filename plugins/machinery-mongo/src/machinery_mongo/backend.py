@@ -188,8 +188,8 @@ class MongoBackend(Backend):
         return self._colls
 
     def _expires_at(self) -> datetime | None:
-        secs = self.config.results_expire_in
-        return datetime.now(timezone.utc) + timedelta(seconds=secs) if secs > 0 else None
+        secs = self.lifetime()
+        return datetime.now(timezone.utc) + timedelta(seconds=secs) if secs is not None else None
 
     @staticmethod
     def _live() -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 - a task's state: key = the task UUID, value = Go's ``TaskState`` JSON;
 - a group's metadata: key = the group UUID, value = Go's ``GroupMeta`` JSON;
-- both expire after ``results_expire_in`` seconds (0 keeps them).
+- both expire after ``results_expire_in`` seconds (0: Go's default 3600; -1 keeps them).
 
 So a Go client reading ``GET <task uuid>`` sees what a Python worker stored, and the other way
 round. The chord flag is set inside the stored ``GroupMeta`` by a Lua script, so exactly one
-caller wins however many race.
+caller wins however many race, under Go's ``TriggerChordMutex`` lock so Go workers agree.
 """
 
 from __future__ import annotations
@@ -94,6 +94,18 @@ redis.call('SET', KEYS[1], v, 'KEEPTTL')
 return 1
 """
 
+#: Go's chord lock (``v2/backends/redis/redis.go`` TriggerChord: ``redsync.NewMutex("TriggerChordMutex")``):
+#: one key for every group, taken by Go and Python workers around the trigger.
+CHORD_MUTEX = "TriggerChordMutex"
+#: redsync's defaults: the key's expiry, the number of tries and the random wait between them.
+CHORD_MUTEX_EXPIRY_MS = 8000
+CHORD_MUTEX_TRIES = 32
+CHORD_MUTEX_DELAY = (0.05, 0.25)
+# redsync's unlock: delete the key only while it still holds our value.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
+"""
+
 
 class RedisBackend(Backend):
     """Result backend on Redis strings, compatible with Go Machinery's Redis backend.
@@ -113,6 +125,7 @@ class RedisBackend(Backend):
         self.options = load_options(self.target, config)
         self._shared: SharedClient | None = None
         self._trigger: Any = None
+        self._unlock: Any = None
         self._watcher: StateWatcher | None = None
         self._watcher_lock = threading.Lock()
         self._watcher_retry_at = 0.0
@@ -138,8 +151,7 @@ class RedisBackend(Backend):
         return translate_errors(what, self.url, BackendError, BackendConnectionError)
 
     def _ex(self) -> int | None:
-        ttl = self.config.results_expire_in
-        return ttl if ttl > 0 else None
+        return self.lifetime()  # Go's getExpiration: 0 means 3600 s
 
     def _set_command(self, state: TaskState, ex: int | None) -> tuple[Any, ...]:
         body = encode_task_state(state)
@@ -228,10 +240,38 @@ class RedisBackend(Backend):
         return None if raw is None else decode_group_meta(raw)
 
     def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        """Flip the group's ``ChordTriggered`` (a Lua script: one caller wins among Python
+        workers) while holding Go's ``TriggerChordMutex``, so that a Go worker, which reads the
+        group and writes it back under that lock, never interleaves with it: a chord fires once
+        in a fleet of Go and Python workers sharing the Redis."""
         with self._errors(f"trigger chord of {group_uuid}"):
+            client = self.client
             if self._trigger is None:
-                self._trigger = self.client.register_script(_TRIGGER_CHORD)
-            return bool(self._trigger(keys=[group_uuid], args=[CHORD_FIELD, _CHORD_PATTERN]))
+                self._unlock = client.register_script(_UNLOCK)
+                self._trigger = client.register_script(_TRIGGER_CHORD)
+            token = self._lock_chord_mutex(client, group_uuid)
+            try:
+                return bool(self._trigger(keys=[group_uuid], args=[CHORD_FIELD, _CHORD_PATTERN]))
+            finally:
+                self._unlock(keys=[CHORD_MUTEX], args=[token])
+
+    @staticmethod
+    def _lock_chord_mutex(client: Any, group_uuid: str) -> str:
+        """Take ``TriggerChordMutex`` as redsync does: ``SET NX PX 8000`` with a random value,
+        up to 32 tries 50-250 ms apart. :raises BackendError: still held after every try."""
+        import base64
+        import random
+
+        token = base64.b64encode(os.urandom(16)).decode("ascii")
+        for attempt in range(CHORD_MUTEX_TRIES):
+            if client.set(CHORD_MUTEX, token, nx=True, px=CHORD_MUTEX_EXPIRY_MS):
+                return token
+            if attempt < CHORD_MUTEX_TRIES - 1:
+                time.sleep(random.uniform(*CHORD_MUTEX_DELAY))
+        raise BackendError(
+            f"cannot trigger the chord of {group_uuid}: {CHORD_MUTEX} is held by another worker "
+            f"after {CHORD_MUTEX_TRIES} tries (Go's redsync mutex; retried on redelivery)"
+        )
 
     def _delete(self, uuid: str) -> None:
         with self._errors(f"delete {uuid}"):

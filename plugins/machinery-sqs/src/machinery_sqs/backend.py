@@ -357,6 +357,11 @@ class DynamoDBBackend(Backend):
         item = out.get("Item")
         return from_item(item, time.time()) if item else None
 
+    def _ttl(self) -> int:
+        """The record's lifetime, written as the absolute expiry ``TTL`` (Go's DynamoDB backend
+        sets ``TTL`` = now + ``results_expire_in``, 0 meaning 3600: ``getExpirationTime``)."""
+        return self.lifetime() or 0
+
     def _store_state(self, state: TaskState) -> None:
         """``PutItem`` the state (replacing the previous one) with its TTL."""
         item = to_item(json.loads(encode_task_state(state)), state.ttl, time.time())
