@@ -133,10 +133,10 @@ class Proc:
         """True once the worker logged that it consumes."""
         return self.ready_marker in self.log.read_text(errors="replace")
 
-    def tail(self, n: int = 40) -> str:
-        """The last lines of the log."""
+    def tail(self, n: int = 25, width: int = 300) -> str:
+        """The last lines of the log, each cut to ``width`` characters."""
         lines = self.log.read_text(errors="replace").splitlines()
-        return f"--- {self.label} ({self.log}) ---\n" + "\n".join(lines[-n:])
+        return f"--- {self.label} ({self.log}) ---\n" + "\n".join(line[:width] for line in lines[-n:])
 
 
 class Fleet:

@@ -66,13 +66,22 @@ def _values(results: Any) -> list[dict[str, Any]]:
 
 
 def run(
-    server: Server, names: list[str], *, key: str, timeout: float = 30.0, chords: int = 30, send_only: bool = False
+    server: Server,
+    names: list[str],
+    *,
+    key: str,
+    timeout: float = 30.0,
+    chords: int = 30,
+    send_only: bool = False,
+    capture: str = "",
 ) -> list[dict[str, Any]]:
     """Send each scenario, wait for its results (unless ``send_only``), return Go's lines."""
-    return [_run(server, name, key, timeout, chords, send_only) for name in names]
+    return [_run(server, name, key, timeout, chords, send_only, capture) for name in names]
 
 
-def _run(server: Server, name: str, key: str, timeout: float, chords: int, send_only: bool) -> dict[str, Any]:
+def _run(
+    server: Server, name: str, key: str, timeout: float, chords: int, send_only: bool, capture: str
+) -> dict[str, Any]:
     line: dict[str, Any] = {"scenario": name, "uuids": [], "results": [], "errors": []}
     getters: list[Callable[[], Any]] = []
     start = time.monotonic()
@@ -125,11 +134,26 @@ def _run(server: Server, name: str, key: str, timeout: float, chords: int, send_
         getters.append(lambda: server.async_result(cb.uuid).results(timeout))
     elif name == "chords":
         for i in range(chords):
-            g = Group(sig("add", *i64(i, 1)), sig("add", *i64(i, 2)), sig("add", *i64(i, 3)))
+            members = [sig("count", Arg("string", f"{key}:{i}:{j}"), *i64(i, j)) for j in (1, 2, 3)]
             cb = sig("count", Arg("string", f"{key}:{i}"))
-            r = server.send_chord(Chord(g, cb))
+            r = server.send_chord(Chord(Group(*members), cb))
             line["uuids"].append(cb.uuid)
             getters.append(lambda r=r: r.results(timeout))
+    elif name == "followups":
+        second = sig("add", *i64(5, 5))
+        second.routing_key = capture
+        c = Chain(sig("add", *i64(1, 1)), second)
+        server.send_chain(c)
+        cb = sig("report_error")
+        cb.routing_key = capture
+        f = sig("fail")
+        f.on_error = [cb]
+        server.send_task(f)
+        g = Group(sig("add", *i64(1, 1)), sig("add", *i64(5, 5)))
+        chord_cb = sig("multiply")
+        chord_cb.routing_key = capture
+        server.send_chord(Chord(g, chord_cb))
+        line["uuids"] = [c.tasks[0].uuid, second.uuid, f.uuid, cb.uuid, g.group_uuid, chord_cb.uuid, *g.uuids()]
     else:
         raise ValueError(f"unknown scenario {name!r}")
 

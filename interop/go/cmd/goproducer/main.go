@@ -5,8 +5,8 @@
 //	goproducer [-send-only] [-timeout 30s] [-key PREFIX] [-chords N] SCENARIO...
 //
 // Scenarios: single, group, chain (= 48), chain_immutable (= 40), chord (= 20), eta, retry,
-// retry_later, on_error, types, failure, chords (N chords whose callback count(PREFIX:i) counts
-// its runs in Redis). With -send-only nothing is awaited: the line carries the UUIDs only.
+// retry_later, on_error, types, failure, chords (N chords of count tasks, each execution counted
+// in Redis), followups (a chain, an OnError and a chord whose follow-ups go to -capture). With -send-only nothing is awaited: the line carries the UUIDs only.
 package main
 
 import (
@@ -45,6 +45,7 @@ var (
 	timeout  time.Duration
 	key      string
 	nChords  int
+	capture  string
 )
 
 func i64(vs ...int64) []tasks.Arg {
@@ -211,9 +212,16 @@ func run(name string) line {
 		l.UUIDs = []string{s.UUID, cb.UUID}
 		collect(&l, wait(r), wait(result.NewAsyncResult(cb, server.GetBackend())))
 	case "chords":
+		// members count(PREFIX:i:j, i, j) = i+j, callback count(PREFIX:i, ...) = 3i+6: every
+		// execution is counted in Redis, with the language that ran it in <key>:who
 		var getters []func() ([]reflect.Value, error)
 		for i := 0; i < nChords; i++ {
-			g, err := tasks.NewGroup(sig("add", i64(int64(i), 1)), sig("add", i64(int64(i), 2)), sig("add", i64(int64(i), 3)))
+			var members []*tasks.Signature
+			for j := int64(1); j <= 3; j++ {
+				args := append([]tasks.Arg{{Type: "string", Value: fmt.Sprintf("%s:%d:%d", key, i, j)}}, i64(int64(i), j)...)
+				members = append(members, sig("count", args))
+			}
+			g, err := tasks.NewGroup(members...)
 			must(err)
 			cb := sig("count", []tasks.Arg{{Type: "string", Value: fmt.Sprintf("%s:%d", key, i)}})
 			c, err := tasks.NewChord(g, cb)
@@ -224,6 +232,30 @@ func run(name string) line {
 			getters = append(getters, func() ([]reflect.Value, error) { return r.GetWithTimeout(timeout, 20*time.Millisecond) })
 		}
 		collect(&l, getters...)
+	case "followups":
+		// what a worker sends on success, on error and for a chord, routed to the capture
+		// queue (-capture) that no worker consumes
+		second := sig("add", i64(5, 5))
+		second.RoutingKey = capture
+		c, err := tasks.NewChain(sig("add", i64(1, 1)), second)
+		must(err)
+		_, err = server.SendChain(c)
+		must(err)
+		cb := sig("report_error", nil)
+		cb.RoutingKey = capture
+		f := sig("fail", nil)
+		f.OnError = []*tasks.Signature{cb}
+		send(f)
+		g, err := tasks.NewGroup(sig("add", i64(1, 1)), sig("add", i64(5, 5)))
+		must(err)
+		chordCb := sig("multiply", nil)
+		chordCb.RoutingKey = capture
+		ch, err := tasks.NewChord(g, chordCb)
+		must(err)
+		_, err = server.SendChord(ch, 0)
+		must(err)
+		l.UUIDs = []string{c.Tasks[0].UUID, second.UUID, f.UUID, cb.UUID, g.GroupUUID, chordCb.UUID}
+		l.UUIDs = append(l.UUIDs, g.GetUUIDs()...)
 	default:
 		must(fmt.Errorf("unknown scenario %q", name))
 	}
@@ -236,6 +268,7 @@ func main() {
 	flag.DurationVar(&timeout, "timeout", 30*time.Second, "wait for each result at most this long")
 	flag.StringVar(&key, "key", "interop", "prefix of the Redis side-channel keys")
 	flag.IntVar(&nChords, "chords", 30, "chords sent by the chords scenario")
+	flag.StringVar(&capture, "capture", "", "routing key of the followups scenario's follow-up tasks")
 	flag.Parse()
 
 	var err error
