@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,9 +214,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
-def go_produce(go_bin: Path, env: Env, scenarios: list[str], *, timeout: float = 120.0, args: list[str] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+def go_produce(
+    go_bin: Path, env: Env, scenarios: list[str], *, timeout: float = 120.0, args: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Runs goproducer; returns its JSON lines."""
-    cmd = [str(go_bin / "goproducer"), "-key", env.key, "-timeout", "30s", *args, *scenarios]
+    cmd = [str(go_bin / "goproducer"), "-key", env.key, "-timeout", "20s", *args, *scenarios]
     proc = subprocess.run(cmd, env=env.process_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"goproducer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

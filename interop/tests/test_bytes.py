@@ -69,12 +69,14 @@ def capture(env: Env, side: redis.Redis, lines: list[dict[str, Any]], queues: li
     out: Captured = {}
     if env.broker == "redis":
         for q in queues:
-            out[f"list {q.replace(env.name, '<name>')}"] = [normalise(m.decode(), uuid_roles, env.name) for m in side.lrange(q, 0, -1)]
-        out["delayed"] = [normalise(m.decode(), uuid_roles, env.name) for m in side.zrange(env.name + "_delayed", 0, -1)]
+            raw = side.lrange(q, 0, -1)
+            out[f"list {q.replace(env.name, '<name>')}"] = [normalise(m.decode(), uuid_roles, env.name) for m in raw]
+        delayed = side.zrange(env.name + "_delayed", 0, -1)
+        out["delayed"] = [normalise(m.decode(), uuid_roles, env.name) for m in delayed]
     if env.backend == "redis":
         for u, role in uuid_roles.items():
-            raw = side.get(u)
-            out[f"key {role}"] = None if raw is None else normalise(raw.decode(), uuid_roles, env.name)
+            state = side.get(u)
+            out[f"key {role}"] = None if state is None else normalise(state.decode(), uuid_roles, env.name)
     if "amqp" in (env.broker, env.backend):
         conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         try:
@@ -138,7 +140,9 @@ def assert_same(go: Captured, py: Captured) -> None:
 
 
 @pytest.mark.parametrize("combo", ["redis-redis", "amqp-amqp"])
-def test_producer_bytes(fleet_factory: Callable[..., tuple[Env, Fleet]], side: redis.Redis, go_bin: Path, combo: str) -> None:
+def test_producer_bytes(
+    fleet_factory: Callable[..., tuple[Env, Fleet]], side: redis.Redis, go_bin: Path, combo: str
+) -> None:
     """Messages and PENDING states the Go producer and the Python producer write for the same
     sends, with no worker running."""
     scenarios = [s for s in SENT if not (s == "eta" and combo.startswith("amqp"))]
@@ -156,7 +160,9 @@ def test_producer_bytes(fleet_factory: Callable[..., tuple[Env, Fleet]], side: r
 
 
 @pytest.mark.parametrize("combo", ["redis-redis", "amqp-amqp"])
-def test_worker_bytes(fleet_factory: Callable[..., tuple[Env, Fleet]], side: redis.Redis, go_bin: Path, combo: str) -> None:
+def test_worker_bytes(
+    fleet_factory: Callable[..., tuple[Env, Fleet]], side: redis.Redis, go_bin: Path, combo: str
+) -> None:
     """States, results and follow-up messages (chain step, OnError callback, chord callback,
     routed to a queue nobody consumes) written by a Go worker and by a Python worker for the
     same Go producer's sends."""

@@ -23,7 +23,9 @@ Run = dict[str, Any]
 
 
 @pytest.fixture(scope="session")
-def matrix(go_bin: Path, side: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, str], Run]]:
+def matrix(
+    go_bin: Path, side: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str, str], Run]]:
     """``matrix(combo, direction)``: the producer's lines by scenario, run once and cached."""
     cache: dict[tuple[str, str], Run] = {}
 
@@ -46,12 +48,12 @@ def matrix(go_bin: Path, side: redis.Redis, tmp_path_factory: pytest.TempPathFac
             else:
                 fleet.go_worker()
                 fleet.wait_ready()
-                lines = py_produce(env, SCENARIOS)
+                lines = py_produce(env, SCENARIOS, timeout=20.0)
             by_name = {line["scenario"]: line for line in lines}
             types_uuid = by_name["types"]["uuids"][0]
             echo = side.get("interop:echo_types:" + types_uuid)
             return {"lines": by_name, "echo_types": echo.decode() if echo else None, "logs": fleet.logs()}
-        except Exception as exc:  # noqa: BLE001 - reported by every test of this run
+        except Exception as exc:
             return {"error": f"{combo} {direction}: {exc}\n{fleet.logs()}"}
         finally:
             fleet.stop()

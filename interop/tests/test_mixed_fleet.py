@@ -39,9 +39,9 @@ def test_chords_fire_once(
         fleet.go_worker(concurrency=4)
     fleet.wait_ready()
     if producer == "go":
-        (line,) = go_produce(go_bin, env, ["chords"], args=["-chords", str(CHORDS), "-timeout", "40s"])
+        (line,) = go_produce(go_bin, env, ["chords"], args=["-chords", str(CHORDS), "-timeout", "25s"])
     else:
-        (line,) = py_produce(env, ["chords"], chords=CHORDS, timeout=40.0)
+        (line,) = py_produce(env, ["chords"], chords=CHORDS, timeout=25.0)
     time.sleep(1.0)  # a duplicate callback would run right after the first one
 
     failures = [(i, e) for i, e in enumerate(line["errors"]) if e]
