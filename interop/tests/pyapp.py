@@ -76,6 +76,12 @@ def sleep(ms: int) -> int:
     return ms
 
 
+@server.task("py_only")
+def py_only() -> str:
+    """A task the Go worker does not know (the Go worker's go_only is unknown here)."""
+    return "py"
+
+
 @server.task("echo")
 def echo(ctx: TaskContext, *values: Any) -> tuple[Any, ...]:
     """Returns every argument (Python infers the results' Go types from the values)."""

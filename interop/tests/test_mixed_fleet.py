@@ -58,3 +58,24 @@ def test_chords_fire_once(
     assert len(who) == 4 * CHORDS
     expected = {b"go", b"py"} if fleet_kind == "go+py" else {b"go"}
     assert set(who) == expected, f"only {set(who)} ran tasks: the fleet was not mixed"
+
+
+@pytest.mark.parametrize("combo", COMBOS)
+def test_unknown_task_names_do_not_starve(
+    fleet_factory: Callable[..., tuple[Env, Fleet]], go_bin: Any, combo: str
+) -> None:
+    """Each worker requeues the task it does not know (Go: back to the tail of the list, or a
+    nack with requeue); on a shared queue every task still reaches the worker that knows it."""
+    from machinery import Config, Server, Signature
+
+    env, fleet = fleet_factory(combo, "unknown")
+    fleet.go_worker(concurrency=2)
+    fleet.py_worker(concurrency=2)
+    fleet.wait_ready()
+    server = Server(Config.from_env(env.vars))
+    try:
+        sent = [(name, server.send_task(Signature(name))) for name in ("go_only", "py_only") * 10]
+        got = [(name, r.get(timeout=20.0)) for name, r in sent]
+    finally:
+        server.close()
+    assert got == [(name, name.split("_")[0]) for name, _ in sent]

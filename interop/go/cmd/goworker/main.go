@@ -9,7 +9,8 @@
 //	report_error(string) string ("handled: " + the error), flaky(ctx) fails while RetryCount > 0,
 //	retry_later(key) returns ErrRetryTaskLater(1 s) on the first run (Redis INCR key),
 //	count(key, ...int64) INCRs key and RPUSHes "go" to key:who, returns the sum (chord callback),
-//	sleep(ms) int64, echo(every Go argument type) returns every argument.
+//	sleep(ms) int64, echo(every Go argument type) returns every argument, go_only() "go" (a
+//	task the Python worker does not know; the Python app's py_only is unknown here).
 package main
 
 import (
@@ -83,6 +84,8 @@ func count(key string, args ...int64) (int64, error) {
 	return add(args...)
 }
 
+func goOnly() (string, error) { return "go", nil }
+
 func sleep(ms int64) (int64, error) {
 	time.Sleep(time.Duration(ms) * time.Millisecond)
 	return ms, nil
@@ -130,6 +133,7 @@ func main() {
 	err = server.RegisterTasks(map[string]interface{}{
 		"add": add, "multiply": multiply, "fail": fail, "report_error": reportError,
 		"flaky": flaky, "retry_later": retryLater, "count": count, "sleep": sleep, "echo": echo,
+		"go_only": goOnly,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
