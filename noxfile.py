@@ -4,7 +4,11 @@
     nox -s "tests(plugin='redis')"        # one plugin against its real server
     nox -t plugins                        # every plugin
     nox -s e2e                            # cross-plugin and end-to-end tests (tests/)
+<<<<<<< HEAD
     nox -s docs                           # the documentation site, every example in it run
+=======
+    nox -s go_interop                     # against the real Go Machinery (builds it with Debian's Go)
+>>>>>>> go-interop
     nox -s bench                          # benchmarks (not part of CI)
 
 The plugin list is derived from the folders in plugins/, never written out. Each session
@@ -87,6 +91,23 @@ def docs(session: nox.Session) -> None:
         session.install("-e", str(ROOT / "plugins" / f"machinery-{plugin}"))
     session.run("mkdocs", "build", "--strict", "--clean", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
     session.run(*PYTEST, "tests/docs", *_pytest_args(session))
+
+
+@nox.session(tags=["interop"])
+def go_interop(session: nox.Session) -> None:
+    """Interop tests against the real Go Machinery v2 (interop/).
+
+    interop/go/build.sh installs Debian's golang-go and Go packages when missing, builds Go
+    Machinery from ../shared/go-machinery (or $MACHINERY_SHARED) offline and the Go worker and
+    producer; a failed build fails this session. Then Go and Python producers and workers run
+    against each other on Redis and RabbitMQ.
+    """
+    plugins = ("-e", "plugins/machinery-redis", "-e", "plugins/machinery-amqp")
+    session.install("-e", "core[testing]", *plugins, "pytest>=7.4")
+    build = ROOT / ".nox" / "_go_interop"
+    env = {"MACHINERY_GO_BUILD": os.environ.get("MACHINERY_GO_BUILD", str(build))}
+    session.run("bash", "interop/go/build.sh", env=env, external=True)
+    session.run(*PYTEST, "interop/tests", *_pytest_args(session), env=env)
 
 
 @nox.session(tags=["bench"])

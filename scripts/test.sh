@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need, start the real servers, run every test session.
-#   bash scripts/test.sh                 # lint, types, core, every plugin, end-to-end, docs
+#   bash scripts/test.sh                 # lint, types, core, every plugin, end-to-end, docs, Go interop
 #   bash scripts/test.sh -s tests_core   # any nox arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +19,4 @@ source "${SVC_DIR:-/tmp/ci-services}/env.sh"
 if [ "$#" -gt 0 ]; then
   exec nox "$@"
 fi
-exec nox -t lint core plugins e2e docs
+exec nox -t lint core plugins e2e docs interop
