@@ -215,14 +215,22 @@ def build_server(args: argparse.Namespace) -> Server:
     return server
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str | None = None) -> None:
     import logging
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    fmt = fmt or os.environ.get("MACHINERY_LOG_FORMAT", "") or "text"
+    if fmt == "text":
+        logging.basicConfig(
+            level=getattr(logging, level.upper()),
+            format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        return
+    from machinery.jsonlog import LOG_FORMATS, configure
+
+    if fmt not in LOG_FORMATS:
+        raise CLIError(f"MACHINERY_LOG_FORMAT={fmt!r}: expected one of {', '.join(LOG_FORMATS)}")
+    configure(level, fmt)
 
 
 def _scheduler_class() -> Any:
@@ -622,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging level (default: info for worker and beat, warning otherwise)",
     )
+    opts.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="log lines as text or one JSON object per line (default: $MACHINERY_LOG_FORMAT or text)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="machinery",
@@ -722,9 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.loglevel or getattr(args, "default_level", "warning"))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _setup_logging(args.loglevel or getattr(args, "default_level", "warning"), args.log_format)
         return func(args)
     except CLIError as exc:
         _fail(str(exc), exc.code)

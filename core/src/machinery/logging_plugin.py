@@ -27,6 +27,18 @@ def _short(values: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _extra(event: TaskEvent, state: str) -> dict[str, object]:
+    # The fields ``--log-format json`` puts in each line (``machinery.jsonlog``).
+    sig = event.signature
+    return {
+        "task_name": sig.name,
+        "task_uuid": sig.uuid,
+        "state": state,
+        "duration": round(event.runtime, 6),
+        "consumer_tag": event.consumer_tag,
+    }
+
+
 @hookimpl
 def machinery_task_succeeded(event: TaskEvent) -> None:
     """Log at INFO: name, UUID, results and run time."""
@@ -38,6 +50,7 @@ def machinery_task_succeeded(event: TaskEvent) -> None:
             sig.uuid,
             event.runtime * 1000,
             _short([r.value for r in event.results]),
+            extra=_extra(event, "SUCCESS"),
         )
 
 
@@ -45,10 +58,13 @@ def machinery_task_succeeded(event: TaskEvent) -> None:
 def machinery_task_failed(event: TaskEvent) -> None:
     """Log at ERROR, with the traceback when the task raised."""
     sig = event.signature
+    extra = _extra(event, "FAILURE")
     if event.traceback:
-        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, event.error, event.traceback.rstrip())
+        task_log.error(
+            "failed %s %s: %s\n%s", sig.name, sig.uuid, event.error, event.traceback.rstrip(), extra=extra
+        )
     else:
-        task_log.error("failed %s %s: %s", sig.name, sig.uuid, event.error)
+        task_log.error("failed %s %s: %s", sig.name, sig.uuid, event.error, extra=extra)
 
 
 @hookimpl
@@ -62,6 +78,7 @@ def machinery_task_retried(event: TaskEvent) -> None:
         event.retry_in,
         sig.retry_count,
         event.error,
+        extra=_extra(event, "RETRY"),
     )
 
 
