@@ -614,8 +614,12 @@ class _HelpFormatter(argparse.HelpFormatter):
         super().__init__(prog, indent_increment, max_help_position, _terminal_columns() - 2 if width is None else width)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
+def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests).
+
+    :param with_plugins: also add the options and commands of plugins
+        (``machinery_cli_arguments``, ``machinery_cli_commands``); this loads the plugins.
+    """
     from machinery import __version__
 
     common = argparse.ArgumentParser(add_help=False, formatter_class=_HelpFormatter)
@@ -721,7 +725,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the demo's database and worker log")
     p.add_argument("--timeout", type=_seconds, default=20.0, help="seconds to wait for every result (default 20)")
     p.set_defaults(func=cmd_demo)
+    if with_plugins:
+        _add_plugin_cli(sub, command)
     return parser
+
+
+def _add_plugin_cli(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    from machinery.plugins import get_plugin_host
+
+    host = get_plugin_host()
+    builtin = dict(sub.choices)
+
+    def add_command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+        if name in sub.choices:
+            raise CLIError(f"a plugin adds the command {name!r}, which already exists")
+        return command(name, help)
+
+    host.cli_commands(add_command)
+    for name, parser in builtin.items():
+        host.cli_arguments(name, parser)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -734,11 +756,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     :param argv: arguments without the program name (default: ``sys.argv[1:]``).
     """
-    parser = build_parser()
+    try:
+        parser = build_parser(with_plugins=True)
+    except MachineryError as exc:  # a plugin's option or command clashes
+        _fail(str(exc), getattr(exc, "code", EXIT_USAGE))
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         _setup_logging(args.loglevel or getattr(args, "default_level", "warning"), args.log_format)
+        from machinery.plugins import get_plugin_host
+
+        get_plugin_host().cli_started(args.command, args)
         return func(args)
     except CLIError as exc:
         _fail(str(exc), exc.code)

@@ -175,6 +175,7 @@ class Worker:
             broker=redact_url(self.server.broker_url),
             backend=redact_url(self.server.backend_url),
             tasks=tuple(self.server.get_registered_task_names()),
+            worker=self,
         )
 
     def launch(self) -> None:
