@@ -690,20 +690,14 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
 
     p = command("inspect", "list pending or delayed tasks, or the live workers")
     p.add_argument("what", choices=["pending", "delayed", "workers"])
-    p.add_argument(
-        "--queue", "-Q", help="queue (default: the config's default_queue; delayed and workers: all)"
-    )
-    p.add_argument(
-        "--json", action="store_true", help="one Go signature JSON per line (workers: one JSON array)"
-    )
+    p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue; delayed and workers: all)")
+    p.add_argument("--json", action="store_true", help="one Go signature JSON per line (workers: one JSON array)")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_inspect)
 
     p = command("ping", "exit 0 when a live worker consumes the queue (health checks)")
     p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue)")
-    p.add_argument(
-        "--timeout", type=_seconds, default=0.0, help="seconds to wait for a worker to appear (default 0)"
-    )
+    p.add_argument("--timeout", type=_seconds, default=0.0, help="seconds to wait for a worker to appear (default 0)")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_ping)
 

@@ -60,9 +60,7 @@ def machinery_task_failed(event: TaskEvent) -> None:
     sig = event.signature
     extra = _extra(event, "FAILURE")
     if event.traceback:
-        task_log.error(
-            "failed %s %s: %s\n%s", sig.name, sig.uuid, event.error, event.traceback.rstrip(), extra=extra
-        )
+        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, event.error, event.traceback.rstrip(), extra=extra)
     else:
         task_log.error("failed %s %s: %s", sig.name, sig.uuid, event.error, extra=extra)
 
