@@ -114,3 +114,21 @@ def test_log_format_flag(tmp_path: Path, db_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     lines = [json.loads(line) for line in err.splitlines()]
     assert any(line["message"].startswith("worker ") and line["logger"] == "machinery.worker" for line in lines)
+
+
+def test_trace_id_from_a_w3c_traceparent_header() -> None:
+    from machinery import Signature
+    from machinery.events import TaskEvent
+    from machinery.logging_plugin import machinery_task_succeeded
+
+    sig = Signature("t", uuid="task_1")
+    sig.headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    stream = io.StringIO()
+    configure("info", "json", stream)
+    try:
+        machinery_task_succeeded(TaskEvent(sig, "w", runtime=0.5))
+    finally:
+        logging.getLogger().handlers[:] = []
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert line["task_uuid"] == "task_1" and line["state"] == "SUCCESS" and line["duration"] == 0.5

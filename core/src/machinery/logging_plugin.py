@@ -30,13 +30,20 @@ def _short(values: object, limit: int = 200) -> str:
 def _extra(event: TaskEvent, state: str) -> dict[str, object]:
     # The fields ``--log-format json`` puts in each line (``machinery.jsonlog``).
     sig = event.signature
-    return {
+    extra: dict[str, object] = {
         "task_name": sig.name,
         "task_uuid": sig.uuid,
         "state": state,
         "duration": round(event.runtime, 6),
         "consumer_tag": event.consumer_tag,
     }
+    # The trace id of a W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``), for the
+    # hooks that run outside the task's thread (a backend confirming writes later), where no
+    # span is current; elsewhere the JSON formatter takes the current span's.
+    parent = sig.headers.get("traceparent") if sig.headers else None
+    if isinstance(parent, str) and parent.count("-") == 3:
+        extra["trace_id"] = parent.split("-")[1]
+    return extra
 
 
 @hookimpl
