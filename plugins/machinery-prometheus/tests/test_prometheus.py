@@ -172,7 +172,8 @@ def test_bad_port_is_an_error(bad: str, tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "--metrics-port" in out.stderr
 
 
 def test_grafana_dashboard_queries_only_metrics_the_plugin_exports() -> None:

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from machinery.errors import ConfigError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -60,10 +62,13 @@ _lock = threading.Lock()
 
 def configure(port: int | None, addr: str | None) -> None:
     """Set the port and address of ``/metrics`` (from the command line); None keeps the
-    environment's (``MACHINERY_METRICS_PORT``, ``MACHINERY_METRICS_ADDR``)."""
+    environment's (``MACHINERY_METRICS_PORT``, ``MACHINERY_METRICS_ADDR``).
+
+    :raises ConfigError: the port is not 0-65535 (``machinery`` exits 2 with one line).
+    """
     if port is not None:
         if not 0 <= port <= 65535:
-            raise ValueError(f"--metrics-port must be 0-65535, got {port}")
+            raise ConfigError("--metrics-port", f"expected a port number 0-65535, got {port}")
         _settings["port"] = port
     if addr is not None:
         _settings["addr"] = addr
@@ -76,9 +81,12 @@ def _port() -> int | None:
     if not raw:
         return None
     try:
-        return int(raw)
+        port = int(raw)
     except ValueError:
-        raise ValueError(f"MACHINERY_METRICS_PORT must be a port number, got {raw!r}") from None
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError("MACHINERY_METRICS_PORT", f"expected a port number 0-65535, got {raw!r}")
+    return port
 
 
 class QueueDepthCollector:
