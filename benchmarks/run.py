@@ -54,7 +54,11 @@ AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%
 
 PEERS = ["celery", "dramatiq", "rq", "arq", "huey", "taskiq"]
 MACHINERY = ["machinery", "machinery-sqlite", "machinery-amqp"]
-ALL = ["floor", *MACHINERY, *PEERS]
+#: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
+OBSERVABILITY = {"machinery-otel": "opentelemetry", "machinery-prometheus": "prometheus"}
+ALL = ["floor", *MACHINERY, *OBSERVABILITY, *PEERS]
+#: Every other variant runs with the observability plugins disabled (when they are installed).
+NO_OBSERVABILITY = {"MACHINERY_DISABLE_PLUGINS": ",".join(OBSERVABILITY.values())}
 
 
 class NA(str):
@@ -414,6 +418,10 @@ class Bench:
             return ["machinery-core", "machinery-amqp", "pika"]
         if v.name == "machinery-sqlite":
             return ["machinery-core"]
+        if v.name == "machinery-otel":
+            return ["machinery-core", "machinery-redis", "machinery-opentelemetry", "opentelemetry-sdk"]
+        if v.name == "machinery-prometheus":
+            return ["machinery-core", "machinery-redis", "machinery-prometheus", "prometheus-client"]
         return {
             "floor": ["redis", "hiredis"],
             "machinery": ["machinery-core", "machinery-redis", "redis", "hiredis"],
@@ -537,8 +545,23 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
         elif name == "machinery":
             out.append(Variant(
                 "machinery", "machinery", "machinery (redis)",
-                env={"BENCH_BROKER": url, "BENCH_BACKEND": url}, off_env={"BENCH_BACKEND": "memory://"},
+                env={"BENCH_BROKER": url, "BENCH_BACKEND": url, **NO_OBSERVABILITY},
+                off_env={"BENCH_BACKEND": "memory://"},
             ))
+        elif name in OBSERVABILITY:
+            plugin = OBSERVABILITY[name]
+            others = ",".join(p for p in OBSERVABILITY.values() if p != plugin)
+            env = {"BENCH_BROKER": url, "BENCH_BACKEND": url, "MACHINERY_DISABLE_PLUGINS": others}
+            env.update({"BENCH_OTEL_SDK": "1"} if plugin == "opentelemetry" else {"MACHINERY_METRICS_PORT": "0"})
+            v = Variant(
+                name, "machinery", f"machinery (redis) + machinery-{plugin}",
+                env=env, off_env={"BENCH_BACKEND": "memory://"},
+            )
+            import importlib.util
+
+            if importlib.util.find_spec(f"machinery_{plugin}") is None:
+                v.env["BENCH_UNAVAILABLE"] = f"machinery-{plugin} is not installed"
+            out.append(v)
         elif name == "machinery-sqlite":
             db = bench.tmp / "machinery.db"
 
@@ -548,7 +571,7 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
 
             out.append(Variant(
                 "machinery-sqlite", "machinery", "machinery (embedded sqlite://)",
-                env={"BENCH_BROKER": f"sqlite:///{db}", "BENCH_BACKEND": f"sqlite:///{db}"},
+                env={"BENCH_BROKER": f"sqlite:///{db}", "BENCH_BACKEND": f"sqlite:///{db}", **NO_OBSERVABILITY},
                 off_env={"BENCH_BACKEND": "memory://"}, cleanup=rm_db,
             ))
         elif name == "machinery-amqp":
@@ -558,7 +581,7 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
             options = {"amqp": {"exchange": exchange, "binding_key": queue}}
             v = Variant(
                 "machinery-amqp", "machinery", "machinery (RabbitMQ broker, redis backend)",
-                env={"BENCH_BROKER": AMQP_URL, "BENCH_BACKEND": url, "BENCH_OPTIONS": json.dumps(options)},
+                env={"BENCH_BROKER": AMQP_URL, "BENCH_BACKEND": url, "BENCH_OPTIONS": json.dumps(options), **NO_OBSERVABILITY},
                 off_env={"BENCH_BACKEND": "memory://"}, cleanup=None if reason else amqp_cleanup(queue, exchange),
             )
             if reason:
@@ -655,6 +678,12 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
         if mg:
             r = mg / be[0]
             out.append(("enqueue ≥ 2x fastest peer (as one group)", f"{r:.2f}x ({mg:,.0f} vs {be[1]} {be[0]:,.0f}/s)", ok(r >= 2)))
+    for name in OBSERVABILITY:
+        od = numeric(by[name], "drain_on") if name in by else None
+        if md and od:
+            r = od / md
+            label = f"drain with {by[name].variant.label.split(' + ')[-1]} ≥ 85% of without"
+            out.append((label, f"{r:.0%} ({od:,.0f} vs {md:,.0f}/s)", ok(r >= 0.85)))
     p50, p99 = numeric(m, "rt_p50"), numeric(m, "rt_p99")
     if p50 is not None:
         out.append(("round trip p50 ≤ 1 ms", f"{p50:.2f} ms", ok(p50 <= 1)))

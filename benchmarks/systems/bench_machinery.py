@@ -33,6 +33,25 @@ def _config() -> Config:
     )
 
 
+def _otel_sdk() -> None:
+    # BENCH_OTEL_SDK=1 (the machinery-otel variant): a real SDK tracer provider with a batching
+    # processor and an exporter that drops the spans, so span creation, context propagation
+    # and batching are measured, not the cost of a collector.
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+
+
+if os.environ.get("BENCH_OTEL_SDK") == "1":
+    _otel_sdk()
 server = Server(_config())
 server.register_tasks({"count": probe.count, "echo": probe.noop, "eta": probe.eta})
 

@@ -175,6 +175,7 @@ def test_hook_machinery_task_retried(run: tuple[Recorder, dict[str, str]]) -> No
 def test_hook_machinery_worker_started(run: tuple[Recorder, dict[str, str]]) -> None:
     rec, _ = run
     ev = _events(rec, "worker_started")[0]
+    assert ev.worker is not None and ev.worker.info().consumer_tag == "hooks"
     assert ev.consumer_tag == "hooks" and "secret" not in ev.broker and "***" in ev.broker
     assert set(ev.tasks) == {"ok", "bad", "again"}
 
@@ -182,3 +183,125 @@ def test_hook_machinery_worker_started(run: tuple[Recorder, dict[str, str]]) -> 
 def test_hook_machinery_worker_stopped(run: tuple[Recorder, dict[str, str]]) -> None:
     rec, _ = run
     assert rec.names()[-1] == "worker_stopped"
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.before: list[str] = []
+        self.after: list[tuple[str, BaseException | None]] = []
+
+    @hookimpl
+    def machinery_before_publish(self, signature: Signature) -> None:
+        self.before.append(signature.uuid)
+        signature.headers["x-test"] = f"seen-{len(self.before)}"
+
+    @hookimpl
+    def machinery_after_publish(self, signature: Signature, error: BaseException | None) -> None:
+        self.after.append((signature.uuid, error))
+
+
+def _publishing_server() -> tuple[Server, Publisher]:
+    host = PluginHost(load_entry_points=False)
+    pub = Publisher()
+    host.pm.register(pub, name="publisher")
+    name = uuid.uuid4().hex
+    return Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}"), plugins=host), pub
+
+
+def test_hook_machinery_before_publish() -> None:
+    """Headers set by the hook travel with the message, for sends, group members and the
+    follow-ups (chain steps) a worker sends."""
+    from machinery import Chain, Group
+
+    srv, pub = _publishing_server()
+    seen: list[str] = []
+
+    @srv.task("echo")
+    def echo(x: int) -> int:
+        return x
+
+    w = srv.new_worker("pub", 2)
+    w.set_pre_task_handler(lambda sig: seen.append(str(sig.headers.get("x-test"))))
+    w.launch_in_background()
+    try:
+        srv.send_task(Signature("echo", args=[1])).get(timeout=10)
+        srv.send_group(Group(Signature("echo", args=[2]), Signature("echo", args=[3]))).get(timeout=10)
+        chain = Chain(Signature("echo", args=[4]), Signature("echo"))
+        srv.send_chain(chain).get(timeout=10)
+    finally:
+        w.quit()
+    # 1 send + 2 members + 2 chain steps (the second sent by the worker)
+    assert len(pub.before) == 5 and len(set(pub.before)) == 5
+    assert sorted(seen) == sorted(f"seen-{i}" for i in range(1, 6))
+    srv.close()
+
+
+def test_hook_machinery_after_publish() -> None:
+    """Called once per message with None, and with the error when publishing fails."""
+    from machinery.errors import PublishError
+
+    srv, pub = _publishing_server()
+    r = srv.send_task(Signature("anything"))
+    assert pub.after == [(r.task_uuid, None)]
+
+    def refuse(body: bytes, signature: Signature) -> None:
+        raise PublishError("refused")
+
+    srv.broker.publish = refuse  # type: ignore[method-assign]
+    srv.broker.publish_pending = lambda *a: False  # type: ignore[method-assign]
+    with pytest.raises(PublishError):
+        srv.send_task(Signature("anything"))
+    assert isinstance(pub.after[-1][1], PublishError) and len(pub.after) == 2
+    srv.close()
+
+
+class CliPlugin:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def machinery_cli_arguments(self, command: str, parser: Any) -> None:
+        if command == "plugins":
+            parser.add_argument("--cliplugin-flag", dest="cliplugin_flag", default="off")
+
+    @hookimpl
+    def machinery_cli_commands(self, add_command: Any) -> None:
+        p = add_command("hello", "say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+
+    @hookimpl
+    def machinery_cli_started(self, command: str, args: Any) -> None:
+        self.started.append((command, getattr(args, "cliplugin_flag", None)))
+
+
+@pytest.fixture
+def cli_plugin(monkeypatch: pytest.MonkeyPatch) -> CliPlugin:
+    import machinery.plugins as plugins_mod
+
+    host = PluginHost(load_entry_points=False)
+    plugin = CliPlugin()
+    host.pm.register(plugin, name="cliplugin")
+    monkeypatch.setattr(plugins_mod, "_host", host)
+    return plugin
+
+
+def test_hook_machinery_cli_arguments(cli_plugin: CliPlugin, capsys: pytest.CaptureFixture[str]) -> None:
+    from machinery.cli import main
+
+    assert main(["plugins", "--cliplugin-flag", "on"]) == 0
+    assert cli_plugin.started == [("plugins", "on")]
+
+
+def test_hook_machinery_cli_commands(cli_plugin: CliPlugin, capsys: pytest.CaptureFixture[str]) -> None:
+    from machinery.cli import main
+
+    assert main(["hello", "--name", "plugins"]) == 0
+    assert capsys.readouterr().out == "hello plugins\n"
+
+
+def test_hook_machinery_cli_started(cli_plugin: CliPlugin, capsys: pytest.CaptureFixture[str]) -> None:
+    from machinery.cli import main
+
+    assert main(["plugins"]) == 0
+    assert cli_plugin.started == [("plugins", "off")]

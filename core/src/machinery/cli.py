@@ -5,7 +5,8 @@
     machinery worker --app MODULE[:ATTR] [--queue Q] [--concurrency N] [--beat]
     machinery send NAME [ARG ...] [--wait] [--timeout S] [--queue Q] [--eta TIME | --countdown S]
     machinery status UUID
-    machinery inspect pending|delayed [--queue Q]
+    machinery inspect pending|delayed|workers [--queue Q] [--json]
+    machinery ping [--queue Q] [--timeout S]
     machinery purge [--queue Q]
     machinery plugins
     machinery beat --app MODULE[:ATTR]
@@ -214,14 +215,22 @@ def build_server(args: argparse.Namespace) -> Server:
     return server
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str | None = None) -> None:
     import logging
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    fmt = fmt or os.environ.get("MACHINERY_LOG_FORMAT", "") or "text"
+    if fmt == "text":
+        logging.basicConfig(
+            level=getattr(logging, level.upper()),
+            format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        return
+    from machinery.jsonlog import LOG_FORMATS, configure
+
+    if fmt not in LOG_FORMATS:
+        raise CLIError(f"MACHINERY_LOG_FORMAT={fmt!r}: expected one of {', '.join(LOG_FORMATS)}")
+    configure(level, fmt)
 
 
 def _scheduler_class() -> Any:
@@ -244,6 +253,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _scheduler_class()
     worker = server.new_worker(consumer_tag=args.consumer_tag or "", concurrency=args.concurrency, queue=args.queue)
     worker.beat = args.beat
+    if args.heartbeat is not None:
+        if args.heartbeat <= 0:
+            raise CLIError("--heartbeat must be a positive number of seconds")
+        worker.heartbeat = args.heartbeat
     try:
         worker.launch()
     finally:
@@ -397,10 +410,76 @@ def _describe(sig: Signature) -> str:
     return "  ".join(parts)
 
 
+def _registry_backend(server: Server) -> None:
+    cls = type(server.backend)
+    if not cls.supports_worker_registry:
+        raise CLIError(f"the {cls.__name__} result backend has no worker registry", EXIT_FAILED)
+
+
+def _describe_worker(info: Any, now: float) -> str:
+    running = ", ".join(f"{c.get('name')}[{c.get('uuid')}]" for c in info.current) or "-"
+    return (
+        f"{info.worker_id}  host={info.host} pid={info.pid} queues={','.join(info.queues)} "
+        f"concurrency={info.concurrency} pool={info.pool} up={now - info.started:.0f}s "
+        f"done={info.tasks_done} failed={info.tasks_failed} running={running}"
+    )
+
+
+def cmd_inspect_workers(args: argparse.Namespace) -> int:
+    """List the live workers from the worker registry."""
+    import json
+    import time
+
+    from machinery.registry import live_workers
+
+    server = build_server(args)
+    try:
+        _registry_backend(server)
+        workers = live_workers(server.backend, args.queue or None)
+    finally:
+        server.close()
+    if args.json:
+        print(json.dumps([w.to_dict() for w in workers], default=str))
+        return EXIT_OK
+    now = time.time()
+    for w in workers:
+        print(_describe_worker(w, now))
+    where = f" for queue {args.queue!r}" if args.queue else ""
+    print(f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}{where}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """Exit 0 when at least one live worker consumes the queue (within ``--timeout``), else 1."""
+    import time
+
+    from machinery.registry import live_workers
+
+    server = build_server(args)
+    queue = args.queue or server.config.default_queue
+    deadline = time.monotonic() + args.timeout
+    try:
+        _registry_backend(server)
+        while True:
+            workers = live_workers(server.backend, queue)
+            if workers or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    finally:
+        server.close()
+    if not workers:
+        print(f"machinery: no live worker for queue {queue!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{len(workers)} live worker{'s' if len(workers) != 1 else ''} for queue {queue!r}")
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """List pending or delayed tasks."""
+    """List pending or delayed tasks, or the live workers."""
     from machinery.signature import encode_signature
 
+    if args.what == "workers":
+        return cmd_inspect_workers(args)
     server = build_server(args)
     try:
         broker_cls = type(server.broker)
@@ -535,8 +614,12 @@ class _HelpFormatter(argparse.HelpFormatter):
         super().__init__(prog, indent_increment, max_help_position, _terminal_columns() - 2 if width is None else width)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
+def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests).
+
+    :param with_plugins: also add the options and commands of plugins
+        (``machinery_cli_arguments``, ``machinery_cli_commands``); this loads the plugins.
+    """
     from machinery import __version__
 
     common = argparse.ArgumentParser(add_help=False, formatter_class=_HelpFormatter)
@@ -550,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging level (default: info for worker and beat, warning otherwise)",
+    )
+    opts.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="log lines as text or one JSON object per line (default: $MACHINERY_LOG_FORMAT or text)",
     )
 
     parser = argparse.ArgumentParser(
@@ -571,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", "-c", type=_positive_int, default=0, help="task threads (0: 8)")
     p.add_argument("--consumer-tag", help="name of this worker in logs")
     p.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
+    p.add_argument(
+        "--heartbeat",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between worker-registry announcements (default: $MACHINERY_WORKER_HEARTBEAT or 5)",
+    )
     p.set_defaults(func=cmd_worker, default_level="info")
 
     p = command("send", "send a task (typed args: int64:1, []string:a,b, or inferred)")
@@ -592,12 +688,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_status)
 
-    p = command("inspect", "list pending or delayed tasks")
-    p.add_argument("what", choices=["pending", "delayed"])
-    p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue; delayed: all)")
-    p.add_argument("--json", action="store_true", help="one Go signature JSON per line")
+    p = command("inspect", "list pending or delayed tasks, or the live workers")
+    p.add_argument("what", choices=["pending", "delayed", "workers"])
+    p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue; delayed and workers: all)")
+    p.add_argument("--json", action="store_true", help="one Go signature JSON per line (workers: one JSON array)")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_inspect)
+
+    p = command("ping", "exit 0 when a live worker consumes the queue (health checks)")
+    p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue)")
+    p.add_argument("--timeout", type=_seconds, default=0.0, help="seconds to wait for a worker to appear (default 0)")
+    p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
+    p.set_defaults(func=cmd_ping)
 
     p = command("purge", "delete the waiting messages of a queue")
     p.add_argument("--queue", "-Q", help="queue (default: the config's default_queue)")
@@ -617,7 +719,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the demo's database and worker log")
     p.add_argument("--timeout", type=_seconds, default=20.0, help="seconds to wait for every result (default 20)")
     p.set_defaults(func=cmd_demo)
+    if with_plugins:
+        _add_plugin_cli(sub, command)
     return parser
+
+
+def _add_plugin_cli(sub: Any, command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    from machinery.plugins import get_plugin_host
+
+    host = get_plugin_host()
+    builtin = dict(sub.choices)
+
+    def add_command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's name
+        if name in sub.choices:
+            raise CLIError(f"a plugin adds the command {name!r}, which already exists")
+        return command(name, help)
+
+    host.cli_commands(add_command)
+    for name, parser in builtin.items():
+        host.cli_arguments(name, parser)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -630,11 +750,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     :param argv: arguments without the program name (default: ``sys.argv[1:]``).
     """
-    parser = build_parser()
+    try:
+        parser = build_parser(with_plugins=True)
+    except MachineryError as exc:  # a plugin's option or command clashes
+        _fail(str(exc), getattr(exc, "code", EXIT_USAGE))
     args = parser.parse_args(argv)
-    _setup_logging(args.loglevel or getattr(args, "default_level", "warning"))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _setup_logging(args.loglevel or getattr(args, "default_level", "warning"), args.log_format)
+        from machinery.plugins import get_plugin_host
+
+        get_plugin_host().cli_started(args.command, args)
         return func(args)
     except CLIError as exc:
         _fail(str(exc), exc.code)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from machinery.signature import Signature
     from machinery.state import TaskResult
+    from machinery.worker import Worker
 
 __all__ = ["TaskEvent", "WorkerEvent"]
 
@@ -46,6 +47,7 @@ class WorkerEvent:
     :param broker: the broker URL, credentials redacted.
     :param backend: the backend URL, credentials redacted.
     :param tasks: the registered task names.
+    :param worker: the worker itself (None when an event is built elsewhere).
     """
 
     consumer_tag: str
@@ -54,3 +56,4 @@ class WorkerEvent:
     broker: str
     backend: str
     tasks: tuple[str, ...] = ()
+    worker: Worker | None = field(default=None, compare=False, repr=False)

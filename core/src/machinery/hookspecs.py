@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
     from machinery.events import TaskEvent, WorkerEvent
     from machinery.plugins import Register
+    from machinery.signature import Signature
 
 __all__ = ["hookspec"]
 
@@ -113,9 +117,12 @@ def machinery_task_retried(event: TaskEvent) -> None:
 def machinery_worker_started(event: WorkerEvent) -> None:
     """A worker began consuming.
 
-    Called once per :meth:`~machinery.worker.Worker.launch`, in the launching thread.
+    Called once per :meth:`~machinery.worker.Worker.launch`, in the launching thread, after
+    its task threads started (a metrics plugin starts its HTTP server here).
 
-    :param event: the worker's consumer tag, queue, concurrency and redacted URLs.
+    :param event: the worker's consumer tag, queue, concurrency and redacted URLs;
+        ``event.worker`` is the :class:`~machinery.worker.Worker` itself (its server, broker
+        and :meth:`~machinery.worker.Worker.info`).
     """
 
 
@@ -126,4 +133,69 @@ def machinery_worker_stopped(event: WorkerEvent) -> None:
     Called once per launch, from the thread that ran the worker, after its task threads ended.
 
     :param event: the worker's consumer tag, queue, concurrency and redacted URLs.
+    """
+
+
+@hookspec
+def machinery_before_publish(signature: Signature) -> None:
+    """A task message is about to be encoded and published; the hook may edit its headers.
+
+    Called in the publishing thread for every message: ``send_task``, each member of a group,
+    the follow-ups a worker sends (chain steps, callbacks, chord callbacks) and retries. It runs
+    after Go's pre-publish handler and before the routing key is adjusted and the signature
+    encoded, so changes to ``signature.headers`` travel with the message (tracing context,
+    publish time...). Keep header values JSON scalars: Go reads ``Headers`` as a map. An
+    exception fails the send, so keep it simple and catch your own errors.
+
+    :param signature: the signature being sent (its ``uuid`` is set).
+    """
+
+
+@hookspec
+def machinery_after_publish(signature: Signature, error: BaseException | None) -> None:
+    """A message was published, or its publication failed.
+
+    Called in the publishing thread once per :func:`machinery_before_publish` (for a group,
+    after the whole batch), with ``error`` set when the broker or backend refused it (the
+    exception is then raised to the sender). Must not raise.
+
+    :param signature: the signature sent.
+    :param error: why it was not published, or None.
+    """
+
+
+@hookspec
+def machinery_cli_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    """Add options to a ``machinery`` command (``--metrics-port`` on ``worker``, say).
+
+    Called once per command of the parser built by ``machinery``'s ``main`` (not by
+    ``build_parser()`` alone), for every plugin. Prefix ``dest`` names with the plugin's name to
+    avoid clashes; read the values in :func:`machinery_cli_started`.
+
+    :param command: the command's name (``"worker"``, ``"send"``...).
+    :param parser: its argument parser.
+    """
+
+
+@hookspec
+def machinery_cli_commands(add_command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """Add commands to ``machinery`` (``machinery dashboard``, say).
+
+    Called once while ``main`` builds its parser. ``add_command(name, help)`` returns a
+    sub-parser that already has the common options (``--config``, ``--broker``...); set
+    ``func`` with ``parser.set_defaults(func=callable)``, where ``callable(args)`` returns the
+    exit status. A name already taken is an error naming it.
+
+    :param add_command: makes the sub-parser of a new command.
+    """
+
+
+@hookspec
+def machinery_cli_started(command: str, args: argparse.Namespace) -> None:
+    """A ``machinery`` command line was parsed and logging set up; the command runs next.
+
+    Called once per run, in the main thread, before the command (so before a worker starts).
+
+    :param command: the command's name.
+    :param args: the parsed arguments, including those added by :func:`machinery_cli_arguments`.
     """

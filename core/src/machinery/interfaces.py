@@ -183,6 +183,9 @@ class Backend(ABC):
     supports_expiry: ClassVar[bool] = True
     #: Records survive a restart of the server (False for caches such as memcached).
     persistent: ClassVar[bool] = True
+    #: :meth:`register_worker`, :meth:`unregister_worker` and :meth:`list_workers` work (the
+    #: live worker registry behind ``machinery inspect workers`` and ``machinery ping``).
+    supports_worker_registry: ClassVar[bool] = False
     #: Config section (YAML mapping) this transport owns.
     config_section: ClassVar[str | None] = None
     #: Chords need the group record :meth:`init_group` writes (False where a group without one,
@@ -253,6 +256,28 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
+
+    # -- worker registry (Python-only; declared by :attr:`supports_worker_registry`) -------------
+
+    def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
+        """Write (replace) a worker's record, visible for ``ttl`` unless written again.
+
+        Called by each worker at start and at every heartbeat. The keys or rows used must stay
+        out of Go Machinery's namespaces (Go never reads them).
+
+        :param worker_id: the worker's unique id.
+        :param record: the record (:class:`machinery.registry.WorkerInfo` JSON), stored as is.
+        :param ttl: how long it stays visible.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no worker registry")
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Delete a worker's record at once (the worker stopped). Absent is not an error."""
+        raise NotImplementedError(f"{type(self).__name__} has no worker registry")
+
+    def list_workers(self) -> list[bytes]:
+        """The records of every worker whose ``ttl`` has not run out, in any order."""
+        raise NotImplementedError(f"{type(self).__name__} has no worker registry")
 
     # -- Go-visible operations (template methods) ---------------------------------------------
 

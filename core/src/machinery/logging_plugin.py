@@ -27,6 +27,25 @@ def _short(values: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _extra(event: TaskEvent, state: str) -> dict[str, object]:
+    # The fields ``--log-format json`` puts in each line (``machinery.jsonlog``).
+    sig = event.signature
+    extra: dict[str, object] = {
+        "task_name": sig.name,
+        "task_uuid": sig.uuid,
+        "state": state,
+        "duration": round(event.runtime, 6),
+        "consumer_tag": event.consumer_tag,
+    }
+    # The trace id of a W3C ``traceparent`` header (``00-<trace id>-<span id>-<flags>``), for the
+    # hooks that run outside the task's thread (a backend confirming writes later), where no
+    # span is current; elsewhere the JSON formatter takes the current span's.
+    parent = sig.headers.get("traceparent") if sig.headers else None
+    if isinstance(parent, str) and parent.count("-") == 3:
+        extra["trace_id"] = parent.split("-")[1]
+    return extra
+
+
 @hookimpl
 def machinery_task_succeeded(event: TaskEvent) -> None:
     """Log at INFO: name, UUID, results and run time."""
@@ -38,6 +57,7 @@ def machinery_task_succeeded(event: TaskEvent) -> None:
             sig.uuid,
             event.runtime * 1000,
             _short([r.value for r in event.results]),
+            extra=_extra(event, "SUCCESS"),
         )
 
 
@@ -46,10 +66,11 @@ def machinery_task_failed(event: TaskEvent) -> None:
     """Log at ERROR, with the traceback when the task raised."""
     sig = event.signature
     error = _with_class(event)
+    extra = _extra(event, "FAILURE")
     if event.traceback:
-        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, error, event.traceback.rstrip())
+        task_log.error("failed %s %s: %s\n%s", sig.name, sig.uuid, error, event.traceback.rstrip(), extra=extra)
     else:
-        task_log.error("failed %s %s: %s", sig.name, sig.uuid, error)
+        task_log.error("failed %s %s: %s", sig.name, sig.uuid, error, extra=extra)
 
 
 def _with_class(event: TaskEvent) -> str:
@@ -72,6 +93,7 @@ def machinery_task_retried(event: TaskEvent) -> None:
         event.retry_in,
         sig.retry_count,
         _with_class(event),
+        extra=_extra(event, "RETRY"),
     )
 
 

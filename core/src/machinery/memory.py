@@ -48,6 +48,7 @@ class _BrokerStore:
 class _BackendStore:
     cond: threading.Condition = field(default_factory=threading.Condition)
     records: dict[str, tuple[float, Any]] = field(default_factory=dict)  # uuid -> (expires_at, record)
+    workers: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # worker id -> (expires_at, record)
 
 
 @dataclass
@@ -196,6 +197,7 @@ class MemoryBackend(Backend):
     """In-process result backend; :meth:`wait_for` blocks on a condition instead of polling."""
 
     persistent: ClassVar[bool] = False
+    supports_worker_registry: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -245,6 +247,24 @@ class MemoryBackend(Backend):
 
     def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         return [self._load_state(u) for u in task_uuids]
+
+    def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
+        """Keep the record until ``ttl`` runs out (monotonic clock)."""
+        with self._s.cond:
+            self._s.workers[worker_id] = (time.monotonic() + ttl.total_seconds(), bytes(record))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Forget the record."""
+        with self._s.cond:
+            self._s.workers.pop(worker_id, None)
+
+    def list_workers(self) -> list[bytes]:
+        """The unexpired records (expired ones are dropped)."""
+        now = time.monotonic()
+        with self._s.cond:
+            for wid in [w for w, (exp, _) in self._s.workers.items() if exp <= now]:
+                del self._s.workers[wid]
+            return [rec for _, rec in self._s.workers.values()]
 
     def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
         """Block on the store's condition until the task completes or ``timeout`` passes."""

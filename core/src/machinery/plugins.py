@@ -18,11 +18,13 @@ from machinery.errors import MachineryError, PluginLoadError, UnknownSchemeError
 from machinery.interfaces import Backend, Broker, Lock
 
 if TYPE_CHECKING:
+    import argparse
     import logging
 
     import pluggy
 
     from machinery.events import TaskEvent, WorkerEvent
+    from machinery.signature import Signature
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -300,6 +302,35 @@ class PluginHost:
     def worker_stopped(self, event: WorkerEvent) -> None:
         """Broadcast ``machinery_worker_stopped``."""
         self.pm.hook.machinery_worker_stopped(event=event)
+
+    def before_publish(self, signature: Signature) -> None:
+        """Broadcast ``machinery_before_publish``."""
+        self.pm.hook.machinery_before_publish(signature=signature)
+
+    def after_publish(self, signature: Signature, error: BaseException | None) -> None:
+        """Broadcast ``machinery_after_publish``."""
+        self.pm.hook.machinery_after_publish(signature=signature, error=error)
+
+    def has_publish_observers(self) -> bool:
+        """True when a plugin implements ``machinery_before_publish`` or ``machinery_after_publish``
+        (the server skips both calls otherwise)."""
+        self.load()
+        hook = self.pm.hook
+        return bool(hook.machinery_before_publish.get_hookimpls() or hook.machinery_after_publish.get_hookimpls())
+
+    def cli_arguments(self, command: str, parser: argparse.ArgumentParser) -> None:
+        """Broadcast ``machinery_cli_arguments``."""
+        self.load()
+        self.pm.hook.machinery_cli_arguments(command=command, parser=parser)
+
+    def cli_commands(self, add_command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+        """Broadcast ``machinery_cli_commands``."""
+        self.load()
+        self.pm.hook.machinery_cli_commands(add_command=add_command)
+
+    def cli_started(self, command: str, args: argparse.Namespace) -> None:
+        """Broadcast ``machinery_cli_started``."""
+        self.pm.hook.machinery_cli_started(command=command, args=args)
 
     def has_task_observers(self) -> Mapping[str, bool]:
         """Which task hooks have implementations (the worker skips building unused events)."""

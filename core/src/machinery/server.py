@@ -57,6 +57,8 @@ class Server:
         self._lock_obj = lock
         self._lock_guard = threading.Lock()
         self._periodic: list[PeriodicEntry] = []
+        #: Whether a plugin observes publishing (``machinery_before_publish``/``after_publish``).
+        self._publish_hooks = self.plugins.has_publish_observers()
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -219,6 +221,8 @@ class Server:
             sig.headers = dict(sig.headers)
         if self._pre_publish is not None:
             self._pre_publish(sig)
+        if self._publish_hooks:
+            self.plugins.before_publish(sig)
         self._broker.adjust_routing_key(sig)
         return encode_signature(sig)
 
@@ -229,12 +233,37 @@ class Server:
         :raises BackendError: the PENDING state could not be stored.
         """
         body = self._prepare(signature)
+        if self._publish_hooks:
+            self._published([signature], self._publish_one, body, signature)
+        else:
+            self._publish_one(body, signature)
+        return AsyncResult(signature, self._backend)
+
+    def _publish_one(self, body: bytes, signature: Signature) -> None:
         # PENDING is stored before the message can be taken (a worker's STARTED must not be
         # overwritten by it): in one round trip where the broker shares the backend's store.
         if not self._broker.publish_pending(body, signature, self._backend):
             self._backend.set_state_pending(signature)
             self._broker.publish(body, signature)
-        return AsyncResult(signature, self._backend)
+
+    def _published(self, sigs: Sequence[Signature], publish: Callable[..., None], *args: Any) -> None:
+        """Run ``publish(*args)``, then ``machinery_after_publish`` for each of ``sigs``."""
+        try:
+            publish(*args)
+        except BaseException as exc:
+            for s in sigs:
+                self._after_publish(s, exc)
+            raise
+        for s in sigs:
+            self._after_publish(s, None)
+
+    def _after_publish(self, sig: Signature, error: BaseException | None) -> None:
+        try:
+            self.plugins.after_publish(sig, error)
+        except Exception:  # an observer must not turn a send into a failure
+            import logging
+
+            logging.getLogger("machinery.server").exception("a plugin's machinery_after_publish raised")
 
     def send_task_with_context(self, context: Mapping[str, Any], signature: Signature) -> AsyncResult:
         """``send_task`` carrying ``context`` (tracing ids, request ids...) in the headers."""
@@ -244,7 +273,10 @@ class Server:
     def _republish(self, signature: Signature) -> None:
         """Publish without touching the stored state (retries keep RETRY visible)."""
         body = self._prepare(signature)
-        self._broker.publish(body, signature)
+        if self._publish_hooks:
+            self._published([signature], self._broker.publish, body, signature)
+        else:
+            self._broker.publish(body, signature)
 
     def send_group(self, group: Group, send_concurrency: int = 0) -> GroupResult:
         """Record the group, store PENDING for each member and publish them all.
@@ -256,6 +288,13 @@ class Server:
         self._backend.init_group(group.group_uuid, group.uuids())
         self._backend.set_states_pending(group.tasks)
         items = [(self._prepare(s), s) for s in group.tasks]
+        if self._publish_hooks:
+            self._published(group.tasks, self._publish_items, items, send_concurrency)
+        else:
+            self._publish_items(items, send_concurrency)
+        return GroupResult((AsyncResult(s, self._backend) for s in group.tasks), group.group_uuid)
+
+    def _publish_items(self, items: Sequence[tuple[bytes, Signature]], send_concurrency: int) -> None:
         if send_concurrency <= 1 or len(items) <= 1:
             self._broker.publish_many(items)
         else:
@@ -276,7 +315,6 @@ class Server:
                 t.join()
             if errors:
                 raise errors[0]
-        return GroupResult((AsyncResult(s, self._backend) for s in group.tasks), group.group_uuid)
 
     def send_group_with_context(
         self, context: Mapping[str, Any], group: Group, send_concurrency: int = 0

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from machinery.interfaces import Delivery
+    from machinery.registry import Heartbeat, WorkerInfo
     from machinery.server import Server
     from machinery.state import TaskResult
     from machinery.task import Task
@@ -127,6 +128,16 @@ class Worker:
         self._settlers: set[threading.Thread] = set()
         self._settlers_lock = threading.Lock()
         self.beat = False
+        #: Seconds between two announcements in the worker registry (None: $MACHINERY_WORKER_HEARTBEAT or 5).
+        self.heartbeat: float | None = None
+        self.worker_id = ""
+        self._started_at = 0.0
+        self._registry: Heartbeat | None = None
+        #: Tasks running now (uuid -> (name, start time)) and totals, for the worker registry.
+        self._current: dict[str, tuple[str, float]] = {}
+        self._stats_lock = threading.Lock()
+        self._n_done = 0
+        self._n_failed = 0
         #: Seconds before an unregistered task is offered again.
         self.unregistered_requeue_delay = UNREGISTERED_REQUEUE_DELAY
         #: Seconds before a delivery whose state could not be stored is offered again.
@@ -177,6 +188,7 @@ class Worker:
             broker=redact_url(self.server.broker_url),
             backend=redact_url(self.server.backend_url),
             tasks=tuple(self.server.get_registered_task_names()),
+            worker=self,
         )
 
     def launch(self) -> None:
@@ -243,7 +255,60 @@ class Worker:
             redact_url(self.server.broker_url),
             redact_url(self.server.backend_url),
         )
+        self._start_registry()
         self._safe_hook(self._hooks.worker_started, self._event())
+
+    # -- worker registry --------------------------------------------------------------------------
+
+    def _start_registry(self) -> None:
+        from machinery.registry import Heartbeat, heartbeat_interval, new_worker_id
+
+        self._started_at = time.time()
+        self.worker_id = new_worker_id(self.consumer_tag)
+        backend = self.server.backend
+        if not type(backend).supports_worker_registry:
+            log.debug("the %s backend has no worker registry; this worker is not announced", type(backend).__name__)
+            return
+        interval = self.heartbeat if self.heartbeat is not None else heartbeat_interval()
+        self._registry = Heartbeat(backend, self.info, interval)
+        self._registry.start()
+
+    def info(self) -> WorkerInfo:
+        """This worker's :class:`~machinery.registry.WorkerInfo` now (id, host, pid, queues,
+        concurrency, start time, tasks done/failed, tasks running)."""
+        import socket
+
+        from machinery import __version__
+        from machinery.registry import DEFAULT_HEARTBEAT, WorkerInfo
+
+        current = tuple(
+            {"uuid": uuid, "name": name, "started": started} for uuid, (name, started) in list(self._current.items())
+        )
+        with self._stats_lock:
+            done, failed = self._n_done, self._n_failed
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            consumer_tag=self.consumer_tag,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=(self.queue,),
+            concurrency=self.concurrency,
+            pool="threads",
+            started=self._started_at,
+            heartbeat=time.time(),
+            interval=self._registry.interval if self._registry is not None else DEFAULT_HEARTBEAT,
+            tasks_done=done,
+            tasks_failed=failed,
+            current=current,
+            version=__version__,
+        )
+
+    def _count(self, failed: bool) -> None:
+        with self._stats_lock:
+            if failed:
+                self._n_failed += 1
+            else:
+                self._n_done += 1
 
     def _shutdown(self) -> None:
         self._stop.set()
@@ -259,6 +324,9 @@ class Worker:
             t.join()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._registry is not None:
+            self._registry.stop()
+            self._registry = None
         log.info("worker %s stopped", self.consumer_tag)
         self._safe_hook(self._hooks.worker_stopped, self._event())
         self._stopped.set()
@@ -481,6 +549,7 @@ class Worker:
             sig.uuid,
             error,
         )
+        self._count(True)
         if self._obs_failed:
             self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=message, exc=error))
         broker.ack(delivery)
@@ -536,6 +605,8 @@ class Worker:
         if self._pre_task is not None:
             self._pre_task(sig)
         t0 = time.perf_counter()
+        current = self._current
+        current[sig.uuid] = (sig.name, time.time())
         try:
             try:
                 if task.takes_context:
@@ -556,6 +627,7 @@ class Worker:
                 return self._failed(sig, exc, tb)
             return self._succeeded(sig, results, time.perf_counter() - t0, settle)
         finally:
+            current.pop(sig.uuid, None)
             if self._post_task is not None:
                 self._post_task(sig)
 
@@ -589,13 +661,16 @@ class Worker:
         if settle is not None and no_chord and not sig.on_success:
             # the hot path: one closure per task, no other work until the store reports
             def stored(error: BaseException | None) -> None:
-                if error is None and self._obs_succeeded:
-                    self._fire_succeeded(sig, results, runtime)
+                if error is None:
+                    self._count(False)
+                    if self._obs_succeeded:
+                        self._fire_succeeded(sig, results, runtime)
                 settle(False, error)
 
             self.server.backend.set_state_success_then(sig, results, stored)
             return None
         self.server.backend.set_state_success(sig, results)
+        self._count(False)
         if self._obs_succeeded:
             self._fire_succeeded(sig, results, runtime)
         self._send_follow_ups(sig, results, no_chord)
@@ -630,6 +705,7 @@ class Worker:
         server = self.server
         err = error_string(exc)
         server.backend.set_state_failure(sig, err)
+        self._count(True)
         if self._error_handler is not None:
             self._report(exc)
         elif self._obs_failed:

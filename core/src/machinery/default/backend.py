@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.default._db import SQLiteBackendError, Transport, rows_by_chunks
 from machinery.errors import DecodeError
@@ -20,6 +20,8 @@ from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from machinery.config import Config
     from machinery.state import GroupMeta, TaskState
 
@@ -28,6 +30,9 @@ __all__ = ["SQLiteBackend", "SQLiteBackendError"]
 log = logging.getLogger("machinery.sqlite")
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_WORKERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS machinery_workers (id TEXT PRIMARY KEY, data BLOB NOT NULL, expires_at REAL NOT NULL)"
+)
 _UPSERT_STATE = (
     "INSERT INTO machinery_states (uuid, data, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (uuid) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
@@ -44,12 +49,14 @@ class SQLiteBackend(Transport, Backend):
 
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
+    supports_worker_registry: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "sqlite"
     error_class = SQLiteBackendError
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
         self._setup(url, config)
+        self._workers_ready = False
 
     def _expires_at(self, now: float) -> float | None:
         secs = self.lifetime()
@@ -164,6 +171,38 @@ class SQLiteBackend(Transport, Backend):
         with self._guard("delete"), self._db.write() as conn:
             conn.execute("DELETE FROM machinery_states WHERE uuid = ?", (uuid,))
             conn.execute("DELETE FROM machinery_groups WHERE uuid = ?", (uuid,))
+
+    # -- worker registry --------------------------------------------------------------------------
+
+    def _workers_table(self, conn: Any) -> None:
+        # Its own table, created on first use (not part of the versioned schema: a database
+        # written by an older machinery simply gains it, and Go never opens these files).
+        if not self._workers_ready:
+            conn.execute(_WORKERS_TABLE)
+            self._workers_ready = True
+
+    def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
+        """Upsert the worker's row with ``expires_at = now + ttl``."""
+        with self._guard("register worker"), self._db.write(begin=False) as conn:
+            self._workers_table(conn)
+            conn.execute(
+                "INSERT INTO machinery_workers (id, data, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
+                (worker_id, bytes(record), time.time() + ttl.total_seconds()),
+            )
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row (and any expired rows)."""
+        with self._guard("unregister worker"), self._db.write(begin=False) as conn:
+            self._workers_table(conn)
+            conn.execute("DELETE FROM machinery_workers WHERE id = ? OR expires_at <= ?", (worker_id, time.time()))
+
+    def list_workers(self) -> list[bytes]:
+        """The rows whose ``expires_at`` is in the future."""
+        with self._guard("list workers"), self._db.write(begin=False) as conn:
+            self._workers_table(conn)
+            rows = conn.execute("SELECT data FROM machinery_workers WHERE expires_at > ?", (time.time(),)).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     # -- waiting ----------------------------------------------------------------------------------
 

@@ -283,3 +283,65 @@ class BackendConformance(SuiteBase):
         backend.purge_group_meta(group)
         assert backend.get_group_meta(group) is None
         backend.purge_group_meta(group)
+
+    # -- worker registry (``supports_worker_registry``) -------------------------------------------
+
+    @staticmethod
+    def _worker_record(worker_id: str, queue: str = "q", done: int = 0) -> bytes:
+        from machinery.registry import WorkerInfo
+
+        info = WorkerInfo(worker_id=worker_id, consumer_tag="t", host="h", pid=1, queues=(queue,), concurrency=2)
+        return WorkerInfo(**{**info.to_dict(), "queues": (queue,), "tasks_done": done}).to_json()
+
+    @staticmethod
+    def _listed(backend: Backend, ids: set[str]) -> dict[str, bytes]:
+        from machinery.registry import WorkerInfo
+
+        out: dict[str, bytes] = {}
+        for raw in backend.list_workers():
+            wid = WorkerInfo.from_json(raw).worker_id
+            if wid in ids:
+                out[wid] = raw
+        return out
+
+    def test_worker_registry_register_list_unregister(
+        self, backend_class: type[Backend], new_backend: Callable[..., Backend]
+    ) -> None:
+        """Records written through one instance are listed by another (another process, say);
+        a second write replaces the first; unregistering removes one at once, twice is no error."""
+        from datetime import timedelta
+
+        require_capability(backend_class, "supports_worker_registry", "no worker registry")
+        one, two = new_backend(), new_backend()
+        a, b = new_uuid("worker_"), new_uuid("worker_")
+        one.register_worker(a, self._worker_record(a), timedelta(seconds=30))
+        two.register_worker(b, self._worker_record(b), timedelta(seconds=30))
+        assert set(self._listed(two, {a, b})) == {a, b}
+        one.register_worker(a, self._worker_record(a, done=7), timedelta(seconds=30))
+        listed = self._listed(one, {a, b})
+        assert listed[a] == self._worker_record(a, done=7), "the second announcement did not replace the first"
+        one.unregister_worker(a)
+        assert set(self._listed(two, {a, b})) == {b}
+        one.unregister_worker(a)
+        two.unregister_worker(b)
+        assert self._listed(one, {a, b}) == {}
+
+    def test_worker_registry_expiry(self, backend_class: type[Backend], new_backend: Callable[..., Backend]) -> None:
+        """A record that is not refreshed disappears after its ttl; one refreshed in time stays."""
+        from datetime import timedelta
+
+        require_capability(backend_class, "supports_worker_registry", "no worker registry")
+        backend = new_backend()
+        dying, alive = new_uuid("worker_"), new_uuid("worker_")
+        ttl = timedelta(seconds=1)
+        backend.register_worker(dying, self._worker_record(dying), ttl)
+        backend.register_worker(alive, self._worker_record(alive), timedelta(seconds=30))
+        assert dying in self._listed(backend, {dying}), "the record vanished at once"
+        wait_until(
+            lambda: dying not in self._listed(backend, {dying}),
+            1 + self.expiry_tolerance,
+            interval=0.1,
+            what="a worker record to expire after its 1 s ttl",
+        )
+        assert alive in self._listed(backend, {alive}), "a record with a 30 s ttl expired early"
+        backend.unregister_worker(alive)

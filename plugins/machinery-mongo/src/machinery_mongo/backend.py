@@ -57,6 +57,8 @@ __all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "from_document", 
 DEFAULT_DATABASE = "machinery"
 TASKS = "tasks"
 GROUP_METAS = "group_metas"
+#: The worker registry's collection (Python-only: Go's backend never opens it).
+WORKERS = "machinery_py_workers"
 TTL_INDEX = "expires_at_ttl"
 
 _COMPLETED = [State.SUCCESS.value, State.FAILURE.value]
@@ -142,6 +144,7 @@ class MongoBackend(Backend):
     """Result backend on MongoDB (``mongodb://`` or ``mongodb+srv://``)."""
 
     config_section: ClassVar[str | None] = "mongodb"
+    supports_worker_registry: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -156,6 +159,7 @@ class MongoBackend(Backend):
         self._client: MongoClient[dict[str, Any]] | None = None
         self._colls: tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]] | None = None
         self._connect_lock = threading.Lock()
+        self._workers_coll: Collection[dict[str, Any]] | None = None
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -186,6 +190,34 @@ class MongoBackend(Backend):
                         coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)
                     self._colls = colls
         return self._colls
+
+    def _workers(self) -> Collection[dict[str, Any]]:
+        """The worker registry's collection (with its TTL index, created once)."""
+        if self._workers_coll is None:
+            self._collections()
+            assert self._client is not None
+            with self._connect_lock, self._errors("connecting"):
+                coll = self._client[self.database][WORKERS]
+                coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)
+                self._workers_coll = coll
+        return self._workers_coll
+
+    def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
+        """Upsert ``{_id: worker_id, record, expires_at}`` (the TTL index deletes it later)."""
+        doc = {"_id": worker_id, "record": bytes(record), "expires_at": datetime.now(timezone.utc) + ttl}
+        with self._errors(f"register worker {worker_id}"):
+            self._workers().replace_one({"_id": worker_id}, doc, upsert=True)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's document."""
+        with self._errors(f"unregister worker {worker_id}"):
+            self._workers().delete_one({"_id": worker_id})
+
+    def list_workers(self) -> list[bytes]:
+        """The records whose ``expires_at`` is in the future (the TTL sweep is lazy)."""
+        with self._errors("list workers"):
+            docs = list(self._workers().find({"expires_at": {"$gt": datetime.now(timezone.utc)}}))
+        return [bytes(d["record"]) for d in docs]
 
     def _expires_at(self) -> datetime | None:
         secs = self.lifetime()
@@ -278,3 +310,4 @@ class MongoBackend(Backend):
             self._client.close()
             self._client = None
             self._colls = None
+            self._workers_coll = None

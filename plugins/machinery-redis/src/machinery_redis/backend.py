@@ -41,12 +41,17 @@ from machinery_redis.connection import (
 from machinery_redis.tracking import StateWatcher, wait_completed
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from machinery.config import Config
     from machinery.signature import Signature
 
 __all__ = ["RedisBackend"]
 
 log = logging.getLogger("machinery.redis")
+
+#: Prefix of the worker registry's keys (Python-only; outside Go's task, group and queue keys).
+WORKER_PREFIX = "machinery_py:worker:"
 
 #: Connection classes whose server can track keys for us (not Sentinel-managed ones).
 _TRACKABLE = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
@@ -116,6 +121,7 @@ class RedisBackend(Backend):
 
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
+    supports_worker_registry: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "redis"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
@@ -276,6 +282,27 @@ class RedisBackend(Backend):
     def _delete(self, uuid: str) -> None:
         with self._errors(f"delete {uuid}"):
             self.client.delete(uuid)
+
+    # -- worker registry: one key per worker, ``machinery_py:worker:<id>`` (Go never reads it) ----
+
+    def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
+        """``SET machinery_py:worker:<id> <record> PX <ttl>``."""
+        with self._errors(f"register worker {worker_id}"):
+            self.client.set(WORKER_PREFIX + worker_id, record, px=max(1, int(ttl.total_seconds() * 1000)))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """``DEL`` the worker's key."""
+        with self._errors(f"unregister worker {worker_id}"):
+            self.client.delete(WORKER_PREFIX + worker_id)
+
+    def list_workers(self) -> list[bytes]:
+        """``SCAN`` the worker keys, then read them (a key that expired in between is skipped)."""
+        with self._errors("list workers"):
+            keys = list(self.client.scan_iter(match=WORKER_PREFIX + "*", count=500))
+            if not keys:
+                return []
+            raws = self.client.mget_nonatomic(keys) if is_cluster(self.client) else self.client.mget(keys)
+        return [bytes(r) for r in raws if r is not None]
 
     def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
         """Wait until SUCCESS or FAILURE, woken by Redis when the state changes (client tracking,
