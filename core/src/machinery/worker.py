@@ -362,6 +362,9 @@ class Worker:
         broker = self.server.broker
         try:
             sig = decode_signature(delivery.body)
+            if not sig.uuid:
+                # its state would be stored under the empty key, overwritten by every such message
+                raise DecodeError(delivery.body, "UUID: missing or empty task UUID")
         except DecodeError as exc:
             log.error("dropping malformed message from %r to the dead letters: %s", delivery.queue, exc.reason)
             log.error("malformed message body: %r", delivery.body[:2000])

@@ -631,6 +631,38 @@ class BrokerConformance(SuiteBase):
         result = machinery_server.async_result(task_uuid)
         assert result.get(timeout=self.delivery_timeout) == "a\ufffd!"
 
+    def test_empty_uuid_is_dead_lettered_with_a_reason(
+        self,
+        broker: Broker,
+        machinery_server: Server,
+        machinery_worker: Callable[..., WorkerHandle],
+        machinery_queue: str,
+        broker_oracle: BrokerOracle,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A message with an empty ``UUID`` is not run (its result would be stored under the empty
+        key, overwritten by every such message): it is dropped to the dead letters, the reason
+        logged at ERROR; the next task runs."""
+        runs = tmp_path / "runs.txt"
+        raw = encode_signature(Signature("record_run", args=args_of([str(runs)]), uuid=""))
+        assert b'"UUID":""' in raw
+        route = Signature("record_run")
+        broker.adjust_routing_key(route)
+        broker.publish(raw, route)
+        caplog.set_level(logging.ERROR, logger="machinery")
+        machinery_worker(in_process=True)
+        result = machinery_server.send_task(Signature("add", args=args_of([1, 2])))
+        assert result.get(timeout=self.delivery_timeout) == 3, "the consumer did not survive"
+        wait_until(
+            lambda: any("UUID" in r.getMessage() and "dead letters" in r.getMessage() for r in caplog.records),
+            self.delivery_timeout,
+            what="the worker to dead-letter the message without a UUID",
+        )
+        assert not runs.exists(), "a task without a UUID ran"
+        assert machinery_server.get_state("") is None, "a state was stored under the empty UUID"
+        self.count(broker_oracle, machinery_queue, 0)
+
     @pytest.mark.slow
     @pytest.mark.machinery_subprocess
     def test_redelivered_after_worker_killed(
