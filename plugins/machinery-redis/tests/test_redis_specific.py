@@ -579,6 +579,17 @@ def test_options_dataclass_defaults_match_go() -> None:
     assert opts.block_timeout == 1.0
 
 
+def test_reprs_never_show_a_password() -> None:
+    # issue 17, D2: the options (logged by whoever prints them) and the parsed target hide secrets
+    secret = "S3cr3t"
+    url = f"redis://:{secret}@localhost:6379/0?sentinel_password={secret}&master_name=m"
+    target = parse_url(url)
+    opts = load_options(target, Config(broker=url))
+    assert opts.sentinel_password == secret
+    for shown in (repr(opts), repr(target), repr(Config(broker=url, transport_options={"redis": {"sentinel_password": secret}}))):
+        assert secret not in shown, shown
+
+
 # -- cluster ----------------------------------------------------------------------------------------
 
 
