@@ -645,6 +645,7 @@ class BrokerConformance(SuiteBase):
         key, overwritten by every such message): it is dropped to the dead letters, the reason
         logged at ERROR; the next task runs."""
         runs = tmp_path / "runs.txt"
+        before = machinery_server.get_state("")  # a shared server may hold one from elsewhere
         raw = encode_signature(Signature("record_run", args=args_of([str(runs)]), uuid=""))
         assert b'"UUID":""' in raw
         route = Signature("record_run")
@@ -660,7 +661,7 @@ class BrokerConformance(SuiteBase):
             what="the worker to dead-letter the message without a UUID",
         )
         assert not runs.exists(), "a task without a UUID ran"
-        assert machinery_server.get_state("") is None, "a state was stored under the empty UUID"
+        assert machinery_server.get_state("") == before, "a state was stored under the empty UUID"
         self.count(broker_oracle, machinery_queue, 0)
 
     @pytest.mark.slow
