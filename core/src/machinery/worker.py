@@ -27,6 +27,7 @@ from machinery.config import redact_url
 from machinery.errors import (
     ArgumentTypeError,
     BackendError,
+    BrokerAuthenticationError,
     DecodeError,
     MachineryError,
     RetryTaskLater,
@@ -55,6 +56,8 @@ DEFAULT_CONCURRENCY = 8
 UNREGISTERED_REQUEUE_DELAY = 5.0
 #: Delay before a delivery whose state could not be stored is offered again.
 BACKEND_ERROR_REQUEUE_DELAY = 2.0
+#: Delay before a worker whose broker refused its credentials tries again (not a transient fault).
+AUTH_RETRY_DELAY = 60.0
 #: Longest backend error message stored in the FAILURE that replaces an unstorable state.
 MAX_STORED_BACKEND_ERROR = 1000
 _ETA_TOLERANCE = 0.002
@@ -118,6 +121,8 @@ class Worker:
         self.unregistered_requeue_delay = UNREGISTERED_REQUEUE_DELAY
         #: Seconds before a delivery whose state could not be stored is offered again.
         self.backend_error_requeue_delay = BACKEND_ERROR_REQUEUE_DELAY
+        #: Seconds before trying again when the broker refused the credentials.
+        self.auth_retry_delay = AUTH_RETRY_DELAY
         hooks = server.plugins
         obs = hooks.has_task_observers()
         self._hooks = hooks
@@ -310,9 +315,21 @@ class Worker:
                     close = getattr(it, "close", None)
                     if close is not None:
                         close()
+            except BrokerAuthenticationError as exc:
+                # Not transient: one ERROR line per attempt, and a long wait between attempts.
+                self._report(exc)
+                log.error(
+                    "broker %s refused the credentials: %s; this is not a transient fault: fix the "
+                    "user or password (in the URL or the server); trying again in %.0fs",
+                    redact_url(self.server.broker_url),
+                    redact_url(str(exc)),
+                    self.auth_retry_delay,
+                )
+                stop.wait(self.auth_retry_delay)
+                backoff = 0.1
             except MachineryError as exc:
                 self._report(exc)
-                log.warning("broker error: %s; reconnecting in %.1fs", exc, backoff)
+                log.warning("broker error: %s; reconnecting in %.1fs", redact_url(str(exc)), backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception as exc:
