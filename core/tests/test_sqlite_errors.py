@@ -3,6 +3,7 @@ worker rides out a locked database without losing results."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -282,3 +283,51 @@ def raw_count(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM machinery_states").fetchone()[0])
     finally:
         conn.close()
+
+
+def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 17, D4: the state is stored, then the delete of the message fails (as on a full disk:
+    # a real SQLite error, raised by a trigger on that delete only). One ERROR line says what
+    # failed and what happens next; no "unexpected error" with a traceback.
+    path = tmp_path / "ack.db"
+    url = f"sqlite:///{path}"
+    cfg = Config(broker=url, result_backend=url, no_unix_signals=True,
+                 transport_options={"sqlite": {"visibility_timeout": 1.0}})
+    server = Server(cfg)
+    runs: list[int] = []
+
+    @server.task("add")
+    def add(*n: int) -> int:
+        runs.append(sum(n))
+        return sum(n)
+
+    result = server.send_task(Signature("add", args=[Arg("int64", 2), Arg("int64", 3)]))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TRIGGER full_disk BEFORE DELETE ON machinery_messages "
+        "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END"
+    )
+    caplog.set_level(logging.INFO, logger="machinery")
+    worker = server.new_worker(concurrency=1).launch_in_background()
+    try:
+        assert result.get(timeout=10) == 5
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("could not be acknowledged" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        logged = [r for r in caplog.records if "could not be acknowledged" in r.getMessage()]
+        assert logged and logged[0].levelno == logging.ERROR
+        text = logged[0].getMessage()
+        assert "final state is stored" in text and "disk" in text and "runs again" in text and "1s" in text
+        assert not [r for r in caplog.records if "unexpected error" in r.getMessage() or r.exc_info]
+        conn.execute("DROP TRIGGER full_disk")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(runs) < 2 or conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0]):
+            time.sleep(0.05)
+        assert len(runs) >= 2, "the task did not run again after the lease"
+        assert conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0] == 0
+    finally:
+        conn.close()
+        worker.quit(timeout=10)
+        server.close()

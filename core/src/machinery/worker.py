@@ -429,9 +429,9 @@ class Worker:
                 except Exception:
                     log.exception("could not give the message back; the broker will redeliver it")
             elif keep:
-                broker.nack(delivery, requeue=False)
+                self._settle_call(sig, "dropped (kept for the dead letters)", lambda: broker.nack(delivery, requeue=False))
             else:
-                broker.ack(delivery)
+                self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
 
         try:
             keep = self._process(sig, task, settle)
@@ -446,6 +446,29 @@ class Worker:
             return
         if keep is not None:
             settle(keep, None)
+
+    def _settle_call(self, sig: Signature, what: str, call: Callable[[], Any]) -> None:
+        """Acknowledge or reject a message whose final state is stored. If the broker refuses
+        (a full disk, a lost connection), that is said in one line, with what happens next:
+        the message comes back and the task runs again (at-least-once), nothing is lost."""
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - any broker failure here has the same outcome
+            self._report(exc)
+            broker = self.server.broker
+            if broker.redelivers_unacked:
+                after = float(getattr(broker, "lease", broker.redelivery_timeout))
+                then = f"the broker delivers it again within about {after:g}s and the task runs again"
+            else:
+                then = "the broker may deliver it again, and the task then runs again"
+            log.error(
+                "task %s (%s): its final state is stored, but the message could not be %s (%s); %s",
+                sig.name,
+                sig.uuid,
+                what,
+                redact_url(str(exc)),
+                then,
+            )
 
     def _settle_permanent(self, sig: Signature, delivery: Delivery, error: BaseException) -> None:
         """Settle a delivery whose state the backend refused for good (a result bigger than the
@@ -490,7 +513,7 @@ class Worker:
         )
         if self._obs_failed:
             self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=message, exc=error))
-        broker.ack(delivery)
+        self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
 
     def _settle_permanent_in_background(self, sig: Signature, delivery: Delivery, error: BaseException) -> None:
         def run() -> None:
