@@ -372,6 +372,16 @@ class Database:
                 os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 raise sqlite3.OperationalError(f"unable to open database file: cannot create {directory}") from exc
+        if not os.path.exists(self.path):
+            # Task arguments and results are in it: a new file is readable by its owner only
+            # (SQLite gives the -wal and -shm files the database file's mode). An existing
+            # file keeps its mode.
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass  # another process created it first
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"unable to open database file {self.path}: {exc.strerror}") from exc
         conn = sqlite3.connect(
             self.path,
             timeout=self.options.busy_timeout,
