@@ -420,7 +420,9 @@ def test_a_text_with_a_colon_is_sent_as_it_is_with_string_prefix_or_no_type_like
     assert (arg.type, arg.value) == ("string", value)
 
 
-def test_send_usage_errors_exit_2_with_one_clear_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_send_usage_errors_exit_2_with_one_clear_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from machinery.cli import main
 
     monkeypatch.setenv("MACHINERY_DEFAULT_URL", f"sqlite:///{tmp_path / 'usage.db'}")
@@ -441,7 +443,9 @@ def test_send_usage_errors_exit_2_with_one_clear_line(capsys: pytest.CaptureFixt
     assert capsys.readouterr().out.strip() in ("", "(none)", "no pending tasks"), "a bad send was sent"
 
 
-def test_other_bad_usage_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_bad_usage_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from machinery.cli import main
 
     monkeypatch.setenv("MACHINERY_DEFAULT_URL", f"sqlite:///{tmp_path / 'usage2.db'}")

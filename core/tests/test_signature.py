@@ -453,7 +453,9 @@ def test_lone_surrogates_anywhere_in_a_message_are_replaced() -> None:
     assert sig.arg_values == ["a\ufffd", ["\ufffd"], {"\ufffd": "y"}]
     assert (sig.on_success[0].name, sig.on_success[0].uuid) == ("cb\ufffd", "u\ufffd")
     encode_signature(sig)
-    state = decode_task_state(b'{"TaskUUID":"t\\ud800","State":"SUCCESS","Results":[{"Type":"string","Value":"\\ud800"}]}')
+    state = decode_task_state(
+        b'{"TaskUUID":"t\\ud800","State":"SUCCESS","Results":[{"Type":"string","Value":"\\ud800"}]}'
+    )
     assert state.task_uuid == "t\ufffd" and state.results is not None and state.results[0].value == "\ufffd"
 
 

@@ -314,7 +314,9 @@ def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
     try:
         assert result.get(timeout=10) == 5
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any("could not be acknowledged" in r.getMessage() for r in caplog.records):
+        while time.monotonic() < deadline and not any(
+            "could not be acknowledged" in r.getMessage() for r in caplog.records
+        ):
             time.sleep(0.05)
         logged = [r for r in caplog.records if "could not be acknowledged" in r.getMessage()]
         assert logged and logged[0].levelno == logging.ERROR
@@ -323,7 +325,10 @@ def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
         assert not [r for r in caplog.records if "unexpected error" in r.getMessage() or r.exc_info]
         conn.execute("DROP TRIGGER full_disk")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (len(runs) < 2 or conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0]):
+        def left() -> int:
+            return int(conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0])
+
+        while time.monotonic() < deadline and (len(runs) < 2 or left()):
             time.sleep(0.05)
         assert len(runs) >= 2, "the task did not run again after the lease"
         assert conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0] == 0

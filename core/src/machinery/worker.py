@@ -429,7 +429,9 @@ class Worker:
                 except Exception:
                     log.exception("could not give the message back; the broker will redeliver it")
             elif keep:
-                self._settle_call(sig, "dropped (kept for the dead letters)", lambda: broker.nack(delivery, requeue=False))
+                self._settle_call(
+                    sig, "dropped (kept for the dead letters)", lambda: broker.nack(delivery, requeue=False)
+                )
             else:
                 self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
 

@@ -586,7 +586,8 @@ def test_reprs_never_show_a_password() -> None:
     target = parse_url(url)
     opts = load_options(target, Config(broker=url))
     assert opts.sentinel_password == secret
-    for shown in (repr(opts), repr(target), repr(Config(broker=url, transport_options={"redis": {"sentinel_password": secret}}))):
+    cfg = Config(broker=url, transport_options={"redis": {"sentinel_password": secret}})
+    for shown in (repr(opts), repr(target), repr(cfg)):
         assert secret not in shown, shown
 
 
