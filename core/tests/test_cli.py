@@ -385,3 +385,75 @@ def test_main_in_process(capsys: pytest.CaptureFixture[str], tmp_path: Path, mon
     with pytest.raises(SystemExit) as info:
         main(["status", "task_nope"])
     assert info.value.code == 1
+
+
+# -- issue 17, D6: unknown type prefixes, out-of-range values, bad usage is exit 2 ----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("int99:1", "unknown Go type 'int99'"),
+        ("uint128:5", "unknown Go type 'uint128'"),
+        ("[]int99:1,2", "unknown Go type '[]int99'"),
+        ("float16:1.5", "unknown Go type 'float16'"),
+        ("strin:x", "unknown Go type 'strin'"),
+        ("int8:300", "out of range"),
+        ("[]int8:1,300", "out of range"),
+        ("uint8:-1", "out of range"),
+    ],
+)
+def test_parse_arg_says_what_is_wrong(text: str, fragment: str) -> None:
+    with pytest.raises(ArgumentTypeError) as info:
+        parse_arg(text)
+    assert fragment in str(info.value)
+    if "unknown" in fragment:
+        assert f"string:{text}" in str(info.value)  # how to send the text as it is
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("string:int99:1", "int99:1"), ("string:int8:300", "int8:300"), ("mailto:x@y", "mailto:x@y"), ("a:b", "a:b")],
+)
+def test_a_text_with_a_colon_is_sent_as_it_is_with_string_prefix_or_no_type_like_prefix(text: str, value: str) -> None:
+    arg = parse_arg(text)
+    assert (arg.type, arg.value) == ("string", value)
+
+
+def test_send_usage_errors_exit_2_with_one_clear_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from machinery.cli import main
+
+    monkeypatch.setenv("MACHINERY_DEFAULT_URL", f"sqlite:///{tmp_path / 'usage.db'}")
+    for argv, fragment in [
+        (["send", "rec", "int99:1"], "unknown Go type 'int99'"),
+        (["send", "rec", "int8:300"], "out of range"),
+        (["send", ""], "task name"),
+        (["send", "  "], "task name"),
+        (["send", "add", "--priority", "999"], "priority"),
+        (["send", "add", "--priority", "-1"], "priority"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2, (argv, err)
+        assert fragment in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "usage.db").exists() or main(["inspect", "pending"]) == 0
+    assert capsys.readouterr().out.strip() in ("", "(none)", "no pending tasks"), "a bad send was sent"
+
+
+def test_other_bad_usage_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from machinery.cli import main
+
+    monkeypatch.setenv("MACHINERY_DEFAULT_URL", f"sqlite:///{tmp_path / 'usage2.db'}")
+    for argv, fragment in [
+        (["status", ""], "task UUID"),
+        (["send", "add", "--retry-count", str(2**31)], "retry-count"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and fragment in err and "Traceback" not in err, (argv, err)

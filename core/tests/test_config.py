@@ -114,6 +114,55 @@ def test_redacted_config_hides_credentials() -> None:
     assert "topsecret" not in shown and "'x'" not in shown and "'r'" in shown
 
 
+SECRET = "S3cr3t"
+
+_SECRET_URLS = [
+    f"redis://:{SECRET}@localhost:6379/0",
+    f"redis://{SECRET}@localhost:6379/0",  # Go's form: the password alone
+    f"rediss://user:{SECRET}@host:6380",
+    f"redis+socket://{SECRET}@/var/run/redis.sock:/1",
+    f"redis://:{SECRET}@h1:1,h2:2",
+    f"redis://:p@{SECRET}@host:6379",  # an '@' in the password (not percent-encoded)
+    f"amqp://guest:{SECRET}@host:5672/",
+    f"amqps://guest:{SECRET}@host:5671/vhost",
+    f"amqp://a:{SECRET}@h1;amqp://c:{SECRET}@h2",
+    f"mongodb://user:{SECRET}@a:27017,b:27017/db?replicaSet=rs",
+    f"mongodb+srv://user:{SECRET}@cluster0.example.net/results",
+    f"memcache://user:{SECRET}@host:11211",
+    f"https://sqs.us-east-1.amazonaws.com/123?aws_secret_access_key={SECRET}",
+    f"https://host/path?X-Amz-Signature={SECRET}&X-Amz-Credential={SECRET}",
+    f"redis://host:6379/0?password={SECRET}",
+    f"amqp://host/?auth_token={SECRET}&heartbeat=10",
+    f"mongodb://host/db?authMechanism=PLAIN&pwd={SECRET}",
+]
+
+
+@pytest.mark.parametrize("url", _SECRET_URLS)
+def test_repr_and_str_of_a_config_never_show_a_password(url: str) -> None:
+    # Anything that logs a config (f"{config}", logging %r, a traceback's locals) must not leak.
+    cfg = Config(broker=url, result_backend=url, lock=url)
+    for shown in (repr(cfg), str(cfg), f"{cfg}", repr([cfg]), repr(cfg.redacted())):
+        assert SECRET not in shown, shown
+        assert "***" in shown
+    assert cfg.broker == url  # the value itself is untouched
+
+
+def test_repr_of_a_config_hides_secret_options_at_any_depth() -> None:
+    cfg = Config(
+        broker="redis://localhost:6379",
+        transport_options={
+            "sqs": {"aws_secret_access_key": SECRET, "region": "eu-west-1"},
+            "amqp": {"ssl": {"keyfile_password": SECRET, "verify": True}},
+            "redis": {"sentinel_url": f"redis://:{SECRET}@sentinel:26379", "max_idle": 3},
+            "gcp_pubsub": {"credentials": {"private_key": SECRET}},
+        },
+    )
+    shown = repr(cfg)
+    assert SECRET not in shown, shown
+    assert "eu-west-1" in shown and "max_idle" in shown and "redis://:***@sentinel:26379" in shown
+    assert shown.startswith("Config(broker='redis://localhost:6379'")
+
+
 @dataclass
 class _Opts:
     max_idle: int = 3

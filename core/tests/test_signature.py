@@ -457,3 +457,74 @@ def test_signature_copy_is_deep() -> None:
     cp = sig.copy()
     cp.on_success[0].args.append(Arg("int64", 5))
     assert sig.on_success[0].args == []
+
+
+# -- strings that are not Unicode: lone surrogates (issue 17, D1) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "name", "uuid"),
+    [
+        (b'{"UUID":"task_1","Name":"x\\ud800"}', "x\ufffd", "task_1"),
+        (b'{"UUID":"task_\\uDC00","Name":"x"}', "x", "task_\ufffd"),
+        (b'{"UUID":"t","Name":"a\\ud800\\ud800b"}', "a\ufffd\ufffdb", "t"),  # two lone highs: two U+FFFD
+        (b'{"UUID":"t","Name":"\\ud83d\\ude00"}', "\U0001f600", "t"),  # a valid pair stays one character
+        (b'{"UUID":"t","Name":"\\\\ud800"}', "\\ud800", "t"),  # an escaped backslash: no surrogate at all
+    ],
+)
+def test_lone_surrogates_decode_to_the_replacement_character_like_go(raw: bytes, name: str, uuid: str) -> None:
+    # Go's encoding/json decodes an invalid surrogate escape to U+FFFD; a message holding one must
+    # never decode to a str that cannot be encoded again (it would be stuck in every requeue path).
+    sig = decode_signature(raw)
+    assert (sig.name, sig.uuid) == (name, uuid)
+    assert decode_signature(encode_signature(sig)) == sig
+
+
+def test_lone_surrogates_anywhere_in_a_message_are_replaced() -> None:
+    raw = (
+        b'{"UUID":"t","Name":"n","Headers":{"k\\ud800":["v\\udfff",{"x":"\\ud800"}]},'
+        b'"Args":[{"Type":"string","Value":"a\\ud800"},{"Type":"[]string","Value":["\\udc00"]},'
+        b'{"Type":"map[string]interface {}","Value":{"\\ud800":"y"}}],'
+        b'"OnSuccess":[{"Name":"cb\\ud800","UUID":"u\\ud800"}]}'
+    )
+    sig = decode_signature(raw)
+    assert sig.headers == {"k\ufffd": ["v\ufffd", {"x": "\ufffd"}]}
+    assert sig.arg_values == ["a\ufffd", ["\ufffd"], {"\ufffd": "y"}]
+    assert (sig.on_success[0].name, sig.on_success[0].uuid) == ("cb\ufffd", "u\ufffd")
+    encode_signature(sig)
+    state = decode_task_state(
+        b'{"TaskUUID":"t\\ud800","State":"SUCCESS","Results":[{"Type":"string","Value":"\\ud800"}]}'
+    )
+    assert state.task_uuid == "t\ufffd" and state.results is not None and state.results[0].value == "\ufffd"
+
+
+def test_python_strings_with_lone_surrogates_encode_as_go_writes_invalid_utf8() -> None:
+    # Go's encoder writes ``\ufffd`` for what is not valid UTF-8; a Python str can hold a lone
+    # surrogate (os.fsdecode of a bad file name...): it is written the same way, never an error.
+    sig = Signature("n\udc80", args=["a\ud800b"], uuid="task_\udfff", headers={"k": "\ud800"})
+    body = encode_signature(sig)
+    assert b'"Name":"n\\ufffd"' in body and b'"UUID":"task_\\ufffd"' in body
+    assert b'"Value":"a\\ufffdb"' in body and b'"Headers":{"k":"\\ufffd"}' in body
+    back = decode_signature(body)
+    assert (back.name, back.uuid, back.arg_values) == ("n\ufffd", "task_\ufffd", ["a\ufffdb"])
+    state = encode_task_state(TaskState("t", "SUCCESS", "n", [TaskResult("string", "\ud800")]))
+    assert b'"Value":"\\ufffd"' in state
+    meta = encode_group_meta(GroupMeta("g\ud800", ["t\ud800"]))
+    assert decode_group_meta(meta).task_uuids == ["t\ufffd"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"UUID":"t","Name":"n","Headers":{"x":NaN}}',
+        b'{"UUID":"t","Name":"n","Headers":{"x":-Infinity}}',
+        b'{"UUID":"t","Name":"n","Headers":{"x":1e999}}',
+        b'{"UUID":"t","Name":"n","Args":[{"Type":"interface {}","Value":[Infinity]}]}',
+        b'{"UUID":"t","Name":"n\xed\xa0\x80"}',  # a surrogate in UTF-8 bytes is not UTF-8
+    ],
+)
+def test_what_go_cannot_read_is_a_decode_error_not_a_message_that_cannot_be_re_encoded(raw: bytes) -> None:
+    # NaN, infinities and numbers beyond float64 are not JSON for Go: decoding them would give a
+    # message that cannot be encoded again (and would be stuck in a requeue path).
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        decode_signature(raw)

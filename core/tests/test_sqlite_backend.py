@@ -268,3 +268,29 @@ def test_state_round_trip_of_every_field(make: Callable[..., SQLiteBackend]) -> 
     )
     b._store_state(st)
     assert b.get_state("task_all") == st
+
+
+def test_a_new_database_file_is_private_and_an_existing_one_keeps_its_mode(tmp_path: Path) -> None:
+    # issue 17: the file holds task arguments and results; -wal and -shm take the file's mode
+    import os
+    import stat
+
+    from machinery.default.backend import SQLiteBackend as _Backend
+
+    def modes(db: Path) -> dict[str, int]:
+        return {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir() if p.name.startswith(db.name)}
+
+    new = tmp_path / "new" / "m.db"
+    backend = _Backend(f"sqlite:///{new}", Config())
+    backend.set_state_pending(Signature("add", uuid="task_1"))
+    assert set(modes(new)) == {"m.db", "m.db-wal", "m.db-shm"}
+    assert set(modes(new).values()) == {0o600}, modes(new)
+    backend.close()
+
+    shared = tmp_path / "shared.db"
+    shared.touch()
+    os.chmod(shared, 0o640)
+    backend = _Backend(f"sqlite:///{shared}", Config())
+    backend.set_state_pending(Signature("add", uuid="task_2"))
+    assert set(modes(shared).values()) == {0o640}, modes(shared)
+    backend.close()

@@ -103,34 +103,61 @@ def _candidates(text: str) -> list[Any]:
     return out
 
 
+_GO_KINDS = ("int", "uint", "float", "complex", "bool", "string", "byte", "rune", "map[", "interface")
+
+
+def _looks_like_a_type(prefix: str, known: frozenset[str]) -> bool:
+    """True when ``prefix`` (the text before the first ``:``) was meant as a Go type name: it
+    starts like one (``int99``, ``[]x``, ``map[...]``) or is a near miss of a known one
+    (``strin``, ``bol``). Other prefixes (``http``, ``a``) are part of a plain string."""
+    import difflib
+
+    base = prefix.removeprefix("[]")
+    if prefix.startswith("[]") or base.startswith(_GO_KINDS):
+        return True
+    return bool(base.isalnum() and difflib.get_close_matches(base, known, n=1, cutoff=0.8))
+
+
 def parse_arg(text: str) -> Arg:
     """A task argument from the command line.
 
     ``TYPE:VALUE`` with a Go type name (``int64:1``, ``string:x``, ``bool:true``,
     ``[]int64:1,2``, ``[]string:a,b``, ``float64:2.5``); a slice's value may also be JSON
-    (``[]int64:[1,2]``). Without a known type prefix the type is inferred: ``1`` is ``int64``,
-    ``1.5`` is ``float64``, ``true``/``false`` are ``bool``, anything else is a ``string``.
+    (``[]int64:[1,2]``). Without a type prefix the type is inferred: ``1`` is ``int64``,
+    ``1.5`` is ``float64``, ``true``/``false`` are ``bool``, anything else is a ``string``
+    (``http://x``, ``a:b``). A prefix that looks like a Go type but is none (``int99:1``,
+    ``strin:x``) is an error, never silently a string: to send such a text as it is, prefix
+    it with ``string:`` (``string:int99:1`` sends ``"int99:1"``).
 
-    :raises ArgumentTypeError: the value does not fit the named type.
+    :raises ArgumentTypeError: an unknown type, or a value that does not fit the named type.
     """
     from machinery.signature import GO_TYPES, Arg
 
     type_name, sep, value = text.partition(":")
     if not sep or type_name not in GO_TYPES:
+        if sep and _looks_like_a_type(type_name, GO_TYPES):
+            raise ArgumentTypeError(
+                type_name,
+                value,
+                f"unknown Go type {type_name!r} in {text!r} (known: int, int8..int64, uint..uint64, float32, "
+                f"float64, bool, string, []byte and []T of those); to send the text as it is, write "
+                f"string:{text}",
+            )
         return Arg.of(_infer(text))
-    last: ArgumentTypeError | None = None
+    # The most telling error wins: the value read as JSON (300 for int8: out of range), then
+    # the comma-separated list of a slice, then the raw text (abc for int64: not an integer).
+    errors: list[ArgumentTypeError] = []
     tries = _candidates(value)
     if type_name.startswith("[]"):
         items = [v.strip() for v in value.split(",")] if value.strip() else []
-        tries.append([_infer(v) for v in items])
+        tries.insert(len(tries) - 1, [_infer(v) for v in items])
         tries.append(items)
     for candidate in tries:
         try:
             return Arg(type_name, candidate)
         except ArgumentTypeError as exc:
-            last = exc
-    assert last is not None
-    raise ArgumentTypeError(type_name, value, f"cannot read {value!r} as {type_name}: {last.reason}")
+            errors.append(exc)
+    raise ArgumentTypeError(type_name, value, f"cannot read {value!r} as {type_name}: {errors[0].reason}")
 
 
 # -- app and server ------------------------------------------------------------------------------
@@ -342,6 +369,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     from machinery.signature import Signature
 
+    if not args.name.strip():
+        raise CLIError("task name: must not be empty")
     try:
         task_args = [parse_arg(a) for a in args.args]
     except ArgumentTypeError as exc:
@@ -383,6 +412,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print a task's stored state as Go Machinery's TaskState JSON."""
     from machinery.signature import encode_task_state
 
+    if not args.uuid.strip():
+        raise CLIError("task UUID: must not be empty")
     server = build_server(args)
     try:
         state = server.get_state(args.uuid)
@@ -578,6 +609,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _priority(text: str) -> int:
+    value = _positive_int(text)
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"priority must be 0-255, got {value}")
+    return value
+
+
+def _retry_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > 2**31 - 1:  # Go's int on every platform it runs on; a Go worker refuses more
+        raise argparse.ArgumentTypeError(f"must be at most {2**31 - 1}, got {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -679,8 +724,8 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--eta", metavar="TIME", help="run no earlier than this RFC 3339 time")
     when.add_argument("--countdown", type=_seconds, metavar="SECONDS", help="run after this many seconds")
-    p.add_argument("--priority", type=_positive_int, default=0, help="0-255, where the broker supports it")
-    p.add_argument("--retry-count", type=_positive_int, default=0, help="retries on failure (Fibonacci back-off)")
+    p.add_argument("--priority", type=_priority, default=0, help="0-255, where the broker supports it")
+    p.add_argument("--retry-count", type=_retry_count, default=0, help="retries on failure (Fibonacci back-off)")
     p.set_defaults(func=cmd_send)
 
     p = command("status", "print a task's state (Go TaskState JSON)")

@@ -139,9 +139,15 @@ class Config:
             if f.name in ("broker", "result_backend", "lock"):
                 v = redact_url(v)
             elif f.name == "transport_options":
-                v = {s: {k: ("***" if _secret_key(k) else val) for k, val in o.items()} for s, o in v.items()}
+                v = {s: _redact_option(s, o) for s, o in v.items()}
             out[f.name] = v
         return out
+
+    def __repr__(self) -> str:
+        # Credentials never show: anything that logs a config (``%r``, f-strings, tracebacks
+        # with locals) would leak them. The fields themselves keep the real values.
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Config({fields})"
 
     # -- constructors -------------------------------------------------------------------------
 
@@ -271,8 +277,15 @@ def _plugin_env_options() -> dict[str, tuple[str, str]]:
 
 # -- redaction --------------------------------------------------------------------------------
 
-_USERINFO_RE = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@"
-_SECRET_QUERY_RE = r"(?i)([?&;](?:password|passwd|pass|secret|token|key|access_key|secret_key|sig)[^=&]*=)[^&]*"
+# The user information runs to the *last* '@' before the path, as URL parsers read it, so that
+# an '@' in a password (not percent-encoded) does not leave the rest of it shown.
+_USERINFO_RE = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/?#\s]*)@"
+# A query-string parameter whose name holds one of these words, anywhere (aws_secret_access_key,
+# X-Amz-Signature, X-Amz-Credential, auth_token...).
+_SECRET_QUERY_RE = (
+    r"(?i)([?&;][^=&;#\s]*?(?:password|passwd|pwd|pass|secret|token|key|signature|sig|credential)[^=&;#\s]*=)"
+    r"[^&;#\s]*"
+)
 _redaction: tuple[re.Pattern[str], re.Pattern[str]] | None = None
 
 
@@ -288,7 +301,9 @@ def _redaction_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
 
 def _secret_key(key: str) -> bool:
     k = key.lower()
-    return any(s in k for s in ("password", "secret", "token", "credential", "access_key"))
+    return any(
+        s in k for s in ("password", "passwd", "secret", "token", "credential", "access_key", "private_key", "auth")
+    )
 
 
 def redact_url(url: str) -> str:
@@ -309,6 +324,20 @@ def redact_url(url: str) -> str:
 
     out = userinfo.sub(_sub, url)
     return secret_query.sub(r"\1***", out)
+
+
+def _redact_option(key: str, value: Any) -> Any:
+    """An option's value fit for display: ``***`` for a secret key's, URLs redacted, nested
+    mappings and lists redacted the same way."""
+    if _secret_key(key) and value is not None and not isinstance(value, Mapping):
+        return "***"
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_option(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_option(key, v) for v in value)
+    return value
 
 
 # -- plugin option parsing ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ __all__ = [
     "ArgumentTypeError",
     "BackendConnectionError",
     "BackendError",
+    "BrokerAuthenticationError",
     "BrokerConnectionError",
     "BrokerError",
     "ConfigError",
@@ -144,6 +145,15 @@ class BrokerError(MachineryError):
 
 class BrokerConnectionError(BrokerError, ConnectionError):
     """The broker could not be reached or the connection dropped."""
+
+
+class BrokerAuthenticationError(BrokerConnectionError):
+    """The broker refused the credentials (wrong password or user, missing permission).
+
+    Not a transient fault: trying again cannot help until the configuration or the server's
+    users change. A worker says so and tries again only after
+    :attr:`Worker.auth_retry_delay <machinery.worker.Worker.auth_retry_delay>` (60 s).
+    """
 
 
 class PublishError(BrokerError):

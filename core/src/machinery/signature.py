@@ -609,6 +609,29 @@ def _sig_to_wire(sig: Signature, marks: _FloatMarks) -> dict[str, Any]:
     }
 
 
+def _utf8(text: str) -> bytes:
+    """JSON text as UTF-8. A lone surrogate (a Python str can hold one: ``os.fsdecode`` of a bad
+    file name, a ``"\\ud800"`` escape...) is not Unicode; it is written ``\\ufffd``, as Go's
+    encoder writes what is not valid UTF-8, never an error (surrogates only occur inside
+    JSON strings, where the escape is valid)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _surrogates().sub("\\\\ufffd", text).encode("utf-8")
+
+
+_surrogate_re: re.Pattern[str] | None = None
+
+
+def _surrogates() -> re.Pattern[str]:
+    global _surrogate_re
+    if _surrogate_re is None:
+        import re
+
+        _surrogate_re = re.compile("[\ud800-\udfff]")
+    return _surrogate_re
+
+
 def _finish(obj: Any, marks: _FloatMarks) -> bytes:
     try:
         text = _dumps(obj)
@@ -616,7 +639,7 @@ def _finish(obj: Any, marks: _FloatMarks) -> bytes:
         raise ArgumentTypeError("json", obj, f"not JSON-encodable: {exc}") from None
     if marks.texts:
         text = marks.apply(text)
-    return _go_escape(text).encode("utf-8")
+    return _utf8(_go_escape(text))
 
 
 def encode_signature(sig: Signature) -> bytes:
@@ -859,15 +882,60 @@ def _sig_from_wire(d: Any, path: str = "") -> Signature:
     return sig
 
 
-def _loads(raw: bytes | str) -> Any:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    f = float(text)
+    if math.isinf(f):
+        raise ValueError(f"number {text} out of the float64 range")
+    return f
+
+
+def _first_decode(text: str) -> Any:
+    # The decoder is made on the first decode rather than at import (as the encoder).
+    global _decode
     import json
 
+    # Go's JSON has no NaN or Infinity and refuses numbers beyond float64: Python's json module
+    # would accept them, and give a message that cannot be encoded again.
+    _decode = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite).decode
+    return _decode(text)
+
+
+_decode: Callable[[str], Any] = _first_decode
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _surrogates().sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
+def _loads(raw: bytes | str) -> Any:
+    """Parse JSON as Go's ``encoding/json`` reads it.
+
+    The text must be UTF-8. A ``\\uXXXX`` escape of a lone surrogate (half of a UTF-16 pair,
+    not a character) is read as U+FFFD, as Go does, so that no decoded string holds one: it
+    could not be encoded again, and a message holding it would be stuck in every path that
+    rewrites or stores it.
+    """
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        data = _decode(text)
+        if "\\ud" in text or "\\uD" in text:  # rare: walk only then (valid pairs too)
+            data = _without_surrogates(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(raw, f"not valid JSON: {exc}") from None
     except RecursionError:
         raise DecodeError(raw, "not valid JSON: nested too deeply") from None
+    return data
 
 
 def decode_signature(raw: bytes | str | Mapping[str, Any]) -> Signature:
@@ -1008,7 +1076,7 @@ def encode_group_meta(meta: GroupMeta) -> bytes:
         "CreatedAt": format_time(meta.created_at),
         "TTL": meta.ttl,
     }
-    return _go_escape(_dumps(obj)).encode("utf-8")
+    return _utf8(_go_escape(_dumps(obj)))
 
 
 _GROUP_FIELDS = ("GroupUUID", "TaskUUIDs", "ChordTriggered", "Lock", "CreatedAt", "TTL")

@@ -27,6 +27,7 @@ from machinery.config import redact_url
 from machinery.errors import (
     ArgumentTypeError,
     BackendError,
+    BrokerAuthenticationError,
     DecodeError,
     MachineryError,
     RetryTaskLater,
@@ -56,6 +57,8 @@ DEFAULT_CONCURRENCY = 8
 UNREGISTERED_REQUEUE_DELAY = 5.0
 #: Delay before a delivery whose state could not be stored is offered again.
 BACKEND_ERROR_REQUEUE_DELAY = 2.0
+#: Delay before a worker whose broker refused its credentials tries again (not a transient fault).
+AUTH_RETRY_DELAY = 60.0
 #: Longest backend error message stored in the FAILURE that replaces an unstorable state.
 MAX_STORED_BACKEND_ERROR = 1000
 _ETA_TOLERANCE = 0.002
@@ -142,6 +145,8 @@ class Worker:
         self.unregistered_requeue_delay = UNREGISTERED_REQUEUE_DELAY
         #: Seconds before a delivery whose state could not be stored is offered again.
         self.backend_error_requeue_delay = BACKEND_ERROR_REQUEUE_DELAY
+        #: Seconds before trying again when the broker refused the credentials.
+        self.auth_retry_delay = AUTH_RETRY_DELAY
         hooks = server.plugins
         obs = hooks.has_task_observers()
         self._hooks = hooks
@@ -391,9 +396,21 @@ class Worker:
                     close = getattr(it, "close", None)
                     if close is not None:
                         close()
+            except BrokerAuthenticationError as exc:
+                # Not transient: one ERROR line per attempt, and a long wait between attempts.
+                self._report(exc)
+                log.error(
+                    "broker %s refused the credentials: %s; this is not a transient fault: fix the "
+                    "user or password (in the URL or the server); trying again in %.0fs",
+                    redact_url(self.server.broker_url),
+                    redact_url(str(exc)),
+                    self.auth_retry_delay,
+                )
+                stop.wait(self.auth_retry_delay)
+                backoff = 0.1
             except MachineryError as exc:
                 self._report(exc)
-                log.warning("broker error: %s; reconnecting in %.1fs", exc, backoff)
+                log.warning("broker error: %s; reconnecting in %.1fs", redact_url(str(exc)), backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception as exc:
@@ -443,6 +460,9 @@ class Worker:
         broker = self.server.broker
         try:
             sig = decode_signature(delivery.body)
+            if not sig.uuid:
+                # its state would be stored under the empty key, overwritten by every such message
+                raise DecodeError(delivery.body, "UUID: missing or empty task UUID")
         except DecodeError as exc:
             log.error("dropping malformed message from %r to the dead letters: %s", delivery.queue, exc.reason)
             log.error("malformed message body: %r", delivery.body[:2000])
@@ -490,9 +510,11 @@ class Worker:
                 except Exception:
                     log.exception("could not give the message back; the broker will redeliver it")
             elif keep:
-                broker.nack(delivery, requeue=False)
+                self._settle_call(
+                    sig, "dropped (kept for the dead letters)", lambda: broker.nack(delivery, requeue=False)
+                )
             else:
-                broker.ack(delivery)
+                self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
 
         try:
             keep = self._process(sig, task, settle)
@@ -507,6 +529,29 @@ class Worker:
             return
         if keep is not None:
             settle(keep, None)
+
+    def _settle_call(self, sig: Signature, what: str, call: Callable[[], Any]) -> None:
+        """Acknowledge or reject a message whose final state is stored. If the broker refuses
+        (a full disk, a lost connection), that is said in one line, with what happens next:
+        the message comes back and the task runs again (at-least-once), nothing is lost."""
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - any broker failure here has the same outcome
+            self._report(exc)
+            broker = self.server.broker
+            if broker.redelivers_unacked:
+                after = float(getattr(broker, "lease", broker.redelivery_timeout))
+                then = f"the broker delivers it again within about {after:g}s and the task runs again"
+            else:
+                then = "the broker may deliver it again, and the task then runs again"
+            log.error(
+                "task %s (%s): its final state is stored, but the message could not be %s (%s); %s",
+                sig.name,
+                sig.uuid,
+                what,
+                redact_url(str(exc)),
+                then,
+            )
 
     def _settle_permanent(self, sig: Signature, delivery: Delivery, error: BaseException) -> None:
         """Settle a delivery whose state the backend refused for good (a result bigger than the
@@ -552,7 +597,7 @@ class Worker:
         self._count(True)
         if self._obs_failed:
             self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=message, exc=error))
-        broker.ack(delivery)
+        self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
 
     def _settle_permanent_in_background(self, sig: Signature, delivery: Delivery, error: BaseException) -> None:
         def run() -> None:

@@ -20,7 +20,7 @@ from conftest import amqp_url, delete_queues, queue_depth, raw_channel, ready_co
 
 from machinery import Server
 from machinery.config import Config
-from machinery.errors import BrokerConnectionError, ConfigError
+from machinery.errors import BrokerAuthenticationError, BrokerConnectionError, ConfigError
 from machinery.interfaces import Delivery
 from machinery.signature import Signature, encode_signature, new_uuid, results_for
 from machinery.worker import Worker
@@ -133,6 +133,31 @@ def test_credentials_not_in_errors() -> None:
         _publish(b, Signature("add"))
     assert "s3cret" not in str(info.value) and "s3cret" not in repr(b)
     b.close()
+
+
+def test_refused_credentials_are_not_retried_as_transient(caplog: pytest.LogCaptureFixture) -> None:
+    # issue 17, D3: a worker with a wrong password says once, at ERROR, without a traceback, that
+    # the credentials were refused and that this is not transient, then waits long (60 s)
+    import logging
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(amqp_url())
+    host = parts.hostname or "127.0.0.1"
+    wrong = urlunsplit(parts._replace(netloc=f"{parts.username or 'guest'}:Wr0ngPw@{host}:{parts.port or 5672}"))
+    caplog.set_level(logging.INFO, logger="machinery")
+    srv = Server(Config(broker=wrong, result_backend="memory://amqp-auth", lock="memory://amqp-auth"))
+    worker = srv.new_worker("auth", 1)
+    worker.launch_in_background()
+    time.sleep(3)
+    worker.quit(timeout=10)
+    srv.close()
+    records = [r for r in caplog.records if r.name.startswith("machinery")]
+    assert all(r.exc_info is None and "Wr0ngPw" not in r.getMessage() for r in records)
+    refused = [r for r in records if "refused the credentials" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in records]
+    assert refused[0].levelno == logging.ERROR and "not a transient fault" in refused[0].getMessage()
+    with pytest.raises(BrokerAuthenticationError):
+        _publish(AMQPBroker(wrong, Config(default_queue="q")), Signature("add"))
 
 
 # -- Go compatibility ---------------------------------------------------------------------------

@@ -453,7 +453,7 @@ def test_worker_survives_a_redis_restart(private_redis: Any, caplog: pytest.LogC
         worker.quit()
         srv.close()
     messages = [r.getMessage() for r in caplog.records if r.name == "machinery.redis"]
-    assert any("reconnecting with back-off" in m for m in messages)
+    assert any("cannot reach" in m and "retrying in" in m for m in messages)  # one line per back-off step
     assert any("restored" in m for m in messages)
 
 
@@ -650,6 +650,18 @@ def test_options_dataclass_defaults_match_go() -> None:
     )
     assert opts.delayed_tasks_key == "delayed_tasks"
     assert opts.block_timeout == 1.0
+
+
+def test_reprs_never_show_a_password() -> None:
+    # issue 17, D2: the options (logged by whoever prints them) and the parsed target hide secrets
+    secret = "S3cr3t"
+    url = f"redis://:{secret}@localhost:6379/0?sentinel_password={secret}&master_name=m"
+    target = parse_url(url)
+    opts = load_options(target, Config(broker=url))
+    assert opts.sentinel_password == secret
+    cfg = Config(broker=url, transport_options={"redis": {"sentinel_password": secret}})
+    for shown in (repr(opts), repr(target), repr(cfg)):
+        assert secret not in shown, shown
 
 
 # -- cluster ----------------------------------------------------------------------------------------
@@ -939,3 +951,60 @@ def test_a_forked_child_uses_connections_of_its_own(url: str, queue: str, raw: r
         worker.quit()
         srv.close()
         raw.delete(queue)
+
+
+# -- a worker that cannot connect at start (issue 17, D3) --------------------------------------
+
+
+def _run_worker_for(url: str, seconds: float, caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    caplog.set_level(logging.INFO, logger="machinery")
+    srv = Server(Config(broker=url, result_backend="memory://d3", lock="memory://d3", no_unix_signals=True))
+    worker = srv.new_worker("d3", 2)
+    worker.launch_in_background()
+    time.sleep(seconds)
+    t0 = time.monotonic()
+    worker.quit(timeout=10)
+    assert time.monotonic() - t0 < 5, "the worker did not stop promptly while backing off"
+    return [r for r in caplog.records if r.name.startswith("machinery")]
+
+
+def _assert_quiet(records: list[logging.LogRecord], secret: str) -> None:
+    for r in records:
+        text = r.getMessage()
+        assert r.exc_info is None, f"a traceback was logged: {text}"
+        assert "unexpected error" not in text, text
+        assert secret not in text, text
+
+
+def test_server_down_at_start_is_one_clear_line_per_back_off_step(caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import free_port
+
+    secret = "S3cr3t"
+    port = free_port()
+    records = _run_worker_for(f"redis://:{secret}@127.0.0.1:{port}/0", 4.0, caplog)
+    _assert_quiet(records, secret)
+    steps = [r for r in records if r.levelno == logging.WARNING and "cannot reach" in r.getMessage()]
+    assert 3 <= len(steps) <= 8, [r.getMessage() for r in records]
+    for r in steps:
+        text = r.getMessage()
+        assert f"redis://:***@127.0.0.1:{port}/0" in text and "Connection refused" in text and "retrying in" in text
+    assert len(records) <= 15, "\n".join(r.getMessage() for r in records)
+
+
+@pytest.mark.parametrize("password", ["wrong", ""])
+def test_refused_credentials_are_said_once_and_not_retried_quickly(
+    private_redis: Any, caplog: pytest.LogCaptureFixture, password: str
+) -> None:
+    private_redis.client().config_set("requirepass", "right-one")
+    url = f"redis://:{password}@127.0.0.1:{private_redis.port}/0" if password else private_redis.url
+    records = _run_worker_for(url, 3.0, caplog)
+    _assert_quiet(records, "right-one")
+    if password:
+        _assert_quiet(records, password)
+    refused = [r for r in records if "refused the credentials" in r.getMessage()]
+    assert len(refused) == 1, "\n".join(r.getMessage() for r in records)
+    text = refused[0].getMessage()
+    assert refused[0].levelno == logging.ERROR
+    assert "not a transient fault" in text and f"127.0.0.1:{private_redis.port}" in text
+    assert "trying again in 60s" in text
+    assert not [r for r in records if "cannot reach" in r.getMessage()], "an auth error was retried as transient"

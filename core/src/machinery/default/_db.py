@@ -23,6 +23,7 @@ Times are Unix timestamps (``time.time()``), so every process on the machine agr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -55,6 +56,8 @@ __all__ = [
     "release_database",
     "parse_url",
 ]
+
+_log = logging.getLogger("machinery.sqlite")
 
 #: Bumped when the tables change incompatibly.
 SCHEMA_VERSION = 1
@@ -214,7 +217,12 @@ def describe_error(exc: sqlite3.Error, busy_timeout: float) -> tuple[str, str]:
     if "readonly" in low or "read-only" in low:
         return "read-only", f"the database is read-only ({msg}); check the file's and directory's permissions"
     if "disk is full" in low or "database or disk is full" in low:
-        return "disk-full", f"the disk (or the database size limit) is full ({msg})"
+        return "disk-full", (
+            f"the disk is full ({msg}): free space on the file system holding the database; work "
+            "resumes by itself as soon as a write fits (the write-ahead log, the -wal file, is then "
+            "checkpointed into the database and truncated). If the disk has room, the database's "
+            "size limit (PRAGMA max_page_count) is reached"
+        )
     if "unable to open" in low:
         return "cannot-open", f"cannot open the file ({msg}); check that the directory exists and is writable"
     if "disk i/o" in low:
@@ -362,6 +370,9 @@ class Database:
         self.message_gen = 0
         self.state_gen = 0
         self._last_sweep = 0.0
+        self._last_relief = 0.0
+        #: A write failed on a full disk: checkpoint the WAL before writes until that succeeds.
+        self._disk_full = False
 
     # -- connections ------------------------------------------------------------------------
 
@@ -372,6 +383,16 @@ class Database:
                 os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 raise sqlite3.OperationalError(f"unable to open database file: cannot create {directory}") from exc
+        if not os.path.exists(self.path):
+            # Task arguments and results are in it: a new file is readable by its owner only
+            # (SQLite gives the -wal and -shm files the database file's mode). An existing
+            # file keeps its mode.
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass  # another process created it first
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"unable to open database file {self.path}: {exc.strerror}") from exc
         conn = sqlite3.connect(
             self.path,
             timeout=self.options.busy_timeout,
@@ -500,6 +521,8 @@ class Database:
                 raise
         broken = False
         try:
+            if self._disk_full:
+                self._relieve_full_disk(c)
             if not begin:
                 yield c
                 return
@@ -512,13 +535,41 @@ class Database:
                     with contextlib.suppress(sqlite3.Error):
                         c.execute("ROLLBACK")
                 raise
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             broken = True
+            if describe_error(exc, 0)[0] == "disk-full":
+                self._disk_full = True
             raise
         finally:
             self._write_lock.release()
             if own:
                 self.checkin(c, broken)
+
+    def _relieve_full_disk(self, conn: sqlite3.Connection) -> None:
+        """While the disk is (or was) full, before a write (the write lock is held): checkpoint
+        the WAL into the database file and truncate it to zero.
+
+        The WAL holds every page version written since the last checkpoint, and SQLite only
+        checkpoints once it holds ``wal_autocheckpoint`` pages (about 4 MB): left alone, space
+        freed on the disk is eaten by the WAL's growth and work resumes only once the freed
+        space covers the whole WAL. A checkpoint needs room only for the live pages in the
+        database file, and the truncated WAL then gives its space back; so it is tried first,
+        before the write, at most twice a second, until it succeeds once."""
+        now = time.monotonic()
+        if now - self._last_relief < 0.5:
+            return
+        self._last_relief = now
+        try:
+            busy, _frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return  # still no room: the write below fails as well, and says what to do
+        if not busy:
+            self._disk_full = False
+            _log.warning(
+                "sqlite database %s: space is back after a full disk; the write-ahead log was checkpointed "
+                "and truncated",
+                self.path,
+            )
 
     def close(self) -> None:
         """Close every idle connection (connections in use are closed when given back)."""

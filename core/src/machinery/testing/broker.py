@@ -592,6 +592,78 @@ class BrokerConformance(SuiteBase):
         first.stop()
         self.count(broker_oracle, machinery_queue, 0)
 
+    def test_lone_surrogates_neither_stick_nor_loop(
+        self,
+        broker: Broker,
+        machinery_server: Server,
+        machinery_worker: Callable[..., WorkerHandle],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A message whose JSON holds lone surrogate escapes (``"\\ud800"``, not Unicode) is read
+        as Go reads it, with U+FFFD in their place: an unknown task of that name is requeued (it
+        does not stay taken for ever), and a worker that knows the name runs it and stores the
+        result under the UUID as read."""
+        monkeypatch.setattr("machinery.worker.UNREGISTERED_REQUEUE_DELAY", 0.3)
+        caplog.set_level(logging.WARNING, logger="machinery.worker")
+        tag = uuid.uuid4().hex[:8]
+        # no RoutingKey: brokers that route by it rewrite the message when they requeue it
+        raw = (
+            f'{{"UUID":"task_{tag}\\udc00","Name":"mt_lone_{tag}\\ud800",'
+            '"Args":[{"Type":"string","Value":"a\\ud800"}]}'
+        ).encode()
+        route = Signature("add")
+        broker.adjust_routing_key(route)
+        broker.publish(raw, route)
+        task_uuid = f"task_{tag}\ufffd"
+
+        def refusals() -> int:
+            return sum(1 for r in caplog.records if task_uuid in r.getMessage() and "not registered" in r.getMessage())
+
+        first = machinery_worker(in_process=True)
+        wait_until(lambda: refusals() >= 2, self.delivery_timeout + 5, what="the unknown task to be requeued twice")
+        first.stop()
+
+        def echo_one(s: str) -> str:
+            return s + "!"
+
+        machinery_worker(in_process=True, tasks={f"mt_lone_{tag}\ufffd": echo_one})
+        result = machinery_server.async_result(task_uuid)
+        assert result.get(timeout=self.delivery_timeout) == "a\ufffd!"
+
+    def test_empty_uuid_is_dead_lettered_with_a_reason(
+        self,
+        broker: Broker,
+        machinery_server: Server,
+        machinery_worker: Callable[..., WorkerHandle],
+        machinery_queue: str,
+        broker_oracle: BrokerOracle,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A message with an empty ``UUID`` is not run (its result would be stored under the empty
+        key, overwritten by every such message): it is dropped to the dead letters, the reason
+        logged at ERROR; the next task runs."""
+        runs = tmp_path / "runs.txt"
+        before = machinery_server.get_state("")  # a shared server may hold one from elsewhere
+        raw = encode_signature(Signature("record_run", args=args_of([str(runs)]), uuid=""))
+        assert b'"UUID":""' in raw
+        route = Signature("record_run")
+        broker.adjust_routing_key(route)
+        broker.publish(raw, route)
+        caplog.set_level(logging.ERROR, logger="machinery")
+        machinery_worker(in_process=True)
+        result = machinery_server.send_task(Signature("add", args=args_of([1, 2])))
+        assert result.get(timeout=self.delivery_timeout) == 3, "the consumer did not survive"
+        wait_until(
+            lambda: any("UUID" in r.getMessage() and "dead letters" in r.getMessage() for r in caplog.records),
+            self.delivery_timeout,
+            what="the worker to dead-letter the message without a UUID",
+        )
+        assert not runs.exists(), "a task without a UUID ran"
+        assert machinery_server.get_state("") == before, "a state was stored under the empty UUID"
+        self.count(broker_oracle, machinery_queue, 0)
+
     @pytest.mark.slow
     @pytest.mark.machinery_subprocess
     def test_redelivered_after_worker_killed(

@@ -27,7 +27,7 @@ import pika
 import pika.exceptions as pex
 
 from machinery.config import redact_url
-from machinery.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from machinery.errors import BrokerAuthenticationError, BrokerConnectionError, BrokerError, DecodeError, PublishError
 from machinery.interfaces import Broker, Delivery
 from machinery.signature import Signature, decode_signature
 
@@ -92,9 +92,9 @@ class _Declarer:
                     if exc.reply_code == 404:
                         raise LookupError(exc.reply_text) from None
                     raise BrokerError(f"RabbitMQ refused to {what}: {exc.reply_text}") from exc
-                except pex.ProbableAuthenticationError as exc:
-                    raise BrokerConnectionError(
-                        f"RabbitMQ at {describe(self._b._params)} refused the credentials"
+                except (pex.ProbableAuthenticationError, pex.ProbableAccessDeniedError) as exc:
+                    raise BrokerAuthenticationError(
+                        f"RabbitMQ at {describe(self._b._params)} refused the credentials: {exc!r}"
                     ) from exc
                 except CONNECTION_ERRORS as exc:
                     self._conn = None
@@ -164,8 +164,8 @@ class _Consumer:
                     self.fatal = BrokerError(f"RabbitMQ refused to consume queue {self.queue!r}: {exc.reply_text}")
                     return
                 except (pex.ProbableAuthenticationError, pex.ProbableAccessDeniedError) as exc:
-                    self.fatal = BrokerConnectionError(
-                        f"RabbitMQ at {describe(self.b._params)} refused the connection: {exc!r}"
+                    self.fatal = BrokerAuthenticationError(
+                        f"RabbitMQ at {describe(self.b._params)} refused the credentials: {exc!r}"
                     )
                     return
                 except (*CONNECTION_ERRORS, pex.ChannelClosed) as exc:

@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import redis
 
 from machinery.config import redact_url
-from machinery.errors import BackendError, BrokerConnectionError, BrokerError, DecodeError, PublishError
+from machinery.errors import (
+    BackendError,
+    BrokerAuthenticationError,
+    BrokerConnectionError,
+    BrokerError,
+    DecodeError,
+    PublishError,
+)
 from machinery.interfaces import Backend, Broker, Delivery
 from machinery.signature import Signature, decode_signature, encode_signature
 from machinery_redis.batch import CommandBatcher, round_trip
@@ -374,23 +381,28 @@ class RedisBroker(Broker):
         blocking = build_client(self.target, self.options, retries=0)
         block = self.options.block_timeout
         take = self._script("take", _TAKE)
-        # One connection of its own, written to directly (no pool hand-out per call); a
+        # One connection of its own, written to directly (no pool hand-out per call), opened in
+        # the loop below so that a server down at start is retried like one lost later; a
         # cluster client routes each command to its node instead.
-        conn = None if is_cluster(blocking) else blocking.connection_pool.get_connection()
+        cluster = is_cluster(blocking)
+        conn = None
         batch = max(1, prefetch)
         ready: deque[bytes] = deque()  # taken into the processing list, not yielded yet
         recover, failing, backoff = True, False, 0.1
+        registered = False  # False until the consumer has once been registered on the server
         try:
             while not stop.is_set() and not self._closing.is_set():
                 if ready:
                     yield Delivery(body=ready.popleft(), queue=queue, tag=consumer)
                     continue
                 try:
+                    if conn is None and not cluster:
+                        conn = blocking.connection_pool.get_connection()
                     if recover:
                         self._recover(consumer)
-                        recover = False
+                        recover, registered = False, True
                     # Up to ``prefetch`` at once; block only when the queue is empty.
-                    if conn is None:
+                    if cluster:
                         bodies = take(keys=[queue, consumer.processing], args=[batch], client=blocking)
                         if not bodies:
                             body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
@@ -400,16 +412,24 @@ class RedisBroker(Broker):
                         if not bodies:
                             body = _call(conn, "BLMOVE", queue, consumer.processing, "LEFT", "RIGHT", block)
                             bodies = [] if body is None else [body]
+                except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+                    # Not transient: the worker says so and waits long before trying again.
+                    raise BrokerAuthenticationError(
+                        f"redis consumer of {queue!r}: {redact_url(self.url)} refused the credentials "
+                        f"({type(exc).__name__}: {redact_url(str(exc))})"
+                    ) from None
                 except redis.RedisError as exc:
                     recover = True
-                    if not failing:
-                        log.warning(
-                            "redis consumer of %r: %s (%s); reconnecting with back-off",
-                            queue,
-                            type(exc).__name__,
-                            redact_url(str(exc)),
-                        )
                     failing = True
+                    # One line per back-off step (at most one every 5 s), no traceback.
+                    log.warning(
+                        "redis consumer of %r: cannot reach %s (%s: %s); retrying in %.1fs",
+                        queue,
+                        redact_url(self.url),
+                        type(exc).__name__,
+                        redact_url(str(exc)),
+                        backoff,
+                    )
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -430,8 +450,11 @@ class RedisBroker(Broker):
             with consumer.lock:
                 consumer.active = False
                 idle = not consumer.inflight
-            if idle and not self._closed:
+            if idle and not self._closed and registered:
                 self._leave(consumer)
+            elif idle:  # never registered (server down, credentials refused): nothing to undo there
+                with self._lock:
+                    self._consumers.pop(consumer.cid, None)
             if conn is not None:
                 conn.disconnect()
             blocking.close()

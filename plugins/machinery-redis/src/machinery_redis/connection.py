@@ -123,7 +123,7 @@ class RedisOptions:
     delayed_tasks_key: str = "delayed_tasks"
     client_name: str = ""
     master_name: str = ""
-    sentinel_password: str = ""
+    sentinel_password: str = field(default="", repr=False)
     cluster_enabled: bool = False
     visibility_timeout: float = 15.0
     retries: int = 3
@@ -201,7 +201,7 @@ class RedisTarget:
     db: int = 0
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
-    query: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold sentinel_password
 
     @property
     def tls(self) -> bool:
