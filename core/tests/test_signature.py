@@ -167,6 +167,8 @@ def test_bytes_travel_as_base64() -> None:
         ([1, 2], "[]int64"),
         (["a"], "[]string"),
         ([1, 2.5], "[]float64"),
+        ([0, 2**64 - 1], "[]uint64"),  # Go reads it back (an echo of a []uint64 arg)
+        ([-1, 2**64 - 1], "[]interface {}"),
         ([1, "a"], "[]interface {}"),
         ([1, None], "[]interface {}"),
         ([], "[]interface {}"),

@@ -211,7 +211,7 @@ def infer_type(value: Any) -> str:
 
     ``int`` → ``int64`` (``uint64`` above the int64 range), ``float`` → ``float64``,
     ``str`` → ``string``, ``bool`` → ``bool``, ``bytes`` → ``[]byte``, a homogeneous list →
-    ``[]T``, a ``dict`` → ``map[string]interface {}``, other lists → ``[]interface {}``.
+    ``[]T`` (non-negative ints beyond int64 make ``[]uint64``), a ``dict`` → ``map[string]interface {}``, other lists → ``[]interface {}``.
 
     :raises ArgumentTypeError: for values JSON cannot carry.
     """
@@ -240,6 +240,8 @@ def infer_type(value: Any) -> str:
             (kind,) = kinds
             if not kind.startswith("[]") and kind in _SCALARS:
                 return "[]" + kind
+        if kinds == {"int64", "uint64"} and all(v >= 0 for v in value):
+            return "[]uint64"  # e.g. [0, 2**64 - 1]: Go reads it back as []uint64
         if kinds <= {"int64", "float64"}:
             return "[]float64"
         return "[]interface {}"
