@@ -19,6 +19,7 @@ without it (a Go producer), completion is Go's message count and the order is co
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from machinery.config import redact_url
 from machinery.errors import BackendConnectionError, BackendError, DecodeError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
-from machinery.state import State
+from machinery.state import ZERO_TIME, State
 
 from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
 
@@ -52,6 +53,15 @@ T = TypeVar("T")
 _PROPS = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 # A second reader may hold the state message for one round trip; look again before saying "none".
 _EMPTY_RETRIES = (0.002, 0.01)
+
+
+def _go_body(state: TaskState) -> bytes:
+    """The state as Go's AMQP backend writes it: only PENDING carries ``TaskName`` and
+    ``CreatedAt`` (Go's ``NewReceivedTaskState``... set UUID and state only, and its AMQP
+    backend, unlike Redis, copies nothing from the stored record)."""
+    if state.state != State.PENDING.value and (state.task_name or state.created_at != ZERO_TIME):
+        state = dataclasses.replace(state, task_name="", created_at=ZERO_TIME)
+    return encode_task_state(state)
 
 
 class _Missing(Exception):
@@ -91,6 +101,12 @@ class AMQPBackend(Backend):
         self._lock = threading.Lock()
         self._declared: OrderedDict[str, None] = OrderedDict()
         self._closed = False
+        # Go publishes every state through the configured exchange, routing key = the queue
+        # name, the queue bound with that key. A fanout or headers exchange cannot route by
+        # key (it would copy states into the task queues): those use the default exchange.
+        o = self.options
+        self._exchange = o.exchange if o.exchange and o.exchange_type in ("direct", "topic") else ""
+        self._exchange_ready = False
 
     def __repr__(self) -> str:
         return f"AMQPBackend({redact_url(self.url)!r})"
@@ -119,6 +135,9 @@ class AMQPBackend(Backend):
                 if session is not None:
                     session.ch = None
                     self._release(session)
+                if exc.reply_code == 404 and "exchange" in str(exc.reply_text) and attempt == 1:
+                    self._exchange_ready = False  # deleted under us: declared again on the retry
+                    continue
                 if exc.reply_code == 404:
                     raise _Missing(exc.reply_text) from None
                 raise BackendError(f"RabbitMQ refused to {what}: {exc.reply_text}") from exc
@@ -152,8 +171,14 @@ class AMQPBackend(Backend):
     def _declare(self, ch: BlockingChannel, name: str, *, force: bool = False) -> None:
         if not force and name in self._declared:
             return
-        # Go's declaration: non-durable, auto-delete, message TTL and queue expiry.
+        # Go's declaration (common/amqp.go Connect): the exchange, then the queue non-durable,
+        # auto-delete, with message TTL and queue expiry, bound with its own name.
+        if self._exchange and (force or not self._exchange_ready):
+            ch.exchange_declare(self._exchange, self.options.exchange_type, durable=True, auto_delete=False)
+            self._exchange_ready = True
         ch.queue_declare(name, durable=False, auto_delete=True, arguments=self._args())
+        if self._exchange:
+            ch.queue_bind(name, self._exchange, routing_key=name)
         with self._lock:
             self._declared[name] = None
             if len(self._declared) > 10000:
@@ -162,11 +187,11 @@ class AMQPBackend(Backend):
     def _put(self, ch: BlockingChannel, name: str, body: bytes) -> None:
         self._declare(ch, name)
         try:
-            ch.basic_publish("", name, body, _PROPS, mandatory=True)
+            ch.basic_publish(self._exchange, name, body, _PROPS, mandatory=True)
         except pex.UnroutableError:
             # The queue expired or was deleted since we declared it: declare it and send again.
-            self._declare(ch, name, force=True)
-            ch.basic_publish("", name, body, _PROPS, mandatory=True)
+            self._declare(ch, name, force=True)  # (and the exchange, in case it was deleted)
+            ch.basic_publish(self._exchange, name, body, _PROPS, mandatory=True)
 
     @staticmethod
     def _newest(ch: BlockingChannel, name: str) -> bytes | None:
@@ -201,7 +226,7 @@ class AMQPBackend(Backend):
 
     def _store_state(self, state: TaskState) -> None:
         """Publish the state into the task's queue (Go's ``updateState``)."""
-        body = encode_task_state(state)
+        body = _go_body(state)
         self._run(lambda ch: self._put(ch, state.task_uuid, body), f"store the state of {state.task_uuid}")
 
     def _store_states(self, states: Sequence[TaskState]) -> None:
@@ -209,7 +234,7 @@ class AMQPBackend(Backend):
 
         def go(ch: BlockingChannel) -> None:
             for st in states:
-                self._put(ch, st.task_uuid, encode_task_state(st))
+                self._put(ch, st.task_uuid, _go_body(st))
 
         if states:
             self._run(go, "store task states")
@@ -330,7 +355,7 @@ class AMQPBackend(Backend):
     def _mark_completed(self, signature: Signature, state: TaskState) -> None:
         if not signature.group_uuid or not signature.group_task_count:
             return
-        body = encode_task_state(state)
+        body = _go_body(state)
         self._run(lambda ch: self._put(ch, signature.group_uuid, body), f"mark {signature.uuid} completed")
 
     def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
