@@ -106,6 +106,11 @@ class TestSQSFaults(FaultConformance):
     #: moto serves ~100 requests/s on this machine: fewer, slower tasks keep the run short.
     sigkill_tasks: ClassVar[int] = 300
     oracle_interval: ClassVar[float] = 1.0
+    #: moto handles 15-20 messages a second here (each one a receive and a delete over HTTP to a
+    #: Python server on the same 2 cores, shared with the other tests): 10,000 bodies would take
+    #: ten minutes, so SQS gets 1,200 (every family of the generator 100 times).
+    fuzz_bodies: ClassVar[int] = 1_200
+    fuzz_timeout: ClassVar[float] = 150.0
 
     @pytest.fixture
     def broker_url(self, url: str) -> str:
