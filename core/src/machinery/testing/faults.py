@@ -937,7 +937,8 @@ class FaultConformance(SuiteBase):
         if unexpected:
             problems.append(
                 f"{len(unexpected)} messages handled by accident, not on purpose (an escaped exception, or a "
-                "redelivery although the backend is healthy), e.g.:\n    "
+                "redelivery although the backend is healthy; "
+                f"{sum(1 for line in unexpected if 'surrogate' in line)} of them name a lone surrogate), e.g.:\n    "
                 + "\n    ".join(line[:300] for line in unexpected[:4])
             )
         if not served:
