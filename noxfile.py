@@ -4,11 +4,9 @@
     nox -s "tests(plugin='redis')"        # one plugin against its real server
     nox -t plugins                        # every plugin
     nox -s e2e                            # cross-plugin and end-to-end tests (tests/)
-<<<<<<< HEAD
     nox -s docs                           # the documentation site, every example in it run
-=======
     nox -s go_interop                     # against the real Go Machinery (builds it with Debian's Go)
->>>>>>> go-interop
+    nox -s faults                         # the fault suite on every broker (docs/reliability.md)
     nox -s bench                          # benchmarks (not part of CI)
 
 The plugin list is derived from the folders in plugins/, never written out. Each session
@@ -108,6 +106,42 @@ def go_interop(session: nox.Session) -> None:
     env = {"MACHINERY_GO_BUILD": os.environ.get("MACHINERY_GO_BUILD", str(build))}
     session.run("bash", "interop/go/build.sh", env=env, external=True)
     session.run(*PYTEST, "interop/tests", *_pytest_args(session), env=env)
+
+
+@nox.session(tags=["faults"])
+def faults(session: nox.Session) -> None:
+    """The fault suite (machinery.testing.faults) on the embedded transport and every broker plugin:
+    SIGKILLed workers under load, broker restarts on private servers, 10,000 malformed messages.
+
+    Each broker's ``faults_<name>.py`` runs in a pytest of its own (its conftest.py would clash
+    with another's). The figures go to build/faults/; the table of docs/reliability.md (and
+    docs/reliability-figures.json) is regenerated from them. ``-- -k fuzz`` passes pytest options.
+    """
+    session.install("-e", "core[testing]")
+    modules = [ROOT / "core" / "tests" / "faults_sqlite.py"]
+    for plugin in PLUGINS:
+        path = ROOT / "plugins" / f"machinery-{plugin}"
+        found = sorted((path / "tests").glob("faults_*.py"))
+        if found:
+            session.install("-e", str(path), *_test_group(path))
+            modules.extend(found)
+    figures = ROOT / "build" / "faults"
+    if figures.exists():
+        for old in figures.glob("*.json"):
+            old.unlink()
+    env = {"MACHINERY_FAULTS_FIGURES": str(figures), "PYTHONUNBUFFERED": "1"}
+    failed = []
+    for module in modules:
+        try:
+            session.run(*PYTEST, "-rfEs", str(module), *_pytest_args(session), env=env)
+        except nox.command.CommandFailed:
+            failed.append(module.name)
+    session.run(
+        "python", "-m", "machinery.testing.faults", "report", str(figures),
+        "--store", "docs/reliability-figures.json", "--write", "docs/reliability.md",
+    )
+    if failed:
+        session.error(f"fault suite failed for: {', '.join(failed)}")
 
 
 @nox.session(tags=["bench"])

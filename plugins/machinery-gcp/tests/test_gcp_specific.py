@@ -209,6 +209,31 @@ def test_missing_topic_and_subscription_are_named(url: str, queue: str) -> None:
         b.close()
 
 
+def test_deleted_topic_and_subscription_are_created_again(url: str, queue: str) -> None:
+    """With create_missing, a topic and subscription deleted after first use (an emulator that
+    restarted, an operator's mistake) are created again on the next publish and consume, rather
+    than failing for ever on what the broker remembered (found by the fault suite's restart)."""
+    b = make_broker(url, queue, create_missing=True)
+    try:
+        publish(b, sig())
+        sub, topic = b.subscription_path(queue), b.topic_path(queue)
+        SubscriberClient().delete_subscription(subscription=sub)
+        PublisherClient().delete_topic(topic=topic)
+        with pytest.raises(PublishError, match="does not exist"):
+            publish(b, sig())  # the first publish after the deletion fails, naming the topic
+        s = sig()
+        publish(b, s)  # the next one creates topic and subscription again
+        stop = threading.Event()
+        got = []
+        for d in b.consume(queue, prefetch=1, stop=stop):
+            got.append(decode_signature(d.body).uuid)
+            b.ack(d)
+            stop.set()
+        assert got == [s.uuid]
+    finally:
+        b.close()
+
+
 def test_subscription_of_another_topic_is_refused(url: str, queue: str) -> None:
     first = make_broker(url, queue)
     first.ensure_queue()

@@ -186,6 +186,17 @@ def test_body_is_go_json_without_attributes(broker: SQSBroker, queue: str) -> No
     assert not m.get("MessageAttributes")
 
 
+def test_body_that_is_not_utf8_is_a_publish_error(broker: SQSBroker, queue: str) -> None:
+    """SQS bodies are text: bytes that are not UTF-8 get a PublishError naming the task and why
+    (found by the fault suite's fuzz; it was a raw UnicodeDecodeError), alone or in a batch."""
+    sig = Signature("add", uuid=new_uuid(), routing_key=queue)
+    with pytest.raises(PublishError, match=r"not UTF-8") as info:
+        broker.publish(b"\xab\xcd", sig)
+    assert info.value.task_uuid == sig.uuid and queue in str(info.value)
+    with pytest.raises(PublishError, match=r"not UTF-8"):
+        broker.publish_many([(encode_signature(sig), sig), (b"\xff", sig)])
+
+
 def test_go_url_form_end_to_end(queue: str) -> None:
     b = SQSBroker(GO_SQS, config(queue))
     try:

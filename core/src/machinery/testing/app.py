@@ -36,7 +36,7 @@ from machinery.schedule import TICK_HEADER
 from machinery.server import Server
 from machinery.task import TaskContext
 
-__all__ = ["TASKS", "config_from_env", "config_to_env", "main", "register_tasks"]
+__all__ = ["TASKS", "config_from_env", "config_to_env", "main", "register_tasks", "worker_server"]
 
 log = logging.getLogger("machinery.testing.app")
 
@@ -124,6 +124,25 @@ def block_first_run(path: str, seconds: float) -> int:
     return run
 
 
+def fault_work(path: str, index: int, seconds: float) -> int:
+    """The fault suite's task: append ``S <index> <pid> <time>`` to ``path``, sleep ``seconds``,
+    append ``D <index> <pid> <time>``, return ``index``.
+
+    Each line is one ``O_APPEND`` write, so lines of concurrent processes never interleave and a
+    process killed mid-task leaves an ``S`` line without its ``D`` line: the file counts every
+    execution independently of the broker and the backend.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"S {index} {os.getpid()} {time.time():.6f}\n".encode())
+        if seconds > 0:
+            time.sleep(seconds)
+        os.write(fd, f"D {index} {os.getpid()} {time.time():.6f}\n".encode())
+    finally:
+        os.close(fd)
+    return index
+
+
 #: The standard tasks every conformance worker registers, by name.
 TASKS: Mapping[str, Callable[..., Any]] = {
     "add": add,
@@ -138,6 +157,7 @@ TASKS: Mapping[str, Callable[..., Any]] = {
     "record_run": record_run,
     "record_tick": record_tick,
     "block_first_run": block_first_run,
+    "fault_work": fault_work,
 }
 
 
@@ -184,6 +204,13 @@ def config_from_env(env: Mapping[str, str] | None = None) -> Config:
         results_expire_in=int(env.get("MACHINERY_TEST_EXPIRE") or "600"),
         transport_options=options,
     )
+
+
+def worker_server() -> Server:
+    """A :class:`Server` from the ``MACHINERY_TEST_*`` variables with :data:`TASKS` registered:
+    the app of ``machinery worker --app machinery.testing.app:worker_server`` (the fault suite
+    runs its workers through the real command line)."""
+    return register_tasks(Server(config_from_env()))
 
 
 def run_worker(env: Mapping[str, str] | None = None) -> None:

@@ -348,6 +348,13 @@ class GCPPubSubBroker(Broker):
         self._queues[queue] = info
         return info
 
+    def _forget(self, queue: str) -> None:
+        """Drop what this broker remembers of ``queue``'s topic and subscription, after Pub/Sub said
+        one of them does not exist: the next use checks them again (and, with ``create_missing``,
+        creates them), instead of failing for ever on a cached answer."""
+        self._queues.pop(queue, None)
+        self._published_to.discard(queue)
+
     def _create_topic(self, topic: str) -> None:
         request: dict[str, Any] = {"name": topic}
         if self.options.topic_retention:
@@ -443,6 +450,8 @@ class GCPPubSubBroker(Broker):
                 messages=messages,
             )
         except (BrokerError, ConfigError) as exc:
+            if isinstance(exc, GCPPubSubError) and exc.code == "NOT_FOUND":
+                self._forget(queue)
             raise PublishError(f"{len(messages)} message(s) not published: {exc}", uuids[0]) from exc
 
     # -- consuming --------------------------------------------------------------------------------
@@ -493,6 +502,8 @@ class GCPPubSubBroker(Broker):
                     backoff = min(backoff * 2, 10.0)
                     continue
                 except gexc.GoogleAPICallError as exc:
+                    if isinstance(exc, gexc.NotFound):
+                        self._forget(queue)  # deleted (or an emulator restarted): check again next time
                     raise _translate(exc, "pull from subscription", info.subscription) from exc
                 backoff = 0.1
                 received = list(resp.received_messages)

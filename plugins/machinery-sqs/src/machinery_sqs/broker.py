@@ -284,7 +284,15 @@ class SQSBroker(Broker):
     # -- publishing -------------------------------------------------------------------------------
 
     def _message(self, body: bytes, signature: Signature, queue: str) -> dict[str, Any]:
-        msg: dict[str, Any] = {"MessageBody": body.decode("utf-8")}
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PublishError(
+                f"cannot send task {signature.uuid} to SQS queue {queue!r}: SQS message bodies are text, "
+                f"and this body is not UTF-8 ({exc.reason} at byte {exc.start})",
+                signature.uuid,
+            ) from None
+        msg: dict[str, Any] = {"MessageBody": text}
         if queue.endswith(".fifo"):
             if not signature.broker_message_group_id:
                 raise PublishError(
