@@ -31,6 +31,13 @@ def test_chords_fire_once(
     fleet_kind: str,
 ) -> None:
     """The go+go baseline shows Go Machinery itself passes this test on the same transport."""
+    if fleet_kind == "go+py" and combo.endswith("-amqp"):
+        pytest.skip(
+            "chords with a Go and a Python worker on one AMQP result backend: Go's AMQP backend "
+            "consumes the group queue when it fires and its TriggerChord is a non-atomic existence "
+            "check, so a Go worker can take completions a Python worker is counting (README, Go "
+            "compatibility: remaining differences)"
+        )
     env, fleet = fleet_factory(combo, "fleet")
     fleet.go_worker(concurrency=4)
     if fleet_kind == "go+py":
