@@ -445,7 +445,9 @@ def changelog_page() -> str:
 
 
 def _escape_md(text: str) -> str:
-    return text.replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*").replace("_", "\\_")
+    for ch in "\\`*_[]":  # backslash first; brackets would read as reference links
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 RELIABILITY_PLACEHOLDER = """# Reliability
