@@ -329,8 +329,28 @@ class AMQPBackend(Backend):
         no record) the completion messages of Go's group queue, in completion order as Go's
         ``GroupTaskStates`` returns them (not consumed here)."""
         if self._load_group(group_uuid) is not None:
-            return super().group_task_states(group_uuid, group_task_count)
-        return self._completions(group_uuid)
+            states = super().group_task_states(group_uuid, group_task_count)
+        else:
+            states = self._completions(group_uuid)
+        if states:
+            self._purge_group_queues(group_uuid)
+        return states
+
+    def _purge_group_queues(self, group_uuid: str) -> None:
+        """Go's worker purges a completed group on the AMQP backend (``PurgeGroupMeta``): the
+        group queue goes (and ``<group>_meta``); the trigger marker stays until it expires, so
+        neither a Go nor a Python worker can fire the chord again."""
+
+        def go(ch: BlockingChannel) -> None:
+            for name in (group_uuid, _meta_queue(group_uuid)):
+                ch.queue_delete(name)
+                with self._lock:
+                    self._declared.pop(name, None)
+
+        try:
+            self._run(go, f"purge group {group_uuid}")
+        except (BackendError, _Missing) as exc:  # left to expire (x-expires)
+            log.warning("could not delete the queues of group %s: %s", group_uuid, exc)
 
     def _delete(self, uuid: str) -> None:
         """Delete the task's or group's queues (state, completions, metadata, chord queues)."""
