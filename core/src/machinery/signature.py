@@ -211,7 +211,8 @@ def infer_type(value: Any) -> str:
 
     ``int`` → ``int64`` (``uint64`` above the int64 range), ``float`` → ``float64``,
     ``str`` → ``string``, ``bool`` → ``bool``, ``bytes`` → ``[]byte``, a homogeneous list →
-    ``[]T`` (non-negative ints beyond int64 make ``[]uint64``), a ``dict`` → ``map[string]interface {}``, other lists → ``[]interface {}``.
+    ``[]T`` (non-negative ints beyond int64 make ``[]uint64``), a ``dict`` →
+    ``map[string]interface {}``, other lists → ``[]interface {}``.
 
     :raises ArgumentTypeError: for values JSON cannot carry.
     """
