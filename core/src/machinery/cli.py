@@ -8,6 +8,8 @@
     machinery inspect pending|delayed|workers [--queue Q] [--json]
     machinery ping [--queue Q] [--timeout S]
     machinery purge [--queue Q]
+    machinery watch UUID... [--timeout S] [--plain]
+    machinery dead list|show|replay|purge [ID ...] [-Q Q] [--json] [--new-uuid] [--yes]
     machinery plugins
     machinery beat --app MODULE[:ATTR]
     machinery demo
@@ -422,6 +424,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state is None:
         raise CLIError(f"no state stored for {args.uuid} (unknown, expired or purged)", EXIT_FAILED)
     print(encode_task_state(state).decode("utf-8"))
+    if state.progress is not None:  # also in the JSON's "Progress" key; this line is for people
+        print(f"progress: {state.progress.describe()}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -568,6 +572,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "schemes": i.schemes,
                 "hooks": i.hooks,
                 "error": i.error,
+                "dead_letters": _dead_letter_schemes(host, i.schemes.get("broker", [])),
             }
             for i in infos
         ]
@@ -581,12 +586,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    schemes  {schemes}")
         if info.hooks:
             print(f"    hooks    {', '.join(info.hooks)}")
+        dead = _dead_letter_schemes(host, info.schemes.get("broker", []))
+        if dead:
+            print(f"    dead letters  {', '.join(dead)}  (machinery dead)")
         if info.error:
             print(f"    error    {info.error}")
     for failure in host.failures:
         if not any(i.error and i.name == failure.entry_point for i in infos):
             print(f"{failure.entry_point}  ({failure.distribution})  [FAILED]\n    error    {failure.reason}")
     return EXIT_OK
+
+
+def _dead_letter_schemes(host: Any, schemes: Sequence[str]) -> list[str]:
+    """The broker schemes whose class declares ``supports_dead_letters``."""
+    out = []
+    for scheme in sorted(schemes):
+        try:
+            if host.broker_class(f"{scheme}://").supports_dead_letters:
+                out.append(scheme)
+        except Exception:  # noqa: BLE001, S112 - a class that cannot load is reported elsewhere
+            continue
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -764,6 +784,10 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the demo's database and worker log")
     p.add_argument("--timeout", type=_seconds, default=20.0, help="seconds to wait for every result (default 20)")
     p.set_defaults(func=cmd_demo)
+
+    from machinery.cli_ops import add_commands
+
+    add_commands(command)
     if with_plugins:
         _add_plugin_cli(sub, command)
     return parser

@@ -60,6 +60,7 @@ _CORE_ENV = {
     "MULTIPLE_BROKER_SEPARATOR": "multiple_broker_separator",
     "NO_UNIX_SIGNALS": "no_unix_signals",
     "MACHINERY_TIMEZONE": "timezone",
+    "MACHINERY_EAGER": "eager",
 }
 
 
@@ -78,6 +79,8 @@ class Config:
     :param no_unix_signals: do not install SIGINT/SIGTERM handlers in workers.
     :param timezone: time zone of periodic schedules (IANA name), UTC by default.
     :param transport_options: plugin-owned sections, e.g. ``{"redis": {"max_active": 10}}``.
+    :param eager: run sent tasks at once in the caller (:mod:`machinery.eager`; the broker
+        becomes ``eager://``, and so does the backend unless ``result_backend`` is set).
     """
 
     broker: str = ""
@@ -89,6 +92,7 @@ class Config:
     no_unix_signals: bool = False
     timezone: str = "UTC"
     transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    eager: bool = False
 
     def __post_init__(self) -> None:
         for name in ("broker", "result_backend", "lock", "default_queue", "multiple_broker_separator", "timezone"):
@@ -106,6 +110,10 @@ class Config:
             raise ConfigError("results_expire_in", "must be >= 0 (0 = Go's default 3600), or -1 to keep forever")
         if isinstance(self.no_unix_signals, str):
             object.__setattr__(self, "no_unix_signals", _coerce("no_unix_signals", self.no_unix_signals, bool))
+        if isinstance(self.eager, str):
+            object.__setattr__(self, "eager", _coerce("eager", self.eager, bool))
+        elif type(self.eager) is not bool:
+            raise ConfigError("eager", f"expected true or false, got {self.eager!r}")
         for url_key in ("broker", "result_backend", "lock"):
             url = getattr(self, url_key)
             if url and "://" not in url:
@@ -120,7 +128,10 @@ class Config:
 
     @property
     def broker_url(self) -> str:
-        """The broker URL in effect (the embedded default when none is set)."""
+        """The broker URL in effect (``eager://`` in eager mode, the embedded default when
+        none is set)."""
+        if self.eager:
+            return "eager://"
         return self.broker or default_url()
 
     def section(self, name: str) -> Mapping[str, Any]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from machinery.config import Config
     from machinery.signature import Signature
 
-__all__ = ["Backend", "Broker", "Delivery", "Lock"]
+__all__ = ["Backend", "Broker", "DeadLetter", "Delivery", "Lock"]
 
 
 @dataclass(slots=True)
@@ -47,6 +47,25 @@ class Delivery:
     tag: Any = None
     redelivered: bool = False
     attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message a broker keeps in its dead letters (see :attr:`Broker.supports_dead_letters`).
+
+    :param id: the broker's handle for it, stable while it is kept (a row id, a sequence
+        number, a hash of the body...); what ``machinery dead show|replay`` take.
+    :param queue: the queue it was taken from.
+    :param body: the message body, exactly as it was delivered.
+    :param dead_at: when it was dead-lettered, where the broker records it.
+    :param deliveries: how many times it was delivered, where the broker counts.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    dead_at: datetime | None = None
+    deliveries: int | None = None
 
 
 class Broker(ABC):
@@ -74,6 +93,9 @@ class Broker(ABC):
     supports_purge: ClassVar[bool] = True
     #: Config section (YAML mapping) this transport owns, such as ``"redis"``.
     config_section: ClassVar[str | None] = None
+    #: The broker keeps the messages dropped with ``nack(requeue=False)``, and
+    #: :meth:`list_dead_letters` and :meth:`remove_dead_letter` work (``machinery dead``).
+    supports_dead_letters: ClassVar[bool] = False
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
@@ -165,6 +187,22 @@ class Broker(ABC):
     def purge(self, queue: str | None = None) -> int:
         """Delete every waiting message of ``queue``; returns how many were removed if known."""
         raise NotImplementedError(f"{type(self).__name__} cannot purge queues")
+
+    # -- dead letters (declared by :attr:`supports_dead_letters`) --------------------------------
+
+    def list_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """The dead letters of ``queue``, oldest first; with None, those of every queue where
+        the broker can find them all, else of the default queue."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no dead letters")
+
+    def get_dead_letter(self, letter_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One dead letter by :attr:`DeadLetter.id`, or None. The default searches
+        :meth:`list_dead_letters`; brokers override it where they can look one up directly."""
+        return next((d for d in self.list_dead_letters(queue) if d.id == letter_id), None)
+
+    def remove_dead_letter(self, letter: DeadLetter) -> bool:
+        """Delete one dead letter for good. :returns: False when it was already gone."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no dead letters")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""

@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery._hookimpl import hookimpl
-from machinery.interfaces import Backend, Broker, Delivery, Lock
+from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock
 from machinery.signature import Signature, decode_signature
 from machinery.state import GroupMeta, TaskState
 
@@ -40,7 +40,7 @@ class _BrokerStore:
     queues: dict[str, _Queue] = field(default_factory=dict)
     delayed: list[tuple[float, int, str, int, bytes]] = field(default_factory=list)  # (due, seq, queue, prio, body)
     unacked: dict[int, tuple[str, int, bytes]] = field(default_factory=dict)
-    dead: list[bytes] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -91,6 +91,7 @@ class MemoryBroker(Broker):
     supports_priority: ClassVar[bool] = True
     supports_pending_listing: ClassVar[bool] = True
     supports_delayed_listing: ClassVar[bool] = True
+    supports_dead_letters: ClassVar[bool] = True
     redelivers_unacked: ClassVar[bool] = False
 
     def __init__(self, url: str, config: Config) -> None:
@@ -160,7 +161,7 @@ class MemoryBroker(Broker):
             queue, prio, body = entry
             seq = next(s.seq)
             if not requeue:
-                s.dead.append(body)
+                s.dead.append(DeadLetter(str(seq), queue, body, datetime.now(timezone.utc)))
             elif delay > 0:
                 heapq.heappush(s.delayed, (time.time() + delay, seq, queue, prio, body))
             else:
@@ -190,7 +191,21 @@ class MemoryBroker(Broker):
     def dead_letters(self) -> list[bytes]:
         """Messages dropped with ``nack(requeue=False)`` (malformed, unregistered...)."""
         with self._s.cond:
-            return list(self._s.dead)
+            return [d.body for d in self._s.dead]
+
+    def list_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """The dead letters (of every queue when ``queue`` is None), oldest first."""
+        with self._s.cond:
+            return [d for d in self._s.dead if queue is None or d.queue == queue]
+
+    def remove_dead_letter(self, letter: DeadLetter) -> bool:
+        """Forget one dead letter; False when it was already gone."""
+        with self._s.cond:
+            for i, d in enumerate(self._s.dead):
+                if d.id == letter.id:
+                    del self._s.dead[i]
+                    return True
+        return False
 
 
 class MemoryBackend(Backend):
@@ -317,17 +332,20 @@ class MemoryLock(Lock):
 
 @hookimpl
 def machinery_register_brokers(register: Register) -> None:
-    """``memory://`` broker."""
+    """``memory://`` broker, and ``eager://`` (:mod:`machinery.eager`: tasks run when sent)."""
     register("memory", MemoryBroker)
+    register("eager", "machinery.eager:EagerBroker")
 
 
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
-    """``memory://`` backend."""
+    """``memory://`` backend, and ``eager://`` (an in-process one for eager mode)."""
     register("memory", MemoryBackend)
+    register("eager", "machinery.eager:EagerBackend")
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
-    """``memory://`` lock."""
+    """``memory://`` lock, and ``eager://``."""
     register("memory", MemoryLock)
+    register("eager", "machinery.eager:EagerLock")

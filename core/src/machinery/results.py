@@ -18,6 +18,7 @@ from machinery.state import State, TaskResult, TaskState
 
 if TYPE_CHECKING:
     from machinery.interfaces import Backend
+    from machinery.progress import Progress
     from machinery.signature import Signature
 
 __all__ = ["AsyncResult", "ChainAsyncResult", "ChordAsyncResult", "GroupResult"]
@@ -83,6 +84,14 @@ class AsyncResult:
     def failed(self) -> bool:
         """True when the task failed for good."""
         return self.get_state().is_failure
+
+    @property
+    def progress(self) -> Progress | None:
+        """What the running task last reported with ``ctx.report_progress`` (``done``,
+        ``total``, ``info``, ``updated_at``), read from the backend now; None before the first
+        report, for tasks that never report, and once the task is done (the final state
+        replaces the record)."""
+        return self.get_state().progress
 
     def touch(self) -> list[TaskResult] | None:
         """Go's ``Touch``: the results when done, None while running.

@@ -53,6 +53,9 @@ class Server:
         self._tasks: dict[str, Task] = {}
         self._pre_publish: Callable[[Signature], None] | None = None
         self._broker = broker or self._make("broker", self.broker_url)
+        assign = getattr(self._broker, "assign_server", None)  # the eager broker runs our tasks
+        if assign is not None:
+            assign(self)
         self._backend = backend or self._make("backend", self.backend_url)
         self._lock_obj = lock
         self._lock_guard = threading.Lock()

@@ -988,6 +988,8 @@ def encode_task_state(state: TaskState) -> bytes:
         "CreatedAt": format_time(state.created_at),
         "TTL": state.ttl,
     }
+    if state.progress is not None:  # Python only, an extra key Go's decoder ignores
+        obj["Progress"] = state.progress.to_wire()
     return _finish(obj, marks)
 
 
@@ -996,8 +998,9 @@ _STATE_FOLDED = {f.lower(): f for f in _STATE_FIELDS} | {
     "_id": "TaskUUID",
     "task_name": "TaskName",
     "created_at": "CreatedAt",
+    "progress": "Progress",  # Python only (machinery.progress)
 }
-_STATE_SET = frozenset(_STATE_FIELDS)
+_STATE_SET = frozenset((*_STATE_FIELDS, "Progress"))
 _STATES = frozenset({"PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE"})
 
 
@@ -1013,6 +1016,14 @@ def _time_field(d: Mapping[str, Any], key: str) -> datetime:
         return parse_time(v)
     except ValueError as exc:
         raise _Bad(key, str(exc)) from None
+
+
+def _progress(raw: Any) -> Any:
+    if raw is None:
+        return None
+    from machinery.progress import Progress
+
+    return Progress.from_wire(raw)
 
 
 def task_state_from_mapping(d: Mapping[str, Any]) -> TaskState:
@@ -1051,6 +1062,7 @@ def task_state_from_mapping(d: Mapping[str, Any]) -> TaskState:
             error=_get_str(d, "Error", ""),
             created_at=_time_field(d, "CreatedAt"),
             ttl=_get_int(d, "TTL", ""),
+            progress=_progress(d.get("Progress")),
         )
     except _Bad as bad:
         import json

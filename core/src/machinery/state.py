@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from machinery.progress import Progress
 
 __all__ = ["ZERO_TIME", "GroupMeta", "State", "TaskResult", "TaskState"]
 
@@ -57,6 +60,8 @@ class TaskState:
     :param error: the error string, for FAILURE.
     :param created_at: when this record was created (Go's zero time when unknown).
     :param ttl: expiry in seconds as Go stores it (0 = none).
+    :param progress: what the running task last reported (Python only: stored under an extra
+        ``Progress`` key Go ignores, and only when set; see :mod:`machinery.progress`).
     """
 
     task_uuid: str
@@ -66,6 +71,7 @@ class TaskState:
     error: str = ""
     created_at: datetime = ZERO_TIME
     ttl: int = 0
+    progress: Progress | None = None
 
     @property
     def is_completed(self) -> bool:

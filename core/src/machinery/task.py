@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from machinery.errors import ArgumentTypeError
 
 if TYPE_CHECKING:
+    from machinery.progress import Progress
     from machinery.server import Server
     from machinery.signature import Signature
 
@@ -47,6 +48,34 @@ class TaskContext:
     def headers(self) -> Mapping[str, Any]:
         """The message headers (tracing context and the like)."""
         return self.signature.headers
+
+    def report_progress(self, done: float, total: float | None = None, info: Any = None) -> Progress:
+        """Store how far the task has come, for :attr:`AsyncResult.progress
+        <machinery.results.AsyncResult.progress>`, ``machinery status`` and ``machinery watch``.
+
+        One backend write per call (the task's STARTED state with an extra ``Progress`` key Go
+        ignores; see :mod:`machinery.progress`), so report every few percent or every second
+        rather than every item. Call it only while the task runs: the final state replaces it.
+        From an ``async def`` task, ``await ctx.areport_progress(...)`` keeps the loop free.
+
+        :param done: units done (>= 0).
+        :param total: units in all (> 0), or None when unknown.
+        :param info: any JSON value (a message, the current item...).
+        :raises TypeError: a non-number, or an ``info`` that is not JSON.
+        :raises ValueError: a negative or non-finite number.
+        :raises RuntimeError: the context has no server (built by hand, outside a worker).
+        """
+        from machinery.progress import report_progress
+
+        if self.server is None:
+            raise RuntimeError("report_progress needs the context's server (run the task in a worker)")
+        return report_progress(self.server.backend, self.signature, done, total, info)
+
+    async def areport_progress(self, done: float, total: float | None = None, info: Any = None) -> Progress:
+        """:meth:`report_progress` for ``async def`` tasks: the write runs in a thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.report_progress, done, total, info)
 
 
 Converter = Callable[[Any], Any]

@@ -33,7 +33,7 @@ from machinery.default._db import (
     SQLiteOptions,
     Transport,
 )
-from machinery.interfaces import Broker, Delivery
+from machinery.interfaces import Broker, DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class SQLiteBroker(Transport, Broker):
     supports_pending_listing: ClassVar[bool] = True
     supports_delayed_listing: ClassVar[bool] = True
     supports_purge: ClassVar[bool] = True
+    supports_dead_letters: ClassVar[bool] = True
     redelivers_unacked: ClassVar[bool] = True
     #: The default lease; a configured ``visibility_timeout`` replaces it (see :attr:`lease`).
     redelivery_timeout: ClassVar[float] = SQLiteOptions.visibility_timeout
@@ -393,6 +394,38 @@ class SQLiteBroker(Transport, Broker):
                 ).fetchall()
         return [bytes(r[0]) for r in rows]
 
+    def list_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """Rows of ``machinery_dead_letters`` (all queues if ``queue`` is None), oldest first;
+        the id is the row id."""
+        sql = "SELECT id, queue, body, deliveries, dead_at FROM machinery_dead_letters"
+        with self._guard("list dead letters"), self._db.read() as conn:
+            if queue is None:
+                rows = conn.execute(sql + " ORDER BY id").fetchall()
+            else:
+                rows = conn.execute(sql + " WHERE queue = ? ORDER BY id", (queue,)).fetchall()
+        return [_dead_letter(r) for r in rows]
+
+    def get_dead_letter(self, letter_id: str, queue: str | None = None) -> DeadLetter | None:
+        """One row by id (None if absent, or not of ``queue`` when given)."""
+        if not letter_id.isdigit():
+            return None
+        with self._guard("read a dead letter"), self._db.read() as conn:
+            row = conn.execute(
+                "SELECT id, queue, body, deliveries, dead_at FROM machinery_dead_letters WHERE id = ?",
+                (int(letter_id),),
+            ).fetchone()
+        if row is None or (queue is not None and row[1] != queue):
+            return None
+        return _dead_letter(row)
+
+    def remove_dead_letter(self, letter: DeadLetter) -> bool:
+        """Delete the row; False when it was already gone."""
+        if not letter.id.isdigit():
+            return False
+        with self._guard("remove a dead letter"), self._db.write() as conn:
+            cur = conn.execute("DELETE FROM machinery_dead_letters WHERE id = ?", (int(letter.id),))
+            return cur.rowcount > 0
+
     def close(self) -> None:
         """Stop renewing leases and release the database handle. Idempotent.
 
@@ -404,3 +437,15 @@ class SQLiteBroker(Transport, Broker):
             hb.join(timeout=5)
         self._heartbeat = None
         self._close_db()
+
+
+def _dead_letter(row: Sequence[Any]) -> DeadLetter:
+    from datetime import datetime, timezone
+
+    return DeadLetter(
+        id=str(row[0]),
+        queue=str(row[1]),
+        body=bytes(row[2]),
+        deliveries=int(row[3]),
+        dead_at=datetime.fromtimestamp(float(row[4]), timezone.utc),
+    )

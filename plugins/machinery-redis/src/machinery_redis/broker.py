@@ -42,7 +42,7 @@ from machinery.errors import (
     DecodeError,
     PublishError,
 )
-from machinery.interfaces import Backend, Broker, Delivery
+from machinery.interfaces import Backend, Broker, DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature, encode_signature
 from machinery_redis.batch import CommandBatcher, round_trip
 from machinery_redis.connection import (
@@ -217,6 +217,8 @@ class RedisBroker(Broker):
     #: Default ``visibility_timeout`` (15 s) plus the reaper's period (5 s), with margin.
     redelivery_timeout: ClassVar[float] = 30.0
     supports_purge: ClassVar[bool] = True
+    #: ``{queue}:dead`` lists (up to ``dead_letter_limit`` each; 0 keeps none).
+    supports_dead_letters: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "redis"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
@@ -704,6 +706,30 @@ class RedisBroker(Broker):
         queue = queue or self.default_queue
         with self._errors(f"list dead letters of {queue!r}"):
             return list(self.client.lrange(dead_key(queue), 0, -1))
+
+    def list_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """The ``{queue}:dead`` list, oldest first (every queue's, found with ``SCAN``, when
+        ``queue`` is None). Redis keeps no time or count for them; the id is a hash of the
+        body (identical bodies share it, and are interchangeable)."""
+        import hashlib
+
+        with self._errors("list dead letters"):
+            if queue is None:
+                keys = sorted({k.decode() if isinstance(k, bytes) else str(k) for k in self.client.scan_iter(match="{*}:dead")})
+                queues = [k[1 : -len("}:dead")] for k in keys]
+            else:
+                queues = [queue]
+            out: list[DeadLetter] = []
+            for q in queues:
+                for raw in self.client.lrange(dead_key(q), 0, -1):
+                    body = bytes(raw)
+                    out.append(DeadLetter(hashlib.sha1(body).hexdigest()[:16], q, body))  # noqa: S324 - an id
+        return out
+
+    def remove_dead_letter(self, letter: DeadLetter) -> bool:
+        """``LREM`` one copy of the body from ``{queue}:dead``; False when none was left."""
+        with self._errors(f"remove a dead letter of {letter.queue!r}"):
+            return int(self.client.lrem(dead_key(letter.queue), 1, letter.body)) > 0
 
     def purge(self, queue: str | None = None) -> int:
         """Delete the queue's waiting messages (not delayed or in-flight ones); returns how many."""
