@@ -1,0 +1,128 @@
+"""Progress, ``machinery watch`` and ``machinery dead`` on the embedded ``sqlite://`` transport,
+with real worker processes (the checks live in :mod:`machinery.testing.ops`, which plugins run
+on their own servers), plus the in-process details: validation, the wire bytes Go sees, the
+memory broker's dead letters and the ``plugins`` listing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from machinery import Config, Server, Signature, TaskContext
+from machinery.deadletters import DeadLetterError, purge, replay
+from machinery.interfaces import Delivery
+from machinery.progress import Progress
+from machinery.signature import decode_task_state, encode_task_state
+from machinery.state import TaskState
+from machinery.testing.ops import OpsEnv, check_dead_letter_cli, check_progress_across_processes
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Iterator[OpsEnv]:
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    env = OpsEnv(tmp_path, url, url, f"ops_{uuid.uuid4().hex[:8]}")
+    yield env
+    env.close()
+
+
+def test_progress_is_visible_mid_task_from_another_process(ops: OpsEnv) -> None:
+    check_progress_across_processes(ops)
+
+
+def test_progress_from_an_async_task(ops: OpsEnv) -> None:
+    check_progress_across_processes(ops, task="asteps")
+
+
+def test_dead_letters_list_show_replay_purge(ops: OpsEnv) -> None:
+    check_dead_letter_cli(ops)
+
+
+# -- in process ---------------------------------------------------------------------------------
+
+
+def test_a_state_without_progress_keeps_go_bytes() -> None:
+    when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    plain = TaskState("u1", "STARTED", task_name="t", created_at=when)
+    assert encode_task_state(plain) == (
+        b'{"TaskUUID":"u1","TaskName":"t","State":"STARTED","Results":null,"Error":"",'
+        b'"CreatedAt":"2024-01-02T03:04:05Z","TTL":0}'
+    )
+    with_progress = TaskState("u1", "STARTED", task_name="t", created_at=when, progress=Progress(2, 4, {"a": 1}, when))
+    raw = encode_task_state(with_progress)
+    assert raw.startswith(encode_task_state(plain)[:-1] + b',"Progress":{')
+    back = decode_task_state(raw)
+    assert back.progress == Progress(2, 4, {"a": 1}, when)
+    assert back.progress is not None and back.progress.fraction == 0.5
+    # a record from elsewhere with an unreadable Progress is a plain state, not an error
+    assert decode_task_state(raw.replace(b'"Done":2', b'"Done":"x"')).progress is None
+    # lower-case keys (a BSON document) read too
+    assert decode_task_state(b'{"State":"STARTED","progress":{"done":1}}').progress == Progress(1)
+
+
+def test_report_progress_validates_and_needs_a_server() -> None:
+    server = Server(Config(broker="memory://ops-validate", result_backend="memory://ops-validate"))
+    sig = Signature("t", uuid="task_v")
+    ctx = TaskContext(sig, server)
+    with pytest.raises(ValueError, match="done"):
+        ctx.report_progress(-1)
+    with pytest.raises(ValueError, match="finite"):
+        ctx.report_progress(float("nan"))
+    with pytest.raises(ValueError, match="total"):
+        ctx.report_progress(1, 0)
+    with pytest.raises(TypeError, match="number"):
+        ctx.report_progress("1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="JSON"):
+        ctx.report_progress(1, 2, info=object())
+    assert server.get_state("task_v") is None  # nothing was written by a refused call
+    p = ctx.report_progress(1, 2, "half")
+    assert server.async_result("task_v").progress == p and p.describe() == "1/2 (50%) half"
+    with pytest.raises(RuntimeError, match="server"):
+        TaskContext(sig).report_progress(1)
+    server.close()
+
+
+def test_memory_broker_dead_letters_and_replay() -> None:
+    name = f"memory://ops-dead-{uuid.uuid4().hex[:6]}"
+    server = Server(Config(broker=name, result_backend=name))
+    broker = server.broker
+    assert type(broker).supports_dead_letters
+    sig = Signature("t", args=[], uuid="task_dead1")
+    server.send_task(sig)
+    server.broker.publish(b"not json", Signature("x", routing_key=server.config.default_queue))
+    import threading
+
+    stop = threading.Event()
+    it = broker.consume(server.config.default_queue, prefetch=2, stop=stop)
+    deliveries: list[Delivery] = [next(it), next(it)]
+    for d in deliveries:
+        broker.nack(d, requeue=False)
+    letters = broker.list_dead_letters()
+    assert [d.body for d in letters] == [d.body for d in deliveries]
+    assert broker.get_dead_letter(letters[0].id) == letters[0]
+    bad = next(d for d in letters if d.body == b"not json")
+    with pytest.raises(DeadLetterError, match="not a task message"):
+        replay(server, bad)
+    good = next(d for d in letters if d.body != b"not json")
+    r = replay(server, good)
+    assert r.removed and r.task_uuid == "task_dead1"
+    assert [s.uuid for s in server.get_pending_tasks()] == ["task_dead1"]
+    assert server.get_state("task_dead1").state == "PENDING"  # type: ignore[union-attr]
+    assert purge(broker) == 1 and broker.list_dead_letters() == []
+    stop.set()
+    server.close()
+
+
+def test_plugins_lists_dead_letter_brokers(capsys: pytest.CaptureFixture[str]) -> None:
+    from machinery.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["machinery.default"]["dead_letters"] == ["sqlite"]
+    assert rows["machinery.memory"]["dead_letters"] == ["memory"]
+    assert main(["plugins"]) == 0
+    assert "dead letters  sqlite" in capsys.readouterr().out
