@@ -604,7 +604,7 @@ def _dead_letter_schemes(host: Any, schemes: Sequence[str]) -> list[str]:
         try:
             if host.broker_class(f"{scheme}://").supports_dead_letters:
                 out.append(scheme)
-        except Exception:  # noqa: BLE001, S112 - a class that cannot load is reported elsewhere
+        except Exception:  # noqa: BLE001 - a class that cannot load is reported elsewhere
             continue
     return out
 

@@ -116,7 +116,8 @@ def replay(server: Server, letter: DeadLetter, *, new_uuid: bool = False) -> Rep
     :raises DeadLetterError: the body is not a task message (nothing is published).
     :raises machinery.errors.PublishError: the broker did not accept it (it stays kept).
     """
-    from machinery.signature import encode_signature, new_uuid as make_uuid
+    from machinery.signature import encode_signature
+    from machinery.signature import new_uuid as make_uuid
 
     sig = decode(letter)
     if sig is None:

@@ -979,7 +979,7 @@ def _result_to_wire(r: TaskResult, marks: _FloatMarks) -> dict[str, Any]:
 def encode_task_state(state: TaskState) -> bytes:
     """A task state as Go Machinery's JSON (``TaskUUID``, ``TaskName``, ``State``...)."""
     marks = _FloatMarks()
-    obj = {
+    obj: dict[str, Any] = {
         "TaskUUID": state.task_uuid,
         "TaskName": state.task_name,
         "State": str(state.state),

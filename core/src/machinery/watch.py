@@ -49,7 +49,7 @@ def _bar(fraction: float | None, state: str) -> str:
         fraction = 1.0
     if fraction is None:
         return "[" + ("?" * _BAR if state == "STARTED" else "." * _BAR) + "]"
-    filled = int(round(fraction * _BAR))
+    filled = round(fraction * _BAR)
     return "[" + "#" * filled + "." * (_BAR - filled) + "]"
 
 

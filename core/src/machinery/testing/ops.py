@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from machinery.config import Config
+from machinery.progress import Progress
+from machinery.results import AsyncResult
 from machinery.server import Server
 from machinery.signature import Signature
 
@@ -73,8 +75,8 @@ def until_ok(path: str) -> str:
 '''
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy."""
+def wait_until(predicate: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; returns that."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -182,12 +184,12 @@ def check_progress_across_processes(env: OpsEnv, *, task: str = "steps") -> None
         try:
             for i in (1, 2, 3):
                 p = wait_until(
-                    lambda i=i: (pr := result.progress) is not None and pr.done == i and pr,  # type: ignore[misc]
+                    lambda i=i: _progress_at(result, i),  # type: ignore[misc]
                     30,
                     f"progress {i}/3 of {task} seen from the test process",
                 )
                 assert p.total == 3, p
-                assert p.info == ("step %d" % i if task == "steps" else {"step": i}), p
+                assert p.info == (f"step {i}" if task == "steps" else {"step": i}), p
                 assert p.updated_at is not None and abs(time.time() - p.updated_at.timestamp()) < 60, p
                 assert result.status == "STARTED"
                 if i == 1:
@@ -220,6 +222,16 @@ def check_progress_across_processes(env: OpsEnv, *, task: str = "steps") -> None
         assert "FAILURE" in watched.stdout and "error: boom" in watched.stdout, watched.stdout
 
 
+def _progress_at(result: AsyncResult, done: int) -> Progress | None:
+    p = result.progress
+    return p if p is not None and p.done == done else None
+
+
+def _dead_when(env: OpsEnv, n: int) -> list[dict[str, Any]] | None:
+    rows = _dead(env)
+    return rows if len(rows) == n else None
+
+
 def _dead(env: OpsEnv) -> list[dict[str, Any]]:
     listed = env.cli("dead", "list", "-Q", env.queue, "--json")
     assert listed.returncode == 0, listed.stderr
@@ -242,7 +254,7 @@ def check_dead_letter_cli(env: OpsEnv) -> None:
             assert r.status in ("PENDING", "RECEIVED", "STARTED", "FAILURE")
         for r in sent:
             wait_until(lambda r=r: r.failed(), 30, "the task to fail")  # type: ignore[misc]
-        rows = wait_until(lambda: (d := _dead(env)) and len(d) == 3 and d, 30, "3 dead letters")
+        rows = wait_until(lambda: _dead_when(env, 3), 30, "3 dead letters")
         assert {r["uuid"] for r in rows} == {r.task_uuid for r in sent}, rows
         assert all(r["task"] == "until_ok" and r["queue"] == env.queue for r in rows), rows
         by_uuid = {r["uuid"]: r for r in rows}

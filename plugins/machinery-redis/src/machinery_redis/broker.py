@@ -715,7 +715,8 @@ class RedisBroker(Broker):
 
         with self._errors("list dead letters"):
             if queue is None:
-                keys = sorted({k.decode() if isinstance(k, bytes) else str(k) for k in self.client.scan_iter(match="{*}:dead")})
+                found = self.client.scan_iter(match="{*}:dead")
+                keys = sorted({k.decode() if isinstance(k, bytes) else str(k) for k in found})
                 queues = [k[1 : -len("}:dead")] for k in keys]
             else:
                 queues = [queue]
@@ -723,7 +724,7 @@ class RedisBroker(Broker):
             for q in queues:
                 for raw in self.client.lrange(dead_key(q), 0, -1):
                     body = bytes(raw)
-                    out.append(DeadLetter(hashlib.sha1(body).hexdigest()[:16], q, body))  # noqa: S324 - an id
+                    out.append(DeadLetter(hashlib.sha1(body).hexdigest()[:16], q, body))  # an id, not security
         return out
 
     def remove_dead_letter(self, letter: DeadLetter) -> bool:
