@@ -5,11 +5,15 @@ memory broker's dead letters and the ``plugins`` listing."""
 
 from __future__ import annotations
 
+import io
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +24,8 @@ from machinery.progress import Progress
 from machinery.signature import decode_task_state, encode_task_state
 from machinery.state import TaskState
 from machinery.testing.ops import OpsEnv, check_dead_letter_cli, check_progress_across_processes
+from machinery.watch import watch
+from machinery.workflow import Chain, Group
 
 
 @pytest.fixture
@@ -126,3 +132,88 @@ def test_plugins_lists_dead_letter_brokers(capsys: pytest.CaptureFixture[str]) -
     assert rows["machinery.memory"]["dead_letters"] == ["memory"]
     assert main(["plugins"]) == 0
     assert "dead letters  sqlite" in capsys.readouterr().out
+
+
+# -- watch ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[Server, dict[str, threading.Event]]]:
+    """A memory server with an in-thread worker and a task that waits for its gate."""
+    name = f"memory://ops-watch-{uuid.uuid4().hex[:6]}"
+    server = Server(Config(broker=name, result_backend=name))
+    gates: dict[str, threading.Event] = {}
+
+    @server.task("gated")
+    def gated_task(ctx: TaskContext, key: str) -> str:
+        ctx.report_progress(1, 2, info=key)
+        if not gates.setdefault(key, threading.Event()).wait(20):
+            raise RuntimeError("gate never opened")
+        return key
+
+    @server.task("boom")
+    def boom(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    worker = server.new_worker("watch", concurrency=4).launch_in_background()
+    yield server, gates
+    for g in gates.values():
+        g.set()
+    worker.quit(timeout=20)
+    server.close()
+
+
+def _open_when_started(server: Server, gates: dict[str, threading.Event], keys: list[str]) -> threading.Thread:
+    def run() -> None:
+        for key in keys:
+            gates.setdefault(key, threading.Event())
+        for key in keys:
+            time.sleep(0.3)
+            gates[key].set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_watch_draws_bars_in_place_on_a_terminal(gated: tuple[Server, dict[str, threading.Event]]) -> None:
+    server, gates = gated
+    group = server.send_group(Group(Signature("gated", args=["a"]), Signature("gated", args=["b"])))  # type: ignore[list-item]
+    _open_when_started(server, gates, ["a", "b"])
+    out = io.StringIO()
+    assert watch(group, interval=0.02, timeout=20, out=out, tty=True) is True
+    text = out.getvalue()
+    assert "\x1b[2F" in text  # the two lines are redrawn in place
+    assert "[############............]  50% STARTED  gated" in text
+    final = text.rsplit("\x1b[2F", 1)[1]
+    assert final.count("100% SUCCESS") == 2 and "[" + "#" * 24 + "]" in final
+
+
+def test_watch_follows_a_chain_whose_later_steps_are_not_sent_yet(
+    gated: tuple[Server, dict[str, threading.Event]],
+) -> None:
+    server, gates = gated
+    chain = server.send_chain(Chain(Signature("gated", args=["c1"], immutable=True), Signature("gated", args=["c2"])))  # type: ignore[list-item]
+    _open_when_started(server, gates, ["c1", "c2"])
+    out = io.StringIO()
+    assert watch(chain, interval=0.02, timeout=20, out=out, tty=False) is True
+    lines = out.getvalue().splitlines()
+    step2 = chain.async_results[1].task_uuid
+    assert lines[1].startswith(f"{step2} NO STATE")  # not sent while step 1 runs
+    assert lines[-1] == f"{step2} gated SUCCESS"
+    # a chain whose first step fails: the second never runs, watch ends after the grace
+    bad = server.send_chain(Chain(Signature("boom"), Signature("gated", args=["never"])))  # type: ignore[list-item]
+    started = time.monotonic()
+    assert watch(bad, interval=0.02, timeout=20, out=io.StringIO(), tty=False, grace=0.5) is False
+    assert time.monotonic() - started < 10
+
+
+def test_watch_cli_expands_a_group_uuid_and_times_out(tmp_path: Path) -> None:
+    from machinery.cli import main
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    server = Server(Config(broker=url, result_backend=url))
+    group = server.send_group(Group(Signature("x"), Signature("y")))  # no worker: they stay PENDING
+    server.close()
+    code = main(["watch", group.group_uuid, "--broker", url, "--plain", "--timeout", "0.3", "--interval", "0.05"])
+    assert code == 124
