@@ -35,6 +35,7 @@ _BOOL_CAPABILITIES = (
     "supports_delayed_listing",
     "redelivers_unacked",
     "supports_purge",
+    "supports_dead_letters",
 )
 
 
@@ -292,6 +293,31 @@ class BrokerConformance(SuiteBase):
         broker.nack(d, requeue=False)
         self.count(broker_oracle, machinery_queue, 0)
         assert c.take(1.0) is None, "a message nacked without requeue came back"
+
+    def test_dead_letters_are_listed_and_removed(
+        self, broker: Broker, broker_class: type[Broker], consumers: Callable[..., Consumer], machinery_queue: str
+    ) -> None:
+        """Where ``supports_dead_letters``: a message nacked without requeue is listed by
+        ``list_dead_letters`` (its queue, its body byte for byte), found by ``get_dead_letter``,
+        and gone after ``remove_dead_letter`` (which then says False)."""
+        require_capability(broker_class, "supports_dead_letters", "the broker keeps no dead letters it can list")
+        sig = self.publish(broker, Signature("add", args=args_of([7])))
+        c = consumers(broker, machinery_queue)
+        d = c.take(self.delivery_timeout)
+        assert d is not None
+        broker.nack(d, requeue=False)
+        letters = wait_until(
+            lambda: [x for x in broker.list_dead_letters(machinery_queue) if x.body == d.body],
+            self.delivery_timeout,
+            what="the dead letter to be listed",
+        )
+        assert len(letters) == 1 and letters[0].queue == machinery_queue
+        assert decode_signature(letters[0].body).uuid == sig.uuid
+        assert broker.get_dead_letter(letters[0].id, machinery_queue) == letters[0]
+        assert broker.remove_dead_letter(letters[0]) is True
+        assert all(x.body != d.body for x in broker.list_dead_letters(machinery_queue))
+        assert broker.get_dead_letter(letters[0].id, machinery_queue) is None
+        assert broker.remove_dead_letter(letters[0]) is False
 
     # -- ETA --------------------------------------------------------------------------------------
 
