@@ -60,7 +60,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         backend = server.backend
         members: list[AsyncResult] = []
         for uuid in args.uuids:
-            meta = backend.get_group_meta(uuid) if backend.get_state(uuid) is None else None
+            meta = _group_meta(backend, uuid)
             if meta is not None:
                 members.extend(AsyncResult(u, backend) for u in meta.task_uuids)
             else:
@@ -73,6 +73,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _group_meta(backend: Any, uuid: str) -> Any:
+    """The group record when ``uuid`` names a group rather than a task, else None (a store
+    that keeps both under one key space holds JSON of the other kind under a task's UUID)."""
+    from machinery.errors import DecodeError
+
+    try:
+        if backend.get_state(uuid) is not None:
+            return None
+    except DecodeError:
+        pass
+    try:
+        meta = backend.get_group_meta(uuid)
+    except DecodeError:
+        return None
+    return meta if meta is not None and meta.task_uuids else None
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from machinery.progress import Progress
 from machinery.results import AsyncResult
 from machinery.server import Server
 from machinery.signature import Signature
+from machinery.workflow import Group
 
 __all__ = ["OPS_APP", "OpsEnv", "check_dead_letter_cli", "check_progress_across_processes"]
 
@@ -215,6 +216,16 @@ def check_progress_across_processes(env: OpsEnv, *, task: str = "steps") -> None
             if watcher is not None and watcher.poll() is None:
                 watcher.kill()
                 watcher.communicate()
+        if task == "steps":  # a group UUID stands for its members, one line each
+            for k in ("g1", "g2"):
+                Path(f"{gate}-{k}.1").touch()
+            group = env.server.send_group(
+                Group(*(Signature("steps", args=[1, f"{gate}-{k}"]) for k in ("g1", "g2")))  # type: ignore[list-item]
+            )
+            watched_group = env.cli("watch", group.group_uuid, "--interval", "0.05", "--timeout", "30")
+            assert watched_group.returncode == 0, (watched_group.stdout, watched_group.stderr)
+            for r in group:
+                assert f"{r.task_uuid} steps SUCCESS" in watched_group.stdout, watched_group.stdout
         # watch exits 1 for a failure
         failed = env.server.send_task(Signature("boom"))
         watched = env.cli("watch", failed.task_uuid, "--interval", "0.05", "--timeout", "30")
