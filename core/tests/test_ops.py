@@ -217,3 +217,41 @@ def test_watch_cli_expands_a_group_uuid_and_times_out(tmp_path: Path) -> None:
     server.close()
     code = main(["watch", group.group_uuid, "--broker", url, "--plain", "--timeout", "0.3", "--interval", "0.05"])
     assert code == 124
+
+
+def test_watch_cli_on_a_terminal_draws_a_bar(tmp_path: Path) -> None:
+    """``machinery watch`` with its stdout on a pseudo-terminal redraws in place (ANSI), and
+    exits 0 for a task that succeeded."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    server = Server(Config(broker=url, result_backend=url))
+    sig = Signature("resize", uuid="task_tty")
+    server.backend.set_state_success(sig, [])
+    server.close()
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "machinery", "watch", "task_tty", "--broker", url],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    os.close(master)
+    out = b"".join(chunks).decode()
+    assert "\x1b[2K[" + "#" * 24 + "] 100% SUCCESS  resize task_tty" in out, repr(out)
