@@ -255,3 +255,24 @@ def test_watch_cli_on_a_terminal_draws_a_bar(tmp_path: Path) -> None:
     os.close(master)
     out = b"".join(chunks).decode()
     assert "\x1b[2K[" + "#" * 24 + "] 100% SUCCESS  resize task_tty" in out, repr(out)
+
+
+def test_dead_cli_usage_and_unsupported_brokers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from machinery.cli import main
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    for argv, code, text in (
+        (["dead", "show"], 2, "give the id of a dead letter"),
+        (["dead", "show", "1", "2"], 2, "one id at a time"),
+        (["dead", "list", "7"], 2, "takes no id"),
+        (["dead", "list", "--broker", "eager://"], 1, "EagerBroker broker keeps no dead letters"),
+        (["dead", "show", "42", "--broker", url], 1, "no dead letter '42'"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == code, argv
+        assert text in capsys.readouterr().err, argv
+    assert main(["dead", "list", "--broker", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["dead", "purge", "--broker", url]) == 0  # nothing to ask about
+    assert "no dead letters" in capsys.readouterr().out
