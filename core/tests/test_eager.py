@@ -76,6 +76,11 @@ def test_a_sent_task_has_run_when_send_returns_in_the_callers_thread() -> None:
     assert r.status == "SUCCESS" and r.get(timeout=0) == 5
     assert calls == [("add", 2, 3, threading.get_ident())]
     assert server.delay("aadd", 1, 2).get(timeout=0) == 3
+    loops = [t for t in threading.enumerate() if t.name == "eager-asyncio"]
+    assert len(loops) == 1
+    server.close()  # stops the event loop thread of async tasks
+    loops[0].join(5)
+    assert not loops[0].is_alive()
 
 
 def test_argument_checks_fail_the_task_as_a_worker_does() -> None:

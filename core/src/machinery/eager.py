@@ -106,6 +106,13 @@ class EagerBroker(Broker):
     def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
         """Nothing to give back."""
 
+    def close(self) -> None:
+        """Stop the event loop thread the worker started for ``async def`` tasks, if any."""
+        worker, self._worker = self._worker, None
+        loop = worker._loop if worker is not None else None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
 
 class EagerBackend(MemoryBackend):
     """``eager://`` results: the in-process memory backend, in its own namespace."""
