@@ -161,6 +161,8 @@ class BrokerConformance(SuiteBase):
             ("supports_pending_listing", "pending_tasks"),
             ("supports_delayed_listing", "delayed_tasks"),
             ("supports_purge", "purge"),
+            ("supports_dead_letters", "list_dead_letters"),
+            ("supports_dead_letters", "remove_dead_letter"),
         ):
             if getattr(broker_class, capability):
                 assert getattr(broker_class, method) is not getattr(Broker, method), (
