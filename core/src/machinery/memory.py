@@ -296,9 +296,8 @@ class MemoryBackend(Backend):
                 cursor = 0
             rows = sorted((seq, uuid, term, exp) for uuid, (seq, term, exp) in s.revoked.items() if seq > cursor)
         rows = rows[:limit]
-        out = [
-            Revocation(uuid, term, None if exp == float("inf") else exp - now) for _, uuid, term, exp in rows if exp > now
-        ]
+        forever = float("inf")
+        out = [Revocation(u, term, None if exp == forever else exp - now) for _, u, term, exp in rows if exp > now]
         return out, (rows[-1][0] if rows else cursor)
 
     def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:

@@ -312,7 +312,8 @@ class Worker:
         self._count(True)
         log.warning("task %s (%s) is revoked: not run, stored FAILURE %r", sig.name, sig.uuid, REVOKED)
         if self._obs_failed:
-            self._safe_hook(self._hooks.task_failed, TaskEvent(sig, self.consumer_tag, error=REVOKED, exc=TaskRevoked()))
+            event = TaskEvent(sig, self.consumer_tag, error=REVOKED, exc=TaskRevoked())
+            self._safe_hook(self._hooks.task_failed, event)
         return False
 
     def _admit(self, sig: Signature, task: Task, delivery: Delivery) -> bool:
@@ -330,7 +331,7 @@ class Worker:
             return False
         if not reserved:
             if _debug():
-                log.debug("task %s (%s) over its rate limit %s; back in %.2fs", sig.name, sig.uuid, task.rate_limit, wait)
+                log.debug("task %s (%s) over its rate limit; back in %.2fs", sig.name, sig.uuid, wait)
             broker.nack(delivery, requeue=True, delay=max(wait - hold, 0.01))
             return False
         if wait > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -437,7 +438,7 @@ class BackendConformance(SuiteBase):
             t.join(30)
         assert not errors, f"rate_limit_reserve raised: {errors[0]!r}"
         slots.sort()
-        gaps = [b - a for a, b in zip(slots, slots[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(slots)]
         assert min(gaps) >= interval * 0.6, f"two reservations share a slot: gaps {[round(g, 3) for g in gaps]}"
         span = slots[-1] - slots[0]
         assert span >= (n - 1) * interval * 0.9, f"{n} slots span {span:.3f}s, expected about {(n - 1) * interval}s"

@@ -106,6 +106,20 @@ class ControlConformance(SuiteBase):
         time.sleep(0.5)
         assert not runs.exists(), f"the revoked task ran: {_lines(runs)}"
 
+    def test_revoked_task_in_retry_back_off_never_runs_again(
+        self, server: Server, start_worker: Callable[..., WorkerHandle], tmp_path: Path
+    ) -> None:
+        """A task that failed and waits for its retry (RETRY, back-off) is revoked: it does not
+        run again, and ends FAILURE ``revoked``."""
+        self.require_revocation(server)
+        start_worker()
+        runs = tmp_path / "runs.txt"
+        result = server.send_task(Signature("fail_times", args=args_of([str(runs), 5]), retry_count=3))
+        wait_until(lambda: result.status == "RETRY", self.result_timeout, what="the task to wait for its retry")
+        result.revoke()
+        assert _revoked_error(result, self.result_timeout) == REVOKED
+        assert len(_lines(runs)) == 1, f"the revoked task ran again: {len(_lines(runs))} runs"
+
     def test_revoke_terminate_cancels_running_async_task(
         self, server: Server, start_worker: Callable[..., WorkerHandle], tmp_path: Path
     ) -> None:
