@@ -306,11 +306,12 @@ class Worker:
             return
         self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
 
-    def _revoked_failure(self, sig: Signature) -> bool:
+    def _revoked_failure(self, sig: Signature, terminated: bool = False) -> bool:
         """Store FAILURE ``revoked`` (no callbacks are sent); returns False (acknowledge)."""
         self.server.backend.set_state_failure(sig, REVOKED)
         self._count(True)
-        log.warning("task %s (%s) is revoked: not run, stored FAILURE %r", sig.name, sig.uuid, REVOKED)
+        what = "terminated while running" if terminated else "not run"
+        log.warning("task %s (%s) is revoked: %s, stored FAILURE %r", sig.name, sig.uuid, what, REVOKED)
         if self._obs_failed:
             event = TaskEvent(sig, self.consumer_tag, error=REVOKED, exc=TaskRevoked())
             self._safe_hook(self._hooks.task_failed, event)
@@ -757,7 +758,7 @@ class Worker:
                 results = results_for(value)
             except TaskRevoked:
                 running.discard(sig.uuid, run)
-                return self._revoked_failure(sig)
+                return self._revoked_failure(sig, terminated=run.fired)
             except RetryTaskLater as exc:
                 self._retry_in(sig, exc.retry_in, exc)
                 return False
