@@ -9,7 +9,9 @@ transaction on SQLite, a lock on ``memory://``):
 - a slot at most :data:`MAX_HOLD` seconds away is taken, and the worker holds the message that
   long (still unacknowledged) before running the task;
 - a later slot is not taken: the message is given back to the broker with a delay until about
-  then (``nack(requeue=True, delay=...)``), without touching its state or its retry count.
+  then (``nack(requeue=True, delay=...)``), without touching its state or its retry count, and
+  the task thread stays idle for :data:`MAX_HOLD` seconds (back-pressure, so a backlog of
+  over-limit messages is not cycled through the queue at full speed).
 
 Nothing is dropped, nothing counts as a retry, and no worker polls in a loop. A backend that does
 not declare :attr:`~machinery.interfaces.Backend.supports_rate_limit` gets a per-worker limiter

@@ -24,7 +24,6 @@ task code that catches ``BaseException`` can swallow it (the worker still stores
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -116,6 +115,8 @@ _set_async_exc: Any = None
 
 def _async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
     """``PyThreadState_SetAsyncExc``: schedule ``exc`` in the thread (None clears a pending one)."""
+    import ctypes  # here: only a worker terminating a thread task needs it
+
     global _set_async_exc
     if _set_async_exc is None:
         fn = ctypes.pythonapi.PyThreadState_SetAsyncExc

@@ -331,9 +331,14 @@ class Worker:
             broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
             return False
         if not reserved:
+            later = max(wait - hold, 0.01)
             if _debug():
-                log.debug("task %s (%s) over its rate limit; back in %.2fs", sig.name, sig.uuid, wait)
-            broker.nack(delivery, requeue=True, delay=max(wait - hold, 0.01))
+                log.debug("task %s (%s) over its rate limit; back in %.2fs", sig.name, sig.uuid, later)
+            broker.nack(delivery, requeue=True, delay=later)
+            # Back-pressure: this task slot stays taken for ``hold`` seconds, so a worker with a
+            # backlog of over-limit messages cycles at most one of them per slot per ``hold``
+            # seconds instead of spinning through the queue.
+            self._stop.wait(hold)
             return False
         if wait > 0:
             time.sleep(wait)
