@@ -243,3 +243,7 @@ def test_cli_revoke_usage(env: dict[str, str]) -> None:
     assert term.returncode == 0 and term.stdout.strip() == "task_y  revoked and terminating"
     plugins = run(env, "plugins")
     assert "control  revoke: yes; rate limits: shared by all workers" in plugins.stdout
+    data = json.loads(run(env, "plugins", "--json").stdout)
+    default = next(p for p in data if p["name"] == "machinery.default")
+    assert default["control"] == {"revoke": True, "rate_limits": "shared"}
+    assert "control" not in next(p for p in data if p["name"] == "machinery.logging_plugin")

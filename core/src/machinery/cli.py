@@ -40,7 +40,7 @@ from machinery.errors import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
     from typing import Any, NoReturn, TextIO
 
@@ -590,6 +590,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "schemes": i.schemes,
                 "hooks": i.hooks,
                 "error": i.error,
+                **_control_json(host, i.schemes),
             }
             for i in infos
         ]
@@ -611,6 +612,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if not any(i.error and i.name == failure.entry_point for i in infos):
             print(f"{failure.entry_point}  ({failure.distribution})  [FAILED]\n    error    {failure.reason}")
     return EXIT_OK
+
+
+def _control_json(host: Any, schemes: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"control": {"revoke": bool, "rate_limits": "shared"|"per-worker"}}`` for a plugin
+    serving a backend (``machinery plugins --json``); empty otherwise."""
+    backends = sorted(schemes.get("backend", ()))
+    if not backends:
+        return {}
+    try:
+        cls = host.backend_class(f"{backends[0]}://")
+    except Exception:  # noqa: BLE001 - shown as unknown
+        return {"control": None}
+    rate = "shared" if cls.supports_rate_limit else "per-worker"
+    return {"control": {"revoke": bool(cls.supports_revocation), "rate_limits": rate}}
 
 
 def _control_capabilities(host: Any, scheme: str) -> str:
