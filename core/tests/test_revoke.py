@@ -247,3 +247,59 @@ def test_cli_revoke_usage(env: dict[str, str]) -> None:
     default = next(p for p in data if p["name"] == "machinery.default")
     assert default["control"] == {"revoke": True, "rate_limits": "shared"}
     assert "control" not in next(p for p in data if p["name"] == "machinery.logging_plugin")
+
+
+def test_terminate_storm_hits_only_its_target(caplog: pytest.LogCaptureFixture) -> None:
+    """Terminate revocations fired at thread tasks while they run or finish: every task ends
+    SUCCESS or FAILURE "revoked", only revoked ones end revoked, and nothing is left over (an
+    exception raised in a thread never lands in the next task of that thread)."""
+    import random
+    import threading
+
+    url = "memory://rv-storm"
+    server = Server(Config(broker=url, result_backend=url, no_unix_signals=True))
+
+    @server.task("spin")
+    def spin(ms: int) -> int:
+        end = time.monotonic() + ms / 1000
+        while time.monotonic() < end:
+            time.sleep(0.0005)
+        return ms
+
+    worker = server.new_worker("storm", concurrency=8)
+    worker.revoke_poll_interval = 0.005
+    worker.launch_in_background()
+    rng = random.Random(7)
+    results = [server.send_task(Signature("spin", args=[rng.randint(2, 20)])) for _ in range(600)]
+    targets = {r.task_uuid for r in rng.sample(results, 300)}
+    revoked: set[str] = set()
+    stop = threading.Event()
+
+    def storm() -> None:  # revoke the targets that are running now
+        while not stop.is_set():
+            for uuid in list(worker._current):
+                if uuid in targets and uuid not in revoked:
+                    revoked.add(uuid)
+                    server.revoke(uuid, terminate=True)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=storm)
+    t.start()
+    outcomes: dict[str, str] = {}
+    try:
+        for r in results:
+            try:
+                r.get(timeout=60)
+                outcomes[r.task_uuid] = "ok"
+            except TaskFailedError as exc:
+                outcomes[r.task_uuid] = exc.error
+    finally:
+        stop.set()
+        t.join()
+        worker.quit()
+    wrong = {u: o for u, o in outcomes.items() if o not in ("ok", REVOKED)}
+    assert not wrong, f"unexpected outcomes: {list(wrong.items())[:5]}"
+    hit_innocent = [u for u, o in outcomes.items() if o == REVOKED and u not in revoked]
+    assert not hit_innocent, f"{len(hit_innocent)} task(s) revoked that nobody revoked"
+    terminated = caplog.text.count("terminated while running")
+    assert terminated > 20, f"only {terminated} task(s) were terminated while running"
