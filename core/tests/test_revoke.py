@@ -303,3 +303,22 @@ def test_terminate_storm_hits_only_its_target(caplog: pytest.LogCaptureFixture) 
     assert not hit_innocent, f"{len(hit_innocent)} task(s) revoked that nobody revoked"
     terminated = caplog.text.count("terminated while running")
     assert terminated > 20, f"only {terminated} task(s) were terminated while running"
+
+
+def test_group_and_chord_results_revoke_every_member() -> None:
+    """``GroupResult.revoke()`` revokes each member; ``ChordAsyncResult.revoke()`` the members and
+    the callback (stored revocations, read back from the backend)."""
+    from machinery import Chord, Group
+
+    url = "memory://rv-group"
+    server = Server(Config(broker=url, result_backend=url))
+    group = Group(*[Signature("x", args=[i]) for i in range(3)])
+    server.send_group(group).revoke(terminate=True)
+    chord = Chord(Group(Signature("x", args=[1]), Signature("x", args=[2])), Signature("cb"))
+    server.send_chord(chord).revoke()
+    found, _ = server.backend.revocations_since(0)
+    by_uuid = {r.task_uuid: r for r in found}
+    assert {s.uuid for s in group.tasks} <= set(by_uuid)
+    assert all(by_uuid[s.uuid].terminate for s in group.tasks)
+    assert {*(s.uuid for s in chord.group.tasks), chord.callback.uuid} <= set(by_uuid)
+    assert not by_uuid[chord.callback.uuid].terminate

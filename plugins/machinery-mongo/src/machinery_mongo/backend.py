@@ -64,6 +64,10 @@ WORKERS = "machinery_py_workers"
 #: expires_at}`` and the counter ``{_id: "revocations", seq}`` that numbers it.
 REVOCATIONS = "machinery_py_revocations"
 COUNTERS = "machinery_py_counters"
+#: Rate limiters (Python-only): ``{_id: <task name>, tat: <Unix time of the next free slot>}``.
+RATE_LIMITS = "machinery_py_rate_limits"
+#: Conditional writes tried before a reservation gives up (contention).
+RATE_LIMIT_TRIES = 100
 #: Seconds after which a hole in the revocation numbers is taken as final (a record that
 #: expired, or a revoke that died between taking its number and writing its record).
 REVOCATION_GAP_GRACE = 5.0
@@ -154,6 +158,7 @@ class MongoBackend(Backend):
     config_section: ClassVar[str | None] = "mongodb"
     supports_worker_registry: ClassVar[bool] = True
     supports_revocation: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -287,6 +292,36 @@ class MongoBackend(Backend):
                 left = None if exp is None else (exp - now).total_seconds()
                 out.append(Revocation(str(d["uuid"]), bool(d.get("terminate")), left))
         return out, nxt
+
+    def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """GCRA by compare-and-set: read the slot time, write the next one only if it is still the
+        value read (``update_one`` filtered on it; ``insert_one`` on ``_id`` for the first), retry
+        on a lost race. Times are the workers' clocks (keep them in sync: NTP)."""
+        import time
+
+        from pymongo.errors import DuplicateKeyError
+
+        self._collections()
+        assert self._client is not None
+        coll = self._client[self.database][RATE_LIMITS]
+        with self._errors(f"rate limit {key}"):
+            for _ in range(RATE_LIMIT_TRIES):
+                now = time.time()
+                doc = coll.find_one({"_id": key})
+                old = float(doc["tat"]) if doc is not None else None
+                tat = max(old, now) if old is not None else now
+                wait = tat - now
+                if wait > max_wait:
+                    return False, wait
+                if old is None:
+                    try:
+                        coll.insert_one({"_id": key, "tat": tat + interval})
+                    except DuplicateKeyError:
+                        continue
+                    return True, wait
+                if coll.update_one({"_id": key, "tat": old}, {"$set": {"tat": tat + interval}}).modified_count == 1:
+                    return True, wait
+        raise BackendError(f"rate limit {key}: {RATE_LIMIT_TRIES} conditional writes lost to other workers")
 
     def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
         """Upsert ``{_id: worker_id, record, expires_at}`` (the TTL index deletes it later)."""
