@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 from machinery.errors import TaskRevoked
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from concurrent.futures import Future
+    import asyncio
+    from collections.abc import Callable, Coroutine, Iterable
 
     from machinery.interfaces import Backend
 
@@ -126,14 +126,17 @@ def _async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
 
 
 class _Run:
-    __slots__ = ("armed", "fired", "future", "thread")
+    __slots__ = ("armed", "fired", "is_async", "loop", "task", "thread")
 
-    def __init__(self, thread: int) -> None:
+    def __init__(self, thread: int, is_async: bool) -> None:
         self.thread = thread
+        self.is_async = is_async
         #: Set by the task thread once it is inside the protected region (see RunningTasks).
         self.armed = False
         self.fired = False
-        self.future: Future[Any] | None = None
+        #: The asyncio task running an ``async def`` task, and its loop (set by :meth:`guard`).
+        self.task: asyncio.Task[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 class RunningTasks:
@@ -150,18 +153,25 @@ class RunningTasks:
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
 
-    def start(self, task_uuid: str) -> _Run:
-        """Record the calling thread as running ``task_uuid`` (not armed yet)."""
-        run = _Run(threading.get_ident())
+    def start(self, task_uuid: str, is_async: bool = False) -> _Run:
+        """Record the calling thread as running ``task_uuid`` (not armed yet); ``is_async``: an
+        ``async def`` task, cancelled on its loop rather than interrupted in the thread."""
+        run = _Run(threading.get_ident(), is_async)
         self._runs[task_uuid] = run
         return run
 
-    def attach_future(self, run: _Run, future: Future[Any]) -> None:
-        """Record the future of an ``async def`` task (cancelled instead of raising in a thread)."""
-        with self._lock:
-            run.future = future
-            if run.fired:
-                future.cancel()
+    @staticmethod
+    async def guard(coro: Coroutine[Any, Any, Any], run: _Run) -> Any:
+        """Run ``coro`` as ``run``'s asyncio task, so :meth:`terminate` can cancel it (the
+        worker's wait for the result then ends only once the coroutine has really stopped)."""
+        import asyncio
+
+        run.loop = asyncio.get_running_loop()
+        run.task = asyncio.current_task()
+        if run.fired:  # terminated before it started
+            coro.close()
+            raise asyncio.CancelledError
+        return await coro
 
     def finish(self, task_uuid: str, run: _Run) -> None:
         """Disarm the run; :raises TaskRevoked: when it was terminated (a pending exception in
@@ -171,7 +181,7 @@ class RunningTasks:
             if self._runs.get(task_uuid) is run:
                 del self._runs[task_uuid]
             fired = run.fired
-            if fired and run.future is None:
+            if fired and not run.is_async:
                 _async_exc(run.thread, None)
         if fired:
             raise TaskRevoked
@@ -191,8 +201,10 @@ class RunningTasks:
             if run is None or not run.armed or run.fired:
                 return False
             run.fired = True
-            if run.future is not None:
-                run.future.cancel()
+            if run.is_async:
+                task, loop = run.task, run.loop
+                if task is not None and loop is not None:  # else guard() sees ``fired`` at its start
+                    loop.call_soon_threadsafe(task.cancel)
             elif _async_exc(run.thread, TaskRevoked) != 1:  # the thread is gone
                 return False
         return True

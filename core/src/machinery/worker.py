@@ -745,7 +745,7 @@ class Worker:
         current = self._current
         current[sig.uuid] = (sig.name, time.time())
         running = self._running
-        run = running.start(sig.uuid)
+        run = running.start(sig.uuid, task.is_async)
         try:
             try:
                 try:
@@ -788,10 +788,10 @@ class Worker:
                     loop = asyncio.new_event_loop()
                     threading.Thread(target=loop.run_forever, name=f"{self.consumer_tag}-asyncio", daemon=True).start()
                     self._loop = loop
-        future = asyncio.run_coroutine_threadsafe(fn(*values), self._loop)
-        if run is not None:
-            self._running.attach_future(run, future)
-        return future.result()
+        coro = fn(*values)
+        if run is not None:  # cancellable by a revoke with terminate
+            coro = self._running.guard(coro, run)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _succeeded(
         self,
