@@ -18,6 +18,7 @@ from machinery.testing import (
     BackendOracle,
     BrokerConformance,
     BrokerOracle,
+    ControlConformance,
     LockConformance,
     WorkflowConformance,
 )
@@ -77,4 +78,8 @@ class TestMemoryLock(LockConformance):
 
 
 class TestMemoryWorkflow(WorkflowConformance):
+    process_local = True
+
+
+class TestMemoryControl(ControlConformance):
     process_local = True

@@ -18,6 +18,7 @@ from machinery.testing import (
     BackendOracle,
     BrokerConformance,
     BrokerOracle,
+    ControlConformance,
     LockConformance,
     WorkflowConformance,
 )
@@ -101,4 +102,8 @@ class TestSQLiteLock(LockConformance):
 
 
 class TestSQLiteWorkflow(WorkflowConformance):
+    pass
+
+
+class TestSQLiteControl(ControlConformance):
     pass

@@ -84,6 +84,28 @@ class RacyChordBackend(MemoryBackend):
         return True
 
 
+class RacyRateBackend(MemoryBackend):
+    """Reserves a rate-limit slot by read, pause, write, without a lock."""
+
+    slots = {}
+
+    def rate_limit_reserve(self, key, interval, max_wait):
+        now = time.monotonic()
+        tat = max(self.slots.get(key, now), now)
+        if tat - now > max_wait:
+            return False, tat - now
+        time.sleep(0.005)
+        self.slots[key] = tat + interval
+        return True, tat - now
+
+
+class EverlastingRevokeBackend(MemoryBackend):
+    """Ignores the revocations' ttl: they never expire."""
+
+    def revoke(self, task_uuids, *, terminate, ttl):
+        super().revoke(task_uuids, terminate=terminate, ttl=None)
+
+
 @hookimpl
 def machinery_register_brokers(register):
     register("ackearly", AckEarlyBroker)
@@ -94,6 +116,8 @@ def machinery_register_brokers(register):
 @hookimpl
 def machinery_register_backends(register):
     register("racychord", RacyChordBackend)
+    register("racyrate", RacyRateBackend)
+    register("everrevoke", EverlastingRevokeBackend)
 
 
 @hookimpl
@@ -283,6 +307,31 @@ def test_non_atomic_chord_trigger_is_caught(suite: pytest.Pytester) -> None:
     )
     assert res["failed"] == {"TestBroken::test_chord_trigger_exactly_once_concurrently"}, res
     assert "TestControl::test_chord_trigger_exactly_once_concurrently" in res["passed"], res
+
+
+def test_non_atomic_rate_limit_is_caught(suite: pytest.Pytester) -> None:
+    """A rate limiter that reads then writes the slot hands one slot to several callers."""
+    res = outcomes(
+        suite,
+        suite_class("TestBroken", "BackendConformance", "racyrate://guard"),
+        suite_class("TestControl", "BackendConformance", "memory://guard"),
+        k="rate_limit_reserve_spacing",
+    )
+    assert res["failed"] == {"TestBroken::test_rate_limit_reserve_spacing_across_threads"}, res
+    assert "TestControl::test_rate_limit_reserve_spacing_across_threads" in res["passed"], res
+
+
+def test_revocations_that_never_expire_are_caught(suite: pytest.Pytester) -> None:
+    """A backend that keeps revocations past their ttl fails the expiry test (and the round
+    trip, which checks the ttl it reads back)."""
+    res = outcomes(
+        suite,
+        suite_class("TestBroken", "BackendConformance", "everrevoke://guard", expiry_tolerance=0.5),
+        suite_class("TestControl", "BackendConformance", "memory://guard"),
+        k="revocation",
+    )
+    assert res["failed"] == {"TestBroken::test_revocation_expiry", "TestBroken::test_revocation_round_trip"}, res
+    assert {"TestControl::test_revocation_expiry", "TestControl::test_revocation_round_trip"} <= res["passed"], res
 
 
 def test_unregistered_scheme_fails(suite: pytest.Pytester) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on 
         RetryTaskLater,
         TaskFailedError,
         TaskNotRegisteredError,
+        TaskRevoked,
         UnknownSchemeError,
     )
     from machinery.interfaces import Backend, Broker, Delivery, Lock
@@ -75,6 +76,7 @@ __all__ = [
     "TaskFailedError",
     "TaskNotRegisteredError",
     "TaskResult",
+    "TaskRevoked",
     "TaskState",
     "UnknownSchemeError",
     "Worker",
@@ -97,6 +99,7 @@ _LAZY = {
     "RetryTaskLater": "errors",
     "TaskFailedError": "errors",
     "TaskNotRegisteredError": "errors",
+    "TaskRevoked": "errors",
     "UnknownSchemeError": "errors",
     "Backend": "interfaces",
     "Broker": "interfaces",

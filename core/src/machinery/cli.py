@@ -42,7 +42,7 @@ from machinery.errors import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
     from typing import Any, NoReturn, TextIO
 
@@ -429,6 +429,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke tasks: they never run (FAILURE "revoked"); with --terminate running ones stop too."""
+    uuids = [u.strip() for u in args.uuids if u.strip()]
+    if not uuids:
+        raise CLIError("task UUID: must not be empty")
+    server = build_server(args)
+    try:
+        cls = type(server.backend)
+        if not cls.supports_revocation:
+            raise CLIError(f"the {cls.__name__} result backend cannot store revocations", EXIT_FAILED)
+        try:
+            done = server.revoke(*uuids, terminate=args.terminate, expires_in=args.expires_in)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    finally:
+        server.close()
+    what = "revoked and terminating" if args.terminate else "revoked"
+    for uuid in done:
+        print(f"{uuid}  {what}")
+    return EXIT_OK
+
+
 def _describe(sig: Signature) -> str:
     import json
 
@@ -573,6 +595,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "hooks": i.hooks,
                 "error": i.error,
                 "dead_letters": _dead_letter_schemes(host, i.schemes.get("broker", [])),
+                **_control_json(host, i.schemes),
             }
             for i in infos
         ]
@@ -589,6 +612,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         dead = _dead_letter_schemes(host, info.schemes.get("broker", []))
         if dead:
             print(f"    dead letters  {', '.join(dead)}  (machinery dead)")
+        for scheme in sorted(info.schemes.get("backend", ()))[:1]:
+            print(f"    control  {_control_capabilities(host, scheme)}")
         if info.error:
             print(f"    error    {info.error}")
     for failure in host.failures:
@@ -607,6 +632,31 @@ def _dead_letter_schemes(host: Any, schemes: Sequence[str]) -> list[str]:
         except Exception:  # noqa: BLE001 - a class that cannot load is reported elsewhere
             continue
     return out
+
+
+def _control_json(host: Any, schemes: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"control": {"revoke": bool, "rate_limits": "shared"|"per-worker"}}`` for a plugin
+    serving a backend (``machinery plugins --json``); empty otherwise."""
+    backends = sorted(schemes.get("backend", ()))
+    if not backends:
+        return {}
+    try:
+        cls = host.backend_class(f"{backends[0]}://")
+    except Exception:  # noqa: BLE001 - shown as unknown
+        return {"control": None}
+    rate = "shared" if cls.supports_rate_limit else "per-worker"
+    return {"control": {"revoke": bool(cls.supports_revocation), "rate_limits": rate}}
+
+
+def _control_capabilities(host: Any, scheme: str) -> str:
+    """One line on the backend's revoke and rate-limit support, for ``machinery plugins``."""
+    try:
+        cls = host.backend_class(f"{scheme}://")
+    except Exception as exc:  # noqa: BLE001 - shown instead of the capabilities
+        return f"(backend not importable: {exc})"
+    revoke = "revoke: yes" if cls.supports_revocation else "revoke: no"
+    rate = "rate limits: shared by all workers" if cls.supports_rate_limit else "rate limits: per worker (fallback)"
+    return f"{revoke}; {rate}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -752,6 +802,19 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
     p.add_argument("uuid")
     p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
     p.set_defaults(func=cmd_status)
+
+    p = command("revoke", "revoke tasks: not run (FAILURE \"revoked\"); --terminate stops running ones")
+    p.add_argument("uuids", nargs="+", metavar="UUID", help="task UUIDs")
+    p.add_argument("--terminate", action="store_true", help="also stop tasks that are running (best effort)")
+    p.add_argument(
+        "--expires-in",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds the revocation is kept (default: results_expire_in)",
+    )
+    p.add_argument("--app", metavar="MODULE[:ATTR]", help="use this app's configuration")
+    p.set_defaults(func=cmd_revoke)
 
     p = command("inspect", "list pending or delayed tasks, or the live workers")
     p.add_argument("what", choices=["pending", "delayed", "workers"])

@@ -33,6 +33,7 @@ __all__ = [
     "StateNotFoundError",
     "TaskFailedError",
     "TaskNotRegisteredError",
+    "TaskRevoked",
     "UnknownSchemeError",
 ]
 
@@ -260,3 +261,12 @@ class RetryTaskLater(MachineryError):
         self.message = message
         self.retry_in = retry_in if isinstance(retry_in, timedelta) else timedelta(seconds=retry_in)
         super().__init__(f"{message} (retry in {self.retry_in.total_seconds():g}s)")
+
+
+class TaskRevoked(BaseException):
+    """Raised inside a running task that was revoked with ``terminate=True`` (a thread task gets
+    it asynchronously, ``PyThreadState_SetAsyncExc``; see :mod:`machinery.revoke`).
+
+    A ``BaseException``, like :class:`KeyboardInterrupt`, so that a task's ``except Exception``
+    does not swallow it. The worker stores FAILURE with the error ``"revoked"``.
+    """

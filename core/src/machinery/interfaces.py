@@ -26,6 +26,7 @@ from machinery.state import GroupMeta, State, TaskResult, TaskState
 
 if TYPE_CHECKING:
     from machinery.config import Config
+    from machinery.revoke import Revocation
     from machinery.signature import Signature
 
 __all__ = ["Backend", "Broker", "DeadLetter", "Delivery", "Lock"]
@@ -229,6 +230,12 @@ class Backend(ABC):
     #: Chords need the group record :meth:`init_group` writes (False where a group without one,
     #: as Go's AMQP backend sends, completes all the same).
     needs_group_record: ClassVar[bool] = True
+    #: :meth:`revoke` and :meth:`revocations_since` work: revoked task UUIDs are stored with an
+    #: expiry and shared by every worker of this store (see :mod:`machinery.revoke`).
+    supports_revocation: ClassVar[bool] = False
+    #: :meth:`rate_limit_reserve` is atomic across every worker sharing this store (otherwise
+    #: each worker enforces task rate limits alone; see :mod:`machinery.ratelimit`).
+    supports_rate_limit: ClassVar[bool] = False
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
@@ -316,6 +323,41 @@ class Backend(ABC):
     def list_workers(self) -> list[bytes]:
         """The records of every worker whose ``ttl`` has not run out, in any order."""
         raise NotImplementedError(f"{type(self).__name__} has no worker registry")
+
+    # -- revocations and rate limits (Python-only; ``supports_revocation``, ``supports_rate_limit``)
+
+    def revoke(self, task_uuids: Sequence[str], *, terminate: bool, ttl: timedelta | None) -> None:
+        """Store revocations of ``task_uuids`` for ``ttl`` (None: forever).
+
+        Each one gets a new sequence number from the store, greater than every earlier one, so
+        :meth:`revocations_since` returns it to every reader whose cursor is behind. Revoking a
+        UUID again replaces its record (a new number, the new expiry); ``terminate`` stays True
+        once set while the record lives. Keys or rows must stay out of Go's namespaces.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot store revocations")
+
+    def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
+        """The live revocations stored after ``cursor`` (0: all of them), oldest first, at most
+        ``limit``; and the cursor to pass next time.
+
+        Called by every worker twice a second: it must cost one round trip and return quickly
+        when nothing is new. When the store was emptied (its numbers restarted below ``cursor``)
+        it must start again from 0.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot store revocations")
+
+    def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """Reserve the next start for ``key`` (GCRA), atomically across every caller.
+
+        With ``tat`` the stored time of the next free slot (now if absent or past): when
+        ``tat - now <= max_wait``, store ``tat + interval`` and return ``(True, tat - now)``;
+        else store nothing and return ``(False, tat - now)``. Records may expire once past.
+
+        :param key: the task name.
+        :param interval: seconds between two starts.
+        :param max_wait: the furthest slot, in seconds from now, that may be reserved.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no shared rate limiter")
 
     # -- Go-visible operations (template methods) ---------------------------------------------
 

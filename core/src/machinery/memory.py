@@ -25,6 +25,7 @@ from machinery.state import GroupMeta, TaskState
 if TYPE_CHECKING:
     from machinery.config import Config
     from machinery.plugins import Register
+    from machinery.revoke import Revocation
 
 __all__ = ["MemoryBackend", "MemoryBroker", "MemoryLock", "reset"]
 
@@ -49,6 +50,9 @@ class _BackendStore:
     cond: threading.Condition = field(default_factory=threading.Condition)
     records: dict[str, tuple[float, Any]] = field(default_factory=dict)  # uuid -> (expires_at, record)
     workers: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # worker id -> (expires_at, record)
+    revoked: dict[str, tuple[int, bool, float]] = field(default_factory=dict)  # uuid -> (seq, terminate, expires_at)
+    revoked_seq: int = 0
+    rates: Any = None  # LocalRateLimiter, created on first use
 
 
 @dataclass
@@ -213,6 +217,8 @@ class MemoryBackend(Backend):
 
     persistent: ClassVar[bool] = False
     supports_worker_registry: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -280,6 +286,46 @@ class MemoryBackend(Backend):
             for wid in [w for w, (exp, _) in self._s.workers.items() if exp <= now]:
                 del self._s.workers[wid]
             return [rec for _, rec in self._s.workers.values()]
+
+    def revoke(self, task_uuids: Sequence[str], *, terminate: bool, ttl: timedelta | None) -> None:
+        """Record the revocations with the next sequence numbers (monotonic expiry)."""
+        s = self._s
+        now = time.monotonic()
+        expires = now + ttl.total_seconds() if ttl is not None else float("inf")
+        with s.cond:
+            for uuid in [u for u, (_, _, exp) in s.revoked.items() if exp <= now]:
+                del s.revoked[uuid]
+            for uuid in task_uuids:
+                old = s.revoked.get(uuid)
+                s.revoked_seq += 1
+                s.revoked[uuid] = (s.revoked_seq, terminate or (old is not None and old[1]), expires)
+
+    def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
+        """The live revocations numbered after ``cursor``."""
+        from machinery.revoke import Revocation
+
+        s = self._s
+        now = time.monotonic()
+        with s.cond:
+            if s.revoked_seq < cursor:  # the store was reset
+                cursor = 0
+            rows = sorted((seq, uuid, term, exp) for uuid, (seq, term, exp) in s.revoked.items() if seq > cursor)
+        rows = rows[:limit]
+        forever = float("inf")
+        out = [Revocation(u, term, None if exp == forever else exp - now) for _, u, term, exp in rows if exp > now]
+        return out, (rows[-1][0] if rows else cursor)
+
+    def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """Reserve under a lock (shared by every server of this process using the same store)."""
+        from machinery.ratelimit import LocalRateLimiter
+
+        s = self._s
+        if s.rates is None:
+            with s.cond:
+                if s.rates is None:
+                    s.rates = LocalRateLimiter()
+        result: tuple[bool, float] = s.rates.reserve(key, interval, max_wait)
+        return result
 
     def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
         """Block on the store's condition until the task completes or ``timeout`` passes."""

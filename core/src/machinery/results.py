@@ -34,6 +34,12 @@ def _value(results: Sequence[TaskResult] | None) -> Any:
     return tuple(r.value for r in results)
 
 
+def _revoke(backend: Backend, uuids: list[str], terminate: bool, expires_in: float | None) -> None:
+    from machinery.revoke import revoke
+
+    revoke(backend, uuids, terminate=terminate, expires_in=expires_in)
+
+
 class AsyncResult:
     """The result of one sent task.
 
@@ -92,6 +98,13 @@ class AsyncResult:
         report, for tasks that never report, and once the task is done (the final state
         replaces the record)."""
         return self.get_state().progress
+
+    def revoke(self, terminate: bool = False, expires_in: float | None = None) -> None:
+        """Revoke this task (:meth:`Server.revoke <machinery.server.Server.revoke>`).
+
+        :raises NotImplementedError: the result backend cannot store revocations.
+        """
+        _revoke(self._backend, [self.task_uuid], terminate, expires_in)
 
     def touch(self) -> list[TaskResult] | None:
         """Go's ``Touch``: the results when done, None while running.
@@ -191,6 +204,11 @@ class GroupResult(list[AsyncResult]):
             out.append(r.get(left, poll_interval))
         return out
 
+    def revoke(self, terminate: bool = False, expires_in: float | None = None) -> None:
+        """Revoke every member (one write)."""
+        if self:
+            _revoke(self[0]._backend, [r.task_uuid for r in self], terminate, expires_in)
+
     def completed_count(self) -> int:
         """How many members are SUCCESS or FAILURE now."""
         return sum(1 for r in self if r.ready())
@@ -209,6 +227,12 @@ class ChainAsyncResult:
 
     def __init__(self, tasks: Sequence[Signature], backend: Backend) -> None:
         self.async_results = [AsyncResult(t, backend) for t in tasks]
+        self._backend = backend
+
+    def revoke(self, terminate: bool = False, expires_in: float | None = None) -> None:
+        """Revoke every step: each step is its own task (UUID), sent when the previous one
+        succeeds, so all of them are revoked, not only the first; a revoked step ends the chain."""
+        _revoke(self._backend, [r.task_uuid for r in self.async_results], terminate, expires_in)
 
     def results(self, timeout: float | None = None, poll_interval: float = 0.05) -> list[TaskResult]:
         """The typed results of the last task (Go's ``ChainAsyncResult.Get``)."""
@@ -235,6 +259,12 @@ class ChordAsyncResult:
     def __init__(self, group_tasks: Sequence[Signature], callback: Signature, backend: Backend) -> None:
         self.group_results = GroupResult(AsyncResult(t, backend) for t in group_tasks)
         self.callback_result = AsyncResult(callback, backend)
+        self._backend = backend
+
+    def revoke(self, terminate: bool = False, expires_in: float | None = None) -> None:
+        """Revoke every member and the callback."""
+        uuids = [r.task_uuid for r in self.group_results] + [self.callback_result.task_uuid]
+        _revoke(self._backend, uuids, terminate, expires_in)
 
     def results(self, timeout: float | None = None, poll_interval: float = 0.05) -> list[TaskResult]:
         """The typed results of the callback (Go's ``ChordAsyncResult.Get``)."""

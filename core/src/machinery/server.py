@@ -160,12 +160,15 @@ class Server:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    def register_task(self, name: str, fn: Callable[..., Any]) -> Task:
+    def register_task(self, name: str, fn: Callable[..., Any], *, rate_limit: str | None = None) -> Task:
         """Register ``fn`` under ``name`` (replacing an earlier registration of that name).
 
+        :param rate_limit: at most this many starts per period across every worker sharing the
+            backend: ``"100/s"``, ``"10/m"``, ``"1000/h"`` (see :mod:`machinery.ratelimit`).
         :raises TypeError: ``fn`` cannot be called with arguments from a message.
+        :raises ValueError: a malformed ``rate_limit``.
         """
-        task = Task(name, fn)
+        task = Task(name, fn, rate_limit=rate_limit)
         self._tasks[name] = task
         return task
 
@@ -178,12 +181,13 @@ class Server:
     def task(self, name: F) -> F: ...
 
     @overload
-    def task(self, name: str | None = None) -> Callable[[F], F]: ...
+    def task(self, name: str | None = None, *, rate_limit: str | None = None) -> Callable[[F], F]: ...
 
-    def task(self, name: str | F | None = None) -> F | Callable[[F], F]:
+    def task(self, name: str | F | None = None, *, rate_limit: str | None = None) -> F | Callable[[F], F]:
         """Decorator registering a function as a task, under ``name`` or its ``__name__``.
 
         ``@server.task`` and ``@server.task("add")`` both work; the function is returned as is.
+        ``rate_limit="10/s"`` limits its starts across every worker (:meth:`register_task`).
         """
         if callable(name):
             fn = name
@@ -191,7 +195,7 @@ class Server:
             return fn
 
         def deco(fn: F) -> F:
-            self.register_task(name or fn.__name__, fn)
+            self.register_task(name or fn.__name__, fn, rate_limit=rate_limit)
             return fn
 
         return deco
@@ -370,6 +374,23 @@ class Server:
     def get_state(self, task_uuid: str) -> TaskState | None:
         """The stored state of a task."""
         return self._backend.get_state(task_uuid)
+
+    def revoke(self, *task_uuids: str, terminate: bool = False, expires_in: float | None = None) -> list[str]:
+        """Revoke tasks: one that has not started never runs (its state becomes FAILURE with the
+        error ``"revoked"`` when a worker takes its message); with ``terminate``, one that is
+        running is stopped too (best effort for thread tasks). Every worker sees it within about
+        half a second. See :mod:`machinery.revoke`.
+
+        :param task_uuids: the tasks' UUIDs (a chain's or chord's result object revokes all its
+            tasks: ``result.revoke()``).
+        :param terminate: also stop running tasks.
+        :param expires_in: seconds the revocation is kept (default: ``results_expire_in``).
+        :returns: the UUIDs revoked.
+        :raises NotImplementedError: the result backend cannot store revocations.
+        """
+        from machinery.revoke import revoke
+
+        return revoke(self._backend, task_uuids, terminate=terminate, expires_in=expires_in)
 
     def async_result(self, task_uuid: str) -> AsyncResult:
         """An :class:`AsyncResult` for a task UUID (sent elsewhere, e.g. by a Go producer)."""

@@ -13,6 +13,7 @@ from machinery.errors import ArgumentTypeError
 
 if TYPE_CHECKING:
     from machinery.progress import Progress
+    from machinery.ratelimit import RateLimit
     from machinery.server import Server
     from machinery.signature import Signature
 
@@ -150,17 +151,35 @@ class Task:
 
     :param name: the registered name.
     :param fn: the function.
+    :param rate_limit: ``"100/s"``, ``"10/m"``, ``"1000/h"`` or a :class:`~machinery.ratelimit.RateLimit`.
+    :raises ValueError: a malformed rate limit.
     """
 
-    __slots__ = ("convs", "fn", "is_async", "max_args", "min_args", "name", "rest_conv", "takes_context")
+    __slots__ = (
+        "convs",
+        "fn",
+        "is_async",
+        "max_args",
+        "min_args",
+        "name",
+        "rate_limit",
+        "rest_conv",
+        "takes_context",
+    )
 
-    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], *, rate_limit: str | RateLimit | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"task {name!r}: {fn!r} is not callable")
         if not isinstance(name, str) or not name:
             raise ValueError("a task needs a non-empty name")
         self.name = name
         self.fn = fn
+        #: Starts per period across every worker of the backend (:mod:`machinery.ratelimit`), or None.
+        self.rate_limit: RateLimit | None = None
+        if rate_limit is not None:
+            from machinery.ratelimit import RateLimit
+
+            self.rate_limit = RateLimit.parse(rate_limit)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         try:
             sig = inspect.signature(fn)

@@ -33,7 +33,9 @@ from machinery.errors import (
     RetryTaskLater,
 )
 from machinery.events import TaskEvent, WorkerEvent
+from machinery.ratelimit import MAX_HOLD, RateLimiter
 from machinery.retry import fibonacci_next
+from machinery.revoke import POLL_INTERVAL, REVOKED, RevocationWatcher, RunningTasks, TaskRevoked
 from machinery.signature import Arg, Signature, decode_signature, results_for
 from machinery.task import TaskContext
 from machinery.workflow import chord_callback_to_send
@@ -147,6 +149,15 @@ class Worker:
         self.backend_error_requeue_delay = BACKEND_ERROR_REQUEUE_DELAY
         #: Seconds before trying again when the broker refused the credentials.
         self.auth_retry_delay = AUTH_RETRY_DELAY
+        #: Revoked task UUIDs (-> local expiry), kept fresh by a poll (:mod:`machinery.revoke`).
+        self._revoked: dict[str, float] = {}
+        self._revocations: RevocationWatcher | None = None
+        self._running = RunningTasks()
+        #: Seconds between two polls of the stored revocations.
+        self.revoke_poll_interval = POLL_INTERVAL
+        self._limiter = RateLimiter(server.backend)
+        #: Longest wait for a rate-limit slot for which a message is held rather than given back.
+        self.rate_limit_max_hold = MAX_HOLD
         hooks = server.plugins
         obs = hooks.has_task_observers()
         self._hooks = hooks
@@ -261,7 +272,80 @@ class Worker:
             redact_url(self.server.backend_url),
         )
         self._start_registry()
+        self._start_revocations()
         self._safe_hook(self._hooks.worker_started, self._event())
+
+    # -- revocations and rate limits ----------------------------------------------------------------
+
+    def _start_revocations(self) -> None:
+        backend = self.server.backend
+        if type(backend).supports_revocation:
+            self._revocations = RevocationWatcher(backend, self._running.terminate, self.revoke_poll_interval)
+            self._revoked = self._revocations.revoked
+            self._revocations.start()  # loads every live revocation before the first message
+        else:
+            log.debug("the %s backend cannot store revocations; revoke() is not available", type(backend).__name__)
+        limited = [t.name for t in self.server._tasks.values() if t.rate_limit is not None]
+        if limited and not self._limiter.shared:
+            log.warning(
+                "the %s backend has no shared rate limiter: each worker enforces the rate limits of %s alone",
+                type(backend).__name__,
+                ", ".join(sorted(limited)),
+            )
+
+    def _settle_revoked(self, sig: Signature, delivery: Delivery) -> None:
+        """A revoked task that has not run: store FAILURE ``revoked``, then acknowledge (given
+        back for redelivery if the state cannot be stored)."""
+        broker = self.server.broker
+        try:
+            self._revoked_failure(sig)
+        except Exception as exc:  # noqa: BLE001 - the message must be settled either way
+            self._report(exc)
+            log.error("task %s (%s) is revoked, but %s; giving the message back", sig.name, sig.uuid, exc)
+            broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
+            return
+        self._settle_call(sig, "acknowledged", lambda: broker.ack(delivery))
+
+    def _revoked_failure(self, sig: Signature, terminated: bool = False) -> bool:
+        """Store FAILURE ``revoked`` (no callbacks are sent); returns False (acknowledge)."""
+        self.server.backend.set_state_failure(sig, REVOKED)
+        self._count(True)
+        what = "terminated while running" if terminated else "not run"
+        log.warning("task %s (%s) is revoked: %s, stored FAILURE %r", sig.name, sig.uuid, what, REVOKED)
+        if self._obs_failed:
+            event = TaskEvent(sig, self.consumer_tag, error=REVOKED, exc=TaskRevoked())
+            self._safe_hook(self._hooks.task_failed, event)
+        return False
+
+    def _admit(self, sig: Signature, task: Task, delivery: Delivery) -> bool:
+        """Reserve a rate-limit slot: hold the message until it (at most ``rate_limit_max_hold``
+        seconds) and return True, or give the message back with a delay and return False."""
+        assert task.rate_limit is not None
+        broker = self.server.broker
+        hold = self.rate_limit_max_hold
+        try:
+            reserved, wait = self._limiter.reserve(task.name, task.rate_limit, hold)
+        except Exception as exc:  # noqa: BLE001 - the message must be settled either way
+            self._report(exc)
+            log.error("task %s (%s): the rate limiter failed (%s); giving the message back", sig.name, sig.uuid, exc)
+            broker.nack(delivery, requeue=True, delay=self.backend_error_requeue_delay)
+            return False
+        if not reserved:
+            later = max(wait - hold, 0.01)
+            if _debug():
+                log.debug("task %s (%s) over its rate limit; back in %.2fs", sig.name, sig.uuid, later)
+            broker.nack(delivery, requeue=True, delay=later)
+            # Back-pressure: this task slot stays taken for ``hold`` seconds, so a worker with a
+            # backlog of over-limit messages cycles at most one of them per slot per ``hold``
+            # seconds instead of spinning through the queue.
+            self._stop.wait(hold)
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        if sig.uuid in self._revoked:  # revoked while it was held
+            self._settle_revoked(sig, delivery)
+            return False
+        return True
 
     # -- worker registry --------------------------------------------------------------------------
 
@@ -332,6 +416,8 @@ class Worker:
         if self._registry is not None:
             self._registry.stop()
             self._registry = None
+        if self._revocations is not None:
+            self._revocations.stop()
         log.info("worker %s stopped", self.consumer_tag)
         self._safe_hook(self._hooks.worker_stopped, self._event())
         self._stopped.set()
@@ -470,6 +556,10 @@ class Worker:
             broker.nack(delivery, requeue=False)
             return
 
+        if sig.uuid in self._revoked:  # the one revocation check: a dict lookup
+            self._settle_revoked(sig, delivery)
+            return
+
         eta = sig.eta
         if eta is not None:
             early = eta.timestamp() - time.time()
@@ -490,6 +580,8 @@ class Worker:
                     self.unregistered_requeue_delay,
                 )
                 broker.nack(delivery, requeue=True, delay=self.unregistered_requeue_delay)
+            return
+        if task.rate_limit is not None and not self._admit(sig, task, delivery):
             return
 
         settled = False
@@ -652,15 +744,26 @@ class Worker:
         t0 = time.perf_counter()
         current = self._current
         current[sig.uuid] = (sig.name, time.time())
+        running = self._running
+        run = running.start(sig.uuid, task.is_async)
         try:
             try:
-                if task.takes_context:
-                    values.insert(0, TaskContext(sig, self.server, self.consumer_tag))
-                if task.is_async:
-                    value = self._run_async(task.fn, values)
-                else:
-                    value = task.fn(*values)
+                try:
+                    run.armed = True  # from here a revoke with terminate may interrupt it
+                    if sig.uuid in self._revoked:  # revoked since the message was taken
+                        raise TaskRevoked
+                    if task.takes_context:
+                        values.insert(0, TaskContext(sig, self.server, self.consumer_tag))
+                    if task.is_async:
+                        value = self._run_async(task.fn, values, run)
+                    else:
+                        value = task.fn(*values)
+                finally:
+                    running.finish(sig.uuid, run)  # raises TaskRevoked if it was terminated
                 results = results_for(value)
+            except TaskRevoked:
+                running.discard(sig.uuid, run)
+                return self._revoked_failure(sig, terminated=run.fired)
             except RetryTaskLater as exc:
                 self._retry_in(sig, exc.retry_in, exc)
                 return False
@@ -676,7 +779,7 @@ class Worker:
             if self._post_task is not None:
                 self._post_task(sig)
 
-    def _run_async(self, fn: Callable[..., Any], values: list[Any]) -> Any:
+    def _run_async(self, fn: Callable[..., Any], values: list[Any], run: Any = None) -> Any:
         import asyncio
 
         if self._loop is None:
@@ -685,7 +788,10 @@ class Worker:
                     loop = asyncio.new_event_loop()
                     threading.Thread(target=loop.run_forever, name=f"{self.consumer_tag}-asyncio", daemon=True).start()
                     self._loop = loop
-        return asyncio.run_coroutine_threadsafe(fn(*values), self._loop).result()
+        coro = fn(*values)
+        if run is not None:  # cancellable by a revoke with terminate
+            coro = self._running.guard(coro, run)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _succeeded(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from machinery.testing import BackendConformance, BackendOracle, WorkflowConformance
+from machinery.testing import BackendConformance, BackendOracle, ControlConformance, WorkflowConformance
 from machinery_mongo.backend import from_document
 
 
@@ -39,3 +39,7 @@ class TestMongoBackend(BackendConformance):
 
 class TestMongoWorkflow(WorkflowConformance):
     """Worker subprocesses consuming the embedded broker, storing results in MongoDB."""
+
+
+class TestMongoControl(ControlConformance):
+    pass

@@ -14,6 +14,7 @@ from machinery.testing import (
     BackendOracle,
     BrokerConformance,
     BrokerOracle,
+    ControlConformance,
     LockConformance,
     WorkflowConformance,
 )
@@ -77,4 +78,8 @@ class TestRedisLock(LockConformance):
 
 
 class TestRedisWorkflow(WorkflowConformance):
+    pass
+
+
+class TestRedisControl(ControlConformance):
     pass

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from machinery.config import Config
+    from machinery.revoke import Revocation
     from machinery.state import GroupMeta, TaskState
 
 __all__ = ["SQLiteBackend", "SQLiteBackendError"]
@@ -33,6 +34,11 @@ _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _WORKERS_TABLE = (
     "CREATE TABLE IF NOT EXISTS machinery_workers (id TEXT PRIMARY KEY, data BLOB NOT NULL, expires_at REAL NOT NULL)"
 )
+_REVOKED_TABLE = (
+    "CREATE TABLE IF NOT EXISTS machinery_revoked (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "uuid TEXT NOT NULL UNIQUE, terminate INTEGER NOT NULL, expires_at REAL)"
+)
+_RATES_TABLE = "CREATE TABLE IF NOT EXISTS machinery_rate_limits (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
 _UPSERT_STATE = (
     "INSERT INTO machinery_states (uuid, data, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (uuid) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
@@ -50,6 +56,8 @@ class SQLiteBackend(Transport, Backend):
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     supports_worker_registry: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "sqlite"
     error_class = SQLiteBackendError
 
@@ -57,6 +65,8 @@ class SQLiteBackend(Transport, Backend):
         super().__init__(url, config)
         self._setup(url, config)
         self._workers_ready = False
+        self._revoked_ready = False
+        self._rates_ready = False
 
     def _expires_at(self, now: float) -> float | None:
         secs = self.lifetime()
@@ -203,6 +213,77 @@ class SQLiteBackend(Transport, Backend):
             self._workers_table(conn)
             rows = conn.execute("SELECT data FROM machinery_workers WHERE expires_at > ?", (time.time(),)).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    # -- revocations and rate limits (own tables, created on first use like the registry's) -------
+
+    def _revoked_table(self) -> None:
+        if not self._revoked_ready:
+            with self._guard("create revocations table"), self._db.write(begin=False) as conn:
+                conn.execute(_REVOKED_TABLE)
+            self._revoked_ready = True
+
+    def revoke(self, task_uuids: Sequence[str], *, terminate: bool, ttl: timedelta | None) -> None:
+        """One transaction: drop expired rows, then (re)insert a row per UUID, which gives it the
+        next ``AUTOINCREMENT`` number (``terminate`` kept from a live earlier row)."""
+        self._revoked_table()
+        now = time.time()
+        expires = now + ttl.total_seconds() if ttl is not None else None
+        with self._guard("revoke"), self._db.write() as conn:
+            conn.execute("DELETE FROM machinery_revoked WHERE expires_at <= ?", (now,))
+            for uuid in task_uuids:
+                row = conn.execute("SELECT terminate FROM machinery_revoked WHERE uuid = ?", (uuid,)).fetchone()
+                term = terminate or bool(row and row[0])
+                if row is not None:
+                    conn.execute("DELETE FROM machinery_revoked WHERE uuid = ?", (uuid,))
+                conn.execute(
+                    "INSERT INTO machinery_revoked (uuid, terminate, expires_at) VALUES (?, ?, ?)",
+                    (uuid, int(term), expires),
+                )
+
+    def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
+        """Rows numbered after ``cursor`` (one read transaction: the head number and the rows)."""
+        from machinery.revoke import Revocation
+
+        self._revoked_table()
+        now = time.time()
+        with self._guard("read revocations"), self._db.read() as conn:
+            conn.execute("BEGIN")
+            try:
+                head = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'machinery_revoked'").fetchone()
+                if head is None or head[0] < cursor:  # a new or emptied file: numbers restarted
+                    cursor = 0
+                rows = conn.execute(
+                    "SELECT seq, uuid, terminate, expires_at FROM machinery_revoked WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (cursor, limit),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        out = [
+            Revocation(uuid, bool(term), None if exp is None else exp - now)
+            for _, uuid, term, exp in rows
+            if exp is None or exp > now
+        ]
+        return out, (rows[-1][0] if rows else cursor)
+
+    def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """GCRA in one write transaction (``BEGIN IMMEDIATE``: serialised across processes)."""
+        if not self._rates_ready:
+            with self._guard("create rate limits table"), self._db.write(begin=False) as conn:
+                conn.execute(_RATES_TABLE)
+            self._rates_ready = True
+        with self._guard("rate limit"), self._db.write() as conn:
+            now = time.time()
+            row = conn.execute("SELECT tat FROM machinery_rate_limits WHERE key = ?", (key,)).fetchone()
+            tat = max(row[0], now) if row is not None else now
+            wait = tat - now
+            if wait > max_wait:
+                return False, wait
+            conn.execute(
+                "INSERT INTO machinery_rate_limits (key, tat) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
+                (key, tat + interval),
+            )
+        return True, wait
 
     # -- waiting ----------------------------------------------------------------------------------
 

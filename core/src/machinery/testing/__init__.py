@@ -19,6 +19,7 @@ and subclass the suites in your tests (see ``docs/writing-a-plugin.md``)::
     class TestRedisBackend(BackendConformance): ...
     class TestRedisLock(LockConformance): ...
     class TestRedisWorkflow(WorkflowConformance): ...
+    class TestRedisControl(ControlConformance): ...    # revoke and rate limits
 
 The transport classes are resolved from the URL through the plugin host, so the plugin must be
 installed and registered. Capabilities the transport lacks (its classes' ``supports_*``
@@ -33,6 +34,7 @@ from __future__ import annotations
 from machinery.testing._support import check_periodic_ticks_once
 from machinery.testing.backend import BackendConformance
 from machinery.testing.broker import BrokerConformance, require_capability
+from machinery.testing.control import ControlConformance
 from machinery.testing.lock import LockConformance
 from machinery.testing.oracle import BackendOracle, BrokerOracle, require_server
 from machinery.testing.workflow import WorkflowConformance
@@ -42,6 +44,7 @@ __all__ = [
     "BackendOracle",
     "BrokerConformance",
     "BrokerOracle",
+    "ControlConformance",
     "LockConformance",
     "WorkflowConformance",
     "check_periodic_ticks_once",

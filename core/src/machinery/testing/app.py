@@ -143,6 +143,48 @@ def fault_work(path: str, index: int, seconds: float) -> int:
     return index
 
 
+async def async_wait(path: str, seconds: float) -> str:
+    """An ``async def`` task: append ``start``, sleep ``seconds``, append ``done``; append
+    ``cancelled`` instead when it is cancelled (revoked with ``terminate``)."""
+    import asyncio
+
+    _append(path, "start")
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        _append(path, "cancelled")
+        raise
+    _append(path, "done")
+    return "done"
+
+
+def busy_wait(path: str, seconds: float) -> str:
+    """A thread task that keeps running Python code: append ``start``, spin for ``seconds``,
+    append ``done``; append ``interrupted`` when a revoke with ``terminate`` stops it."""
+    from machinery.errors import TaskRevoked
+
+    _append(path, "start")
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+    except TaskRevoked:
+        _append(path, "interrupted")
+        raise
+    _append(path, "done")
+    return "done"
+
+
+#: Starts per second of ``rate_limited`` (its ``rate_limit``).
+RATE_LIMITED_PER_SECOND = 10
+
+
+def rate_limited(path: str, index: int) -> int:
+    """Registered with ``rate_limit="10/s"``: append ``<index> <time>`` to ``path``."""
+    _append(path, f"{index} {time.time():.6f}")
+    return index
+
+
 #: The standard tasks every conformance worker registers, by name.
 TASKS: Mapping[str, Callable[..., Any]] = {
     "add": add,
@@ -158,12 +200,15 @@ TASKS: Mapping[str, Callable[..., Any]] = {
     "record_tick": record_tick,
     "block_first_run": block_first_run,
     "fault_work": fault_work,
+    "async_wait": async_wait,
+    "busy_wait": busy_wait,
 }
 
 
 def register_tasks(server: Server) -> Server:
-    """Register :data:`TASKS` on ``server`` and return it."""
+    """Register :data:`TASKS` on ``server`` (and ``rate_limited`` with its rate limit) and return it."""
     server.register_tasks(TASKS)
+    server.register_task("rate_limited", rate_limited, rate_limit=f"{RATE_LIMITED_PER_SECOND}/s")
     return server
 
 

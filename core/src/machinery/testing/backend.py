@@ -345,3 +345,122 @@ class BackendConformance(SuiteBase):
         )
         assert alive in self._listed(backend, {alive}), "a record with a 30 s ttl expired early"
         backend.unregister_worker(alive)
+
+    # -- revocations (``supports_revocation``) and rate limits (``supports_rate_limit``) ----------
+
+    @staticmethod
+    def _read_revocations(backend: Backend, cursor: int) -> tuple[dict[str, Any], int]:
+        """Every live revocation after ``cursor`` (paging), by UUID, and the last cursor."""
+        found: dict[str, Any] = {}
+        while True:
+            page, nxt = backend.revocations_since(cursor, 100)
+            for r in page:
+                found[r.task_uuid] = r
+            if len(page) < 100 or nxt == cursor:
+                return found, nxt
+            cursor = nxt
+
+    def test_revocation_round_trip(self, backend_class: type[Backend], new_backend: Callable[..., Backend]) -> None:
+        """A revocation stored through one instance is read through another from its cursor, once;
+        revoking again (with ``terminate``) shows it again, and ``terminate`` then stays set."""
+        from datetime import timedelta
+
+        require_capability(backend_class, "supports_revocation", "no revocations")
+        one, two = new_backend(), new_backend()
+        _, cursor = self._read_revocations(two, 0)
+        a, b = new_uuid(), new_uuid()
+        one.revoke([a, b], terminate=False, ttl=timedelta(seconds=30))
+        found, cursor2 = self._read_revocations(two, cursor)
+        assert {a, b} <= set(found), f"revocations not read back from cursor {cursor}: {sorted(found)}"
+        for u in (a, b):
+            r = found[u]
+            assert r.terminate is False
+            assert r.expires_in is not None and 0 < r.expires_in <= 30.5, f"expires_in {r.expires_in}"
+        assert cursor2 != cursor, "the cursor did not move"
+        again, cursor3 = self._read_revocations(two, cursor2)
+        assert not ({a, b} & set(again)), "the same revocations were returned twice"
+        one.revoke([a], terminate=True, ttl=timedelta(seconds=30))
+        found, cursor4 = self._read_revocations(two, cursor3)
+        assert a in found and found[a].terminate is True and b not in found
+        one.revoke([a], terminate=False, ttl=timedelta(seconds=30))
+        found, _ = self._read_revocations(two, cursor4)
+        assert a in found and found[a].terminate is True, "terminate was lost by a second revoke"
+        everything, _ = self._read_revocations(new_backend(), 0)
+        assert {a, b} <= set(everything), "a new reader (a restarted worker) does not see them"
+
+    def test_revocation_expiry(self, backend_class: type[Backend], new_backend: Callable[..., Backend]) -> None:
+        """A revocation disappears after its ttl; one stored without a ttl has ``expires_in`` None."""
+        from datetime import timedelta
+
+        require_capability(backend_class, "supports_revocation", "no revocations")
+        backend = new_backend()
+        short, forever = new_uuid(), new_uuid()
+        backend.revoke([short], terminate=False, ttl=timedelta(seconds=1))
+        backend.revoke([forever], terminate=False, ttl=None)
+        found, _ = self._read_revocations(backend, 0)
+        assert short in found, "the revocation vanished at once"
+        assert found[forever].expires_in is None
+        wait_until(
+            lambda: short not in self._read_revocations(backend, 0)[0],
+            1 + self.expiry_tolerance,
+            interval=0.1,
+            what="a revocation to expire after its 1 s ttl",
+        )
+        assert forever in self._read_revocations(backend, 0)[0]
+
+    def test_rate_limit_reserve_spacing_across_threads(
+        self, backend_class: type[Backend], new_backend: Callable[..., Backend]
+    ) -> None:
+        """24 reservations made at once from 4 instances and threads, with slots 2 s apart and
+        ``max_wait`` 11 s: exactly the 6 slots within reach are handed out, one each (waits about
+        0, 2, 4 ... 10 s), and the other callers are refused. A store whose read-modify-write is
+        not atomic hands the same slot to several callers, and more than 6 succeed."""
+        require_capability(backend_class, "supports_rate_limit", "no shared rate limiter")
+        key = new_uuid("rate_")
+        interval, max_wait, n = 2.0, 11.0, 24
+        backends = [new_backend() for _ in range(4)]
+        granted: list[float] = []
+        refused: list[float] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(n)
+
+        def reserve(i: int) -> None:
+            try:
+                start.wait(10)
+                ok, wait = backends[i % len(backends)].rate_limit_reserve(key, interval, max_wait)
+                (granted if ok else refused).append(wait)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=reserve, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        elapsed = time.monotonic() - t0
+        assert not errors, f"rate_limit_reserve raised: {errors[0]!r}"
+        within = int(max_wait // interval) + 1
+        late = int(elapsed // interval)  # a slow run lets a caller reach one more slot per interval
+        assert within <= len(granted) <= within + late, (
+            f"{len(granted)} of {n} reservations granted in {elapsed:.2f}s, expected {within}: "
+            f"waits {sorted(round(w, 2) for w in granted)}"
+        )
+        waits = sorted(granted)
+        for k, w in enumerate(waits[:within]):
+            assert k * interval - 1.0 - elapsed <= w <= k * interval + 0.5, f"slot {k} is {w:.2f}s away: {waits}"
+        assert all(w > max_wait for w in refused), f"a refusal within max_wait: {sorted(refused)}"
+
+    def test_rate_limit_refuses_beyond_max_wait(
+        self, backend_class: type[Backend], new_backend: Callable[..., Backend]
+    ) -> None:
+        """A slot further than ``max_wait`` is not reserved (and a refusal reserves nothing)."""
+        require_capability(backend_class, "supports_rate_limit", "no shared rate limiter")
+        backend = new_backend()
+        key = new_uuid("rate_")
+        ok, wait = backend.rate_limit_reserve(key, 10.0, 1.0)
+        assert ok and wait <= 0.5, (ok, wait)
+        for _ in range(2):
+            ok, wait = backend.rate_limit_reserve(key, 10.0, 1.0)
+            assert not ok, "a slot 10 s away was reserved with max_wait=1"
+            assert 8.0 <= wait <= 10.5, f"next slot reported {wait:.2f}s away, expected about 10"

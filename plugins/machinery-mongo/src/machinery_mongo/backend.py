@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
 
     from machinery.config import Config
+    from machinery.revoke import Revocation
 
 __all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "from_document", "to_document"]
 
@@ -59,6 +60,17 @@ TASKS = "tasks"
 GROUP_METAS = "group_metas"
 #: The worker registry's collection (Python-only: Go's backend never opens it).
 WORKERS = "machinery_py_workers"
+#: Revocations (Python-only): an append-only log ``{_id: <sequence number>, uuid, terminate,
+#: expires_at}`` and the counter ``{_id: "revocations", seq}`` that numbers it.
+REVOCATIONS = "machinery_py_revocations"
+COUNTERS = "machinery_py_counters"
+#: Rate limiters (Python-only): ``{_id: <task name>, tat: <Unix time of the next free slot>}``.
+RATE_LIMITS = "machinery_py_rate_limits"
+#: Conditional writes tried before a reservation gives up (contention).
+RATE_LIMIT_TRIES = 100
+#: Seconds after which a hole in the revocation numbers is taken as final (a record that
+#: expired, or a revoke that died between taking its number and writing its record).
+REVOCATION_GAP_GRACE = 5.0
 TTL_INDEX = "expires_at_ttl"
 
 _COMPLETED = [State.SUCCESS.value, State.FAILURE.value]
@@ -145,6 +157,8 @@ class MongoBackend(Backend):
 
     config_section: ClassVar[str | None] = "mongodb"
     supports_worker_registry: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -160,6 +174,9 @@ class MongoBackend(Backend):
         self._colls: tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]] | None = None
         self._connect_lock = threading.Lock()
         self._workers_coll: Collection[dict[str, Any]] | None = None
+        self._revocations_coll: Collection[dict[str, Any]] | None = None
+        #: (cursor, monotonic time) when a hole after that cursor was first seen.
+        self._gap_seen: tuple[int, float] | None = None
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -201,6 +218,110 @@ class MongoBackend(Backend):
                 coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)
                 self._workers_coll = coll
         return self._workers_coll
+
+    # -- revocations: an append-only log numbered by a counter (Go never reads either) -----------
+
+    def _revocations(self) -> Collection[dict[str, Any]]:
+        if self._revocations_coll is None:
+            self._collections()
+            assert self._client is not None
+            with self._connect_lock, self._errors("connecting"):
+                coll = self._client[self.database][REVOCATIONS]
+                # no TTL index: a record deleted right after it expires would leave a hole just
+                # behind the readers' cursors; expired records are deleted an hour later instead
+                coll.create_index("expires_at", name="expires_at")
+                coll.create_index("uuid", name="uuid")
+                self._revocations_coll = coll
+        return self._revocations_coll
+
+    def revoke(self, task_uuids: Sequence[str], *, terminate: bool, ttl: timedelta | None) -> None:
+        """Append one record per UUID, numbered by ``$inc`` on the counter (``terminate`` kept
+        from a live earlier record of the UUID)."""
+        from pymongo import ReturnDocument
+
+        coll = self._revocations()
+        assert self._client is not None
+        counters = self._client[self.database][COUNTERS]
+        now = datetime.now(timezone.utc)
+        expires = now + ttl if ttl is not None else None
+        with self._errors(f"revoke {len(task_uuids)} task(s)"):
+            coll.delete_many({"expires_at": {"$lte": now - timedelta(hours=1)}})
+            for uuid in task_uuids:
+                term = terminate or (
+                    coll.find_one({"uuid": uuid, "terminate": True, **self._live()}, projection={"_id": True})
+                    is not None
+                )
+                seq = counters.find_one_and_update(
+                    {"_id": "revocations"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+                )["seq"]
+                coll.insert_one({"_id": int(seq), "uuid": uuid, "terminate": term, "expires_at": expires})
+
+    def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
+        """The records numbered after ``cursor``. The number is taken before the record is
+        written, so the cursor only moves over consecutive numbers: a hole is waited for
+        (records after it are returned again meanwhile) for :data:`REVOCATION_GAP_GRACE` s."""
+        import time
+
+        from machinery.revoke import Revocation
+
+        coll = self._revocations()
+        assert self._client is not None
+        with self._errors("read revocations"):
+            head_doc = self._client[self.database][COUNTERS].find_one({"_id": "revocations"})
+            head = int(head_doc["seq"]) if head_doc else 0
+            if head < cursor:  # the counter was reset: start again
+                cursor = 0
+            docs = list(coll.find({"_id": {"$gt": cursor}}).sort("_id", 1).limit(limit))
+        now = datetime.now(timezone.utc)
+        out: list[Revocation] = []
+        nxt = cursor
+        contiguous = True
+        for d in docs:
+            seq = int(d["_id"])
+            if contiguous and seq != nxt + 1:
+                seen = self._gap_seen
+                if seen is None or seen[0] != nxt:
+                    self._gap_seen = seen = (nxt, time.monotonic())
+                contiguous = time.monotonic() - seen[1] >= REVOCATION_GAP_GRACE
+            if contiguous:
+                nxt = seq
+            exp = d.get("expires_at")
+            if exp is not None and exp.tzinfo is None:
+                exp = exp.replace(tzinfo=timezone.utc)
+            if exp is None or exp > now:
+                left = None if exp is None else (exp - now).total_seconds()
+                out.append(Revocation(str(d["uuid"]), bool(d.get("terminate")), left))
+        return out, nxt
+
+    def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """GCRA by compare-and-set: read the slot time, write the next one only if it is still the
+        value read (``update_one`` filtered on it; ``insert_one`` on ``_id`` for the first), retry
+        on a lost race. Times are the workers' clocks (keep them in sync: NTP)."""
+        import time
+
+        from pymongo.errors import DuplicateKeyError
+
+        self._collections()
+        assert self._client is not None
+        coll = self._client[self.database][RATE_LIMITS]
+        with self._errors(f"rate limit {key}"):
+            for _ in range(RATE_LIMIT_TRIES):
+                now = time.time()
+                doc = coll.find_one({"_id": key})
+                old = float(doc["tat"]) if doc is not None else None
+                tat = max(old, now) if old is not None else now
+                wait = tat - now
+                if wait > max_wait:
+                    return False, wait
+                if old is None:
+                    try:
+                        coll.insert_one({"_id": key, "tat": tat + interval})
+                    except DuplicateKeyError:
+                        continue
+                    return True, wait
+                if coll.update_one({"_id": key, "tat": old}, {"$set": {"tat": tat + interval}}).modified_count == 1:
+                    return True, wait
+        raise BackendError(f"rate limit {key}: {RATE_LIMIT_TRIES} conditional writes lost to other workers")
 
     def register_worker(self, worker_id: str, record: bytes, ttl: timedelta) -> None:
         """Upsert ``{_id: worker_id, record, expires_at}`` (the TTL index deletes it later)."""
@@ -311,3 +432,4 @@ class MongoBackend(Backend):
             self._client = None
             self._colls = None
             self._workers_coll = None
+            self._revocations_coll = None

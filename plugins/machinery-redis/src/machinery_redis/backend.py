@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from machinery.config import Config
+    from machinery.revoke import Revocation
     from machinery.signature import Signature
 
 __all__ = ["RedisBackend"]
@@ -52,6 +53,85 @@ log = logging.getLogger("machinery.redis")
 
 #: Prefix of the worker registry's keys (Python-only; outside Go's task, group and queue keys).
 WORKER_PREFIX = "machinery_py:worker:"
+
+#: Revocations (Python-only keys, one hash slot so the scripts run on a Cluster too): a counter,
+#: a sorted set UUID -> sequence number, and a hash UUID -> "<expiry ms or -1>:<terminate 0/1>".
+REVOKED_SEQ = "machinery_py:{revoked}:seq"
+REVOKED_LOG = "machinery_py:{revoked}:log"
+REVOKED_INFO = "machinery_py:{revoked}:info"
+#: Prefix of the rate limiters' keys (one per task name: its theoretical arrival time, ms).
+RATE_LIMIT_PREFIX = "machinery_py:ratelimit:"
+
+# KEYS: seq, log, info. ARGV: ttl ms (-1: forever), terminate (0/1), uuids... Server time.
+_REVOKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local exp = -1
+if ttl >= 0 then exp = now + ttl end
+for i = 3, #ARGV do
+  local u = ARGV[i]
+  local term = ARGV[2]
+  local old = redis.call('HGET', KEYS[3], u)
+  if old and term == '0' then
+    local oe, ot = string.match(old, '^(-?%d+):(%d)$')
+    if ot == '1' and (tonumber(oe) < 0 or tonumber(oe) > now) then term = '1' end
+  end
+  local s = redis.call('INCR', KEYS[1])
+  redis.call('ZADD', KEYS[2], s, u)
+  redis.call('HSET', KEYS[3], u, exp .. ':' .. term)
+end
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 199)
+for _, u in ipairs(oldest) do
+  local v = redis.call('HGET', KEYS[3], u)
+  local e = v and tonumber(string.match(v, '^(-?%d+):'))
+  if not e or (e >= 0 and e <= now) then
+    redis.call('ZREM', KEYS[2], u)
+    redis.call('HDEL', KEYS[3], u)
+  end
+end
+return 1
+"""
+
+# KEYS: seq, log, info. ARGV: cursor, limit. Returns {last seq seen, {uuid, terminate, ms left or -1, ...}}.
+_REVOCATIONS_SINCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(ARGV[1])
+if head < cur then cur = 0 end
+local rows = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. cur, '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+local last = cur
+for i = 1, #rows, 2 do
+  local u = rows[i]
+  last = tonumber(rows[i + 1])
+  local v = redis.call('HGET', KEYS[3], u)
+  if v then
+    local e, term = string.match(v, '^(-?%d+):(%d)$')
+    e = tonumber(e)
+    if e < 0 then
+      out[#out + 1] = u; out[#out + 1] = term; out[#out + 1] = '-1'
+    elseif e > now then
+      out[#out + 1] = u; out[#out + 1] = term; out[#out + 1] = tostring(e - now)
+    end
+  end
+end
+return {tostring(last), out}
+"""
+
+# KEYS[1]: the task's limiter key. ARGV: interval ms, max wait ms. GCRA on the server's clock.
+_RATE_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - now
+if wait > tonumber(ARGV[2]) then return {0, tostring(wait)} end
+local nxt = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.3f', nxt), 'PX', math.ceil(nxt - now) + 1000)
+return {1, tostring(wait)}
+"""
 
 #: Connection classes whose server can track keys for us (not Sentinel-managed ones).
 _TRACKABLE = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
@@ -122,6 +202,8 @@ class RedisBackend(Backend):
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     supports_worker_registry: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "redis"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
@@ -135,6 +217,7 @@ class RedisBackend(Backend):
         self._watcher: StateWatcher | None = None
         self._watcher_lock = threading.Lock()
         self._watcher_retry_at = 0.0
+        self._scripts: dict[str, Any] = {}
 
     @property
     def shared(self) -> SharedClient:
@@ -303,6 +386,46 @@ class RedisBackend(Backend):
                 return []
             raws = self.client.mget_nonatomic(keys) if is_cluster(self.client) else self.client.mget(keys)
         return [bytes(r) for r in raws if r is not None]
+
+    # -- revocations and rate limits (Lua scripts on Python-only keys; Go never reads them) ---------
+
+    def _script(self, name: str, text: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(text)
+        return script
+
+    def revoke(self, task_uuids: Sequence[str], *, terminate: bool, ttl: timedelta | None) -> None:
+        """One script: a sequence number per UUID, its expiry on the server's clock, and a sweep
+        of the oldest expired records."""
+        ms = -1 if ttl is None else max(1, int(ttl.total_seconds() * 1000))
+        with self._errors(f"revoke {len(task_uuids)} task(s)"):
+            self._script("revoke", _REVOKE)(
+                keys=[REVOKED_SEQ, REVOKED_LOG, REVOKED_INFO], args=[ms, int(terminate), *task_uuids]
+            )
+
+    def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
+        """One script: the live records numbered after ``cursor``."""
+        from machinery.revoke import Revocation
+
+        with self._errors("read revocations"):
+            last, flat = self._script("since", _REVOCATIONS_SINCE)(
+                keys=[REVOKED_SEQ, REVOKED_LOG, REVOKED_INFO], args=[cursor, limit]
+            )
+        out = []
+        for i in range(0, len(flat), 3):
+            uuid, term, left = (x.decode() if isinstance(x, bytes) else str(x) for x in flat[i : i + 3])
+            ms = float(left)
+            out.append(Revocation(uuid, term == "1", None if ms < 0 else ms / 1000.0))
+        return out, int(float(last))
+
+    def rate_limit_reserve(self, key: str, interval: float, max_wait: float) -> tuple[bool, float]:
+        """GCRA in one script on the server's clock, so every worker's clock agrees."""
+        with self._errors(f"rate limit {key}"):
+            ok, wait = self._script("rate", _RATE_RESERVE)(
+                keys=[RATE_LIMIT_PREFIX + key], args=[interval * 1000.0, max_wait * 1000.0]
+            )
+        return bool(int(ok)), float(wait) / 1000.0
 
     def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
         """Wait until SUCCESS or FAILURE, woken by Redis when the state changes (client tracking,
