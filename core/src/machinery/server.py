@@ -157,12 +157,22 @@ class Server:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    def register_task(self, name: str, fn: Callable[..., Any]) -> Task:
+    def register_task(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> Task:
         """Register ``fn`` under ``name`` (replacing an earlier registration of that name).
 
+        :param time_limit: hard time limit in seconds (docs/pools.md); None: the worker's default.
+        :param soft_time_limit: soft time limit in seconds, raising
+            :class:`~machinery.errors.SoftTimeLimitExceeded` inside the task.
         :raises TypeError: ``fn`` cannot be called with arguments from a message.
         """
-        task = Task(name, fn)
+        task = Task(name, fn, time_limit=time_limit, soft_time_limit=soft_time_limit)
         self._tasks[name] = task
         return task
 
@@ -175,12 +185,17 @@ class Server:
     def task(self, name: F) -> F: ...
 
     @overload
-    def task(self, name: str | None = None) -> Callable[[F], F]: ...
+    def task(
+        self, name: str | None = None, *, time_limit: float | None = None, soft_time_limit: float | None = None
+    ) -> Callable[[F], F]: ...
 
-    def task(self, name: str | F | None = None) -> F | Callable[[F], F]:
+    def task(
+        self, name: str | F | None = None, *, time_limit: float | None = None, soft_time_limit: float | None = None
+    ) -> F | Callable[[F], F]:
         """Decorator registering a function as a task, under ``name`` or its ``__name__``.
 
         ``@server.task`` and ``@server.task("add")`` both work; the function is returned as is.
+        ``@server.task("crunch", time_limit=30, soft_time_limit=25)`` sets the task's time limits.
         """
         if callable(name):
             fn = name
@@ -188,7 +203,7 @@ class Server:
             return fn
 
         def deco(fn: F) -> F:
-            self.register_task(name or fn.__name__, fn)
+            self.register_task(name or fn.__name__, fn, time_limit=time_limit, soft_time_limit=soft_time_limit)
             return fn
 
         return deco

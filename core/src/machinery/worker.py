@@ -31,11 +31,14 @@ from machinery.errors import (
     DecodeError,
     MachineryError,
     RetryTaskLater,
+    TimeLimitExceeded,
+    WorkerLostError,
 )
 from machinery.events import TaskEvent, WorkerEvent
 from machinery.retry import fibonacci_next
 from machinery.signature import Arg, Signature, decode_signature, results_for
 from machinery.task import TaskContext
+from machinery.timelimit import Abandoned, Run, limits_for
 from machinery.workflow import chord_callback_to_send
 
 if TYPE_CHECKING:
@@ -155,6 +158,28 @@ class Worker:
         self._obs_succeeded = obs["succeeded"]
         self._obs_failed = obs["failed"]
         self._obs_retried = obs["retried"]
+        # -- pools and time limits (docs/pools.md) --
+        cfg = server.config
+        #: ``threads`` or ``processes`` (:mod:`machinery.pool`).
+        self.pool: str = cfg.worker_pool
+        #: The app's import path (``module:attr``), which the processes pool's children import.
+        self.app: str = ""
+        #: Default hard and soft time limits in seconds (None: none); tasks and signatures override.
+        self.time_limit: float | None = cfg.time_limit or None
+        self.soft_time_limit: float | None = cfg.soft_time_limit or None
+        #: Threads pool: abandoned threads still running past which the worker stops (0: concurrency).
+        self.max_abandoned_threads: int = cfg.max_abandoned_threads
+        #: Processes pool: tasks per child before it is replaced (0: never).
+        self.max_tasks_per_child: int = cfg.max_tasks_per_child
+        #: Processes pool: resident memory in KiB past which a child is replaced after a task (0: never).
+        self.max_memory_per_child: int = cfg.max_memory_per_child
+        #: Processes pool: child deaths while running a task before it is stored as FAILURE.
+        self.max_crashes: int = cfg.max_crashes
+        #: The exit status the worker asks for when it stops (:data:`~machinery.timelimit.EXIT_RESTART`).
+        self.exit_code = 0
+        self._watchdog: Any = None
+        self._abandoned: list[threading.Thread] = []
+        self._pool: Any = None
 
     # -- handlers (Go's Set*Handler) --------------------------------------------------------------
 
@@ -248,6 +273,12 @@ class Worker:
             self._scheduler = Scheduler(self.server)
             self._scheduler.start()
         n = self.concurrency
+        if self.pool == "processes":
+            from machinery.pool import ProcessPool
+
+            self._pool = ProcessPool(self, n)
+        elif self.pool != "threads":
+            raise ValueError(f"unknown worker pool {self.pool!r} (threads or processes)")
         for i in range(n):
             t = threading.Thread(target=self._task_thread, name=f"{self.consumer_tag}-task-{i}", daemon=True)
             t.start()
@@ -298,7 +329,7 @@ class Worker:
             pid=os.getpid(),
             queues=(self.queue,),
             concurrency=self.concurrency,
-            pool="threads",
+            pool=self.pool,
             started=self._started_at,
             heartbeat=time.time(),
             interval=self._registry.interval if self._registry is not None else DEFAULT_HEARTBEAT,
@@ -327,6 +358,10 @@ class Worker:
             settlers = list(self._settlers)
         for t in settlers:
             t.join()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        if self._pool is not None:
+            self._pool.close()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._registry is not None:
@@ -361,6 +396,8 @@ class Worker:
             self._stop.set()
         else:
             log.warning("second signal: exiting now; in-flight tasks stay unacknowledged for redelivery")
+            if self._pool is not None:
+                self._pool.kill()
             logging.shutdown()
             os._exit(128 + signum)
 
@@ -433,12 +470,18 @@ class Worker:
                 return
             try:
                 self.process_delivery(item)
+            except Abandoned as exc:
+                # the watchdog settled this delivery at the hard time limit and released its slot;
+                # it started a replacement for this thread, which now ends (an async task's
+                # thread, whose wait was only cancelled, goes on serving)
+                if exc.args == ("async",):
+                    continue
+                return
             except BaseException:
                 log.exception("unexpected error while processing a delivery")
-            finally:
-                with self._inflight_lock:
-                    self._inflight -= 1
-                self._slots.release()
+            with self._inflight_lock:
+                self._inflight -= 1
+            self._slots.release()
 
     # -- processing -------------------------------------------------------------------------------
 
@@ -654,9 +697,18 @@ class Worker:
         current[sig.uuid] = (sig.name, time.time())
         try:
             try:
-                if task.takes_context:
+                if task.takes_context and (self._pool is None or task.is_async):
                     values.insert(0, TaskContext(sig, self.server, self.consumer_tag))
-                if task.is_async:
+                if (
+                    self._pool is not None
+                    or self.time_limit
+                    or self.soft_time_limit
+                    or task.time_limit
+                    or task.soft_time_limit
+                    or sig.headers
+                ):
+                    value = self._call_limited(sig, task, values, settle)
+                elif task.is_async:
                     value = self._run_async(task.fn, values)
                 else:
                     value = task.fn(*values)
@@ -664,6 +716,8 @@ class Worker:
             except RetryTaskLater as exc:
                 self._retry_in(sig, exc.retry_in, exc)
                 return False
+            except WorkerLostError as exc:
+                return self._child_died(sig, exc)
             except Exception as exc:  # noqa: BLE001 - a task's error is a FAILURE, never a dead worker
                 tb = traceback.format_exc()
                 if sig.retry_count > 0:
@@ -675,6 +729,147 @@ class Worker:
             current.pop(sig.uuid, None)
             if self._post_task is not None:
                 self._post_task(sig)
+
+    def _call_limited(
+        self, sig: Signature, task: Task, values: list[Any], settle: Callable[[bool, BaseException | None], None] | None
+    ) -> Any:
+        """Run the task under its time limits (:mod:`machinery.timelimit`), in a child process
+        for the processes pool (:mod:`machinery.pool`)."""
+        soft, hard = limits_for(sig, task, self.time_limit, self.soft_time_limit)
+        if self._pool is not None and not task.is_async:
+            return self._pool.run(sig, task, values, soft, hard)
+        if soft is None and hard is None:
+            return self._run_async(task.fn, values) if task.is_async else task.fn(*values)
+        on_hard = None
+        if settle is not None and hard is not None:
+
+            def on_hard(run: Run) -> None:
+                self._hard_limit(run, sig, settle, hard)
+
+        run = Run(soft, hard, on_hard)
+        if self._watchdog is None:
+            with self._loop_lock:
+                if self._watchdog is None:
+                    from machinery.timelimit import Watchdog
+
+                    self._watchdog = Watchdog(self.consumer_tag)
+        if task.is_async:
+            from machinery.timelimit import run_coroutine
+
+            fut = run_coroutine(self._event_loop(), task.fn(*values), run)
+            self._watchdog.watch(run)
+            return run.call(fut.result, [])
+        self._watchdog.watch(run)
+        return run.call(task.fn, values)
+
+    def _hard_limit(
+        self, run: Run, sig: Signature, settle: Callable[[bool, BaseException | None], None], hard: float
+    ) -> None:
+        """A task thread ran past its hard limit (called by the watchdog, which has marked the
+        run abandoned): replace the thread, then store FAILURE (or RETRY) and settle the message
+        on a thread of its own, since the watchdog must not wait for the backend."""
+        exc = TimeLimitExceeded(hard)
+        self._current.pop(sig.uuid, None)
+
+        def store() -> None:
+            try:
+                try:
+                    if sig.retry_count > 0:
+                        self._retry(sig, exc)
+                        keep = False
+                    else:
+                        keep = self._failed(sig, exc, "")
+                except Exception as err:  # noqa: BLE001 - settled like any unstorable state
+                    settle(False, err)
+                else:
+                    settle(keep, None)
+            except Exception:
+                log.exception("could not settle the message of task %s (%s)", sig.name, sig.uuid)
+            finally:
+                with self._inflight_lock:
+                    self._inflight -= 1
+                self._slots.release()
+                with self._settlers_lock:
+                    self._settlers.discard(threading.current_thread())
+
+        t = threading.Thread(target=store, name=f"{self.consumer_tag}-timelimit", daemon=True)
+        with self._settlers_lock:  # started before a shutdown (which joins it) can see it
+            t.start()
+            self._settlers.add(t)
+        # an async task's thread is not abandoned: its wait ends with the cancellation and it goes on
+        if run.async_future is not None:
+            what = "cancelled it"
+        else:
+            what = f"abandoned its thread ({self._replace_thread(run.thread)} abandoned still running)"
+        log.error("task %s (%s) exceeded its hard time limit of %gs: %s", sig.name, sig.uuid, hard, what)
+
+    def _replace_thread(self, old: threading.Thread) -> int:
+        """Start a task thread in place of ``old`` (abandoned); stop the worker for a restart
+        when too many abandoned threads still run. Returns how many do."""
+        from machinery.timelimit import EXIT_RESTART
+
+        with self._inflight_lock:
+            self._abandoned = [t for t in self._abandoned if t.is_alive()]
+            self._abandoned.append(old)
+            alive = len(self._abandoned)
+            if old in self._threads:
+                i = self._threads.index(old)
+                t = threading.Thread(target=self._task_thread, name=f"{old.name}+", daemon=True)
+                t.start()
+                self._threads[i] = t
+        bound = self.max_abandoned_threads or self.concurrency
+        if alive > bound and not self._stop.is_set():
+            log.error(
+                "worker %s: %d threads abandoned at their hard time limit are still running (bound %d); "
+                "stopping (warm shutdown) and exiting with status %d so that a supervisor starts a fresh process",
+                self.consumer_tag,
+                alive,
+                bound,
+                EXIT_RESTART,
+            )
+            self.exit_code = EXIT_RESTART
+            self._stop.set()
+        return alive
+
+    def _child_died(self, sig: Signature, exc: WorkerLostError) -> bool:
+        """A processes-pool child died running the task: deliver it again (a copy with the
+        death counted in a Python-only header) until ``max_crashes`` deaths, then FAILURE."""
+        from machinery.timelimit import CRASHES_HEADER
+
+        crashes = sig.headers.get(CRASHES_HEADER, 0) if sig.headers else 0
+        crashes = (crashes if isinstance(crashes, int) and not isinstance(crashes, bool) else 0) + 1
+        if crashes < self.max_crashes:
+            log.error(
+                "task %s (%s): %s; delivering it again (death %d of at most %d)",
+                sig.name,
+                sig.uuid,
+                exc,
+                crashes,
+                self.max_crashes,
+            )
+            sig.headers = {**sig.headers, CRASHES_HEADER: crashes}
+            self.server._republish(sig)
+            return False
+        log.error(
+            "task %s (%s): %s; %d deaths, storing FAILURE (max_crashes %d)",
+            sig.name,
+            sig.uuid,
+            exc,
+            crashes,
+            self.max_crashes,
+        )
+        return self._failed(sig, WorkerLostError(f"{exc.reason}; {crashes} times"), "")
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
+        if self._loop is None:
+            with self._loop_lock:
+                if self._loop is None:
+                    loop = asyncio.new_event_loop()
+                    threading.Thread(target=loop.run_forever, name=f"{self.consumer_tag}-asyncio", daemon=True).start()
+                    self._loop = loop
+        return self._loop
 
     def _run_async(self, fn: Callable[..., Any], values: list[Any]) -> Any:
         import asyncio
