@@ -143,3 +143,31 @@ def test_the_processes_pool_needs_the_app_path() -> None:
     worker.pool = "processes"
     with pytest.raises(ValueError, match="import path"):
         worker.launch_in_background()
+
+
+def test_public_process_applies_the_soft_limit_and_never_abandons() -> None:
+    """``Worker.process`` (no message to settle) raises the soft limit in the calling thread; a
+    hard limit cannot abandon it (nobody would settle), so the task runs to its end."""
+    import time
+
+    server = Server(Config(broker="memory://proc", result_backend="memory://proc"))
+
+    @server.task("loop")
+    def loop(seconds: float) -> str:
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                time.sleep(0.01)
+            return "finished"
+        except SoftTimeLimitExceeded:
+            return "cleaned up"
+
+    worker = server.new_worker("proc", 1)
+    sig = with_time_limit(Signature("loop", args=[5.0], uuid="task_soft"), soft_time_limit=0.2)
+    t0 = time.monotonic()
+    assert worker.process(sig, server.get_registered_task("loop")) is False
+    assert time.monotonic() - t0 < 2
+    assert server.async_result("task_soft").get(timeout=1) == "cleaned up"
+    sig = with_time_limit(Signature("loop", args=[0.5], uuid="task_hard"), time_limit=0.1)
+    assert worker.process(sig, server.get_registered_task("loop")) is False
+    assert server.async_result("task_hard").get(timeout=1) == "finished"

@@ -204,7 +204,12 @@ class ProcessPool:
         child = self._idle.get()
         put_back: _Child | None = child
         try:
-            self._wait_ready(child)
+            try:
+                self._wait_ready(child)
+            except RuntimeError:  # the task fails with the reason; the next one gets a new child
+                self._discard(child)
+                put_back = self._replacement()
+                raise
             body = None
             if task.takes_context:
                 from machinery.signature import encode_signature
@@ -342,8 +347,10 @@ def child_main(app: str, config: Config, conn: Connection, consumer_tag: str, le
     """A child's main loop: import the app, then run ``(name, values, body, soft)`` requests
     until ``None`` or the pipe closes. Not for direct use."""
     global _soft_limit, _running
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group, and systemd's default KillMode sends SIGTERM to
+    # every process of the unit: the supervisor decides (warm shutdown lets the task finish)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, _on_sigusr1)
     _die_with_parent()
     logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s[child %(process)d]: %(message)s")

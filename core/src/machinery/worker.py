@@ -746,7 +746,8 @@ class Worker:
             def on_hard(run: Run) -> None:
                 self._hard_limit(run, sig, settle, hard)
 
-        run = Run(soft, hard, on_hard)
+        # without ``settle`` (the public ``process``) nobody could settle at the hard limit: soft only
+        run = Run(soft, hard if on_hard is not None else None, on_hard)
         if self._watchdog is None:
             with self._loop_lock:
                 if self._watchdog is None:

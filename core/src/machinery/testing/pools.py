@@ -136,7 +136,9 @@ class PoolWorker:
         cmd = [sys.executable, "-m", "machinery", "worker", "--app", "pool_app:server", "-Q", cfg.default_queue]
         cmd += ["--broker", cfg.broker, "--backend", cfg.result_backend, "--heartbeat", "60", *options]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -298,13 +300,19 @@ class PoolConformance(SuiteBase):
         assert "child process died" in error and how in error and "2 times" in error
         assert producer.send_task(Signature("pid")).get(timeout=60) != w.proc.pid  # still serving
 
-    def test_processes_warm_shutdown(self, pool_worker: Any, producer: Server) -> None:
+    @pytest.mark.parametrize("to", ["supervisor", "process group"])
+    def test_processes_warm_shutdown(self, pool_worker: Any, producer: Server, to: str) -> None:
+        """One SIGTERM, to the supervisor or (as systemd's KillMode=control-group and a terminal's
+        Ctrl-C do) to every process: the running task finishes in its child and is stored."""
         w = pool_worker("--pool", "processes", "-c", "1")
         r = producer.send_task(_sig("sleep", 1.5))
         deadline = time.monotonic() + 20
         while r.status != "STARTED" and time.monotonic() < deadline:
             time.sleep(0.02)
-        w.proc.send_signal(signal.SIGTERM)
+        if to == "supervisor":
+            w.proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(w.proc.pid, signal.SIGTERM)
         assert w.proc.wait(30) == 0
         assert r.get(timeout=5) == "slept"
 
