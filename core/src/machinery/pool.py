@@ -139,9 +139,10 @@ class ProcessPool:
     def _start(self) -> _Child:
         parent, child_end = self._ctx.Pipe()
         w = self.worker
+        measure = w.max_memory_per_child > 0
         proc = self._ctx.Process(
             target=child_main,
-            args=(w.app, w.server.config, child_end, w.consumer_tag, logging.getLogger().level),
+            args=(w.app, w.server.config, child_end, w.consumer_tag, logging.getLogger().level, measure),
             name=f"{w.consumer_tag}-child",
             daemon=True,
         )
@@ -343,7 +344,7 @@ def _rss_kib() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def child_main(app: str, config: Config, conn: Connection, consumer_tag: str, level: int) -> None:
+def child_main(app: str, config: Config, conn: Connection, consumer_tag: str, level: int, measure: bool) -> None:
     """A child's main loop: import the app, then run ``(name, values, body, soft)`` requests
     until ``None`` or the pipe closes. Not for direct use."""
     global _soft_limit, _running
@@ -402,7 +403,8 @@ def child_main(app: str, config: Config, conn: Connection, consumer_tag: str, le
                 except Exception:  # noqa: BLE001 - an exception that does not make the round trip
                     err = ChildTaskError(type(exc).__name__, str(exc))
             reply = ("err", (err, tb), 0)
-        reply = (reply[0], reply[1], _rss_kib())
+        if measure:  # resident memory, for max_memory_per_child (read only when it is set)
+            reply = (reply[0], reply[1], _rss_kib())
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - an exception or result that does not pickle
