@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from machinery.task import Task
     from machinery.worker import Worker
 
-__all__ = ["ProcessPool"]
+__all__ = ["ProcessPool", "child_died"]
 
 log = logging.getLogger("machinery.worker")
 
@@ -68,7 +68,7 @@ class RemoteTraceback(Exception):
         super().__init__(tb)
 
     def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.tb.rstrip()}\n\"\"\""
+        return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
 class ChildTaskError(Exception):
@@ -310,6 +310,36 @@ class ProcessPool:
         """The process ids of the live children."""
         with self._lock:
             return sorted(c.pid for c in self._children)
+
+
+def child_died(worker: Worker, sig: Signature, exc: WorkerLostError) -> bool:
+    """A processes-pool child died running the task: deliver it again (a copy with the
+    death counted in a Python-only header) until ``max_crashes`` deaths, then FAILURE."""
+    from machinery.timelimit import CRASHES_HEADER
+
+    crashes = sig.headers.get(CRASHES_HEADER, 0) if sig.headers else 0
+    crashes = (crashes if isinstance(crashes, int) and not isinstance(crashes, bool) else 0) + 1
+    if crashes < worker.max_crashes:
+        log.error(
+            "task %s (%s): %s; delivering it again (death %d of at most %d)",
+            sig.name,
+            sig.uuid,
+            exc,
+            crashes,
+            worker.max_crashes,
+        )
+        sig.headers = {**sig.headers, CRASHES_HEADER: crashes}
+        worker.server._republish(sig)
+        return False
+    log.error(
+        "task %s (%s): %s; %d deaths, storing FAILURE (max_crashes %d)",
+        sig.name,
+        sig.uuid,
+        exc,
+        crashes,
+        worker.max_crashes,
+    )
+    return worker._failed(sig, WorkerLostError(f"{exc.reason}; {crashes} times"), "")
 
 
 # -- the child ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from machinery.errors import SoftTimeLimitExceeded
+from machinery.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 
 if TYPE_CHECKING:
     import asyncio
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from machinery.signature import Signature
     from machinery.task import Task
+    from machinery.worker import Worker
 
 __all__ = [
     "CRASHES_HEADER",
@@ -292,3 +293,111 @@ def _soft_async(fut: concurrent.futures.Future[Any], limit: float) -> None:
             task.cancel()
 
     loop.call_soon_threadsafe(fire)
+
+
+# -- the worker's side -------------------------------------------------------------------------
+
+
+def call_limited(
+    worker: Worker,
+    sig: Signature,
+    task: Task,
+    values: list[Any],
+    settle: Callable[[bool, BaseException | None], None] | None,
+) -> Any:
+    """Run a worker's task under its time limits (:mod:`machinery.timelimit`), in a child process
+    for the processes pool (:mod:`machinery.pool`)."""
+    soft, hard = limits_for(sig, task, worker.time_limit, worker.soft_time_limit)
+    if worker._pool is not None and not task.is_async:
+        return worker._pool.run(sig, task, values, soft, hard)
+    if soft is None and hard is None:
+        return worker._run_async(task.fn, values) if task.is_async else task.fn(*values)
+    on_hard = None
+    if settle is not None and hard is not None:
+
+        def on_hard(run: Run) -> None:
+            _hard_limit(worker, run, sig, settle, hard)
+
+    # without ``settle`` (the public ``process``) nobody could settle at the hard limit: soft only
+    run = Run(soft, hard if on_hard is not None else None, on_hard)
+    if worker._watchdog is None:
+        with worker._loop_lock:
+            if worker._watchdog is None:
+                worker._watchdog = Watchdog(worker.consumer_tag)
+    if task.is_async:
+        fut = run_coroutine(worker._event_loop(), task.fn(*values), run)
+        worker._watchdog.watch(run)
+        return run.call(fut.result, [])
+    worker._watchdog.watch(run)
+    return run.call(task.fn, values)
+
+
+def _hard_limit(
+    worker: Worker, run: Run, sig: Signature, settle: Callable[[bool, BaseException | None], None], hard: float
+) -> None:
+    """A task thread ran past its hard limit (called by the watchdog, which has marked the
+    run abandoned): replace the thread, then store FAILURE (or RETRY) and settle the message
+    on a thread of its own, since the watchdog must not wait for the backend."""
+    exc = TimeLimitExceeded(hard)
+    worker._current.pop(sig.uuid, None)
+
+    def store() -> None:
+        try:
+            try:
+                if sig.retry_count > 0:
+                    worker._retry(sig, exc)
+                    keep = False
+                else:
+                    keep = worker._failed(sig, exc, "")
+            except Exception as err:  # noqa: BLE001 - settled like any unstorable state
+                settle(False, err)
+            else:
+                settle(keep, None)
+        except Exception:
+            log.exception("could not settle the message of task %s (%s)", sig.name, sig.uuid)
+        finally:
+            with worker._inflight_lock:
+                worker._inflight -= 1
+            worker._slots.release()
+            with worker._settlers_lock:
+                worker._settlers.discard(threading.current_thread())
+
+    t = threading.Thread(target=store, name=f"{worker.consumer_tag}-timelimit", daemon=True)
+    with worker._settlers_lock:  # started before a shutdown (which joins it) can see it
+        t.start()
+        worker._settlers.add(t)
+    # an async task's thread is not abandoned: its wait ends with the cancellation and it goes on
+    if run.async_future is not None:
+        what = "cancelled it"
+    else:
+        what = f"abandoned its thread ({_replace_thread(worker, run.thread)} abandoned still running)"
+    log.error("task %s (%s) exceeded its hard time limit of %gs: %s", sig.name, sig.uuid, hard, what)
+
+
+def _replace_thread(worker: Worker, old: threading.Thread) -> int:
+    """Start a task thread in place of ``old`` (abandoned); stop the worker for a restart
+    when too many abandoned threads still run. Returns how many do."""
+    from machinery.timelimit import EXIT_RESTART
+
+    with worker._inflight_lock:
+        worker._abandoned = [t for t in worker._abandoned if t.is_alive()]
+        worker._abandoned.append(old)
+        alive = len(worker._abandoned)
+        if old in worker._threads:
+            i = worker._threads.index(old)
+            t = threading.Thread(target=worker._task_thread, name=f"{old.name}+", daemon=True)
+            t.start()
+            worker._threads[i] = t
+    bound = worker.max_abandoned_threads or worker.concurrency
+    if alive > bound and not worker._stop.is_set():
+        log.error(
+            "worker %s: %d threads abandoned at their hard time limit are still running (bound %d); "
+            "stopping (warm shutdown) and exiting with status %d so that a supervisor starts a fresh process",
+            worker.consumer_tag,
+            alive,
+            bound,
+            EXIT_RESTART,
+        )
+        worker.exit_code = EXIT_RESTART
+        worker._stop.set()
+    return alive

@@ -31,14 +31,13 @@ from machinery.errors import (
     DecodeError,
     MachineryError,
     RetryTaskLater,
-    TimeLimitExceeded,
     WorkerLostError,
 )
 from machinery.events import TaskEvent, WorkerEvent
 from machinery.retry import fibonacci_next
 from machinery.signature import Arg, Signature, decode_signature, results_for
 from machinery.task import TaskContext
-from machinery.timelimit import Abandoned, Run, limits_for
+from machinery.timelimit import Abandoned, call_limited
 from machinery.workflow import chord_callback_to_send
 
 if TYPE_CHECKING:
@@ -707,7 +706,7 @@ class Worker:
                     or task.soft_time_limit
                     or sig.headers
                 ):
-                    value = self._call_limited(sig, task, values, settle)
+                    value = call_limited(self, sig, task, values, settle)
                 elif task.is_async:
                     value = self._run_async(task.fn, values)
                 else:
@@ -717,7 +716,9 @@ class Worker:
                 self._retry_in(sig, exc.retry_in, exc)
                 return False
             except WorkerLostError as exc:
-                return self._child_died(sig, exc)
+                from machinery.pool import child_died
+
+                return child_died(self, sig, exc)
             except Exception as exc:  # noqa: BLE001 - a task's error is a FAILURE, never a dead worker
                 tb = traceback.format_exc()
                 if sig.retry_count > 0:
@@ -729,137 +730,6 @@ class Worker:
             current.pop(sig.uuid, None)
             if self._post_task is not None:
                 self._post_task(sig)
-
-    def _call_limited(
-        self, sig: Signature, task: Task, values: list[Any], settle: Callable[[bool, BaseException | None], None] | None
-    ) -> Any:
-        """Run the task under its time limits (:mod:`machinery.timelimit`), in a child process
-        for the processes pool (:mod:`machinery.pool`)."""
-        soft, hard = limits_for(sig, task, self.time_limit, self.soft_time_limit)
-        if self._pool is not None and not task.is_async:
-            return self._pool.run(sig, task, values, soft, hard)
-        if soft is None and hard is None:
-            return self._run_async(task.fn, values) if task.is_async else task.fn(*values)
-        on_hard = None
-        if settle is not None and hard is not None:
-
-            def on_hard(run: Run) -> None:
-                self._hard_limit(run, sig, settle, hard)
-
-        # without ``settle`` (the public ``process``) nobody could settle at the hard limit: soft only
-        run = Run(soft, hard if on_hard is not None else None, on_hard)
-        if self._watchdog is None:
-            with self._loop_lock:
-                if self._watchdog is None:
-                    from machinery.timelimit import Watchdog
-
-                    self._watchdog = Watchdog(self.consumer_tag)
-        if task.is_async:
-            from machinery.timelimit import run_coroutine
-
-            fut = run_coroutine(self._event_loop(), task.fn(*values), run)
-            self._watchdog.watch(run)
-            return run.call(fut.result, [])
-        self._watchdog.watch(run)
-        return run.call(task.fn, values)
-
-    def _hard_limit(
-        self, run: Run, sig: Signature, settle: Callable[[bool, BaseException | None], None], hard: float
-    ) -> None:
-        """A task thread ran past its hard limit (called by the watchdog, which has marked the
-        run abandoned): replace the thread, then store FAILURE (or RETRY) and settle the message
-        on a thread of its own, since the watchdog must not wait for the backend."""
-        exc = TimeLimitExceeded(hard)
-        self._current.pop(sig.uuid, None)
-
-        def store() -> None:
-            try:
-                try:
-                    if sig.retry_count > 0:
-                        self._retry(sig, exc)
-                        keep = False
-                    else:
-                        keep = self._failed(sig, exc, "")
-                except Exception as err:  # noqa: BLE001 - settled like any unstorable state
-                    settle(False, err)
-                else:
-                    settle(keep, None)
-            except Exception:
-                log.exception("could not settle the message of task %s (%s)", sig.name, sig.uuid)
-            finally:
-                with self._inflight_lock:
-                    self._inflight -= 1
-                self._slots.release()
-                with self._settlers_lock:
-                    self._settlers.discard(threading.current_thread())
-
-        t = threading.Thread(target=store, name=f"{self.consumer_tag}-timelimit", daemon=True)
-        with self._settlers_lock:  # started before a shutdown (which joins it) can see it
-            t.start()
-            self._settlers.add(t)
-        # an async task's thread is not abandoned: its wait ends with the cancellation and it goes on
-        if run.async_future is not None:
-            what = "cancelled it"
-        else:
-            what = f"abandoned its thread ({self._replace_thread(run.thread)} abandoned still running)"
-        log.error("task %s (%s) exceeded its hard time limit of %gs: %s", sig.name, sig.uuid, hard, what)
-
-    def _replace_thread(self, old: threading.Thread) -> int:
-        """Start a task thread in place of ``old`` (abandoned); stop the worker for a restart
-        when too many abandoned threads still run. Returns how many do."""
-        from machinery.timelimit import EXIT_RESTART
-
-        with self._inflight_lock:
-            self._abandoned = [t for t in self._abandoned if t.is_alive()]
-            self._abandoned.append(old)
-            alive = len(self._abandoned)
-            if old in self._threads:
-                i = self._threads.index(old)
-                t = threading.Thread(target=self._task_thread, name=f"{old.name}+", daemon=True)
-                t.start()
-                self._threads[i] = t
-        bound = self.max_abandoned_threads or self.concurrency
-        if alive > bound and not self._stop.is_set():
-            log.error(
-                "worker %s: %d threads abandoned at their hard time limit are still running (bound %d); "
-                "stopping (warm shutdown) and exiting with status %d so that a supervisor starts a fresh process",
-                self.consumer_tag,
-                alive,
-                bound,
-                EXIT_RESTART,
-            )
-            self.exit_code = EXIT_RESTART
-            self._stop.set()
-        return alive
-
-    def _child_died(self, sig: Signature, exc: WorkerLostError) -> bool:
-        """A processes-pool child died running the task: deliver it again (a copy with the
-        death counted in a Python-only header) until ``max_crashes`` deaths, then FAILURE."""
-        from machinery.timelimit import CRASHES_HEADER
-
-        crashes = sig.headers.get(CRASHES_HEADER, 0) if sig.headers else 0
-        crashes = (crashes if isinstance(crashes, int) and not isinstance(crashes, bool) else 0) + 1
-        if crashes < self.max_crashes:
-            log.error(
-                "task %s (%s): %s; delivering it again (death %d of at most %d)",
-                sig.name,
-                sig.uuid,
-                exc,
-                crashes,
-                self.max_crashes,
-            )
-            sig.headers = {**sig.headers, CRASHES_HEADER: crashes}
-            self.server._republish(sig)
-            return False
-        log.error(
-            "task %s (%s): %s; %d deaths, storing FAILURE (max_crashes %d)",
-            sig.name,
-            sig.uuid,
-            exc,
-            crashes,
-            self.max_crashes,
-        )
-        return self._failed(sig, WorkerLostError(f"{exc.reason}; {crashes} times"), "")
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         import asyncio

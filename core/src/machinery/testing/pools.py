@@ -33,7 +33,7 @@ __all__ = ["POOL_APP", "PoolConformance"]
 
 #: The app every pool test's worker imports (written to ``pool_app.py``).
 POOL_APP = textwrap.dedent(
-    '''
+    """
     import asyncio, ctypes, os, signal, time
     from machinery import Config, Server, SoftTimeLimitExceeded
 
@@ -95,7 +95,7 @@ POOL_APP = textwrap.dedent(
     def leak(mib: int) -> int:
         _hoard.append(bytearray(mib * 1024 * 1024))
         return os.getpid()
-    '''
+    """
 )
 
 
