@@ -25,7 +25,6 @@ fresh process. An ``async def`` task is cancelled at its hard limit.
 
 from __future__ import annotations
 
-import ctypes
 import heapq
 import itertools
 import logging
@@ -114,6 +113,8 @@ def limits_for(
 
 def raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> bool:
     """Schedule ``exc`` to be raised in the thread ``thread_id`` (None clears a pending one)."""
+    import ctypes  # here, not at import: only limited tasks need it
+
     n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
     return bool(n == 1)
 
