@@ -143,22 +143,29 @@ class Run:
 
     def finish(self) -> bool:
         """Called by the task's thread when the task returned or raised: True if the result is
-        its to store, False if the watchdog abandoned the run."""
+        its to store (also when called again), False if the watchdog abandoned the run."""
         with self.lock:
-            if self.state != "running":
-                return False
-            self.state = "done"
-            if self.limit_soft is not None and self.async_future is None:
-                raise_in_thread(self.thread_id, None)  # a soft limit that fired too late
-            return True
+            if self.state == "running":
+                self.state = "done"
+                if self.limit_soft is not None and self.async_future is None:
+                    raise_in_thread(self.thread_id, None)  # a soft limit that fired too late
+            return self.state == "done"
 
     def call(self, fn: Callable[..., Any], values: list[Any]) -> Any:
         """Run ``fn(*values)`` as this run. :raises Abandoned: the watchdog settled it."""
         try:
-            return fn(*values)
-        finally:
+            try:
+                return fn(*values)
+            finally:
+                if not self.finish():
+                    raise Abandoned("async" if self.async_future is not None else "thread")
+        except SoftTimeLimitExceeded:
+            # The soft limit's exception may land in the few instructions between the task's
+            # return and ``finish`` (skipping it). It is raised once per run, so this handler
+            # cannot be interrupted by it: finish here, so the hard limit cannot fire as well.
             if not self.finish():
-                raise Abandoned("async" if self.async_future is not None else "thread")
+                raise Abandoned("async" if self.async_future is not None else "thread") from None
+            raise
 
 
 class Watchdog:
