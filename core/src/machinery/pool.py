@@ -79,6 +79,9 @@ class ChildTaskError(Exception):
         self.type_name = type_name
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[type[ChildTaskError], tuple[str, str]]:
+        return (type(self), (self.type_name, str(self)))
+
 
 class _Child:
     __slots__ = ("conn", "pid", "proc", "ready", "tasks")

@@ -36,7 +36,7 @@ __all__ = ["POOL_APP", "PoolConformance"]
 POOL_APP = textwrap.dedent(
     """
     import asyncio, ctypes, os, signal, time
-    from machinery import Config, Server, SoftTimeLimitExceeded
+    from machinery import Config, RetryTaskLater, Server, SoftTimeLimitExceeded, TaskContext
 
     server = Server(Config.from_env())
     _hoard = []
@@ -91,6 +91,25 @@ POOL_APP = textwrap.dedent(
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return os.getpid()
+
+    @server.task("context")
+    def context(ctx: TaskContext) -> str:
+        return ctx.task_uuid
+
+    class Weird(Exception):  # does not unpickle (two arguments, one message)
+        def __init__(self, a: str, b: str) -> None:
+            super().__init__(f"{a}-{b}")
+
+    @server.task("weird")
+    def weird() -> None:
+        raise Weird("x", "y")
+
+    @server.task("retry_once")
+    def retry_once(marker: str) -> str:
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RetryTaskLater("again", 0.2)
+        return "retried"
 
     @server.task("leak")
     def leak(mib: int) -> int:
@@ -255,6 +274,16 @@ class PoolConformance(SuiteBase):
         w = pool_worker("--pool", "processes", "-c", "2")
         pids = {producer.send_task(Signature("pid")).get(timeout=30) for _ in range(10)}
         assert w.proc.pid not in pids and 1 <= len(pids) <= 2
+
+    def test_processes_context_retry_and_unpicklable_errors(
+        self, pool_worker: Any, producer: Server, tmp_path: Path
+    ) -> None:
+        pool_worker("--pool", "processes", "-c", "1")
+        sig = _sig("context")
+        assert producer.send_task(sig).get(timeout=30) == sig.uuid
+        assert producer.send_task(_sig("retry_once", str(tmp_path / "retry"))).get(timeout=30) == "retried"
+        error, _ = self._failure(producer, _sig("weird"))
+        assert error == "x-y"
 
     def test_processes_hard_limit_kills_and_replaces_the_child(self, pool_worker: Any, producer: Server) -> None:
         pool_worker("--pool", "processes", "-c", "1")
