@@ -32,7 +32,6 @@ import logging
 import os
 import queue as _queue
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -357,13 +356,18 @@ def _on_sigusr1(signum: int, frame: object) -> None:
 
 
 def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
+    # A thread that ends the child once its supervisor is gone (SIGKILL, OOM), whatever the
+    # child is doing. Not PR_SET_PDEATHSIG: that fires when the *thread* that started the
+    # child ends, and children are started from task threads and from launch's caller.
+    parent = os.getppid()
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="machinery-parent-watch", daemon=True).start()
 
 
 def _rss_kib() -> int:

@@ -370,11 +370,16 @@ class PoolConformance(SuiteBase):
         require_capability(type(broker), "redelivers_unacked", "unacknowledged messages do not survive their consumer")
         wait = float(getattr(broker, "lease", type(broker).redelivery_timeout)) + 30
         w = pool_worker("--pool", "processes", "-c", "1")
+        child = producer.send_task(_sig("pid")).get(timeout=30)
         r = producer.send_task(_sig("sleep", 3.0))
         deadline = time.monotonic() + 20
         while r.status != "STARTED" and time.monotonic() < deadline:
             time.sleep(0.02)
         w.proc.kill()
         w.proc.wait(10)
+        deadline = time.monotonic() + 5  # the orphaned child ends by itself, mid-task
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child), f"child {child} still running after its supervisor was SIGKILLed"
         pool_worker("--pool", "processes", "-c", "1", wait=False)
         assert r.get(timeout=wait) == "slept"
