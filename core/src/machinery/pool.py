@@ -254,8 +254,9 @@ class ProcessPool:
             now = time.monotonic()
             until = min((t for t in (soft_at, hard_at) if t is not None), default=None)
             try:
-                ready = conn.poll(None if until is None else max(0.0, until - now))
-                if ready:
+                if until is None:  # no limit: one blocking read, no poll
+                    return conn.recv()
+                if conn.poll(max(0.0, until - now)):
                     return conn.recv()
             except (EOFError, OSError):
                 self._discard(child, kill=False)
