@@ -56,7 +56,16 @@ PEERS = ["celery", "dramatiq", "rq", "arq", "huey", "taskiq"]
 MACHINERY = ["machinery", "machinery-sqlite", "machinery-amqp"]
 #: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
 OBSERVABILITY = {"machinery-otel": "opentelemetry", "machinery-prometheus": "prometheus"}
-ALL = ["floor", *MACHINERY, *OBSERVABILITY, *PEERS]
+#: machinery (redis) pool variants, drain only, -c 2: (pool, drained task). The no-op ones count
+#: in Redis (probe.count_shared, one round trip per task) so that processes can count.
+POOLS = {
+    "machinery-threads-c2": ("threads", "count_shared"),
+    "machinery-processes-c2": ("processes", "count_shared"),
+    "machinery-threads-cpu": ("threads", "cpu"),
+    "machinery-processes-cpu": ("processes", "cpu"),
+}
+ALL = ["floor", *MACHINERY, *OBSERVABILITY, *POOLS, *PEERS]
+DRAIN_ONLY = "n/a"  # the other cells of a drain-only variant (the pool variants)
 #: Every other variant runs with the observability plugins disabled (when they are installed).
 NO_OBSERVABILITY = {"MACHINERY_DISABLE_PLUGINS": ",".join(OBSERVABILITY.values())}
 
@@ -214,6 +223,7 @@ class Variant:
     results_off: str | None = None  # n/a reason when results cannot be switched off
     cleanup: Callable[[], None] | None = None
     note: str = ""
+    drain_only: bool = False  # only the drains (the pool variants); other cells are n/a
 
 
 @dataclass
@@ -474,6 +484,10 @@ class Bench:
             row.cells["group"] = out["n"] / out["seconds"]
 
         steps = [("enqueue", enqueue), ("drain_on", drain_on), ("drain_off", drain_off), ("group", group)]
+        if v.drain_only:
+            for key, _ in COLUMNS:
+                row.cells[key] = NA(DRAIN_ONLY)
+            steps = [("drain_on", drain_on), ("drain_off", drain_off)]
         for key, fn in steps:
             try:
                 fn()
@@ -486,6 +500,9 @@ class Bench:
             else:
                 if key != "enqueue":  # the enqueued tasks are the drain's backlog
                     self.clean(v)
+        if v.drain_only:
+            print("   " + ", ".join(f"{k}={fmt(row.cells.get(k), k)}" for k in ("drain_on", "drain_off")), flush=True)
+            return row
         try:
             self.latency(v, row)
         except Exception as exc:
@@ -562,6 +579,15 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
             if importlib.util.find_spec(f"machinery_{plugin}") is None:
                 v.env["BENCH_UNAVAILABLE"] = f"machinery-{plugin} is not installed"
             out.append(v)
+        elif name in POOLS:
+            pool, task = POOLS[name]
+            what = "CPU-bound task (~5 ms of Python)" if task == "cpu" else "no-op task counted in Redis"
+            out.append(Variant(
+                name, "machinery", f"machinery (redis) --pool {pool} -c 2, {what}",
+                env={"BENCH_BROKER": url, "BENCH_BACKEND": url, "BENCH_POOL": pool, "BENCH_CONCURRENCY": "2",
+                     "BENCH_TASK": task, **NO_OBSERVABILITY},
+                off_env={"BENCH_BACKEND": "memory://"}, drain_only=True,
+            ))
         elif name == "machinery-sqlite":
             db = bench.tmp / "machinery.db"
 
@@ -684,6 +710,14 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
             r = od / md
             label = f"drain with {by[name].variant.label.split(' + ')[-1]} ≥ 85% of without"
             out.append((label, f"{r:.0%} ({od:,.0f} vs {md:,.0f}/s)", ok(r >= 0.85)))
+    for proc, thr, want, label in (
+        ("machinery-processes-cpu", "machinery-threads-cpu", 1.7, "CPU-bound drain, processes -c 2 ≥ 1.7x threads -c 2"),
+        ("machinery-processes-c2", "machinery-threads-c2", 0.75, "no-op drain, processes -c 2 within 25% of threads -c 2"),
+    ):
+        pd = numeric(by[proc], "drain_on") if proc in by else None
+        td = numeric(by[thr], "drain_on") if thr in by else None
+        if pd and td:
+            out.append((label, f"{pd / td:.2f}x ({pd:,.0f} vs {td:,.0f}/s)", ok(pd / td >= want)))
     p50, p99 = numeric(m, "rt_p50"), numeric(m, "rt_p99")
     if p50 is not None:
         out.append(("round trip p50 ≤ 1 ms", f"{p50:.2f} ms", ok(p50 <= 1)))
@@ -742,7 +776,7 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
     for r in rows:
         for k, h in COLUMNS:
             v = r.cells.get(k)
-            if isinstance(v, NA) and v != "n/a":
+            if isinstance(v, NA) and v not in ("n/a", DRAIN_ONLY):
                 notes.append(f"- {r.variant.label}, {h}: {v}")
     if notes:
         lines += ["", "## n/a and failures", "", *sorted(set(notes))]

@@ -54,11 +54,20 @@ if os.environ.get("BENCH_OTEL_SDK") == "1":
     _otel_sdk()
 server = Server(_config())
 server.register_tasks({"count": probe.count, "echo": probe.noop, "eta": probe.eta})
+server.register_tasks({"count_shared": probe.count_shared, "cpu": probe.cpu})
+#: The drained task: ``count`` (default), ``count_shared`` or ``cpu`` (the pool variants).
+TASK = os.environ.get("BENCH_TASK", "") or "count"
 
 
 def worker_cmd(python: str, results: bool) -> list[str]:
     """The worker command line (its environment carries the URLs)."""
-    return [python, "-m", "machinery", "worker", "--app", "bench_machinery:server", "-c", "8", "--loglevel", "warning"]
+    pool = os.environ.get("BENCH_POOL", "")  # the pool variants: threads or processes, -c BENCH_CONCURRENCY
+    concurrency = os.environ.get("BENCH_CONCURRENCY", "") or "8"
+    extra = ["--pool", pool] if pool else []
+    return [
+        python, "-m", "machinery", "worker", "--app", "bench_machinery:server", "-c", concurrency, *extra,
+        "--loglevel", "warning",
+    ]  # fmt: skip
 
 
 WORKER_NOTE = "`machinery worker -c 8` (8 task threads, one process)"
@@ -71,11 +80,11 @@ class Client:
         self.server = server
 
     def enqueue(self, i: int) -> None:
-        self.server.send_task(Signature("count", args=[i]))
+        self.server.send_task(Signature(TASK, args=[i]))
 
     def prefill(self, n: int) -> None:
         """The drain's backlog: the same messages as :meth:`enqueue`, written in bulk."""
-        sigs = [Signature("count", args=[i], uuid=new_uuid("task_")) for i in range(n)]
+        sigs = [Signature(TASK, args=[i], uuid=new_uuid("task_")) for i in range(n)]
         for start in range(0, n, 1000):
             chunk = sigs[start : start + 1000]
             self.server.backend.set_states_pending(chunk)

@@ -237,7 +237,10 @@ def build_server(args: argparse.Namespace) -> Server:
     config = Config.load(args.config, **overrides) if args.config else app.config.replace(**overrides)
     server = Server(config, plugins=app.plugins)
     for name in app.get_registered_task_names():
-        server.register_task(name, app.get_registered_task(name).fn)
+        t = app.get_registered_task(name)
+        server.register_task(
+            name, t.fn, rate_limit=t.rate_limit, time_limit=t.time_limit, soft_time_limit=t.soft_time_limit
+        )
     server._periodic = app.periodic_entries
     server._pre_publish = app._pre_publish
     app.close()
@@ -286,11 +289,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.heartbeat <= 0:
             raise CLIError("--heartbeat must be a positive number of seconds")
         worker.heartbeat = args.heartbeat
+    _pool_options(worker, args)
     try:
         worker.launch()
     finally:
         server.close()
-    return EXIT_OK
+    return worker.exit_code or EXIT_OK
+
+
+def _pool_options(worker: Any, args: argparse.Namespace) -> None:
+    """Apply the worker command's pool and time-limit options (docs/pools.md) over the config's."""
+    worker.app = args.app
+    if args.pool is not None:
+        worker.pool = args.pool
+    if args.time_limit is not None:
+        worker.time_limit = args.time_limit or None
+    if args.soft_time_limit is not None:
+        worker.soft_time_limit = args.soft_time_limit or None
+    for name in ("max_abandoned_threads", "max_tasks_per_child", "max_memory_per_child", "max_crashes"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(worker, name, value)
+    if worker.max_crashes < 1:
+        raise CLIError("--max-crashes must be at least 1")
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -703,6 +724,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _memory(text: str) -> int:
+    from machinery.config import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _terminal_columns() -> int:
     """The terminal width as ``shutil.get_terminal_size().columns`` finds it: ``$COLUMNS``, else
     the size of ``sys.__stdout__``'s terminal, else 80."""
@@ -781,6 +811,33 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="seconds between worker-registry announcements (default: $MACHINERY_WORKER_HEARTBEAT or 5)",
+    )
+    pool = p.add_argument_group("pools and time limits (docs/pools.md)")
+    pool.add_argument(
+        "--pool", choices=["threads", "processes"], default=None, help="where tasks run (default: threads)"
+    )
+    pool.add_argument("--time-limit", type=_seconds, metavar="SECONDS", help="hard time limit per task (0: none)")
+    pool.add_argument("--soft-time-limit", type=_seconds, metavar="SECONDS", help="soft time limit per task")
+    pool.add_argument(
+        "--max-abandoned-threads",
+        type=_positive_int,
+        metavar="N",
+        help="threads pool: exit with status 75 past N threads abandoned at the hard limit (default: -c)",
+    )
+    pool.add_argument(
+        "--max-tasks-per-child", type=_positive_int, metavar="N", help="processes pool: replace a child after N tasks"
+    )
+    pool.add_argument(
+        "--max-memory-per-child",
+        type=_memory,
+        metavar="SIZE",
+        help="processes pool: replace a child past this resident memory (KiB, or 200MB, 1G)",
+    )
+    pool.add_argument(
+        "--max-crashes",
+        type=_positive_int,
+        metavar="N",
+        help="processes pool: child deaths running a task before it is stored as FAILURE (default 3)",
     )
     p.set_defaults(func=cmd_worker, default_level="info")
 

@@ -61,7 +61,52 @@ _CORE_ENV = {
     "NO_UNIX_SIGNALS": "no_unix_signals",
     "MACHINERY_TIMEZONE": "timezone",
     "MACHINERY_EAGER": "eager",
+
+    # worker pools and time limits (Python only; docs/pools.md)
+    "MACHINERY_WORKER_POOL": "worker_pool",
+    "MACHINERY_TIME_LIMIT": "time_limit",
+    "MACHINERY_SOFT_TIME_LIMIT": "soft_time_limit",
+    "MACHINERY_MAX_ABANDONED_THREADS": "max_abandoned_threads",
+    "MACHINERY_MAX_TASKS_PER_CHILD": "max_tasks_per_child",
+    "MACHINERY_MAX_MEMORY_PER_CHILD": "max_memory_per_child",
+    "MACHINERY_MAX_CRASHES": "max_crashes",
 }
+
+#: Worker pool settings: name -> type (Python only; Go Machinery has none of them).
+_POOL_FIELDS: dict[str, type] = {
+    "time_limit": float,
+    "soft_time_limit": float,
+    "max_abandoned_threads": int,
+    "max_tasks_per_child": int,
+    "max_crashes": int,
+}
+
+
+def parse_memory(value: object) -> int:
+    """A memory size in KiB: a whole number is KiB (Celery's ``--max-memory-per-child``), or a
+    number with a unit ``K``/``KB``/``KiB``, ``M``/``MB``/``MiB``, ``G``/``GB``/``GiB`` (binary
+    multiples: ``200MB`` is 204800 KiB).
+
+    :raises ValueError: not a size.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a memory size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    units = {"": 1, "k": 1, "kb": 1, "kib": 1, "m": 1024, "mb": 1024, "mib": 1024}
+    units.update({"g": 1024**2, "gb": 1024**2, "gib": 1024**2})
+    num = text.rstrip("kmgib")
+    unit = text[len(num) :]
+    try:
+        n = float(num)
+    except ValueError:
+        raise ValueError(f"expected a memory size such as 512000 (KiB), 200MB or 1G, got {value!r}") from None
+    if unit not in units or n < 0 or n != n:
+        raise ValueError(f"expected a memory size such as 512000 (KiB), 200MB or 1G, got {value!r}")
+    return int(n * units[unit])
 
 
 @dataclass(frozen=True)
@@ -78,6 +123,16 @@ class Config:
     :param multiple_broker_separator: splits several broker URLs for failover (Go's setting).
     :param no_unix_signals: do not install SIGINT/SIGTERM handlers in workers.
     :param timezone: time zone of periodic schedules (IANA name), UTC by default.
+    :param worker_pool: ``threads`` (default) or ``processes`` (Python only, docs/pools.md).
+    :param time_limit: workers' default hard time limit per task in seconds, 0 for none.
+    :param soft_time_limit: workers' default soft time limit in seconds, 0 for none.
+    :param max_abandoned_threads: threads pool: past this many threads abandoned by the hard
+        limit and still running, the worker stops and exits with status 75 (0: the concurrency).
+    :param max_tasks_per_child: processes pool: replace a child after this many tasks (0: never).
+    :param max_memory_per_child: processes pool: replace a child whose resident memory passed
+        this many KiB after a task (or ``200MB``, ``1G``; 0: never).
+    :param max_crashes: processes pool: deaths of a child running the task after which the task
+        is stored as FAILURE instead of being delivered again.
     :param transport_options: plugin-owned sections, e.g. ``{"redis": {"max_active": 10}}``.
     :param eager: run sent tasks at once in the caller (:mod:`machinery.eager`; the broker
         becomes ``eager://``, and so does the backend unless ``result_backend`` is set).
@@ -91,6 +146,13 @@ class Config:
     multiple_broker_separator: str = ""
     no_unix_signals: bool = False
     timezone: str = "UTC"
+    worker_pool: str = "threads"
+    time_limit: float = 0.0
+    soft_time_limit: float = 0.0
+    max_abandoned_threads: int = 0
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0
+    max_crashes: int = 3
     transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eager: bool = False
 
@@ -118,6 +180,17 @@ class Config:
             url = getattr(self, url_key)
             if url and "://" not in url:
                 raise ConfigError(url_key, f"not a URL (expected scheme://...): {redact_url(url)!r}")
+        for name, typ in _POOL_FIELDS.items():
+            v = _coerce(name, getattr(self, name), typ)
+            if v < 0:
+                raise ConfigError(name, f"must be >= 0, got {v!r}")
+            object.__setattr__(self, name, v)
+        try:
+            object.__setattr__(self, "max_memory_per_child", parse_memory(self.max_memory_per_child))
+        except ValueError as exc:
+            raise ConfigError("max_memory_per_child", str(exc)) from None
+        if self.worker_pool not in ("threads", "processes"):
+            raise ConfigError("worker_pool", f"expected threads or processes, got {self.worker_pool!r}")
         if not isinstance(self.transport_options, Mapping):
             raise ConfigError("transport_options", "expected a mapping of sections")
         for section, opts in self.transport_options.items():

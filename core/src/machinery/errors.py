@@ -30,11 +30,14 @@ __all__ = [
     "PublishError",
     "ResultTimeoutError",
     "RetryTaskLater",
+    "SoftTimeLimitExceeded",
     "StateNotFoundError",
     "TaskFailedError",
     "TaskNotRegisteredError",
     "TaskRevoked",
+    "TimeLimitExceeded",
     "UnknownSchemeError",
+    "WorkerLostError",
 ]
 
 
@@ -261,6 +264,57 @@ class RetryTaskLater(MachineryError):
         self.message = message
         self.retry_in = retry_in if isinstance(retry_in, timedelta) else timedelta(seconds=retry_in)
         super().__init__(f"{message} (retry in {self.retry_in.total_seconds():g}s)")
+
+    def __reduce__(self) -> tuple[type[RetryTaskLater], tuple[str, timedelta]]:
+        # pickles (the processes pool sends it from a child) with its own arguments
+        return (type(self), (self.message, self.retry_in))
+
+
+class SoftTimeLimitExceeded(MachineryError):
+    """Raised *inside* a task that runs past its soft time limit, so it can clean up (and even
+    store a result) before the hard limit. Threads pool: an asynchronous exception raised in the
+    task's thread at its next Python instruction; asyncio: raised at the ``await`` the task is
+    suspended on; processes pool: raised by a SIGUSR1 handler in the child process.
+
+    :param limit: the soft limit, in seconds.
+    """
+
+    def __init__(self, limit: float = 0.0) -> None:
+        self.limit = limit
+        super().__init__(f"soft time limit exceeded ({limit:g}s)" if limit else "soft time limit exceeded")
+
+    def __reduce__(self) -> tuple[type[SoftTimeLimitExceeded], tuple[float]]:
+        return (type(self), (self.limit,))
+
+
+class TimeLimitExceeded(MachineryError):
+    """A task ran past its hard time limit: its state is FAILURE with this message (``"time
+    limit exceeded (30s)"``), or RETRY when it has retries left. Not raised inside the task.
+
+    :param limit: the hard limit, in seconds.
+    """
+
+    def __init__(self, limit: float = 0.0) -> None:
+        self.limit = limit
+        super().__init__(f"time limit exceeded ({limit:g}s)" if limit else "time limit exceeded")
+
+    def __reduce__(self) -> tuple[type[TimeLimitExceeded], tuple[float]]:
+        return (type(self), (self.limit,))
+
+
+class WorkerLostError(MachineryError):
+    """The child process running a task (processes pool) died before it answered: ``os._exit``,
+    a segfault, the OOM killer, a SIGKILL.
+
+    :param reason: how it died (``"killed by SIGKILL"``, ``"exit code 3"``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the worker's child process died while running the task ({reason})")
+
+    def __reduce__(self) -> tuple[type[WorkerLostError], tuple[str]]:
+        return (type(self), (self.reason,))
 
 
 class TaskRevoked(BaseException):

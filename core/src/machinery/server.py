@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from machinery.interfaces import Backend, Broker, Lock
+    from machinery.ratelimit import RateLimit
     from machinery.schedule import PeriodicEntry
     from machinery.worker import Worker
 
@@ -160,15 +161,26 @@ class Server:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    def register_task(self, name: str, fn: Callable[..., Any], *, rate_limit: str | None = None) -> Task:
+    def register_task(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        rate_limit: str | RateLimit | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> Task:
         """Register ``fn`` under ``name`` (replacing an earlier registration of that name).
 
         :param rate_limit: at most this many starts per period across every worker sharing the
             backend: ``"100/s"``, ``"10/m"``, ``"1000/h"`` (see :mod:`machinery.ratelimit`).
+        :param time_limit: hard time limit in seconds (docs/pools.md); None: the worker's default.
+        :param soft_time_limit: soft time limit in seconds, raising
+            :class:`~machinery.errors.SoftTimeLimitExceeded` inside the task.
         :raises TypeError: ``fn`` cannot be called with arguments from a message.
         :raises ValueError: a malformed ``rate_limit``.
         """
-        task = Task(name, fn, rate_limit=rate_limit)
+        task = Task(name, fn, rate_limit=rate_limit, time_limit=time_limit, soft_time_limit=soft_time_limit)
         self._tasks[name] = task
         return task
 
@@ -181,13 +193,28 @@ class Server:
     def task(self, name: F) -> F: ...
 
     @overload
-    def task(self, name: str | None = None, *, rate_limit: str | None = None) -> Callable[[F], F]: ...
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        rate_limit: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> Callable[[F], F]: ...
 
-    def task(self, name: str | F | None = None, *, rate_limit: str | None = None) -> F | Callable[[F], F]:
+    def task(
+        self,
+        name: str | F | None = None,
+        *,
+        rate_limit: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> F | Callable[[F], F]:
         """Decorator registering a function as a task, under ``name`` or its ``__name__``.
 
         ``@server.task`` and ``@server.task("add")`` both work; the function is returned as is.
-        ``rate_limit="10/s"`` limits its starts across every worker (:meth:`register_task`).
+        ``rate_limit="10/s"`` limits its starts across every worker (:meth:`register_task`);
+        ``@server.task("crunch", time_limit=30, soft_time_limit=25)`` sets the task's time limits.
         """
         if callable(name):
             fn = name
@@ -195,7 +222,13 @@ class Server:
             return fn
 
         def deco(fn: F) -> F:
-            self.register_task(name or fn.__name__, fn, rate_limit=rate_limit)
+            self.register_task(
+                name or fn.__name__,
+                fn,
+                rate_limit=rate_limit,
+                time_limit=time_limit,
+                soft_time_limit=soft_time_limit,
+            )
             return fn
 
         return deco

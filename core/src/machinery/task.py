@@ -153,6 +153,9 @@ class Task:
     :param fn: the function.
     :param rate_limit: ``"100/s"``, ``"10/m"``, ``"1000/h"`` or a :class:`~machinery.ratelimit.RateLimit`.
     :raises ValueError: a malformed rate limit.
+    :param time_limit: hard time limit in seconds (None: the worker's default); see
+        :mod:`machinery.timelimit`.
+    :param soft_time_limit: soft time limit in seconds (None: the worker's default).
     """
 
     __slots__ = (
@@ -164,10 +167,25 @@ class Task:
         "name",
         "rate_limit",
         "rest_conv",
+        "soft_time_limit",
         "takes_context",
+        "time_limit",
     )
 
-    def __init__(self, name: str, fn: Callable[..., Any], *, rate_limit: str | RateLimit | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        rate_limit: str | RateLimit | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> None:
+        for what, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+                raise ValueError(f"task {name!r}: {what} must be a positive number of seconds, got {limit!r}")
+        self.time_limit = float(time_limit) if time_limit is not None else None
+        self.soft_time_limit = float(soft_time_limit) if soft_time_limit is not None else None
         if not callable(fn):
             raise TypeError(f"task {name!r}: {fn!r} is not callable")
         if not isinstance(name, str) or not name:

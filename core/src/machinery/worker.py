@@ -31,6 +31,7 @@ from machinery.errors import (
     DecodeError,
     MachineryError,
     RetryTaskLater,
+    WorkerLostError,
 )
 from machinery.events import TaskEvent, WorkerEvent
 from machinery.ratelimit import MAX_HOLD, RateLimiter
@@ -38,6 +39,7 @@ from machinery.retry import fibonacci_next
 from machinery.revoke import POLL_INTERVAL, REVOKED, RevocationWatcher, RunningTasks, TaskRevoked
 from machinery.signature import Arg, Signature, decode_signature, results_for
 from machinery.task import TaskContext
+from machinery.timelimit import Abandoned, call_limited
 from machinery.workflow import chord_callback_to_send
 
 if TYPE_CHECKING:
@@ -166,6 +168,28 @@ class Worker:
         self._obs_succeeded = obs["succeeded"]
         self._obs_failed = obs["failed"]
         self._obs_retried = obs["retried"]
+        # -- pools and time limits (docs/pools.md) --
+        cfg = server.config
+        #: ``threads`` or ``processes`` (:mod:`machinery.pool`).
+        self.pool: str = cfg.worker_pool
+        #: The app's import path (``module:attr``), which the processes pool's children import.
+        self.app: str = ""
+        #: Default hard and soft time limits in seconds (None: none); tasks and signatures override.
+        self.time_limit: float | None = cfg.time_limit or None
+        self.soft_time_limit: float | None = cfg.soft_time_limit or None
+        #: Threads pool: abandoned threads still running past which the worker stops (0: concurrency).
+        self.max_abandoned_threads: int = cfg.max_abandoned_threads
+        #: Processes pool: tasks per child before it is replaced (0: never).
+        self.max_tasks_per_child: int = cfg.max_tasks_per_child
+        #: Processes pool: resident memory in KiB past which a child is replaced after a task (0: never).
+        self.max_memory_per_child: int = cfg.max_memory_per_child
+        #: Processes pool: child deaths while running a task before it is stored as FAILURE.
+        self.max_crashes: int = cfg.max_crashes
+        #: The exit status the worker asks for when it stops (:data:`~machinery.timelimit.EXIT_RESTART`).
+        self.exit_code = 0
+        self._watchdog: Any = None
+        self._abandoned: list[threading.Thread] = []
+        self._pool: Any = None
 
     # -- handlers (Go's Set*Handler) --------------------------------------------------------------
 
@@ -259,6 +283,12 @@ class Worker:
             self._scheduler = Scheduler(self.server)
             self._scheduler.start()
         n = self.concurrency
+        if self.pool == "processes":
+            from machinery.pool import ProcessPool
+
+            self._pool = ProcessPool(self, n)
+        elif self.pool != "threads":
+            raise ValueError(f"unknown worker pool {self.pool!r} (threads or processes)")
         for i in range(n):
             t = threading.Thread(target=self._task_thread, name=f"{self.consumer_tag}-task-{i}", daemon=True)
             t.start()
@@ -382,7 +412,7 @@ class Worker:
             pid=os.getpid(),
             queues=(self.queue,),
             concurrency=self.concurrency,
-            pool="threads",
+            pool=self.pool,
             started=self._started_at,
             heartbeat=time.time(),
             interval=self._registry.interval if self._registry is not None else DEFAULT_HEARTBEAT,
@@ -411,6 +441,10 @@ class Worker:
             settlers = list(self._settlers)
         for t in settlers:
             t.join()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        if self._pool is not None:
+            self._pool.close()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._registry is not None:
@@ -447,6 +481,8 @@ class Worker:
             self._stop.set()
         else:
             log.warning("second signal: exiting now; in-flight tasks stay unacknowledged for redelivery")
+            if self._pool is not None:
+                self._pool.kill()
             logging.shutdown()
             os._exit(128 + signum)
 
@@ -519,12 +555,18 @@ class Worker:
                 return
             try:
                 self.process_delivery(item)
+            except Abandoned as exc:
+                # the watchdog settled this delivery at the hard time limit and released its slot;
+                # it started a replacement for this thread, which now ends (an async task's
+                # thread, whose wait was only cancelled, goes on serving)
+                if exc.args == ("async",):
+                    continue
+                return
             except BaseException:
                 log.exception("unexpected error while processing a delivery")
-            finally:
-                with self._inflight_lock:
-                    self._inflight -= 1
-                self._slots.release()
+            with self._inflight_lock:
+                self._inflight -= 1
+            self._slots.release()
 
     # -- processing -------------------------------------------------------------------------------
 
@@ -752,9 +794,18 @@ class Worker:
                     run.armed = True  # from here a revoke with terminate may interrupt it
                     if sig.uuid in self._revoked:  # revoked since the message was taken
                         raise TaskRevoked
-                    if task.takes_context:
+                    if task.takes_context and (self._pool is None or task.is_async):
                         values.insert(0, TaskContext(sig, self.server, self.consumer_tag))
-                    if task.is_async:
+                    if (
+                        self._pool is not None
+                        or self.time_limit
+                        or self.soft_time_limit
+                        or task.time_limit
+                        or task.soft_time_limit
+                        or sig.headers
+                    ):
+                        value = call_limited(self, sig, task, values, settle)
+                    elif task.is_async:
                         value = self._run_async(task.fn, values, run)
                     else:
                         value = task.fn(*values)
@@ -767,6 +818,10 @@ class Worker:
             except RetryTaskLater as exc:
                 self._retry_in(sig, exc.retry_in, exc)
                 return False
+            except WorkerLostError as exc:
+                from machinery.pool import child_died
+
+                return child_died(self, sig, exc)
             except Exception as exc:  # noqa: BLE001 - a task's error is a FAILURE, never a dead worker
                 tb = traceback.format_exc()
                 if sig.retry_count > 0:
@@ -779,7 +834,7 @@ class Worker:
             if self._post_task is not None:
                 self._post_task(sig)
 
-    def _run_async(self, fn: Callable[..., Any], values: list[Any], run: Any = None) -> Any:
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
         import asyncio
 
         if self._loop is None:
@@ -788,10 +843,15 @@ class Worker:
                     loop = asyncio.new_event_loop()
                     threading.Thread(target=loop.run_forever, name=f"{self.consumer_tag}-asyncio", daemon=True).start()
                     self._loop = loop
+        return self._loop
+
+    def _run_async(self, fn: Callable[..., Any], values: list[Any], run: Any = None) -> Any:
+        import asyncio
+
         coro = fn(*values)
         if run is not None:  # cancellable by a revoke with terminate
             coro = self._running.guard(coro, run)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self._event_loop()).result()
 
     def _succeeded(
         self,

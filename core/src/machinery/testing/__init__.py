@@ -20,6 +20,7 @@ and subclass the suites in your tests (see ``docs/writing-a-plugin.md``)::
     class TestRedisLock(LockConformance): ...
     class TestRedisWorkflow(WorkflowConformance): ...
     class TestRedisControl(ControlConformance): ...    # revoke and rate limits
+    class TestRedisPools(PoolConformance): ...     # worker pools and time limits (docs/pools.md)
 
 The transport classes are resolved from the URL through the plugin host, so the plugin must be
 installed and registered. Capabilities the transport lacks (its classes' ``supports_*``
@@ -37,6 +38,7 @@ from machinery.testing.broker import BrokerConformance, require_capability
 from machinery.testing.control import ControlConformance
 from machinery.testing.lock import LockConformance
 from machinery.testing.oracle import BackendOracle, BrokerOracle, require_server
+from machinery.testing.pools import PoolConformance
 from machinery.testing.workflow import WorkflowConformance
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "BrokerOracle",
     "ControlConformance",
     "LockConformance",
+    "PoolConformance",
     "WorkflowConformance",
     "check_periodic_ticks_once",
     "require_capability",
