@@ -74,16 +74,25 @@ class Client:
         self.server.send_task(Signature("count", args=[i]))
 
     def prefill(self, n: int) -> None:
-        """The drain's backlog: the same messages as :meth:`enqueue`, written in bulk."""
+        """The drain's backlog: the same messages as :meth:`enqueue`, written in bulk (with the
+        publish hooks of the enabled plugins, as ``send_task`` runs them: an observability
+        variant's worker gets the headers its producers would have set, a trace context or a
+        publish time)."""
         sigs = [Signature("count", args=[i], uuid=new_uuid("task_")) for i in range(n)]
+        plugins = self.server.plugins if self.server.plugins.has_publish_observers() else None
         for start in range(0, n, 1000):
             chunk = sigs[start : start + 1000]
             self.server.backend.set_states_pending(chunk)
             items = []
             for sig in chunk:
+                if plugins is not None:
+                    plugins.before_publish(sig)
                 self.server.broker.adjust_routing_key(sig)
                 items.append((encode_signature(sig), sig))
             self.server.broker.publish_many(items)
+            if plugins is not None:
+                for sig in chunk:
+                    plugins.after_publish(sig, None)
 
     def enqueue_group(self, n: int, send_concurrency: int) -> None:
         group = Group(*[Signature("count", args=[i]) for i in range(n)])
