@@ -62,6 +62,21 @@ def worker_cmd(python: str, results: bool) -> list[str]:
 
 
 WORKER_NOTE = "`machinery worker -c 8` (8 task threads, one process)"
+if os.environ.get("BENCH_OTEL_SDK") == "1":
+    WORKER_NOTE += (
+        "; tracing on in the producer and the worker: opentelemetry-sdk `TracerProvider` with its default "
+        "sampler (`ParentBased(ALWAYS_ON)`: every span recorded) and a `BatchSpanProcessor` (defaults: "
+        "queue 2048, batches of 512, 5 s delay) feeding an exporter that drops the batches, so span "
+        "creation, attributes, W3C `traceparent` injection/extraction and batching are measured, "
+        "serialising and sending to a collector (done on the processor's own thread) are not; every "
+        "message carries its send span's `traceparent`"
+    )
+elif os.environ.get("MACHINERY_METRICS_PORT") is not None:
+    WORKER_NOTE += (
+        "; metrics on: machinery-prometheus serving `/metrics` on a free port (`MACHINERY_METRICS_PORT=0`, "
+        "the default single-process registry, not scraped during the drain); every message carries the "
+        "producer's publish-time header, so the queue-latency histogram is observed for each task"
+    )
 
 
 class Client:
