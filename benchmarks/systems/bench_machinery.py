@@ -71,6 +71,21 @@ def worker_cmd(python: str, results: bool) -> list[str]:
 
 
 WORKER_NOTE = "`machinery worker -c 8` (8 task threads, one process)"
+if os.environ.get("BENCH_OTEL_SDK") == "1":
+    WORKER_NOTE += (
+        "; tracing on in the producer and the worker: opentelemetry-sdk `TracerProvider` with its default "
+        "sampler (`ParentBased(ALWAYS_ON)`: every span recorded) and a `BatchSpanProcessor` (defaults: "
+        "queue 2048, batches of 512, 5 s delay) feeding an exporter that drops the batches, so span "
+        "creation, attributes, W3C `traceparent` injection/extraction and batching are measured, "
+        "serialising and sending to a collector (done on the processor's own thread) are not; every "
+        "message carries its send span's `traceparent`"
+    )
+elif os.environ.get("MACHINERY_METRICS_PORT") is not None:
+    WORKER_NOTE += (
+        "; metrics on: machinery-prometheus serving `/metrics` on a free port (`MACHINERY_METRICS_PORT=0`, "
+        "the default single-process registry, not scraped during the drain); every message carries the "
+        "producer's publish-time header, so the queue-latency histogram is observed for each task"
+    )
 
 
 class Client:
@@ -83,16 +98,25 @@ class Client:
         self.server.send_task(Signature(TASK, args=[i]))
 
     def prefill(self, n: int) -> None:
-        """The drain's backlog: the same messages as :meth:`enqueue`, written in bulk."""
+        """The drain's backlog: the same messages as :meth:`enqueue`, written in bulk (with the
+        publish hooks of the enabled plugins, as ``send_task`` runs them: an observability
+        variant's worker gets the headers its producers would have set, a trace context or a
+        publish time)."""
         sigs = [Signature(TASK, args=[i], uuid=new_uuid("task_")) for i in range(n)]
+        plugins = self.server.plugins if self.server.plugins.has_publish_observers() else None
         for start in range(0, n, 1000):
             chunk = sigs[start : start + 1000]
             self.server.backend.set_states_pending(chunk)
             items = []
             for sig in chunk:
+                if plugins is not None:
+                    plugins.before_publish(sig)
                 self.server.broker.adjust_routing_key(sig)
                 items.append((encode_signature(sig), sig))
             self.server.broker.publish_many(items)
+            if plugins is not None:
+                for sig in chunk:
+                    plugins.after_publish(sig, None)
 
     def enqueue_group(self, n: int, send_concurrency: int) -> None:
         group = Group(*[Signature("count", args=[i]) for i in range(n)])

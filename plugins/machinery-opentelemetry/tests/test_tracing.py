@@ -62,7 +62,7 @@ def run(tmp_path: Path) -> Iterator[Any]:
 
 
 def by(spans: list[dict[str, Any]], name: str, uuid: str) -> dict[str, Any]:
-    (found,) = [s for s in spans if s["name"] == name and s["attributes"].get("machinery.task.uuid") == uuid]
+    (found,) = [s for s in spans if s["name"] == name and s["attributes"].get("messaging.message.id") == uuid]
     return found
 
 

@@ -15,11 +15,26 @@ from machinery import hookimpl
 
 if TYPE_CHECKING:
     import argparse
+    from types import ModuleType
 
     from machinery.events import TaskEvent, WorkerEvent
     from machinery.signature import Signature
 
 __all__ = ["PUBLISHED_AT_HEADER"]
+
+
+_loaded: ModuleType | None = None
+
+
+def _metrics() -> ModuleType:
+    # imported at first use (a process that never needs it does not load it), then kept: the
+    # task hooks run for every task. (``from ... import`` waits for another thread's import.)
+    global _loaded
+    if _loaded is None:
+        from machinery_prometheus import metrics
+
+        _loaded = metrics
+    return _loaded
 
 #: Header carrying the publish time (Unix seconds as a float); Python-only, Go ignores it.
 PUBLISHED_AT_HEADER = "machinery_published_at"
@@ -81,30 +96,22 @@ def machinery_worker_stopped(event: WorkerEvent) -> None:
 @hookimpl
 def machinery_task_started(event: TaskEvent) -> None:
     """In-flight +1 and queue latency."""
-    from machinery_prometheus import metrics
-
-    metrics.task_started(event)
+    _metrics().task_started(event)
 
 
 @hookimpl
 def machinery_task_succeeded(event: TaskEvent) -> None:
     """Count SUCCESS and observe the run time."""
-    from machinery_prometheus import metrics
-
-    metrics.task_finished(event, "SUCCESS")
+    _metrics().task_finished(event, "SUCCESS")
 
 
 @hookimpl
 def machinery_task_failed(event: TaskEvent) -> None:
     """Count FAILURE and observe the run time."""
-    from machinery_prometheus import metrics
-
-    metrics.task_finished(event, "FAILURE")
+    _metrics().task_finished(event, "FAILURE")
 
 
 @hookimpl
 def machinery_task_retried(event: TaskEvent) -> None:
     """Count a retry."""
-    from machinery_prometheus import metrics
-
-    metrics.task_retried(event)
+    _metrics().task_retried(event)

@@ -158,12 +158,39 @@ def worker_stopped(event: WorkerEvent) -> None:
     thread.join(5)
 
 
+class _Children:
+    """One task name's labelled children, looked up once (``labels()`` takes a lock and
+    builds its key on every call)."""
+
+    __slots__ = ("failure", "in_progress", "latency", "retries", "runtime", "success")
+
+    def __init__(self, name: str) -> None:
+        self.in_progress = IN_PROGRESS.labels(name)
+        self.latency = LATENCY.labels(name)
+        self.runtime = RUNTIME.labels(name)
+        self.success = TASKS.labels(name, "SUCCESS")
+        self.failure = TASKS.labels(name, "FAILURE")
+        self.retries = RETRIES.labels(name)
+
+
+_children: dict[str, _Children] = {}
+
+
+def _of(name: str) -> _Children:
+    children = _children.get(name)
+    if children is None:
+        # two threads may build it at once: labels() returns the same children to both
+        children = _children[name] = _Children(name)
+    return children
+
+
 def task_started(event: TaskEvent) -> None:
     """In-flight +1; queue latency from the publish time or the ETA."""
     sig = event.signature
+    children = _of(sig.name)
     now = time.time()
     _started[sig.uuid] = now
-    IN_PROGRESS.labels(sig.name).inc()
+    children.in_progress.inc()
     since = None
     published = sig.headers.get("machinery_published_at")
     if isinstance(published, (int, float)) and not isinstance(published, bool):
@@ -172,25 +199,36 @@ def task_started(event: TaskEvent) -> None:
         eta = sig.eta.timestamp()
         since = eta if since is None else max(since, eta)
     if since is not None:
-        LATENCY.labels(sig.name).observe(max(0.0, now - since))
+        children.latency.observe(max(0.0, now - since))
 
 
-def _end(event: TaskEvent) -> None:
+def _end(event: TaskEvent) -> _Children | None:
     sig = event.signature
     t0 = _started.pop(sig.uuid, None)
     if t0 is None:  # failed before it started (bad arguments): nothing was running
-        return
-    IN_PROGRESS.labels(sig.name).dec()
-    RUNTIME.labels(sig.name).observe(event.runtime if event.runtime > 0 else time.time() - t0)
+        return None
+    children = _of(sig.name)
+    children.in_progress.dec()
+    children.runtime.observe(event.runtime if event.runtime > 0 else time.time() - t0)
+    return children
 
 
 def task_finished(event: TaskEvent, state: str) -> None:
     """Count the final state and observe the run time."""
-    _end(event)
-    TASKS.labels(event.signature.name, state).inc()
+    children = _end(event)
+    if children is None:
+        children = _of(event.signature.name)
+    if state == "SUCCESS":
+        children.success.inc()
+    elif state == "FAILURE":
+        children.failure.inc()
+    else:
+        TASKS.labels(event.signature.name, state).inc()
 
 
 def task_retried(event: TaskEvent) -> None:
     """Count a retry (the attempt ends here)."""
-    _end(event)
-    RETRIES.labels(event.signature.name).inc()
+    children = _end(event)
+    if children is None:
+        children = _of(event.signature.name)
+    children.retries.inc()
