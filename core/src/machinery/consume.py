@@ -101,8 +101,9 @@ class PollingBroker(Broker):
     #: Without native delay: fetched messages due within this many seconds are held by the
     #: consumer until due; later ones are deferred (:meth:`_defer`) to their ETA.
     eta_hold: ClassVar[float] = 1.0
-    #: Seconds between two :meth:`_extend` calls (None: no heartbeat).
-    extend_interval: ClassVar[float | None] = None
+    #: Seconds between two :meth:`_extend` calls (None: no heartbeat); may be set per instance
+    #: (from the broker's options) before the first message is handed out.
+    extend_interval: float | None = None
     #: Client-library exceptions that mean "connection trouble": ``consume`` backs off and
     #: reconnects on them, and :meth:`translate_errors` turns them into
     #: :class:`~machinery.errors.BrokerConnectionError`.
@@ -240,8 +241,7 @@ class PollingBroker(Broker):
                 except BrokerAuthenticationError:
                     raise  # not transient: the worker reports it and waits long
                 except (BrokerConnectionError, *self.connection_errors) as exc:  # type: ignore[misc]
-                    name = type(self).__name__
-                    log.warning("%s: fetch from %r failed: %s; retrying in %.1fs", name, queue, exc, backoff)
+                    log.warning("%s; fetching from %r again in %.1fs", exc, queue, backoff)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, self.backoff_max)
                     try:

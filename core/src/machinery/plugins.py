@@ -61,6 +61,7 @@ KNOWN_SCHEMES = {
     "mongodb": "machinery-mongo",
     "mongodb+srv": "machinery-mongo",
     "memcache": "machinery-memcache",
+    "nats": "machinery-nats",
 }
 
 Kind = Literal["broker", "backend", "lock"]
