@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsBroker", "NatsOptions"]
 
+#: Environment variables of the ``nats:`` section, declared with the registration as plain
+#: data so that reading a configuration does not import nats-py.
+ENV_OPTIONS: dict[str, str] = {"NATS_STREAM": "stream", "NATS_ACK_WAIT": "ack_wait"}
+
 
 @hookimpl
 def machinery_register_brokers(register: Register) -> None:
     """``nats://`` brokers on JetStream."""
-    register("nats", "machinery_nats.broker:NatsBroker")
+    register("nats", "machinery_nats.broker:NatsBroker", section="nats", env=ENV_OPTIONS)
 
 
 def __getattr__(name: str) -> object:

@@ -37,6 +37,7 @@ from machinery.plugin import (
     parse_options,
     redact_url,
 )
+from machinery_nats import ENV_OPTIONS
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -102,7 +103,7 @@ class NatsBroker(AsyncPollingBroker):
     supports_pending_listing: ClassVar[bool] = True
     redelivery_timeout: ClassVar[float] = NatsOptions.ack_wait
     config_section: ClassVar[str | None] = "nats"
-    env_options: ClassVar[dict[str, str]] = {"NATS_STREAM": "stream", "NATS_ACK_WAIT": "ack_wait"}
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     connection_errors: ClassVar[tuple[type[BaseException], ...]] = (
         nats.errors.ConnectionClosedError,
         nats.errors.NoServersError,
