@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,3 +92,44 @@ def _drop_session_stream() -> Iterator[None]:
         raw(drop)
     except Exception:
         pass
+
+
+class PrivateNats:
+    """A ``nats-server -js`` of our own on a free port, storing under ``workdir``; safe to stop
+    (with any signal) and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("nats-server")
+        if exe is None and Path("/usr/sbin/nats-server").exists():
+            exe = "/usr/sbin/nats-server"
+        if exe is None:
+            if os.environ.get("CI"):
+                pytest.fail("nats-server is not installed; CI must run the restart tests", pytrace=False)
+            pytest.skip("nats-server is not installed")
+        self.exe, self.dir = exe, workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [self.exe, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"private nats-server on port {self.port} did not start")
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+            self.proc = None
