@@ -18,7 +18,7 @@ from machinery.errors import ConfigError
 
 if TYPE_CHECKING:
     import re
-    from typing import Literal, TypeVar
+    from typing import TypeVar
 
     T = TypeVar("T")
 
@@ -339,24 +339,10 @@ def _plugin_sections() -> set[str]:
 def _plugin_env_options() -> dict[str, tuple[str, str]]:
     from machinery.plugins import get_plugin_host
 
-    host = get_plugin_host()
-    out: dict[str, tuple[str, str]] = {}
     try:
-        host.load()
-    except Exception:  # noqa: BLE001
-        return out
-    kinds: tuple[Literal["broker", "backend", "lock"], ...] = ("broker", "backend", "lock")
-    for kind in kinds:
-        for scheme in host.schemes(kind):
-            try:
-                cls = host._class(kind, f"{scheme}://", object)
-            except Exception:  # noqa: BLE001
-                continue
-            section = getattr(cls, "config_section", None)
-            for var, key in (getattr(cls, "env_options", None) or {}).items():
-                if section:
-                    out[var] = (section, key)
-    return out
+        return get_plugin_host().env_options()
+    except Exception:  # noqa: BLE001 - a broken plugin must not hide config errors
+        return {}
 
 
 # -- redaction --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from machinery.errors import MachineryError, PluginLoadError, UnknownSchemeError
 from machinery.interfaces import Backend, Broker, Lock
@@ -61,11 +61,34 @@ KNOWN_SCHEMES = {
     "mongodb": "machinery-mongo",
     "mongodb+srv": "machinery-mongo",
     "memcache": "machinery-memcache",
+    "nats": "machinery-nats",
 }
 
 Kind = Literal["broker", "backend", "lock"]
-Register = Callable[[str, "type[Any] | str"], None]
 T = TypeVar("T")
+
+
+class Register(Protocol):
+    """The callable the ``machinery_register_*`` hooks receive.
+
+    ``register(scheme, target, section=..., env=...)``: ``target`` is the class or its
+    ``"module:Class"`` string (imported only when a URL with that scheme is used). ``section``
+    and ``env`` declare, as plain data, the config section the class reads and its
+    environment variables (``{"REDIS_MAX_IDLE": "max_idle"}``), so that reading a
+    configuration imports no plugin's client library; they must equal the class's
+    ``config_section`` and ``env_options``. Without ``section``, the class is imported to read
+    them.
+    """
+
+    def __call__(
+        self,
+        scheme: str,
+        target: type[Any] | str,
+        /,
+        *,
+        section: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None: ...
 
 
 def _log() -> logging.Logger:
@@ -123,6 +146,8 @@ class PluginHost:
             "lock": {},
         }
         self._resolved: dict[tuple[str, str], type[Any]] = {}
+        #: (kind, scheme) -> (config section, env variables), as declared at registration.
+        self._meta: dict[tuple[str, str], tuple[str, Mapping[str, str]]] = {}
         self.failures: list[PluginLoadError] = []
         self._infos: dict[str, PluginInfo] = {}
 
@@ -191,7 +216,9 @@ class PluginHost:
                 )
 
     def _registrar(self, kind: Kind, dist: str, plugin_name: str) -> Register:
-        def register(scheme: str, cls: type[Any] | str) -> None:
+        def register(
+            scheme: str, cls: type[Any] | str, /, *, section: str | None = None, env: Mapping[str, str] | None = None
+        ) -> None:
             scheme = scheme.lower()
             table = self._registry[kind]
             if scheme in table and table[scheme][1] != dist:
@@ -200,6 +227,8 @@ class PluginHost:
                     f"uninstall one or block it with MACHINERY_DISABLE_PLUGINS"
                 )
             table[scheme] = (cls, dist)
+            if section is not None:
+                self._meta[(kind, scheme)] = (section, dict(env or {}))
             info = self._infos.get(plugin_name)
             if info is not None:
                 info.schemes.setdefault(kind, []).append(scheme)
@@ -253,20 +282,40 @@ class PluginHost:
         """The :class:`Lock` class serving ``url``'s scheme."""
         return self._class("lock", url, Lock)  # type: ignore[type-abstract]
 
+    def _declared(self, kind: Kind, scheme: str) -> tuple[str | None, Mapping[str, str]]:
+        """The section and environment variables of a registered class: as declared at
+        registration, else read from the class (which imports it)."""
+        meta = self._meta.get((kind, scheme))
+        if meta is not None:
+            return meta
+        try:
+            cls = self._class(kind, f"{scheme}://", object)
+        except MachineryError:
+            return None, {}
+        return getattr(cls, "config_section", None), dict(getattr(cls, "env_options", None) or {})
+
     def config_sections(self) -> set[str]:
         """Config sections owned by any registered transport (for unknown-key errors)."""
         self.load()
         sections: set[str] = set()
         for kind, table in self._registry.items():
             for scheme in table:
-                try:
-                    cls = self._class(cast(Kind, kind), f"{scheme}://", object)
-                except MachineryError:
-                    continue
-                section = getattr(cls, "config_section", None)
+                section, _ = self._declared(cast(Kind, kind), scheme)
                 if section:
                     sections.add(section)
         return sections
+
+    def env_options(self) -> dict[str, tuple[str, str]]:
+        """Environment variable -> (config section, option) for every registered transport."""
+        self.load()
+        out: dict[str, tuple[str, str]] = {}
+        for kind, table in self._registry.items():
+            for scheme in table:
+                section, env = self._declared(cast(Kind, kind), scheme)
+                if section:
+                    for var, key in env.items():
+                        out[var] = (section, key)
+        return out
 
     def infos(self) -> list[PluginInfo]:
         """Every plugin: distribution, version, schemes, hooks, load error."""

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from machinery.default import ENV_OPTIONS
 from machinery.default._db import (
     DELAYED,
     HAS_RETURNING,
@@ -98,12 +99,7 @@ class SQLiteBroker(Transport, Broker):
     #: The default lease; a configured ``visibility_timeout`` replaces it (see :attr:`lease`).
     redelivery_timeout: ClassVar[float] = SQLiteOptions.visibility_timeout
     config_section: ClassVar[str | None] = "sqlite"
-    env_options: ClassVar[dict[str, str]] = {
-        "SQLITE_VISIBILITY_TIMEOUT": "visibility_timeout",
-        "SQLITE_BUSY_TIMEOUT": "busy_timeout",
-        "SQLITE_POLL_INTERVAL": "poll_interval",
-        "SQLITE_SYNCHRONOUS": "synchronous",
-    }
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     error_class = SQLiteBrokerError
 
     def __init__(self, url: str, config: Config) -> None:

@@ -13,6 +13,7 @@ import pika.exceptions as pex
 
 from machinery.config import parse_options, redact_url
 from machinery.errors import ConfigError
+from machinery_amqp import ENV_OPTIONS
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -21,21 +22,6 @@ __all__ = ["CONNECTION_ERRORS", "ENV_OPTIONS", "AMQPOptions", "connect", "parse_
 
 log = logging.getLogger("machinery.amqp")
 
-#: Go's environment variable names (plus this plugin's own) and the option each one sets.
-ENV_OPTIONS: dict[str, str] = {
-    "AMQP_EXCHANGE": "exchange",
-    "AMQP_EXCHANGE_TYPE": "exchange_type",
-    "AMQP_BINDING_KEY": "binding_key",
-    "AMQP_PREFETCH_COUNT": "prefetch_count",
-    "AMQP_QUEUE_DECLARE_ARGS": "queue_declare_args",
-    "AMQP_QUEUE_BINDING_ARGS": "queue_binding_args",
-    "AMQP_AUTO_DELETE": "auto_delete",
-    "AMQP_DELAYED_QUEUE": "delayed_queue",
-    "AMQP_MAX_PRIORITY": "max_priority",
-    "AMQP_QUEUE_TYPE": "queue_type",
-    "AMQP_HEARTBEAT": "heartbeat",
-    "AMQP_CONFIRM_TIMEOUT": "confirm_timeout",
-}
 
 _EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 

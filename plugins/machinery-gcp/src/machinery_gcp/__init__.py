@@ -20,7 +20,7 @@ __all__ = ["GCPPubSubBroker", "GCPPubSubError", "GCPPubSubOptions"]
 @hookimpl
 def machinery_register_brokers(register: Register) -> None:
     """``gcppubsub://PROJECT_ID/SUBSCRIPTION_NAME`` broker."""
-    register("gcppubsub", "machinery_gcp.broker:GCPPubSubBroker")
+    register("gcppubsub", "machinery_gcp.broker:GCPPubSubBroker", section="gcp_pubsub")
 
 
 def __getattr__(name: str) -> object:

@@ -19,7 +19,7 @@ __all__ = ["MemcacheBackend", "MemcacheOptions"]
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``memcache://`` result backend."""
-    register("memcache", "machinery_memcache.backend:MemcacheBackend")
+    register("memcache", "machinery_memcache.backend:MemcacheBackend", section="memcache")
 
 
 def __getattr__(name: str) -> object:

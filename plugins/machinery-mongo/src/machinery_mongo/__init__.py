@@ -19,8 +19,8 @@ __all__ = ["MongoBackend", "MongoOptions"]
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``mongodb://`` and ``mongodb+srv://`` result backend."""
-    register("mongodb", "machinery_mongo.backend:MongoBackend")
-    register("mongodb+srv", "machinery_mongo.backend:MongoBackend")
+    register("mongodb", "machinery_mongo.backend:MongoBackend", section="mongodb")
+    register("mongodb+srv", "machinery_mongo.backend:MongoBackend", section="mongodb")
 
 
 def __getattr__(name: str) -> object:

@@ -19,6 +19,25 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend", "RedisBroker", "RedisLock"]
 
 SCHEMES = ("redis", "rediss", "redis+socket")
+#: Environment variables of the ``redis:`` section (Go Machinery's names where it has them).
+ENV_OPTIONS: dict[str, str] = {
+    "REDIS_MAX_IDLE": "max_idle",
+    "REDIS_MAX_ACTIVE": "max_active",
+    "REDIS_IDLE_TIMEOUT": "idle_timeout",
+    "REDIS_WAIT": "wait",
+    "REDIS_READ_TIMEOUT": "read_timeout",
+    "REDIS_WRITE_TIMEOUT": "write_timeout",
+    "REDIS_CONNECT_TIMEOUT": "connect_timeout",
+    "REDIS_NORMAL_TASKS_POLL_PERIOD": "normal_tasks_poll_period",
+    "REDIS_DELAYED_TASKS_POLL_PERIOD": "delayed_tasks_poll_period",
+    "REDIS_DELAYED_TASKS_KEY": "delayed_tasks_key",
+    "REDIS_CLIENT_NAME": "client_name",
+    "REDIS_MASTER_NAME": "master_name",
+    "REDIS_SENTINEL_PASSWORD": "sentinel_password",
+    "REDIS_CLUSTER_ENABLED": "cluster_enabled",
+    "REDIS_VISIBILITY_TIMEOUT": "visibility_timeout",
+    "REDIS_RETRIES": "retries",
+}
 _LAZY = {"RedisBroker": "broker", "RedisBackend": "backend", "RedisLock": "lock"}
 
 
@@ -26,21 +45,21 @@ _LAZY = {"RedisBroker": "broker", "RedisBackend": "backend", "RedisLock": "lock"
 def machinery_register_brokers(register: Register) -> None:
     """``redis://``, ``rediss://`` and ``redis+socket://`` brokers."""
     for scheme in SCHEMES:
-        register(scheme, "machinery_redis.broker:RedisBroker")
+        register(scheme, "machinery_redis.broker:RedisBroker", section="redis", env=ENV_OPTIONS)
 
 
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``redis://``, ``rediss://`` and ``redis+socket://`` result backends."""
     for scheme in SCHEMES:
-        register(scheme, "machinery_redis.backend:RedisBackend")
+        register(scheme, "machinery_redis.backend:RedisBackend", section="redis", env=ENV_OPTIONS)
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
     """``redis://``, ``rediss://`` and ``redis+socket://`` locks."""
     for scheme in SCHEMES:
-        register(scheme, "machinery_redis.lock:RedisLock")
+        register(scheme, "machinery_redis.lock:RedisLock", section="redis", env=ENV_OPTIONS)
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from machinery.config import ConfigError, parse_options, redact_url
 from machinery.errors import MachineryError
+from machinery_redis import ENV_OPTIONS
 from machinery_redis.batch import CommandBatcher
 
 if TYPE_CHECKING:
@@ -46,25 +47,6 @@ __all__ = [
 SCHEMES = ("redis", "rediss", "redis+socket")
 DEFAULT_PORT = 6379
 
-#: Go Machinery's environment variables (``envconfig`` tags) and ours, mapped to option names.
-ENV_OPTIONS: dict[str, str] = {
-    "REDIS_MAX_IDLE": "max_idle",
-    "REDIS_MAX_ACTIVE": "max_active",
-    "REDIS_IDLE_TIMEOUT": "idle_timeout",
-    "REDIS_WAIT": "wait",
-    "REDIS_READ_TIMEOUT": "read_timeout",
-    "REDIS_WRITE_TIMEOUT": "write_timeout",
-    "REDIS_CONNECT_TIMEOUT": "connect_timeout",
-    "REDIS_NORMAL_TASKS_POLL_PERIOD": "normal_tasks_poll_period",
-    "REDIS_DELAYED_TASKS_POLL_PERIOD": "delayed_tasks_poll_period",
-    "REDIS_DELAYED_TASKS_KEY": "delayed_tasks_key",
-    "REDIS_CLIENT_NAME": "client_name",
-    "REDIS_MASTER_NAME": "master_name",
-    "REDIS_SENTINEL_PASSWORD": "sentinel_password",
-    "REDIS_CLUSTER_ENABLED": "cluster_enabled",
-    "REDIS_VISIBILITY_TIMEOUT": "visibility_timeout",
-    "REDIS_RETRIES": "retries",
-}
 
 
 @dataclass(frozen=True)

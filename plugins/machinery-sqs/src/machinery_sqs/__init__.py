@@ -27,29 +27,40 @@ _MODULES = {
     "DynamoDBLock": "lock",
 }
 
+#: Environment variables of the ``sqs:`` section (the broker) and the ``dynamodb:`` section
+#: (backend and lock), declared with the registration as plain data.
+SQS_ENV: dict[str, str] = {
+    "SQS_WAIT_TIME_SECONDS": "wait_time_seconds",
+    "SQS_VISIBILITY_TIMEOUT": "visibility_timeout",
+}
+DYNAMODB_ENV: dict[str, str] = {
+    "TASK_STATES_TABLE": "task_states_table",
+    "GROUP_METAS_TABLE": "group_metas_table",
+}
+
 
 @hookimpl
 def machinery_register_brokers(register: Register) -> None:
     """``sqs://`` and Go's ``https://sqs.<region>.amazonaws.com/<account>`` brokers."""
-    register("sqs", "machinery_sqs.broker:SQSBroker")
-    register("https", "machinery_sqs.broker:SQSBroker")
-    register("http", "machinery_sqs.broker:SQSBroker")
+    register("sqs", "machinery_sqs.broker:SQSBroker", section="sqs", env=SQS_ENV)
+    register("https", "machinery_sqs.broker:SQSBroker", section="sqs", env=SQS_ENV)
+    register("http", "machinery_sqs.broker:SQSBroker", section="sqs", env=SQS_ENV)
 
 
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``dynamodb://`` and Go's ``https://dynamodb.<region>.amazonaws.com`` result backends."""
-    register("dynamodb", "machinery_sqs.backend:DynamoDBBackend")
-    register("https", "machinery_sqs.backend:DynamoDBBackend")
-    register("http", "machinery_sqs.backend:DynamoDBBackend")
+    register("dynamodb", "machinery_sqs.backend:DynamoDBBackend", section="dynamodb", env=DYNAMODB_ENV)
+    register("https", "machinery_sqs.backend:DynamoDBBackend", section="dynamodb", env=DYNAMODB_ENV)
+    register("http", "machinery_sqs.backend:DynamoDBBackend", section="dynamodb", env=DYNAMODB_ENV)
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
     """``dynamodb://`` (and ``https://``, ``http://``) locks for periodic tasks."""
-    register("dynamodb", "machinery_sqs.lock:DynamoDBLock")
-    register("https", "machinery_sqs.lock:DynamoDBLock")
-    register("http", "machinery_sqs.lock:DynamoDBLock")
+    register("dynamodb", "machinery_sqs.lock:DynamoDBLock", section="dynamodb", env=DYNAMODB_ENV)
+    register("https", "machinery_sqs.lock:DynamoDBLock", section="dynamodb", env=DYNAMODB_ENV)
+    register("http", "machinery_sqs.lock:DynamoDBLock", section="dynamodb", env=DYNAMODB_ENV)
 
 
 def __getattr__(name: str) -> object:

@@ -33,6 +33,7 @@ from machinery.signature import (
     task_state_from_mapping,
 )
 from machinery.state import ZERO_TIME, GroupMeta, TaskResult, TaskState
+from machinery_sqs import DYNAMODB_ENV
 from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
 
 if TYPE_CHECKING:
@@ -328,10 +329,7 @@ class DynamoDBBackend(Backend):
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "dynamodb"
-    env_options: ClassVar[dict[str, str]] = {
-        "TASK_STATES_TABLE": "task_states_table",
-        "GROUP_METAS_TABLE": "group_metas_table",
-    }
+    env_options: ClassVar[dict[str, str]] = DYNAMODB_ENV
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)

@@ -35,6 +35,7 @@ from machinery.config import parse_options, redact_url
 from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from machinery.interfaces import Broker, Delivery
 from machinery.signature import decode_signature, parse_time
+from machinery_sqs import SQS_ENV
 from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
 
 if TYPE_CHECKING:
@@ -166,10 +167,7 @@ class SQSBroker(Broker):
     redelivery_timeout: ClassVar[float] = 30.0
     supports_purge: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "sqs"
-    env_options: ClassVar[dict[str, str]] = {
-        "SQS_WAIT_TIME_SECONDS": "wait_time_seconds",
-        "SQS_VISIBILITY_TIMEOUT": "visibility_timeout",
-    }
+    env_options: ClassVar[dict[str, str]] = SQS_ENV
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.errors import LockError
 from machinery.interfaces import Lock
+from machinery_sqs import DYNAMODB_ENV
 from machinery_sqs._aws import error_code
 from machinery_sqs.backend import TTL_ATTR, DynamoDBTables
 
@@ -36,10 +37,7 @@ class DynamoDBLock(Lock):
     """A lock with expiry on a DynamoDB table; safe across processes and machines."""
 
     config_section: ClassVar[str | None] = "dynamodb"
-    env_options: ClassVar[dict[str, str]] = {
-        "TASK_STATES_TABLE": "task_states_table",
-        "GROUP_METAS_TABLE": "group_metas_table",
-    }
+    env_options: ClassVar[dict[str, str]] = DYNAMODB_ENV
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)

@@ -1,0 +1,495 @@
+"""The consume loop brokers share: :class:`PollingBroker`, and :class:`AsyncPollingBroker` for
+asyncio-only client libraries.
+
+Every broker used to write the same ``consume`` generator: a buffer of messages taken but not
+yet handed out, ``prefetch`` minus what is held, a look at ``stop`` every second, back-off and
+reconnection after a connection error, ETA handling, and giving back what was not handed out
+when the generator ends. Here it is written once (kombu's virtual channel, in small). A broker
+implements a few primitives instead:
+
+- :meth:`PollingBroker._fetch` takes up to ``max_n`` messages, waiting at most ``wait`` seconds;
+- :meth:`PollingBroker._ack` removes one for good;
+- :meth:`PollingBroker._release` gives messages back at once;
+- :meth:`PollingBroker._dead_letter` drops one (to the dead letters, where the broker has them);
+- optionally :meth:`PollingBroker._defer` (give back, deliverable after a delay),
+  :meth:`PollingBroker._extend` (keep the messages a live consumer holds from coming back) and
+  :meth:`PollingBroker._reconnect`.
+
+The core then owns ``consume``, ``ack`` and ``nack``:
+
+- ``consume`` notices ``stop`` within :attr:`PollingBroker.fetch_wait` (1 s), never holds more
+  than ``prefetch`` messages (handed out and unacknowledged, plus fetched and waiting), backs
+  off from 0.1 s to 10 s on :class:`~machinery.errors.BrokerConnectionError` (or one of the
+  client's :attr:`PollingBroker.connection_errors`) and calls :meth:`PollingBroker._reconnect`,
+  and gives back every message it fetched but did not hand out when it ends;
+- where the broker cannot hold a message until its ETA (``supports_native_delay`` False), a
+  fetched message that is not due is never handed out early: one due within
+  :attr:`PollingBroker.eta_hold` seconds is kept here and handed out when due, a later one is
+  deferred to its ETA;
+- ``nack(delay=...)`` uses :meth:`PollingBroker._defer`, or, for a broker without it, keeps the
+  message (unacknowledged) in this process and releases it when the delay is over;
+- a heartbeat thread calls :meth:`PollingBroker._extend` every
+  :attr:`PollingBroker.extend_interval` seconds with the messages handed out and not yet
+  acknowledged, when the broker implements it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
+
+from machinery.errors import BrokerAuthenticationError, BrokerConnectionError
+from machinery.interfaces import Broker, Delivery
+
+if TYPE_CHECKING:
+    from machinery.config import Config
+
+__all__ = ["AsyncPollingBroker", "EventLoopThread", "PollingBroker", "eta_of"]
+
+log = logging.getLogger("machinery.consume")
+
+T = TypeVar("T")
+
+
+def eta_of(body: bytes) -> float | None:
+    """The top-level ETA of a signature body as a Unix time, or None (no ETA, or unreadable).
+
+    Go writes ``"ETA"`` before any nested signature, so the first ``"ETA":`` is the top-level
+    one; only when it is not ``null`` is the body parsed. An unreadable body gives None: the
+    worker reports malformed messages.
+    """
+    i = body.find(b'"ETA":')
+    if i < 0 or body.startswith(b"null", i + 6):
+        return None
+    import json
+
+    from machinery.signature import parse_time
+
+    try:
+        obj = json.loads(body)
+        eta = obj.get("ETA") if isinstance(obj, dict) else None
+        return parse_time(eta).timestamp() if isinstance(eta, str) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class PollingBroker(Broker):
+    """A :class:`~machinery.interfaces.Broker` whose ``consume``, ``ack`` and ``nack`` are the
+    core's, built on the primitives this class declares (see the module documentation).
+
+    A subclass implements :meth:`publish`, :meth:`_fetch`, :meth:`_ack`, :meth:`_release` and
+    :meth:`_dead_letter`, and calls ``super().close()`` from its ``close``.
+    """
+
+    #: Longest a single :meth:`_fetch` may wait, in seconds: the bound on noticing ``stop``.
+    fetch_wait: ClassVar[float] = 1.0
+    #: Most messages asked of one :meth:`_fetch` (the broker's batch limit).
+    fetch_max: ClassVar[int] = 256
+    #: Back-off after a connection error: first and longest wait, in seconds.
+    backoff_initial: ClassVar[float] = 0.1
+    backoff_max: ClassVar[float] = 10.0
+    #: Without native delay: fetched messages due within this many seconds are held by the
+    #: consumer until due; later ones are deferred (:meth:`_defer`) to their ETA.
+    eta_hold: ClassVar[float] = 1.0
+    #: Seconds between two :meth:`_extend` calls (None: no heartbeat); may be set per instance
+    #: (from the broker's options) before the first message is handed out.
+    extend_interval: float | None = None
+    #: Client-library exceptions that mean "connection trouble": ``consume`` backs off and
+    #: reconnects on them, and :meth:`translate_errors` turns them into
+    #: :class:`~machinery.errors.BrokerConnectionError`.
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.__lock = threading.Lock()
+        self.__held: dict[int, Delivery] = {}
+        self.__timers: dict[int, tuple[threading.Timer, Delivery]] = {}
+        self.__closed = threading.Event()
+        self.__heartbeat: threading.Thread | None = None
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """Take up to ``max_n`` (>= 1) messages of ``queue``, waiting at most ``wait`` seconds
+        for the first; an empty sequence when none came.
+
+        The messages stay in the broker, unacknowledged, until :meth:`_ack`,
+        :meth:`_release`, :meth:`_defer` or :meth:`_dead_letter`; a consumer that dies
+        without any of those must let them come back (``redelivery_timeout``).
+
+        :raises machinery.errors.BrokerConnectionError: (or one of :attr:`connection_errors`)
+            the broker cannot be reached; the core backs off and calls :meth:`_reconnect`.
+        """
+
+    @abstractmethod
+    def _ack(self, delivery: Delivery) -> None:
+        """Remove a message for good (the task's final state is stored)."""
+
+    @abstractmethod
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give messages back at once, deliverable to any consumer (order need not be kept).
+
+        Called for ``nack(requeue=True)`` and for what ``consume`` fetched but did not hand out.
+        """
+
+    @abstractmethod
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """Take a message out of its queue for good (``nack(requeue=False)``): move it to the
+        broker's dead letters where there are any, else drop it."""
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """Give a message back, deliverable only after ``delay`` seconds (> 0).
+
+        Optional: without it the core keeps the message, unacknowledged, in this process and
+        calls :meth:`_release` when the delay is over, which only suits brokers that do not
+        redeliver a live consumer's messages on their own (or that implement :meth:`_extend`).
+        """
+        raise NotImplementedError
+
+    def _extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep messages handed out and not yet acknowledged from being redelivered (renew a
+        lease, reset an ack timer). Optional; called every :attr:`extend_interval` seconds."""
+        raise NotImplementedError
+
+    def _reconnect(self) -> None:
+        """Called after a connection error, before the next :meth:`_fetch`. Optional."""
+
+    # -- error translation --------------------------------------------------------------------
+
+    @contextmanager
+    def translate_errors(self, what: str) -> Iterator[None]:
+        """Turn :attr:`connection_errors` raised inside into
+        :class:`~machinery.errors.BrokerConnectionError` (``what`` names the operation)."""
+        try:
+            yield
+        except self.connection_errors as exc:
+            raise BrokerConnectionError(f"{type(self).__name__}: {what} failed: {exc!r}") from exc
+
+    # -- the template -------------------------------------------------------------------------
+
+    def _held_count(self, queue: str) -> int:
+        with self.__lock:
+            return sum(1 for d in self.__held.values() if d.queue == queue)
+
+    def _held_deliveries(self) -> list[Delivery]:
+        """The messages handed out by ``consume`` and not yet acknowledged or given back."""
+        with self.__lock:
+            return list(self.__held.values())
+
+    def __hold(self, delivery: Delivery) -> None:
+        with self.__lock:
+            self.__held[id(delivery)] = delivery
+        if self.extend_interval is not None and self.__heartbeat is None and self._implements("_extend"):
+            with self.__lock:
+                if self.__heartbeat is None:
+                    t = threading.Thread(target=self.__beat, name="machinery-broker-heartbeat", daemon=True)
+                    self.__heartbeat = t
+                    t.start()
+
+    def __forget(self, delivery: Delivery) -> None:
+        with self.__lock:
+            self.__held.pop(id(delivery), None)
+
+    def _implements(self, name: str) -> bool:
+        """Whether the optional primitive ``name`` (``_defer``, ``_extend``) is implemented."""
+        return getattr(type(self), name) is not getattr(PollingBroker, name)
+
+    def __beat(self) -> None:
+        interval = self.extend_interval or 1.0
+        while not self.__closed.wait(interval):
+            held = self._held_deliveries()
+            if not held:
+                continue
+            try:
+                self._extend(held)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("could not extend %d held message(s): %s", len(held), exc)
+
+    @final
+    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
+        """Yield messages of ``queue`` until ``stop`` is set (see the module documentation)."""
+        buffer: collections.deque[Delivery] = collections.deque()
+        due: list[tuple[float, int, Delivery]] = []  # a heap of (ETA, seq, delivery)
+        seq = itertools.count()
+        backoff = self.backoff_initial
+        emulate_eta = not self.supports_native_delay
+        try:
+            while not stop.is_set():
+                now = time.time()
+                while due and due[0][0] <= now:
+                    buffer.append(heapq.heappop(due)[2])
+                if buffer:
+                    d = buffer.popleft()
+                    self.__hold(d)
+                    yield d
+                    continue
+                want = max(1, min(prefetch, self.fetch_max) - self._held_count(queue) - len(due))
+                wait = self.fetch_wait if not due else max(0.0, min(self.fetch_wait, due[0][0] - now))
+                try:
+                    got = self._fetch(queue, want, wait)
+                except BrokerAuthenticationError:
+                    raise  # not transient: the worker reports it and waits long
+                except (BrokerConnectionError, *self.connection_errors) as exc:  # type: ignore[misc]
+                    log.warning("%s; fetching from %r again in %.1fs", exc, queue, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, self.backoff_max)
+                    try:
+                        self._reconnect()
+                    except Exception as again:  # noqa: BLE001 - the next fetch reports it
+                        log.warning("%s: reconnect failed: %s", type(self).__name__, again)
+                    continue
+                backoff = self.backoff_initial
+                for d in got:
+                    eta = eta_of(d.body) if emulate_eta else None
+                    ahead = eta - time.time() if eta is not None else 0.0
+                    if eta is None or ahead <= 0:
+                        buffer.append(d)
+                    elif ahead <= self.eta_hold:
+                        heapq.heappush(due, (eta, next(seq), d))
+                    else:
+                        self.__defer(d, ahead)
+                if not got and due and wait <= 0:
+                    stop.wait(0.001)
+        finally:
+            rest = list(buffer) + [d for *_, d in due]
+            if rest:
+                try:
+                    self._release(rest)
+                except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
+                    log.warning("could not give back %d message(s) on stop: %s", len(rest), exc)
+
+    def __defer(self, delivery: Delivery, delay: float) -> None:
+        if self._implements("_defer"):
+            self._defer(delivery, delay)
+            return
+        # Kept here, unacknowledged (a crash gives it back), and released when due.
+        def due() -> None:
+            with self.__lock:
+                self.__timers.pop(id(delivery), None)
+            try:
+                self._release([delivery])
+            except Exception as exc:  # noqa: BLE001 - it comes back after the redelivery timeout
+                log.warning("could not release a deferred message: %s", exc)
+
+        timer = threading.Timer(delay, due)
+        timer.daemon = True
+        with self.__lock:
+            self.__timers[id(delivery)] = (timer, delivery)
+        timer.start()
+
+    @final
+    def ack(self, delivery: Delivery) -> None:
+        """Remove the message for good (after the task's final state is stored)."""
+        try:
+            self._ack(delivery)
+        finally:
+            self.__forget(delivery)
+
+    @final
+    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
+        """Give the message back (after ``delay`` seconds) or dead-letter it."""
+        try:
+            if not requeue:
+                self._dead_letter(delivery)
+            elif delay > 0:
+                self.__defer(delivery, delay)
+            else:
+                self._release([delivery])
+        finally:
+            self.__forget(delivery)
+
+    def close(self) -> None:
+        """Stop the heartbeat and give back at once the messages held for a delay. Idempotent."""
+        self.__closed.set()
+        with self.__lock:
+            timers = list(self.__timers.values())
+            self.__timers.clear()
+        for t, _ in timers:
+            t.cancel()
+        if timers:
+            try:
+                self._release([d for _, d in timers])
+            except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
+                log.warning("could not give back %d deferred message(s) on close: %s", len(timers), exc)
+        hb = self.__heartbeat
+        if hb is not None and hb is not threading.current_thread():
+            hb.join(timeout=5)
+        self.__heartbeat = None
+
+
+class EventLoopThread:
+    """A private asyncio event loop running in a daemon thread, for asyncio-only clients.
+
+    :meth:`run` submits a coroutine from any other thread and waits for its result. The loop
+    starts on first use and stops in :meth:`close`.
+    """
+
+    def __init__(self, name: str = "machinery-loop") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop (started on first use)."""
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def main() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=main, name=self.name, daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and return its result (or raise its exception).
+
+        :raises RuntimeError: called from the loop's own thread (it would wait for itself).
+        :raises TimeoutError: ``timeout`` seconds passed first (the coroutine is cancelled).
+        """
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError(f"{self.name}: run() called from the loop's own thread")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+            fut.cancel()
+            raise TimeoutError(f"{self.name}: no result within {timeout}s") from None
+
+    def close(self) -> None:
+        """Stop the loop and join its thread. Idempotent."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or loop.is_closed():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if thread is not threading.current_thread():
+            try:
+                asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(5)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if not loop.is_running():
+            loop.close()
+
+
+class AsyncPollingBroker(PollingBroker):
+    """A :class:`PollingBroker` whose primitives are coroutines, run on a private event loop
+    thread (:attr:`loop`), for client libraries that are asyncio-only (nats-py...).
+
+    Implement :meth:`_afetch`, :meth:`_aack`, :meth:`_arelease`, :meth:`_adead_letter` and
+    ``publish`` (with ``self.loop.run(...)``), optionally :meth:`_adefer`, :meth:`_aextend` and
+    :meth:`_aclose` (the connection's end, run on the loop before it stops).
+    """
+
+    #: Seconds any one primitive may take before it counts as a connection error.
+    call_timeout: ClassVar[float] = 30.0
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        #: The event loop thread the coroutines run on.
+        self.loop = EventLoopThread(f"machinery-{type(self).__name__}")
+
+    def _call(self, coro: Coroutine[Any, Any, T], what: str, timeout: float | None = None) -> T:
+        """Run ``coro`` on :attr:`loop`, translating :attr:`connection_errors` and timeouts
+        into :class:`~machinery.errors.BrokerConnectionError`."""
+        try:
+            with self.translate_errors(what):
+                return self.loop.run(coro, self.call_timeout if timeout is None else timeout)
+        except TimeoutError as exc:
+            raise BrokerConnectionError(f"{type(self).__name__}: {what} timed out") from exc
+
+    @abstractmethod
+    async def _afetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """:meth:`PollingBroker._fetch`, as a coroutine."""
+
+    @abstractmethod
+    async def _aack(self, delivery: Delivery) -> None:
+        """:meth:`PollingBroker._ack`, as a coroutine."""
+
+    @abstractmethod
+    async def _arelease(self, deliveries: Sequence[Delivery]) -> None:
+        """:meth:`PollingBroker._release`, as a coroutine."""
+
+    @abstractmethod
+    async def _adead_letter(self, delivery: Delivery) -> None:
+        """:meth:`PollingBroker._dead_letter`, as a coroutine."""
+
+    async def _adefer(self, delivery: Delivery, delay: float) -> None:
+        """:meth:`PollingBroker._defer`, as a coroutine (optional)."""
+        raise NotImplementedError
+
+    async def _aextend(self, deliveries: Sequence[Delivery]) -> None:
+        """:meth:`PollingBroker._extend`, as a coroutine (optional)."""
+        raise NotImplementedError
+
+    async def _aclose(self) -> None:
+        """Close the client's connection (run on the loop by :meth:`close`)."""
+
+    @final
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        return self._call(self._afetch(queue, max_n, wait), f"fetch from {queue!r}", timeout=wait + self.call_timeout)
+
+    @final
+    def _ack(self, delivery: Delivery) -> None:
+        self._call(self._aack(delivery), "ack")
+
+    @final
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        self._call(self._arelease(deliveries), "release")
+
+    @final
+    def _dead_letter(self, delivery: Delivery) -> None:
+        self._call(self._adead_letter(delivery), "dead-letter")
+
+    @final
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        self._call(self._adefer(delivery, delay), "defer")
+
+    @final
+    def _extend(self, deliveries: Sequence[Delivery]) -> None:
+        self._call(self._aextend(deliveries), "extend")
+
+    def _implements(self, name: str) -> bool:
+        """``_defer``/``_extend`` count as implemented when their coroutine twins are."""
+        twin = f"_a{name[1:]}"
+        return getattr(type(self), twin) is not getattr(AsyncPollingBroker, twin)
+
+    def close(self) -> None:
+        """Stop the template's threads, close the connection on the loop, stop the loop."""
+        super().close()
+        if self.loop._loop is not None:
+            try:
+                self.loop.run(self._aclose(), self.call_timeout)
+            except Exception as exc:  # noqa: BLE001 - closing must not raise
+                log.warning("%s: close failed: %s", type(self).__name__, exc)
+        self.loop.close()

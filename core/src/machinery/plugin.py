@@ -1,0 +1,229 @@
+"""``machinery.plugin``: everything a transport plugin's author needs, in one namespace.
+
+A plugin imports from here (and its tests from :mod:`machinery.testing`), never from the
+core's other modules, whose layout may change::
+
+    from machinery.plugin import AsyncPollingBroker, BrokerConnectionError, Delivery, hookimpl
+
+What is here:
+
+- the hook marker and the registration callable: :data:`hookimpl`, :data:`Register`;
+- the contracts: :class:`Broker`, :class:`Backend`, :class:`Lock`, :class:`Delivery`, and the
+  consume template: :class:`PollingBroker`, :class:`AsyncPollingBroker` (asyncio clients),
+  :class:`EventLoopThread`; :func:`describe_capabilities`;
+- configuration: :class:`Config`, :func:`parse_options`, :func:`redact_url`;
+- the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
+- the wire codec (Go Machinery's JSON): :class:`Signature`, :func:`encode_signature`,
+  :func:`decode_signature`, :func:`eta_of`, task states and group metadata and their codecs,
+  :func:`parse_time` / :func:`format_time`;
+- the conformance suite's entry points (:class:`BrokerConformance`, :class:`BrokerOracle`,
+  :func:`require_server`...), loaded from :mod:`machinery.testing` only when asked for, since
+  that imports pytest.
+
+Names load on first use (PEP 562), so a plugin's hook module importing :data:`hookimpl` from
+here stays as cheap as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from machinery._hookimpl import hookimpl
+    from machinery.config import Config, parse_options, redact_url
+    from machinery.consume import AsyncPollingBroker, EventLoopThread, PollingBroker, eta_of
+    from machinery.errors import (
+        ArgumentTypeError,
+        BackendConnectionError,
+        BackendError,
+        BrokerAuthenticationError,
+        BrokerConnectionError,
+        BrokerError,
+        ConfigError,
+        DecodeError,
+        LockError,
+        LockNotAcquired,
+        MachineryError,
+        PluginLoadError,
+        PublishError,
+        StateNotFoundError,
+        UnknownSchemeError,
+    )
+    from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock, describe_capabilities
+    from machinery.plugins import Register
+    from machinery.signature import (
+        Signature,
+        decode_group_meta,
+        decode_signature,
+        decode_task_state,
+        encode_group_meta,
+        encode_signature,
+        encode_task_state,
+        format_time,
+        group_meta_from_mapping,
+        new_uuid,
+        parse_time,
+        task_state_from_mapping,
+    )
+    from machinery.state import GroupMeta, State, TaskResult, TaskState
+    from machinery.testing import (
+        BackendConformance,
+        BackendOracle,
+        BrokerConformance,
+        BrokerOracle,
+        ControlConformance,
+        LockConformance,
+        PoolConformance,
+        WorkflowConformance,
+        require_capability,
+        require_server,
+    )
+
+#: Public name -> the module that defines it.
+_LAZY = {
+    "hookimpl": "machinery._hookimpl",
+    "Register": "machinery.plugins",
+    "Config": "machinery.config",
+    "parse_options": "machinery.config",
+    "redact_url": "machinery.config",
+    "AsyncPollingBroker": "machinery.consume",
+    "EventLoopThread": "machinery.consume",
+    "PollingBroker": "machinery.consume",
+    "eta_of": "machinery.consume",
+    "Backend": "machinery.interfaces",
+    "Broker": "machinery.interfaces",
+    "DeadLetter": "machinery.interfaces",
+    "Delivery": "machinery.interfaces",
+    "Lock": "machinery.interfaces",
+    "describe_capabilities": "machinery.interfaces",
+    "GroupMeta": "machinery.state",
+    "State": "machinery.state",
+    "TaskResult": "machinery.state",
+    "TaskState": "machinery.state",
+    **dict.fromkeys(
+        (
+            "ArgumentTypeError",
+            "BackendConnectionError",
+            "BackendError",
+            "BrokerAuthenticationError",
+            "BrokerConnectionError",
+            "BrokerError",
+            "ConfigError",
+    "ControlConformance",
+            "DecodeError",
+            "LockError",
+            "LockNotAcquired",
+            "MachineryError",
+            "PluginLoadError",
+            "PublishError",
+            "StateNotFoundError",
+            "UnknownSchemeError",
+        ),
+        "machinery.errors",
+    ),
+    **dict.fromkeys(
+        (
+            "Signature",
+            "decode_group_meta",
+            "decode_signature",
+            "decode_task_state",
+            "encode_group_meta",
+            "encode_signature",
+            "encode_task_state",
+            "format_time",
+            "group_meta_from_mapping",
+            "new_uuid",
+            "parse_time",
+            "task_state_from_mapping",
+        ),
+        "machinery.signature",
+    ),
+    **dict.fromkeys(
+        (
+            "BackendConformance",
+            "BackendOracle",
+            "BrokerConformance",
+            "BrokerOracle",
+            "ControlConformance",
+            "LockConformance",
+            "PoolConformance",
+            "WorkflowConformance",
+            "require_capability",
+            "require_server",
+        ),
+        "machinery.testing",
+    ),
+}
+
+__all__ = [
+    "ArgumentTypeError",
+    "AsyncPollingBroker",
+    "Backend",
+    "BackendConformance",
+    "BackendConnectionError",
+    "BackendError",
+    "BackendOracle",
+    "Broker",
+    "BrokerAuthenticationError",
+    "BrokerConformance",
+    "BrokerConnectionError",
+    "BrokerError",
+    "BrokerOracle",
+    "Config",
+    "ConfigError",
+    "ControlConformance",
+    "DeadLetter",
+    "DecodeError",
+    "Delivery",
+    "EventLoopThread",
+    "GroupMeta",
+    "Lock",
+    "LockConformance",
+    "LockError",
+    "LockNotAcquired",
+    "MachineryError",
+    "PluginLoadError",
+    "PollingBroker",
+    "PoolConformance",
+    "PublishError",
+    "Register",
+    "Signature",
+    "State",
+    "StateNotFoundError",
+    "TaskResult",
+    "TaskState",
+    "UnknownSchemeError",
+    "WorkflowConformance",
+    "decode_group_meta",
+    "decode_signature",
+    "decode_task_state",
+    "describe_capabilities",
+    "encode_group_meta",
+    "encode_signature",
+    "encode_task_state",
+    "eta_of",
+    "format_time",
+    "group_meta_from_mapping",
+    "hookimpl",
+    "new_uuid",
+    "parse_options",
+    "parse_time",
+    "redact_url",
+    "require_capability",
+    "require_server",
+    "task_state_from_mapping",
+]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

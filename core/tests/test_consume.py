@@ -1,0 +1,306 @@
+"""The core consume template (:mod:`machinery.consume`) on a small in-process broker of its own:
+stopping, prefetch, back-off and reconnect, release on stop, ETA emulation, defer (the broker's
+or the core's), the heartbeat, and the asyncio adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import ClassVar
+
+import pytest
+
+from machinery.config import Config
+from machinery.consume import AsyncPollingBroker, EventLoopThread, PollingBroker, eta_of
+from machinery.errors import BrokerConnectionError
+from machinery.interfaces import Delivery
+from machinery.signature import Signature, encode_signature
+
+
+class ListBroker(PollingBroker):
+    """Ready list + taken set; a fetch fails while ``down`` is set; counts every call."""
+
+    fetch_wait: ClassVar[float] = 0.2
+
+    def __init__(self, url: str = "list://", config: Config | None = None) -> None:
+        super().__init__(url, config or Config())
+        self.cond = threading.Condition()
+        self.ready: list[bytes] = []
+        self.taken: list[bytes] = []
+        self.acked: list[bytes] = []
+        self.dead: list[bytes] = []
+        self.asked: list[int] = []
+        self.down = False
+        self.reconnects = 0
+        self.deferred: list[float] = []
+
+    def publish(self, body: bytes, signature: Signature) -> None:
+        with self.cond:
+            self.ready.append(body)
+            self.cond.notify_all()
+
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        if self.down:
+            raise BrokerConnectionError("down")
+        with self.cond:
+            self.asked.append(max_n)
+            if not self.ready:
+                self.cond.wait(wait)
+            got, self.ready = self.ready[:max_n], self.ready[max_n:]
+            self.taken += got
+        return [Delivery(body=b, queue=queue) for b in got]
+
+    def _ack(self, delivery: Delivery) -> None:
+        with self.cond:
+            self.taken.remove(delivery.body)
+            self.acked.append(delivery.body)
+
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        with self.cond:
+            for d in deliveries:
+                self.taken.remove(d.body)
+                self.ready.append(d.body)
+            self.cond.notify_all()
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        with self.cond:
+            self.taken.remove(delivery.body)
+            self.dead.append(delivery.body)
+
+    def _reconnect(self) -> None:
+        self.reconnects += 1
+
+
+class DeferringBroker(ListBroker):
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        self.deferred.append(delay)
+        threading.Timer(delay, self._release, ([delivery],)).start()
+
+
+def body(n: int, eta: datetime | None = None) -> bytes:
+    return encode_signature(Signature("add", uuid=f"u{n}", eta=eta))
+
+
+def run(broker: PollingBroker, prefetch: int = 4) -> tuple[threading.Event, Iterator[Delivery]]:
+    stop = threading.Event()
+    return stop, broker.consume("q", prefetch=prefetch, stop=stop)
+
+
+def test_stop_noticed_within_fetch_wait_and_unyielded_released() -> None:
+    b = ListBroker()
+    for i in range(5):
+        b.publish(body(i), Signature("add"))
+    stop, it = run(b, prefetch=5)
+    first = next(it)
+    assert len(b.taken) == 5  # one batch of prefetch
+    t = threading.Thread(target=lambda: list(it))
+    stop.set()
+    t0 = time.monotonic()
+    t.start()
+    t.join(5)
+    assert time.monotonic() - t0 < 1.0
+    assert b.taken == [first.body]  # the 4 not handed out went back
+    assert len(b.ready) == 4
+    b.ack(first)
+    assert b.acked == [first.body]
+
+
+def test_idle_stop_prompt() -> None:
+    b = ListBroker()
+    stop, it = run(b)
+    out: list[Delivery] = []
+    t = threading.Thread(target=lambda: out.extend(it))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    stop.set()
+    t.join(5)
+    assert time.monotonic() - t0 <= b.fetch_wait + 0.2 and not out
+
+
+def test_prefetch_counts_held_messages() -> None:
+    b = ListBroker()
+    for i in range(10):
+        b.publish(body(i), Signature("add"))
+    stop, it = run(b, prefetch=3)
+    got = [next(it) for _ in range(3)]
+    assert b.asked == [3]
+    b.ack(got[0])
+    next(it)  # one slot free: one asked for
+    assert b.asked == [3, 1]
+    stop.set()
+    list(it)
+
+
+def test_backoff_and_reconnect_on_connection_error(caplog: pytest.LogCaptureFixture) -> None:
+    b = ListBroker()
+    b.down = True
+    stop, it = run(b)
+    out: list[Delivery] = []
+    t = threading.Thread(target=lambda: out.extend(it))
+    t.start()
+    time.sleep(0.5)  # 0.1 + 0.2 + ...
+    assert b.reconnects >= 2
+    b.down = False
+    b.publish(body(1), Signature("add"))
+    deadline = time.monotonic() + 5
+    while not out and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    t.join(5)
+    assert [d.body for d in out] == [body(1)]
+    assert "again in" in caplog.text
+
+
+def test_nack_paths() -> None:
+    b = ListBroker()
+    b.publish(body(1), Signature("add"))
+    b.publish(body(2), Signature("add"))
+    stop, it = run(b, prefetch=1)
+    d1 = next(it)
+    b.nack(d1, requeue=False)
+    assert b.dead == [d1.body]
+    d2 = next(it)
+    b.nack(d2)  # requeue at once
+    assert b.ready == [d2.body]
+    d3 = next(it)
+    t0 = time.monotonic()
+    b.nack(d3, delay=0.3)  # no _defer: the core keeps it and releases it when due
+    assert b.taken == [d3.body]
+    d4 = next(it)
+    assert d4.body == d3.body and time.monotonic() - t0 >= 0.29
+    b.ack(d4)
+    stop.set()
+    list(it)
+
+
+def test_eta_held_when_near_deferred_when_far() -> None:
+    b = DeferringBroker()
+    now = datetime.now(timezone.utc)
+    near, far, plain = body(1, now + timedelta(seconds=0.4)), body(2, now + timedelta(seconds=1.5)), body(3)
+    for x in (near, far, plain):
+        b.publish(x, Signature("add"))
+    stop, it = run(b)
+    order = []
+    for _ in range(3):
+        d = next(it)
+        order.append((d.body, time.time()))
+        b.ack(d)
+    stop.set()
+    list(it)
+    assert [o[0] for o in order] == [plain, near, far]
+    assert order[1][1] >= (now + timedelta(seconds=0.4)).timestamp()
+    assert order[2][1] >= (now + timedelta(seconds=1.5)).timestamp()
+    assert len(b.deferred) == 1 and 1.0 < b.deferred[0] <= 1.5
+
+
+def test_close_releases_core_held_deferrals() -> None:
+    b = ListBroker()
+    b.publish(body(1), Signature("add"))
+    stop, it = run(b)
+    d = next(it)
+    b.nack(d, delay=30)
+    stop.set()
+    list(it)
+    b.close()
+    assert b.ready == [d.body] and b.taken == []
+
+
+def test_heartbeat_extends_held() -> None:
+    extended: list[int] = []
+
+    class Beating(ListBroker):
+        extend_interval = 0.05
+
+        def _extend(self, deliveries: Sequence[Delivery]) -> None:
+            extended.append(len(deliveries))
+
+    b = Beating()
+    b.publish(body(1), Signature("add"))
+    stop, it = run(b)
+    d = next(it)
+    time.sleep(0.3)
+    assert extended and set(extended) == {1}
+    b.ack(d)
+    stop.set()
+    list(it)
+    b.close()
+
+
+def test_eta_of() -> None:
+    eta = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert eta_of(body(1, eta)) == eta.timestamp()
+    assert eta_of(body(1)) is None
+    assert eta_of(b'{"ETA": oops') is None
+
+
+def test_event_loop_thread() -> None:
+    lt = EventLoopThread()
+
+    async def where() -> str:
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    assert lt.run(where()) == "machinery-loop"
+
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        lt.run(slow(), timeout=0.05)
+    lt.close()
+    lt.close()
+
+
+def test_async_adapter() -> None:
+    class AsyncList(AsyncPollingBroker):
+        fetch_wait: ClassVar[float] = 0.2
+        connection_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+
+        def __init__(self) -> None:
+            super().__init__("alist://", Config())
+            self.items: list[bytes] = [body(1)]
+            self.acked: list[bytes] = []
+            self.fail = False
+            self.closed = False
+
+        def publish(self, body: bytes, signature: Signature) -> None:
+            self.items.append(body)
+
+        async def _afetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+            if self.fail:
+                raise OSError("gone")
+            await asyncio.sleep(0 if self.items else wait)
+            got, self.items = self.items[:max_n], self.items[max_n:]
+            return [Delivery(body=b, queue=queue) for b in got]
+
+        async def _aack(self, delivery: Delivery) -> None:
+            self.acked.append(delivery.body)
+
+        async def _arelease(self, deliveries: Sequence[Delivery]) -> None:
+            self.items.extend(d.body for d in deliveries)
+
+        async def _adead_letter(self, delivery: Delivery) -> None:
+            pass
+
+        async def _aclose(self) -> None:
+            self.closed = True
+
+    b = AsyncList()
+    assert not b._implements("_defer") and not b._implements("_extend")
+    stop, it = run(b)
+    d = next(it)
+    b.ack(d)
+    assert b.acked == [body(1)]
+    b.fail = True
+    with pytest.raises(BrokerConnectionError):
+        b._fetch("q", 1, 0.1)
+    stop.set()
+    assert list(it) == []
+    b.close()
+    assert b.closed
+
+
