@@ -276,3 +276,41 @@ def test_dead_cli_usage_and_unsupported_brokers(tmp_path: Path, capsys: pytest.C
     assert json.loads(capsys.readouterr().out) == []
     assert main(["dead", "purge", "--broker", url]) == 0  # nothing to ask about
     assert "no dead letters" in capsys.readouterr().out
+
+
+def test_a_late_progress_report_cannot_hide_the_final_state() -> None:
+    """A thread the task leaves behind that reports after the task returned gets a RuntimeError;
+    the stored state stays SUCCESS (without the guard it would go back to STARTED)."""
+    name = f"memory://ops-late-{uuid.uuid4().hex[:6]}"
+    server = Server(Config(broker=name, result_backend=name))
+    returned, late = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    @server.task("leaves_a_thread")
+    def leaves_a_thread(ctx: TaskContext) -> int:
+        ctx.report_progress(1, 2)
+
+        def later() -> None:
+            returned.wait(5)
+            time.sleep(0.2)  # the final state is stored by now
+            try:
+                ctx.report_progress(2, 2)
+            except RuntimeError as exc:
+                errors.append(exc)
+            late.set()
+
+        threading.Thread(target=later, daemon=True).start()
+        return 1
+
+    worker = server.new_worker("late", concurrency=1).launch_in_background()
+    try:
+        result = server.send_task(Signature("leaves_a_thread"))
+        assert result.get(timeout=10) == 1
+        returned.set()
+        assert late.wait(5)
+        assert errors and "has finished" in str(errors[0])
+        state = server.get_state(result.task_uuid)
+        assert state is not None and state.state == "SUCCESS" and state.progress is None
+    finally:
+        worker.quit()
+        server.close()

@@ -428,6 +428,8 @@ def child_main(app: str, config: Config, conn: Connection, consumer_tag: str, le
                 value = task.fn(*values)
             finally:
                 _running = False
+                if body is not None:
+                    values[0].finish()  # no progress report after the task returned
             reply: tuple[str, Any, int] = ("ok", value, 0)
         except BaseException as exc:  # noqa: BLE001 - every task error goes back to the supervisor
             _running = False

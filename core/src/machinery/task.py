@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -34,6 +35,15 @@ class TaskContext:
     server: Server | None = None
     consumer_tag: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    _finished: bool = field(default=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def finish(self) -> None:
+        """Called by the worker once the task function has returned or raised, before its final
+        state is stored: from then on :meth:`report_progress` refuses, so that a thread the task
+        left behind cannot write STARTED over the final state."""
+        with self._lock:
+            self._finished = True
 
     @property
     def task_uuid(self) -> str:
@@ -64,13 +74,17 @@ class TaskContext:
         :param info: any JSON value (a message, the current item...).
         :raises TypeError: a non-number, or an ``info`` that is not JSON.
         :raises ValueError: a negative or non-finite number.
-        :raises RuntimeError: the context has no server (built by hand, outside a worker).
+        :raises RuntimeError: the context has no server (built by hand, outside a worker), or the
+            task has finished (a thread it started reports late).
         """
         from machinery.progress import report_progress
 
         if self.server is None:
             raise RuntimeError("report_progress needs the context's server (run the task in a worker)")
-        return report_progress(self.server.backend, self.signature, done, total, info)
+        with self._lock:  # never interleaved with finish(): no STARTED write after the final state
+            if self._finished:
+                raise RuntimeError(f"task {self.signature.uuid} has finished: its progress can no longer change")
+            return report_progress(self.server.backend, self.signature, done, total, info)
 
     async def areport_progress(self, done: float, total: float | None = None, info: Any = None) -> Progress:
         """:meth:`report_progress` for ``async def`` tasks: the write runs in a thread."""

@@ -788,6 +788,7 @@ class Worker:
         current[sig.uuid] = (sig.name, time.time())
         running = self._running
         run = running.start(sig.uuid, task.is_async)
+        ctx: TaskContext | None = None
         try:
             try:
                 try:
@@ -795,7 +796,8 @@ class Worker:
                     if sig.uuid in self._revoked:  # revoked since the message was taken
                         raise TaskRevoked
                     if task.takes_context and (self._pool is None or task.is_async):
-                        values.insert(0, TaskContext(sig, self.server, self.consumer_tag))
+                        ctx = TaskContext(sig, self.server, self.consumer_tag)
+                        values.insert(0, ctx)
                     if (
                         self._pool is not None
                         or self.time_limit
@@ -810,6 +812,8 @@ class Worker:
                     else:
                         value = task.fn(*values)
                 finally:
+                    if ctx is not None:
+                        ctx.finish()  # no progress report after this (it would hide the final state)
                     running.finish(sig.uuid, run)  # raises TaskRevoked if it was terminated
                 results = results_for(value)
             except TaskRevoked:
