@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 __all__ = ["TemplateBackend", "TemplateBroker", "TemplateLock", "TemplateOptions"]
 
+#: Environment variables of the ``template:`` section (Go-style names -> option keys), declared
+#: with the registration as plain data, so that reading a configuration never imports your
+#: client library. TEMPLATE: keep it equal to the classes' ``env_options`` (the suite checks).
+ENV_OPTIONS: dict[str, str] = {"TEMPLATE_POLL_INTERVAL": "poll_interval"}
+
 _MODULES = {
     "TemplateBroker": "broker",
     "TemplateOptions": "broker",
@@ -31,19 +36,19 @@ _MODULES = {
 @hookimpl
 def machinery_register_brokers(register: Register) -> None:
     """``template://`` broker."""
-    register("template", "machinery_template.broker:TemplateBroker")
+    register("template", "machinery_template.broker:TemplateBroker", section="template", env=ENV_OPTIONS)
 
 
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``template://`` result backend."""
-    register("template", "machinery_template.backend:TemplateBackend")
+    register("template", "machinery_template.backend:TemplateBackend", section="")  # reads no section
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
     """``template://`` lock (for periodic tasks)."""
-    register("template", "machinery_template.lock:TemplateLock")
+    register("template", "machinery_template.lock:TemplateLock", section="")  # reads no section
 
 
 def __getattr__(name: str) -> object:
