@@ -229,8 +229,14 @@ class ControlConformance(SuiteBase):
     def test_rate_limit_across_workers(
         self, server: Server, start_worker: Callable[..., WorkerHandle], tmp_path: Path
     ) -> None:
-        """100 tasks limited to 10/s on two workers: every one runs once, the starts are spaced
-        (at most 11 in any second) and the whole takes at least 9 s."""
+        """100 tasks limited to 10/s on two workers: every one runs once, the whole takes at
+        least 9 s, and no 3-second window holds more than 3 s of slots plus 3.
+
+        Start times carry scheduling jitter (a task thread woken a few hundred ms late on a loaded
+        machine lands in the next second beside on-time ones), so the spacing is checked over
+        3-second windows here; the exact, jitter-free slot count is BackendConformance's
+        ``test_rate_limit_reserve_spacing_across_threads``. A per-worker limiter (20/s on two workers)
+        fails this test either way."""
         if not type(server.backend).supports_rate_limit and not self.process_local:
             pytest.skip(f"{type(server.backend).__name__}.supports_rate_limit is False (limits are per worker)")
         for _ in range(self.rate_limit_workers):
@@ -247,5 +253,5 @@ class ControlConformance(SuiteBase):
         assert indices == list(range(n)), "a task was lost or ran twice"
         assert took >= (n - RATE_LIMITED_PER_SECOND) / RATE_LIMITED_PER_SECOND, f"{n} tasks took {took:.2f}s"
         assert starts[-1] - starts[0] >= 9.0, f"the starts span {starts[-1] - starts[0]:.2f}s"
-        busiest = max(sum(1 for s in starts if a <= s < a + 1.0) for a in starts)
-        assert busiest <= RATE_LIMITED_PER_SECOND + 1, f"{busiest} starts within one second"
+        busiest = max(sum(1 for s in starts if a <= s < a + 3.0) for a in starts)
+        assert busiest <= 3 * RATE_LIMITED_PER_SECOND + 3, f"{busiest} starts within three seconds"
