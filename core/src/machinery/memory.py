@@ -380,18 +380,18 @@ class MemoryLock(Lock):
 def machinery_register_brokers(register: Register) -> None:
     """``memory://`` broker, and ``eager://`` (:mod:`machinery.eager`: tasks run when sent)."""
     register("memory", MemoryBroker)
-    register("eager", "machinery.eager:EagerBroker")
+    register("eager", "machinery.eager:EagerBroker", section="")  # reads no section
 
 
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``memory://`` backend, and ``eager://`` (an in-process one for eager mode)."""
     register("memory", MemoryBackend)
-    register("eager", "machinery.eager:EagerBackend")
+    register("eager", "machinery.eager:EagerBackend", section="")  # reads no section
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
     """``memory://`` lock, and ``eager://``."""
     register("memory", MemoryLock)
-    register("eager", "machinery.eager:EagerLock")
+    register("eager", "machinery.eager:EagerLock", section="")  # reads no section

@@ -76,8 +76,8 @@ class Register(Protocol):
     and ``env`` declare, as plain data, the config section the class reads and its
     environment variables (``{"REDIS_MAX_IDLE": "max_idle"}``), so that reading a
     configuration imports no plugin's client library; they must equal the class's
-    ``config_section`` and ``env_options``. Without ``section``, the class is imported to read
-    them.
+    ``config_section`` and ``env_options``; ``section=""`` declares a class that reads no section.
+    Without ``section``, the class is imported to read them.
     """
 
     def __call__(
@@ -147,7 +147,7 @@ class PluginHost:
         }
         self._resolved: dict[tuple[str, str], type[Any]] = {}
         #: (kind, scheme) -> (config section, env variables), as declared at registration.
-        self._meta: dict[tuple[str, str], tuple[str, Mapping[str, str]]] = {}
+        self._meta: dict[tuple[str, str], tuple[str | None, Mapping[str, str]]] = {}
         self.failures: list[PluginLoadError] = []
         self._infos: dict[str, PluginInfo] = {}
 
@@ -228,7 +228,8 @@ class PluginHost:
                 )
             table[scheme] = (cls, dist)
             if section is not None:
-                self._meta[(kind, scheme)] = (section, dict(env or {}))
+                # section="" declares a class that reads no section (its config_section is None)
+                self._meta[(kind, scheme)] = (section or None, dict(env or {}))
             info = self._infos.get(plugin_name)
             if info is not None:
                 info.schemes.setdefault(kind, []).append(scheme)
