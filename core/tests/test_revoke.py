@@ -322,3 +322,38 @@ def test_group_and_chord_results_revoke_every_member() -> None:
     assert all(by_uuid[s.uuid].terminate for s in group.tasks)
     assert {*(s.uuid for s in chord.group.tasks), chord.callback.uuid} <= set(by_uuid)
     assert not by_uuid[chord.callback.uuid].terminate
+
+
+@pytest.mark.parametrize("how", ["time limit", "header"])
+def test_terminate_cancels_an_async_task_on_the_time_limited_path(how: str) -> None:
+    """A task with a time limit, or a message with headers (a tracing plugin's traceparent),
+    runs through :func:`machinery.timelimit.call_limited`: terminate must cancel it there too."""
+    import asyncio
+
+    name = f"memory://revoke-limited-{os.getpid()}-{how.replace(' ', '-')}"
+    server = Server(Config(broker=name, result_backend=name))
+    limit = 30.0 if how == "time limit" else None
+
+    @server.task("sleeper", time_limit=limit)
+    async def sleeper(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    worker = server.new_worker("limited", concurrency=2).launch_in_background()
+    try:
+        sig = Signature("sleeper", args=[60.0])
+        if how == "header":
+            sig.headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        running = server.send_task(sig)
+        deadline = time.monotonic() + 10
+        while running.status != "STARTED" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        running.revoke(terminate=True)
+        with pytest.raises(TaskFailedError) as info:
+            running.get(timeout=5)
+        assert info.value.error == "revoked"
+        assert time.monotonic() - t0 < 3
+    finally:
+        worker.quit()
+        server.close()

@@ -312,14 +312,17 @@ def call_limited(
     task: Task,
     values: list[Any],
     settle: Callable[[bool, BaseException | None], None] | None,
+    revoke_run: Any = None,
 ) -> Any:
     """Run a worker's task under its time limits (:mod:`machinery.timelimit`), in a child process
-    for the processes pool (:mod:`machinery.pool`)."""
+    for the processes pool (:mod:`machinery.pool`). ``revoke_run`` (the worker's record of the
+    running task, :mod:`machinery.revoke`) lets a revoke with ``terminate`` cancel an
+    ``async def`` task here as on the worker's own path."""
     soft, hard = limits_for(sig, task, worker.time_limit, worker.soft_time_limit)
     if worker._pool is not None and not task.is_async:
         return worker._pool.run(sig, task, values, soft, hard)
     if soft is None and hard is None:
-        return worker._run_async(task.fn, values) if task.is_async else task.fn(*values)
+        return worker._run_async(task.fn, values, revoke_run) if task.is_async else task.fn(*values)
     on_hard = None
     if settle is not None and hard is not None:
 
@@ -333,7 +336,10 @@ def call_limited(
             if worker._watchdog is None:
                 worker._watchdog = Watchdog(worker.consumer_tag)
     if task.is_async:
-        fut = run_coroutine(worker._event_loop(), task.fn(*values), run)
+        coro = task.fn(*values)
+        if revoke_run is not None:  # cancellable by a revoke with terminate
+            coro = worker._running.guard(coro, revoke_run)
+        fut = run_coroutine(worker._event_loop(), coro, run)
         worker._watchdog.watch(run)
         return run.call(fut.result, [])
     worker._watchdog.watch(run)

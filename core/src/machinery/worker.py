@@ -806,7 +806,7 @@ class Worker:
                         or task.soft_time_limit
                         or sig.headers
                     ):
-                        value = call_limited(self, sig, task, values, settle)
+                        value = call_limited(self, sig, task, values, settle, run)
                     elif task.is_async:
                         value = self._run_async(task.fn, values, run)
                     else:
