@@ -99,6 +99,14 @@ def test_dead_letters_on_reject_and_past_max_deliveries(url: str, machinery_queu
         assert len(dead) == 2
         assert {u for u in (first, second) if any(u.encode() in x for x in dead)} == {first, second}
         assert b.pending_tasks() == []
+        # the dead-letter capability behind `machinery dead` (list, show, replay, purge)
+        letters = b.list_dead_letters(machinery_queue)
+        assert sorted(d.body for d in letters) == sorted(dead) and {d.queue for d in letters} == {machinery_queue}
+        assert {d.id for d in b.list_dead_letters() if d.queue == machinery_queue} == {d.id for d in letters}
+        assert b.get_dead_letter(letters[0].id, machinery_queue) == letters[0]
+        assert b.remove_dead_letter(letters[0]) is True
+        assert b.remove_dead_letter(letters[0]) is False
+        assert [d.id for d in b.list_dead_letters(machinery_queue)] == [letters[1].id]
     finally:
         b.close()
 

@@ -29,6 +29,7 @@ from machinery.plugin import (
     AsyncPollingBroker,
     BrokerConnectionError,
     ConfigError,
+    DeadLetter,
     Delivery,
     PublishError,
     Signature,
@@ -101,6 +102,7 @@ class NatsBroker(AsyncPollingBroker):
     """
 
     supports_pending_listing: ClassVar[bool] = True
+    supports_dead_letters: ClassVar[bool] = True
     redelivery_timeout: ClassVar[float] = NatsOptions.ack_wait
     config_section: ClassVar[str | None] = "nats"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
@@ -271,18 +273,21 @@ class NatsBroker(AsyncPollingBroker):
 
     # -- inspection -------------------------------------------------------------------------
 
-    async def _bodies(self, subject: str, limit: int = 10000) -> list[bytes]:
+    async def _messages(self, subject: str, limit: int = 10000) -> list[api.RawStreamMsg]:
         js = await self._jetstream()
-        out: list[bytes] = []
+        out: list[api.RawStreamMsg] = []
         seq = 1
         while len(out) < limit:
             try:
                 m = await js.get_msg(self.options.stream, seq=seq, subject=subject, next=True)
             except nats.js.errors.NotFoundError:
                 break
-            out.append(m.data or b"")
+            out.append(m)
             seq = (m.seq or seq) + 1
         return out
+
+    async def _bodies(self, subject: str) -> list[bytes]:
+        return [m.data or b"" for m in await self._messages(subject)]
 
     def pending_tasks(self, queue: str | None = None) -> list[Signature]:
         """Messages of ``queue`` not yet acknowledged (those waiting for an ETA left out), oldest
@@ -296,6 +301,28 @@ class NatsBroker(AsyncPollingBroker):
     def dead_letters(self, queue: str | None = None) -> list[bytes]:
         """Bodies dropped with ``nack(requeue=False)`` or past ``max_deliveries``, oldest first."""
         return self._call(self._bodies(self.subject(queue or self.default_queue, "dead")), "list dead letters")
+
+    def list_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """Dead letters of ``queue`` (of every queue with None), oldest first; the id is the
+        message's stream sequence number."""
+        subject = self.subject(queue, "dead") if queue else f"{self.options.subject_prefix}.dead.>"
+        found = self._call(self._messages(subject), "list dead letters")
+        cut = len(f"{self.options.subject_prefix}.dead.")
+        return [DeadLetter(str(m.seq), (m.subject or "")[cut:], m.data or b"", m.time) for m in found]
+
+    def remove_dead_letter(self, letter: DeadLetter) -> bool:
+        """Delete one dead letter by its sequence number; False when it was already gone."""
+
+        async def remove() -> bool:
+            js = await self._jetstream()
+            try:
+                return bool(await js.delete_msg(self.options.stream, int(letter.id)))
+            except nats.js.errors.APIError as exc:  # 10043/10057: no message with that sequence
+                if isinstance(exc, nats.js.errors.NotFoundError) or exc.err_code in (10043, 10057):
+                    return False
+                raise
+
+        return bool(self._call(remove(), "remove a dead letter"))
 
     async def _purge(self, subject: str) -> int:
         js = await self._jetstream()
