@@ -28,7 +28,11 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "types", "tests_core"]
 
-PYTEST = ["pytest", "-q", "-p", "no:cacheprovider"]
+#: A test that hangs fails after this many seconds (pytest-timeout, with a traceback of every
+#: thread) instead of holding CI until its own limit; the fault suite's tests get longer.
+TEST_TIMEOUT = 300
+PYTEST = ["pytest", "-q", "-p", "no:cacheprovider", f"--timeout={TEST_TIMEOUT}"]
+TIMEOUT_PLUGIN = "pytest-timeout>=2.1"
 
 
 def _test_group(path: Path) -> list[str]:
@@ -57,7 +61,7 @@ def types(session: nox.Session) -> None:
 @nox.session(tags=["core"])
 def tests_core(session: nox.Session) -> None:
     """Core unit tests plus the conformance suite on the memory and embedded transports."""
-    session.install("-e", "core[testing]")
+    session.install("-e", "core[testing]", TIMEOUT_PLUGIN)
     session.run(*PYTEST, "core/tests", *_pytest_args(session))
 
 
@@ -66,14 +70,14 @@ def tests_core(session: nox.Session) -> None:
 def tests(session: nox.Session, plugin: str) -> None:
     """A plugin's own tests and the conformance suite, against its real server."""
     path = ROOT / "plugins" / f"machinery-{plugin}"
-    session.install("-e", "core[testing]", "-e", str(path), *_test_group(path))
+    session.install("-e", "core[testing]", "-e", str(path), *_test_group(path), TIMEOUT_PLUGIN)
     session.run(*PYTEST, str(path / "tests"), *_pytest_args(session))
 
 
 @nox.session(tags=["e2e"])
 def e2e(session: nox.Session) -> None:
     """Cross-plugin and end-to-end tests (mixed brokers and backends, Go wire fixtures)."""
-    session.install("-e", "core[testing]")
+    session.install("-e", "core[testing]", TIMEOUT_PLUGIN)
     for plugin in PLUGINS:
         path = ROOT / "plugins" / f"machinery-{plugin}"
         session.install("-e", str(path), *_test_group(path))
@@ -84,7 +88,7 @@ def e2e(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The documentation site (mkdocs build --strict, into site/) and every example in docs/ and
     README.md run against memory://, sqlite:// and the real servers (tests/docs)."""
-    session.install("-r", "docs/requirements.txt", "-e", "core[yaml,testing]")
+    session.install("-r", "docs/requirements.txt", "-e", "core[yaml,testing]", TIMEOUT_PLUGIN)
     for plugin in PLUGINS:
         session.install("-e", str(ROOT / "plugins" / f"machinery-{plugin}"))
     session.run("mkdocs", "build", "--strict", "--clean", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
@@ -101,7 +105,7 @@ def go_interop(session: nox.Session) -> None:
     against each other on Redis and RabbitMQ.
     """
     plugins = ("-e", "plugins/machinery-redis", "-e", "plugins/machinery-amqp")
-    session.install("-e", "core[testing]", *plugins, "pytest>=7.4")
+    session.install("-e", "core[testing]", *plugins, "pytest>=7.4", TIMEOUT_PLUGIN)
     build = ROOT / ".nox" / "_go_interop"
     env = {"MACHINERY_GO_BUILD": os.environ.get("MACHINERY_GO_BUILD", str(build))}
     session.run("bash", "interop/go/build.sh", env=env, external=True)
@@ -117,7 +121,7 @@ def faults(session: nox.Session) -> None:
     with another's). The figures go to build/faults/; the table of docs/reliability.md (and
     docs/reliability-figures.json) is regenerated from them. ``-- -k fuzz`` passes pytest options.
     """
-    session.install("-e", "core[testing]")
+    session.install("-e", "core[testing]", TIMEOUT_PLUGIN)
     modules = [ROOT / "core" / "tests" / "faults_sqlite.py"]
     for plugin in PLUGINS:
         path = ROOT / "plugins" / f"machinery-{plugin}"
@@ -133,7 +137,7 @@ def faults(session: nox.Session) -> None:
     failed = []
     for module in modules:
         try:
-            session.run(*PYTEST, "-rfEs", str(module), *_pytest_args(session), env=env)
+            session.run(*PYTEST, "--timeout=900", "-rfEs", str(module), *_pytest_args(session), env=env)
         except nox.command.CommandFailed:
             failed.append(module.name)
     session.run(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -923,6 +924,31 @@ def test_consumer_reloads_its_script_after_a_script_flush(private_redis: Any) ->
         srv.close()
 
 
+def _wait_child(pid: int, timeout: float = 30.0) -> int:
+    """The child's exit code; a child still running after ``timeout`` is killed and fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child was still running after {timeout:.0f} s (a lock or queue of the parent's?)")
+
+
+def _fork_and_send(srv: Server, parent_watcher: object) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: its own sends and waits, never the parent's sockets
+        code = 1
+        try:
+            ok = [srv.send_task(Signature("add", [i, 10])).get(timeout=5) for i in range(3)] == [10, 11, 12]
+            code = 0 if ok and srv.backend._watcher is not parent_watcher else 2
+        finally:
+            os._exit(code)
+    return pid
+
+
 def test_a_forked_child_uses_connections_of_its_own(url: str, queue: str, raw: redis.Redis) -> None:
     srv = Server(config(url, queue))
 
@@ -934,19 +960,41 @@ def test_a_forked_child_uses_connections_of_its_own(url: str, queue: str, raw: r
     try:
         assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2  # watcher + batcher open
         parent_watcher = srv.backend._watcher
-        pid = os.fork()
-        if pid == 0:  # the child: its own sends and waits, never the parent's sockets
-            code = 1
-            try:
-                ok = [srv.send_task(Signature("add", [i, 10])).get(timeout=5) for i in range(3)] == [10, 11, 12]
-                code = 0 if ok and srv.backend._watcher is not parent_watcher else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert _wait_child(_fork_and_send(srv, parent_watcher)) == 0
         # the parent's connections are intact
         assert [srv.send_task(Signature("add", [i, 1])).get(timeout=5) for i in range(3)] == [1, 2, 3]
         assert srv.backend._watcher is parent_watcher and not parent_watcher.broken
+    finally:
+        worker.quit()
+        srv.close()
+        raw.delete(queue)
+
+
+def test_a_child_forked_mid_send_does_not_wait_for_the_parents_threads(
+    url: str, queue: str, raw: redis.Redis
+) -> None:
+    """Forked while another thread held the batcher, the broker's and the watcher's locks (as a
+    busy worker does at any moment), the child starts with locks and queues of its own."""
+    srv = Server(config(url, queue))
+
+    @srv.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = srv.new_worker("fork-busy", 2).launch_in_background()
+    try:
+        assert srv.send_task(Signature("add", [1, 1])).get(timeout=5) == 2
+        parent_watcher = srv.backend._watcher
+        batcher = srv.broker.batcher
+        with batcher._lock, srv.broker._lock, srv.backend._watcher_lock:
+            busy = batcher._busy
+            batcher._busy = True  # as if a pipeline of another thread were on its way
+            try:
+                pid = _fork_and_send(srv, parent_watcher)
+            finally:
+                batcher._busy = busy
+        assert _wait_child(pid) == 0
+        assert [srv.send_task(Signature("add", [i, 2])).get(timeout=5) for i in range(3)] == [2, 3, 4]
     finally:
         worker.quit()
         srv.close()

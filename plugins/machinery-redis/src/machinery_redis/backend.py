@@ -27,6 +27,7 @@ from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
 from machinery.state import GroupMeta, State, TaskResult, TaskState
+from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher
 from machinery_redis.connection import (
     ENV_OPTIONS,
@@ -218,6 +219,13 @@ class RedisBackend(Backend):
         self._watcher_lock = threading.Lock()
         self._watcher_retry_at = 0.0
         self._scripts: dict[str, Any] = {}
+        track(self)
+
+    def _after_fork_in_child(self) -> None:
+        # the parent's state watcher (its connections and thread) stays the parent's
+        self._watcher_lock = threading.Lock()
+        self._watcher = None
+        self._watcher_retry_at = 0.0
 
     @property
     def shared(self) -> SharedClient:

@@ -29,6 +29,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from machinery_redis._fork import track
+
 __all__ = ["CommandBatcher", "round_trip"]
 
 log = logging.getLogger("machinery.redis")
@@ -92,6 +94,18 @@ class CommandBatcher:
         self._closed = False
         self._cluster = isinstance(client, RedisCluster)
         self._conn: Any = None
+        self._pid = os.getpid()
+        track(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queued units are the parent's to send; its connection and flusher thread
+        # are not ours (see machinery_redis._fork).
+        self._lock = threading.Lock()
+        self._queue = deque()
+        self._busy = False
+        self._wake = threading.Event()
+        self._flusher = None
+        self._conn = None
         self._pid = os.getpid()
 
     def execute(

@@ -44,6 +44,7 @@ from machinery.errors import (
 )
 from machinery.interfaces import Backend, Broker, DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature, encode_signature
+from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher, round_trip
 from machinery_redis.connection import (
     ENV_OPTIONS,
@@ -238,6 +239,18 @@ class RedisBroker(Broker):
         self._closed = False
         self._scripts: dict[str, Any] = {}
         self._fused_backend: Backend | None = None  # the last backend found to share our client
+        track(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The consumers (their processing lists, in-flight messages, heartbeats) and the
+        # maintenance thread are the parent's: a child that closes this broker must not give the
+        # parent's unacknowledged messages back to their queue.
+        self._lock = threading.Lock()
+        self._beat_lock = threading.Lock()
+        self._consumers = {}
+        self._deferred = deque()
+        self._maint = None
+        self._closing = threading.Event()
 
     # -- plumbing -----------------------------------------------------------------------------
 

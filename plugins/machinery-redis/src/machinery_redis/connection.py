@@ -15,6 +15,7 @@ A query string sets options (``redis://h/0?visibility_timeout=30``); they overri
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -350,6 +351,14 @@ class SharedClient:
 
 _shared: dict[tuple[Any, ...], SharedClient] = {}
 _shared_lock = threading.Lock()
+
+
+def _reinit_after_fork() -> None:  # a lock held by another thread at fork would never be released
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def acquire_client(target: RedisTarget, opts: RedisOptions) -> SharedClient:
