@@ -70,7 +70,14 @@ def worker_cmd(python: str, results: bool) -> list[str]:
     ]  # fmt: skip
 
 
-WORKER_NOTE = "`machinery worker -c 8` (8 task threads, one process)"
+_POOL = os.environ.get("BENCH_POOL", "")
+_CONCURRENCY = os.environ.get("BENCH_CONCURRENCY", "") or "8"
+if _POOL == "processes":
+    WORKER_NOTE = f"`machinery worker -c {_CONCURRENCY} --pool processes` ({_CONCURRENCY} spawned child processes)"
+elif _POOL:
+    WORKER_NOTE = f"`machinery worker -c {_CONCURRENCY} --pool {_POOL}` ({_CONCURRENCY} task threads, one process)"
+else:
+    WORKER_NOTE = f"`machinery worker -c {_CONCURRENCY}` ({_CONCURRENCY} task threads, one process)"
 if os.environ.get("BENCH_OTEL_SDK") == "1":
     WORKER_NOTE += (
         "; tracing on in the producer and the worker: opentelemetry-sdk `TracerProvider` with its default "
