@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         results_for,
         to_go,
     )
-    from machinery.wire.model import Arg, Headers, Signature, args_of, new_uuid
+    from machinery.wire.model import Arg, Headers, Signature, args_of, new_uuid, sent_headers
     from machinery.wire.records import (
         decode_group_meta,
         decode_task_state,
@@ -56,7 +56,7 @@ _LAZY = {
         ("GO_TYPES", "format_time", "from_go", "infer_type", "parse_time", "result_type", "results_for", "to_go"),
         "gotypes",
     ),
-    **dict.fromkeys(("Arg", "Headers", "Signature", "args_of", "new_uuid"), "model"),
+    **dict.fromkeys(("Arg", "Headers", "Signature", "args_of", "new_uuid", "sent_headers"), "model"),
     **dict.fromkeys(("decode_signature", "encode_signature"), "codec"),
     **dict.fromkeys(
         (
@@ -99,6 +99,7 @@ __all__ = [
     "parse_time",
     "result_type",
     "results_for",
+    "sent_headers",
     "task_state_from_mapping",
     "task_state_to_document",
     "to_go",
