@@ -110,16 +110,16 @@ class GroupMetaFields(_Fields):
     ttl: str = "TTL"
 
 
-#: Field names of a task message.
 SIGNATURE = SignatureFields()
-#: Field names of one typed argument.
+"""Field names of a task message."""
 ARG = ArgFields()
-#: Field names of one typed result.
+"""Field names of one typed argument."""
 TASK_RESULT = TaskResultFields()
-#: Field names of a stored task state.
+"""Field names of one typed result."""
 TASK_STATE = TaskStateFields()
-#: Field names of stored group metadata.
+"""Field names of a stored task state."""
 GROUP_META = GroupMetaFields()
+"""Field names of stored group metadata."""
 
 
 def folded(names: tuple[str, ...]) -> dict[str, str]:
