@@ -54,12 +54,15 @@ def test_signature_keys_are_the_constants_in_go_order() -> None:
 
 def test_every_signature_attribute_has_its_constant() -> None:
     attrs = [f.name for f in dataclasses.fields(wire.Signature)]
-    consts = [f.name for f in dataclasses.fields(wire.SIGNATURE)]
+    consts = list(wire.SIGNATURE.mapping())
     assert sorted(attrs) == sorted(consts)
     sig = _full_signature()
     doc = json.loads(wire.encode_signature(sig))
     for name in ("uuid", "name", "routing_key", "group_uuid", "priority", "retry_count", "sqs_receipt_handle"):
         assert doc[getattr(wire.SIGNATURE, name)] == getattr(sig, name), name
+    state_attrs = {f.name for f in dataclasses.fields(TaskState)}
+    assert set(wire.TASK_STATE.mapping()) | {"progress"} == state_attrs
+    assert set(wire.GROUP_META.mapping()) == {f.name for f in dataclasses.fields(GroupMeta)}
 
 
 def test_task_state_and_group_keys_are_the_constants() -> None:
