@@ -151,3 +151,19 @@ def test_the_probe_check_finds_a_probe() -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "core/src/machinery/wire").glob("*.py")), ids=lambda p: p.name)
 def test_wire_modules_stay_small(path: Path) -> None:
     assert len(path.read_text(encoding="utf-8").splitlines()) <= 500
+
+
+def test_wire_sits_below_the_rest_of_the_core() -> None:
+    """The wire package imports (even for type checking) only the errors, the state records and
+    progress, and its model does not know its codec: nothing in it can close an import circle."""
+    allowed = {"machinery.errors", "machinery.state", "machinery.progress"}
+    for path in sorted((ROOT / "core/src/machinery/wire").glob("*.py")):
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("machinery")
+        }
+        outside = {m for m in imported if not m.startswith("machinery.wire")} - allowed
+        assert not outside, f"{path.name} imports {sorted(outside)}"
+        if path.name in ("model.py", "gotypes.py", "fields.py"):
+            assert not imported & {"machinery.wire.codec", "machinery.wire.records"}, path.name
