@@ -171,6 +171,7 @@ _SUBMODULES = frozenset(
         "signature",
         "state",
         "task",
+        "wire",
         "worker",
         "workflow",
     }

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from machinery.errors import ConfigError
 
+# Defined with the stored states they apply to (so the backend contract needs no config import);
+# re-exported here, where users look for them.
+from machinery.state import DEFAULT_RESULTS_EXPIRE_IN, KEEP_RESULTS_FOREVER, results_lifetime
+
 if TYPE_CHECKING:
     import re
     from typing import TypeVar
@@ -31,21 +35,6 @@ __all__ = [
     "results_lifetime",
 ]
 
-#: Go's ``config.DefaultResultsExpireIn``: the lifetime ``results_expire_in: 0`` means (Go's
-#: ``getExpiration`` in every result backend).
-DEFAULT_RESULTS_EXPIRE_IN = 3600
-#: ``results_expire_in: -1``: keep results forever (a Python-only spelling; Go has none).
-KEEP_RESULTS_FOREVER = -1
-
-
-def results_lifetime(results_expire_in: int) -> int | None:
-    """Seconds results live for a ``results_expire_in`` value: 0 is Go's default 3600 s, -1
-    (:data:`KEEP_RESULTS_FOREVER`) is None (never expire), anything else is itself."""
-    if results_expire_in == 0:
-        return DEFAULT_RESULTS_EXPIRE_IN
-    if results_expire_in < 0:
-        return None
-    return results_expire_in
 
 #: Section names Go Machinery's config files use. A file may carry them even when the plugin
 #: is not installed (they are then ignored); any other unknown key is an error.

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.config import results_lifetime
-from machinery.state import GroupMeta, State, TaskResult, TaskState
+from machinery.state import GroupMeta, State, TaskResult, TaskState, results_lifetime
 
 if TYPE_CHECKING:
     from machinery.config import Config

@@ -15,7 +15,11 @@ What is here:
 - the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
 - the wire codec (Go Machinery's JSON): :class:`Signature`, :func:`encode_signature`,
   :func:`decode_signature`, :func:`eta_of`, task states and group metadata and their codecs,
-  :func:`parse_time` / :func:`format_time`;
+  :func:`parse_time` / :func:`format_time`, and the whole :mod:`machinery.wire` package as
+  :data:`wire`: the Go field names as constants (``wire.SIGNATURE.routing_key``,
+  ``wire.TASK_STATE.ttl``, ``wire.GROUP_META.chord_triggered``) and the document mappers
+  (``wire.task_state_to_document`` and ``wire.task_state_from_mapping``...) for backends that
+  store fields;
 - the conformance suite's entry points (:class:`BrokerConformance`, :class:`BrokerOracle`,
   :func:`require_server`...), loaded from :mod:`machinery.testing` only when asked for, since
   that imports pytest.
@@ -30,6 +34,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from machinery import wire
     from machinery._hookimpl import hookimpl
     from machinery.config import Config, parse_options, redact_url
     from machinery.consume import AsyncPollingBroker, EventLoopThread, PollingBroker, eta_of
@@ -52,20 +57,6 @@ if TYPE_CHECKING:
     )
     from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock, describe_capabilities
     from machinery.plugins import Register
-    from machinery.signature import (
-        Signature,
-        decode_group_meta,
-        decode_signature,
-        decode_task_state,
-        encode_group_meta,
-        encode_signature,
-        encode_task_state,
-        format_time,
-        group_meta_from_mapping,
-        new_uuid,
-        parse_time,
-        task_state_from_mapping,
-    )
     from machinery.state import GroupMeta, State, TaskResult, TaskState
     from machinery.testing import (
         BackendConformance,
@@ -79,10 +70,27 @@ if TYPE_CHECKING:
         require_capability,
         require_server,
     )
+    from machinery.wire import (
+        Signature,
+        decode_group_meta,
+        decode_signature,
+        decode_task_state,
+        encode_group_meta,
+        encode_signature,
+        encode_task_state,
+        format_time,
+        group_meta_from_mapping,
+        group_meta_to_document,
+        new_uuid,
+        parse_time,
+        task_state_from_mapping,
+        task_state_to_document,
+    )
 
 #: Public name -> the module that defines it.
 _LAZY = {
     "hookimpl": "machinery._hookimpl",
+    "wire": "machinery",
     "Register": "machinery.plugins",
     "Config": "machinery.config",
     "parse_options": "machinery.config",
@@ -110,7 +118,6 @@ _LAZY = {
             "BrokerConnectionError",
             "BrokerError",
             "ConfigError",
-    "ControlConformance",
             "DecodeError",
             "LockError",
             "LockNotAcquired",
@@ -133,11 +140,13 @@ _LAZY = {
             "encode_task_state",
             "format_time",
             "group_meta_from_mapping",
+            "group_meta_to_document",
             "new_uuid",
             "parse_time",
             "task_state_from_mapping",
+            "task_state_to_document",
         ),
-        "machinery.signature",
+        "machinery.wire",
     ),
     **dict.fromkeys(
         (
@@ -205,6 +214,7 @@ __all__ = [
     "eta_of",
     "format_time",
     "group_meta_from_mapping",
+    "group_meta_to_document",
     "hookimpl",
     "new_uuid",
     "parse_options",
@@ -213,6 +223,8 @@ __all__ = [
     "require_capability",
     "require_server",
     "task_state_from_mapping",
+    "task_state_to_document",
+    "wire",
 ]
 
 

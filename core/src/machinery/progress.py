@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from machinery.wire.gotypes import format_time, parse_time
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -68,8 +70,6 @@ class Progress:
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object stored under the state's ``Progress`` key."""
-        from machinery.signature import format_time
-
         out: dict[str, Any] = {"Done": self.done, "Total": self.total, "Info": self.info}
         if self.updated_at is not None:
             out["UpdatedAt"] = format_time(self.updated_at)
@@ -92,8 +92,6 @@ class Progress:
         if isinstance(when, datetime):
             updated = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
         elif isinstance(when, str):
-            from machinery.signature import parse_time
-
             try:
                 updated = parse_time(when)
             except ValueError:

@@ -10,9 +10,10 @@ from machinery.config import Config, redact_url
 from machinery.errors import ConfigError, MachineryError, TaskNotRegisteredError
 from machinery.plugins import PluginHost, get_plugin_host
 from machinery.results import AsyncResult, ChainAsyncResult, ChordAsyncResult, GroupResult
-from machinery.signature import Signature, _NullHeaders, encode_signature, new_uuid, sent_headers
 from machinery.state import TaskState
 from machinery.task import Task
+from machinery.wire.codec import encode_signature
+from machinery.wire.model import NullHeaders, Signature, new_uuid, sent_headers
 from machinery.workflow import Chain, Chord, Group
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ class Server:
     def _prepare(self, sig: Signature) -> bytes:
         if not sig.uuid:
             sig.uuid = new_uuid("task_")
-        if type(sig.headers) is _NullHeaders:  # Go's HeadersWithSpan: a nil map becomes {}
+        if type(sig.headers) is NullHeaders:  # Go's HeadersWithSpan: a nil map becomes {}
             sig.headers = dict(sig.headers)
         if self._pre_publish is not None:
             self._pre_publish(sig)

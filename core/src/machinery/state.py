@@ -1,7 +1,7 @@
 """Task states, task results and group metadata, as stored by result backends.
 
 These are plain Python objects; their Go wire form (``TaskUUID``, ``Results``...) lives in
-:mod:`machinery.signature` and nowhere else.
+:mod:`machinery.wire` and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,10 +14,35 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from machinery.progress import Progress
 
-__all__ = ["ZERO_TIME", "GroupMeta", "State", "TaskResult", "TaskState"]
+__all__ = [
+    "DEFAULT_RESULTS_EXPIRE_IN",
+    "KEEP_RESULTS_FOREVER",
+    "ZERO_TIME",
+    "GroupMeta",
+    "State",
+    "TaskResult",
+    "TaskState",
+    "results_lifetime",
+]
 
 #: Go's zero ``time.Time`` (``0001-01-01T00:00:00Z``), used where a record has no timestamp.
 ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+#: Go's ``config.DefaultResultsExpireIn``: the lifetime ``results_expire_in: 0`` means (Go's
+#: ``getExpiration`` in every result backend).
+DEFAULT_RESULTS_EXPIRE_IN = 3600
+#: ``results_expire_in: -1``: keep results forever (a Python-only spelling; Go has none).
+KEEP_RESULTS_FOREVER = -1
+
+
+def results_lifetime(results_expire_in: int) -> int | None:
+    """Seconds results live for a ``results_expire_in`` value: 0 is Go's default 3600 s, -1
+    (:data:`KEEP_RESULTS_FOREVER`) is None (never expire), anything else is itself."""
+    if results_expire_in == 0:
+        return DEFAULT_RESULTS_EXPIRE_IN
+    if results_expire_in < 0:
+        return None
+    return results_expire_in
 
 
 class State(str, enum.Enum):

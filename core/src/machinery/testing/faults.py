@@ -63,9 +63,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 
 from machinery.errors import DecodeError, MachineryError
-from machinery.signature import _SIG_FIELDS, Arg, Signature, decode_signature
+from machinery.signature import Arg, Signature, decode_signature
 from machinery.testing._guard import SuiteBase
 from machinery.testing._support import SubprocessWorker, wait_until
+from machinery.wire.fields import SIGNATURE
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -326,7 +327,7 @@ def _good(rng: random.Random, uid: str, name: str | None = None) -> dict[str, An
 
 
 # Go's Signature fields (the codec's list) a fuzzed body gets junk in; SQSReceiptHandle is SQS bookkeeping.
-_FIELDS = tuple(f for f in _SIG_FIELDS if f != "SQSReceiptHandle")
+_FIELDS = tuple(f for f in SIGNATURE.names() if f != SIGNATURE.sqs_receipt_handle)
 _JUNK: tuple[Any, ...] = (
     None,
     True,

@@ -11,13 +11,11 @@ caller wins however many race, under Go's ``TriggerChordMutex`` lock so Go worke
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
@@ -25,6 +23,7 @@ import redis
 from machinery.config import redact_url
 from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Backend
+from machinery.plugin import wire
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
 from machinery.state import GroupMeta, State, TaskResult, TaskState
 from machinery_redis._fork import track
@@ -142,18 +141,11 @@ def _decode_state(raw: bytes | None) -> TaskState | None:
     return None if raw is None else decode_task_state(raw)
 
 
-def _chord_field() -> str:
-    # The codec owns Go's field names: find the one that carries the chord flag.
-    now = datetime.now(timezone.utc)
-    off = json.loads(encode_group_meta(GroupMeta("g", chord_triggered=False, created_at=now)))
-    on = json.loads(encode_group_meta(GroupMeta("g", chord_triggered=True, created_at=now)))
-    name = next(k for k in off if off[k] != on[k])
-    if not name.isalnum():  # it goes into a Lua pattern below
-        raise RuntimeError(f"unexpected chord field name {name!r}")
-    return name
-
-
-CHORD_FIELD = _chord_field()
+#: Go's field name of the chord flag (``ChordTriggered``), from the core's wire constants. It
+#: goes into a Lua pattern below, so it must stay alphanumeric.
+CHORD_FIELD = wire.GROUP_META.chord_triggered
+if not CHORD_FIELD.isalnum():
+    raise RuntimeError(f"unexpected chord field name {CHORD_FIELD!r}")
 _CHORD_PATTERN = "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in CHORD_FIELD)
 
 # KEYS[1]: the group key. ARGV: the chord field name, and a Lua pattern matching it in any case

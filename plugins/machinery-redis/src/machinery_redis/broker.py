@@ -43,6 +43,7 @@ from machinery.errors import (
     PublishError,
 )
 from machinery.interfaces import Backend, Broker, DeadLetter, Delivery
+from machinery.plugin import wire
 from machinery.signature import Signature, decode_signature, encode_signature
 from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher, round_trip
@@ -69,14 +70,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MOVE_BATCH = 100
 
 
-def _routing_field() -> str:
-    # The codec owns Go's field names: find the one that carries the routing key.
-    probe = "\x00routing-probe"
-    wire = json.loads(encode_signature(Signature("probe", routing_key=probe)))
-    return next(k for k, v in wire.items() if v == probe)
-
-
-ROUTING_FIELD = _routing_field()
+#: Go's field name of the routing key (``RoutingKey``), from the core's wire constants.
+ROUTING_FIELD = wire.SIGNATURE.routing_key
 
 
 def processing_key(queue: str, consumer: str) -> str:

@@ -16,23 +16,21 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.config import parse_options, redact_url
 from machinery.errors import BackendConnectionError, BackendError, ConfigError, DecodeError
 from machinery.interfaces import Backend
+from machinery.plugin import wire
 from machinery.signature import (
-    encode_group_meta,
-    encode_task_state,
     format_time,
     group_meta_from_mapping,
     parse_time,
     task_state_from_mapping,
 )
-from machinery.state import ZERO_TIME, GroupMeta, TaskResult, TaskState
+from machinery.state import ZERO_TIME, GroupMeta, TaskState
 from machinery_sqs import DYNAMODB_ENV
 from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
 
@@ -54,26 +52,15 @@ _BATCH_WRITE = 25
 _ATTEMPTS = 6
 
 
-def _probe_field(encode: Callable[[Any], bytes], obj: Any, attr: str, probe: Any) -> str:
-    # The Go field names live in machinery.signature only: find the one an attribute maps to.
-    setattr(obj, attr, probe)
-    wire = json.loads(encode(obj))
-    expected = format_time(probe) if isinstance(probe, datetime) else probe
-    return str(next(k for k, v in wire.items() if v == expected))
-
-
-_PROBE_TIME = datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
-TASK_KEY = _probe_field(encode_task_state, TaskState("", "PENDING"), "task_uuid", "\x01probe")
-GROUP_KEY = _probe_field(encode_group_meta, GroupMeta(""), "group_uuid", "\x01probe")
+TASK_KEY = wire.TASK_STATE.task_uuid
+GROUP_KEY = wire.GROUP_META.group_uuid
 #: Both tables name the expiry attribute alike (Go's ``TTL``).
-TTL_ATTR = _probe_field(encode_task_state, TaskState("", "PENDING"), "ttl", 987654321)
-_RESULTS = _probe_field(encode_task_state, TaskState("", "PENDING"), "results", [])
-_CREATED = _probe_field(encode_task_state, TaskState("", "PENDING"), "created_at", _PROBE_TIME)
-_CHORD = _probe_field(encode_group_meta, GroupMeta(""), "chord_triggered", True)
-# the two keys of one result, in the codec's order: (type, value)
-_RESULT_TYPE, _RESULT_VALUE = json.loads(
-    encode_task_state(TaskState("", "SUCCESS", results=[TaskResult("bool", True)]))
-)[_RESULTS][0]
+TTL_ATTR = wire.TASK_STATE.ttl
+_RESULTS = wire.TASK_STATE.results
+_CREATED = wire.TASK_STATE.created_at
+_CHORD = wire.GROUP_META.chord_triggered
+_RESULT_TYPE = wire.TASK_RESULT.type
+_RESULT_VALUE = wire.TASK_RESULT.value
 
 
 @dataclass
@@ -270,21 +257,22 @@ def _created_at(value: Any) -> Any:
         return f"{m.group(1)}T{m.group(2)}{m.group(3)}:{m.group(4)}"
 
 
-def to_item(wire: dict[str, Any], ttl: int, now: float) -> dict[str, Any]:
-    """A DynamoDB item for a task state or group meta mapping (from the codec).
+def to_item(doc: dict[str, Any], ttl: int, now: float) -> dict[str, Any]:
+    """A DynamoDB item for a task state or group meta document (``wire.task_state_to_document``
+    or ``wire.group_meta_to_document``).
 
     ``Results`` values become strings as Go writes them; ``TTL`` becomes the absolute expiry
     (``now + ttl``), or is left out when the record does not expire.
     """
-    wire = dict(wire)
-    wire.pop(TTL_ATTR, None)
-    results = wire.get(_RESULTS)
+    doc = dict(doc)
+    doc.pop(TTL_ATTR, None)
+    results = doc.get(_RESULTS)
     if isinstance(results, list):
-        wire[_RESULTS] = [
+        doc[_RESULTS] = [
             {_RESULT_TYPE: r[_RESULT_TYPE], _RESULT_VALUE: _result_text(r[_RESULT_TYPE], r[_RESULT_VALUE])}
             for r in results
         ]
-    item = {k: _av(v) for k, v in wire.items()}
+    item = {k: _av(v) for k, v in doc.items()}
     if ttl > 0:
         item[TTL_ATTR] = {"N": str(round(now) + ttl)}
     return item
@@ -362,7 +350,7 @@ class DynamoDBBackend(Backend):
 
     def _store_state(self, state: TaskState) -> None:
         """``PutItem`` the state (replacing the previous one) with its TTL."""
-        item = to_item(json.loads(encode_task_state(state)), state.ttl, time.time())
+        item = to_item(wire.task_state_to_document(state), state.ttl, time.time())
         self._put(self._states, item, f"store the state of task {state.task_uuid}")
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
@@ -372,7 +360,7 @@ class DynamoDBBackend(Backend):
 
     def _store_group(self, meta: GroupMeta) -> None:
         """``PutItem`` the group's metadata with its TTL."""
-        item = to_item(json.loads(encode_group_meta(meta)), meta.ttl, time.time())
+        item = to_item(wire.group_meta_to_document(meta), meta.ttl, time.time())
         self._put(self._groups, item, f"store group {meta.group_uuid}")
 
     def _load_group(self, group_uuid: str) -> GroupMeta | None:
@@ -454,7 +442,7 @@ class DynamoDBBackend(Backend):
         table = self._states[0]
         now = time.time()
         latest = {st.task_uuid: st for st in states}  # a batch may not name a key twice
-        items = [to_item(json.loads(encode_task_state(st)), st.ttl, now) for st in latest.values()]
+        items = [to_item(wire.task_state_to_document(st), st.ttl, now) for st in latest.values()]
         for i in range(0, len(items), _BATCH_WRITE):
             request: dict[str, Any] = {table: [{"PutRequest": {"Item": it}} for it in items[i : i + _BATCH_WRITE]]}
             for attempt in range(_ATTEMPTS):
