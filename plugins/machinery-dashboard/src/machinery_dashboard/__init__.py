@@ -1,0 +1,83 @@
+"""machinery-dashboard: a live web dashboard for machinery, with workflows drawn as graphs.
+
+Installed in workers, its hooks record task events into a capped, expiring log next to the
+result backend's data (:mod:`machinery_dashboard.recorder`, :mod:`machinery_dashboard.store`).
+Installed where you look, ``machinery dashboard`` serves the pages
+(:mod:`machinery_dashboard.app`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from machinery import hookimpl
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    from machinery.events import TaskEvent, WorkerEvent
+
+__all__: list[str] = []
+
+
+@hookimpl
+def machinery_cli_commands(add_command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``machinery dashboard``."""
+    from machinery_dashboard.cli import add_arguments
+
+    add_arguments(add_command("dashboard", "serve the live web dashboard (machinery-dashboard)"))
+
+
+@hookimpl
+def machinery_worker_started(event: WorkerEvent) -> None:
+    """Attach the events recorder to the worker."""
+    from machinery_dashboard import recorder
+
+    recorder.start(event)
+
+
+@hookimpl
+def machinery_worker_stopped(event: WorkerEvent) -> None:
+    """Flush and detach the events recorder."""
+    from machinery_dashboard import recorder
+
+    recorder.stop(event)
+
+
+def _record(kind: str, event: TaskEvent) -> None:
+    from machinery_dashboard.recorder import recorder_for
+
+    rec = recorder_for(event.consumer_tag)
+    if rec is not None:
+        rec.task_event(kind, event)
+
+
+@hookimpl
+def machinery_task_received(event: TaskEvent) -> None:
+    """Record RECEIVED, with the signature."""
+    _record("received", event)
+
+
+@hookimpl
+def machinery_task_started(event: TaskEvent) -> None:
+    """Record STARTED."""
+    _record("started", event)
+
+
+@hookimpl
+def machinery_task_succeeded(event: TaskEvent) -> None:
+    """Record SUCCESS, with the results and run time."""
+    _record("succeeded", event)
+
+
+@hookimpl
+def machinery_task_failed(event: TaskEvent) -> None:
+    """Record FAILURE, with the error and traceback."""
+    _record("failed", event)
+
+
+@hookimpl
+def machinery_task_retried(event: TaskEvent) -> None:
+    """Record RETRY."""
+    _record("retried", event)
