@@ -104,6 +104,7 @@ class Recorder:
         elif kind == "failed":
             c.state, c.finished = "FAILURE", now
             c.name, c.queue, c.group_uuid = sig.name, sig.routing_key or None, sig.group_uuid or None
+            c.signature, c.children = encode_signature(sig), _children(sig)  # it may never have been received
             c.error, c.traceback = _clip(event.error), _clip(event.traceback) or None
             if event.runtime:
                 c.runtime = event.runtime
