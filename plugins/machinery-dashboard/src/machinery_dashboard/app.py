@@ -41,6 +41,8 @@ __all__ = ["Dashboard", "scrub"]
 
 log = logging.getLogger("machinery.dashboard")
 
+#: Seconds the event stream reads back behind its cursor (writers' clocks and batching).
+STREAM_OVERLAP = 2.0
 STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE")
 _URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 _STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
@@ -345,6 +347,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(404, "not found")
             body = resources.files("machinery_dashboard").joinpath("static", name).read_bytes()
             self._send(200, body, _STATIC[name])
+        elif path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
         elif path == "/stream":
             self._stream()
         elif path == "/":
@@ -373,11 +377,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise _HTTPError(404, "not found")
 
-    def _page(self, title: str, body: str, q: dict[str, str], *, live: bool = False) -> None:
+    def _page(self, title: str, body: str | tuple[str, str], q: dict[str, str], *, live: bool = False) -> None:
+        """Render a page; ``body`` may be ``(fixed, live)``: only the live part is refreshed
+        (``?partial=1`` returns it alone)."""
+        fixed, region = body if isinstance(body, tuple) else ("", body)
         if q.get("partial"):
-            self._html(body)
+            self._html(region)
             return
-        self._html(_page(self.dashboard, title, body, live=live, msg=q.get("msg", "")))
+        self._html(_page(self.dashboard, title, region, live=live, msg=q.get("msg", ""), fixed=fixed))
 
     def _stream(self) -> None:
         d = self.dashboard
@@ -387,7 +394,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        cursor = time.time()
+        # Records are stamped with their writer's clock: read with an overlap of STREAM_OVERLAP
+        # seconds (so a writer a little behind is not skipped) and drop what was already sent.
+        cursor = time.time() - STREAM_OVERLAP
+        sent: dict[tuple[str, float], float] = {}
         last = time.monotonic()
         self.wfile.write(b"retry: 2000\n\n")
         self.wfile.flush()
@@ -395,7 +405,12 @@ class _Handler(BaseHTTPRequestHandler):
             changed: list[dict[str, Any]] = []
             if d.store is not None:
                 try:
-                    changed, cursor = d.store.changed_since(cursor)
+                    found, top = d.store.changed_since(cursor)
+                    changed = [c for c in found if (c["uuid"], c["updated"]) not in sent]
+                    for c in changed:
+                        sent[(c["uuid"], c["updated"])] = c["updated"]
+                    cursor = max(cursor, min(top, time.time()) - STREAM_OVERLAP) if len(found) < 500 else top
+                    sent = {k: v for k, v in sent.items() if v > cursor}
                 except Exception:  # noqa: BLE001 - the stream goes on
                     log.debug("stream: reading changes failed", exc_info=True)
             if changed:
@@ -448,7 +463,7 @@ def _csrf(d: Dashboard, back: str) -> str:
     return f'<input type="hidden" name="csrf" value="{e(d.csrf)}"><input type="hidden" name="back" value="{e(back)}">'
 
 
-def _page(d: Dashboard, title: str, body: str, *, live: bool = False, msg: str = "") -> str:
+def _page(d: Dashboard, title: str, body: str, *, live: bool = False, msg: str = "", fixed: str = "") -> str:
     nav = "".join(
         f'<a href="{href}">{label}</a>'
         for href, label in (("/", "Overview"), ("/tasks", "Tasks"), ("/dead", "Dead letters"))
@@ -462,7 +477,7 @@ def _page(d: Dashboard, title: str, body: str, *, live: bool = False, msg: str =
         f'</head><body data-live="{1 if live else 0}"><header><strong>machinery</strong>{nav}'
         '<form class="search" action="/tasks" method="get"><input name="q" placeholder="task or group UUID" '
         'aria-label="search by UUID"></form></header>'
-        f'<main><h1>{e(title)}</h1>{flash}<div id="live">{body}</div></main></body></html>'
+        f'<main><h1>{e(title)}</h1>{flash}{fixed}<div id="live">{body}</div></main></body></html>'
     )
 
 
@@ -551,14 +566,14 @@ def _chart(counts: dict[int, dict[str, int]], now_minute: int) -> str:
             f"(max {top} per minute)</p>")
 
 
-def _tasks(d: Dashboard, q: dict[str, str]) -> str:
+def _tasks(d: Dashboard, q: dict[str, str]) -> tuple[str, str]:
     search = q.get("q", "").strip()
     if search:
         if (d.store is not None and d.store.get(search) is not None) or d.server.backend.get_state(search):
             raise _Redirect(f"/task/{quote(search)}")
         if d.server.backend.get_group_meta(search) is not None:
             raise _Redirect(f"/workflow/{quote(search)}")
-        return f'<p class="error">No task or group {e(search)} in the event log or the result backend.</p>'
+        return "", f'<p class="error">No task or group {e(search)} in the event log or the result backend.</p>'
     state, name, queue = q.get("state", ""), q.get("name", ""), q.get("queue", "")
     minutes = int(q.get("minutes") or 0)
     try:
@@ -576,12 +591,12 @@ def _tasks(d: Dashboard, q: dict[str, str]) -> str:
         f'<label>since <select name="minutes">{mins}</select></label><button>filter</button></form>'
     )
     if d.store is None:
-        return form + "<p>This backend keeps no event log: search a task by UUID above.</p>"
+        return form, "<p>This backend keeps no event log: search a task by UUID above.</p>"
     since = time.time() - minutes * 60 if minutes else 0.0
     recs = d.store.recent(limit, state=state, name=name, queue=queue, since=since)
     rows = [_task_row(r) for r in recs]
-    return form + (_table(["task", "name", "state", "queue", "worker", "updated", "runtime", "retries", "workflow"],
-                          rows, "tasks") if rows else "<p>No task matches.</p>")
+    return form, (_table(["task", "name", "state", "queue", "worker", "updated", "runtime", "retries", "workflow"],
+                         rows, "tasks") if rows else "<p>No task matches.</p>")
 
 
 def _task_row(r: TaskRecord) -> list[str]:

@@ -179,8 +179,9 @@ class EventStore(ABC):
 
     @abstractmethod
     def changed_since(self, cursor: float, limit: int = 500) -> tuple[list[dict[str, Any]], float]:
-        """``{"uuid", "state", "group_uuid"}`` of the records changed after ``cursor``, oldest
-        first, and the cursor to pass next time."""
+        """``{"uuid", "state", "group_uuid", "updated"}`` of the records written after ``cursor``
+        (a record's ``updated`` is the time it was last written), oldest first, and the cursor to
+        pass next time."""
 
     @abstractmethod
     def total(self) -> int:
@@ -250,8 +251,9 @@ class SQLiteStore(EventStore):
 
     def write(self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int]) -> None:
         """Apply a batch in one transaction."""
+        now = time.time()  # ``updated`` is when it was written, so a reader's cursor never skips a late batch
         rows = [
-            (c.uuid, c.state, c.at, c.name, c.queue, c.worker, c.group_uuid or None, c.received, c.started,
+            (c.uuid, c.state, max(now, c.at), c.name, c.queue, c.worker, c.group_uuid or None, c.received, c.started,
              c.finished, c.runtime, c.retried, c.signature, c.error, c.traceback, c.results,
              f"{c.at:.3f} {c.state} {c.worker or ''}\n")
             for c in changes
@@ -347,7 +349,7 @@ class SQLiteStore(EventStore):
         ).fetchall()
         if not rows:
             return [], cursor
-        return [{"uuid": u, "state": s, "group_uuid": g or ""} for u, s, g, _ in rows], float(rows[-1][3])
+        return [{"uuid": u, "state": s, "group_uuid": g or "", "updated": t} for u, s, g, t in rows], float(rows[-1][3])
 
     def total(self) -> int:
         """COUNT(*)."""
@@ -393,9 +395,10 @@ class RedisStore(EventStore):
         ex = max(1, int(self.retention))
         pipe = self.client.pipeline(transaction=False)
         recent: dict[str, float] = {}
+        now = time.time()  # ``updated`` is when it was written, so a reader's cursor never skips a late batch
         for c in changes:
             key = _PREFIX + "t:" + c.uuid
-            mapping: dict[str, Any] = {"state": c.state, "updated": c.at}
+            mapping: dict[str, Any] = {"state": c.state, "updated": max(now, c.at)}
             for name in _MERGED:
                 v = getattr(c, name)
                 if v is not None and v != "":
@@ -409,7 +412,7 @@ class RedisStore(EventStore):
             pipe.expire(hkey, ex)
             for child in c.children:
                 pipe.set(_PREFIX + "p:" + child, c.uuid, ex=ex)
-            recent[c.uuid] = c.at
+            recent[c.uuid] = max(now, c.at)
         if recent:
             pipe.zadd(_PREFIX + "recent", recent)
         for (minute, state), n in counts.items():
@@ -521,9 +524,9 @@ class RedisStore(EventStore):
             return [], cursor
         uuids = [_s(u) for u, _ in found]
         out = []
-        for u, d in zip(uuids, self._hashes(uuids, ["state", "group_uuid"])):
+        for (u, score), d in zip(found, self._hashes(uuids, ["state", "group_uuid"])):
             if d is not None:
-                out.append({"uuid": u, "state": _s(d["state"]), "group_uuid": _s(d["group_uuid"])})
+                out.append({"uuid": _s(u), "state": _s(d["state"]), "group_uuid": _s(d["group_uuid"]), "updated": score})
         return out, float(found[-1][1])
 
     def total(self) -> int:
