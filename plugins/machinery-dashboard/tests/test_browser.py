@@ -78,6 +78,7 @@ def test_chord_with_a_failed_member_is_a_graph_with_that_node_red(browser: Any, 
     cb = browser.find_element(By.CSS_SELECTOR, f'.node[data-uuid="{chord.callback.uuid}"]')
     assert cb.get_attribute("data-state") == "PENDING"
     assert len(browser.find_elements(By.CSS_SELECTOR, "path.edge.chord")) == 5
+    assert browser.find_element(By.ID, "graph-summary").text == "chord of 6 tasks"
     node.click()
     pre = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#node-detail pre.traceback"))[0]
     assert "ValueError: member exploded: no fuel" in pre.text

@@ -208,3 +208,39 @@ def test_urls_are_redacted(tmp_path: Path) -> None:
         html = str(exc)
     assert "topsecret" not in html
     server.close()
+
+
+def test_cli_command(tmp_path: Path) -> None:
+    """``machinery dashboard`` is found through the plugin host and serves the pages."""
+    import os
+    import socket
+
+    out = subprocess.run([sys.executable, "-m", "machinery", "dashboard", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "--hide-args" in out.stdout and "--auth" in out.stdout
+    plugins = subprocess.run([sys.executable, "-m", "machinery", "plugins"], capture_output=True, text=True, timeout=60)
+    assert "machinery-dashboard" in plugins.stdout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    env = dict(os.environ, BROKER=db, RESULT_BACKEND=db)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "machinery", "dashboard", "--port", str(port), "--token", "0123456789abcdef0123"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body, _ = get(f"http://127.0.0.1:{port}/", {"Authorization": "Bearer 0123456789abcdef0123"})
+                break
+            except urllib.error.URLError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+                time.sleep(0.2)
+        assert status == 200 and "Overview" in body
+        assert get(f"http://127.0.0.1:{port}/")[0] == 401
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "machinery dashboard on http://127.0.0.1:" in err and "0123456789abcdef0123" not in err

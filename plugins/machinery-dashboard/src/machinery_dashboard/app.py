@@ -689,8 +689,8 @@ def _workflow(d: Dashboard, uuid: str) -> str:
         raise _HTTPError(404, f"no task or group {uuid} in the event log or the result backend")
     back = f"/workflow/{quote(uuid)}"
     return (
-        f'<p>{e(g.kind)} of {len(g.nodes)} task{"s" if len(g.nodes) != 1 else ""}'
-        f'{" (cut)" if g.truncated else ""} · <a href="/task/{e(quote(uuid))}">task page</a></p>'
+        f'<p><span id="graph-summary">{e(g.kind)} of {len(g.nodes)} task{"s" if len(g.nodes) != 1 else ""}'
+        f'{" (cut)" if g.truncated else ""}</span> · <a href="/task/{e(quote(uuid))}">task page</a></p>'
         f'<form method="post" action="/revoke" class="revoke">{_csrf(d, back)}'
         f'<input type="hidden" name="workflow" value="{e(uuid)}"><button>revoke the whole workflow</button></form>'
         f'<div class="workflow"><div id="graph" data-workflow="{e(uuid)}"></div>'

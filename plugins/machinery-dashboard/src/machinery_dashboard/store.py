@@ -370,6 +370,22 @@ _PREFIX = "machinery:dashboard:{d}:"
 REDIS_SCAN_LIMIT = 5000
 
 
+#: Matches records by state, name and queue on the server (keys share the ``{d}`` hash slot).
+_FILTER_LUA = """
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[7]))
+local out, limit = {}, tonumber(ARGV[6])
+for _, id in ipairs(ids) do
+  local v = redis.call('HMGET', ARGV[1] .. 't:' .. id, 'state', 'name', 'queue')
+  if v[1] and (ARGV[3] == '' or v[1] == ARGV[3]) and (ARGV[4] == '' or v[2] == ARGV[4])
+      and (ARGV[5] == '' or v[3] == ARGV[5]) then
+    out[#out + 1] = id
+    if #out >= limit then break end
+  end
+end
+return out
+"""
+
+
 def _s(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
 
@@ -389,6 +405,7 @@ class RedisStore(EventStore):
     def __init__(self, client: Any, retention: float = DEFAULT_RETENTION, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         super().__init__(retention, max_tasks)
         self.client = client
+        self._filter: Any = None
 
     def write(self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int]) -> None:
         """One pipeline (not a transaction) for the batch."""
@@ -464,10 +481,17 @@ class RedisStore(EventStore):
     def recent(
         self, limit: int = 100, *, state: str = "", name: str = "", queue: str = "", since: float = 0.0
     ) -> list[TaskRecord]:
-        """Newest first; with filters, among the newest :data:`REDIS_SCAN_LIMIT` records."""
+        """Newest first; with filters, among the newest :data:`REDIS_SCAN_LIMIT` records (matched
+        by a Lua script on the server, then read in one pipeline)."""
         key = _PREFIX + "recent"
         cols = [c for c in _SUMMARY if c != "uuid"]
         lo = max(since, time.time() - self.retention)
+        if state or name or queue:
+            if self._filter is None:
+                self._filter = self.client.register_script(_FILTER_LUA)
+            found = [_s(u) for u in self._filter(keys=[key], args=[_PREFIX, lo, state, name, queue, limit,
+                                                                    REDIS_SCAN_LIMIT])]
+            return [self._record(u, d) for u, d in zip(found, self._hashes(found, cols)) if d is not None]
         out: list[TaskRecord] = []
         start, chunk = 0, max(limit, 200)
         while len(out) < limit and start < REDIS_SCAN_LIMIT:

@@ -122,6 +122,11 @@
         grp.addEventListener("keydown", function (ev) { if (ev.key === "Enter") showNode(n.uuid); });
       });
       box.replaceChildren(svg);
+      var summary = document.getElementById("graph-summary");
+      if (summary) {
+        summary.textContent = g.kind + " of " + g.nodes.length + " task" + (g.nodes.length === 1 ? "" : "s") +
+          (g.truncated ? " (cut)" : "");
+      }
       box.setAttribute("data-loaded", "1");
     }
 
