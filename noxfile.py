@@ -156,8 +156,9 @@ def bench(session: nox.Session) -> None:
     environment; arq (which needs redis-py < 6) gets a second environment beside it.
     """
     session.install("-e", "core", "-e", "plugins/machinery-redis[hiredis]", "-e", "plugins/machinery-amqp")
-    # the observability plugins, enabled one at a time by the machinery-otel/-prometheus variants
+    # the observability plugins, enabled one at a time by the machinery-otel/-prometheus/-dashboard variants
     session.install("-e", "plugins/machinery-opentelemetry", "-e", "plugins/machinery-prometheus", "opentelemetry-sdk")
+    session.install("-e", "plugins/machinery-dashboard")
     session.install("-r", "benchmarks/requirements.txt")
     arq_env = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-arq")
     arq_python = arq_env / "bin" / "python"

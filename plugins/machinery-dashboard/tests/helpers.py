@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from machinery import Config, Server
-
 from machinery_dashboard.app import Dashboard
 
 HERE = Path(__file__).parent

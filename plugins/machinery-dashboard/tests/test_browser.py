@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Env, running
 
 from machinery import Chain, Chord, Group, Signature
-
-from helpers import Env, running
 
 ROOT = Path(__file__).resolve().parents[3]
 SHOTS = Path(os.environ.get("MACHINERY_DASHBOARD_SCREENSHOTS", ROOT / "build" / "dashboard-screenshots"))
@@ -72,7 +71,8 @@ def test_chord_with_a_failed_member_is_a_graph_with_that_node_red(browser: Any, 
     env.server.send_chord(chord)
     bad = members[-1].uuid
     browser.get(f"{env.url}/workflow/{members[0].uuid}")
-    node = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'.node[data-uuid="{bad}"][data-state="FAILURE"]'))[0]
+    failed = f'.node[data-uuid="{bad}"][data-state="FAILURE"]'
+    node = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, failed))[0]
     assert node.find_element(By.TAG_NAME, "rect").get_attribute("fill") == "#d93025"
     until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '.node[data-state="SUCCESS"]')) == 4)
     cb = browser.find_element(By.CSS_SELECTOR, f'.node[data-uuid="{chord.callback.uuid}"]')
@@ -99,7 +99,8 @@ def test_chain_graph_updates_live(browser: Any, env: Env) -> None:
     first = browser.find_element(By.CSS_SELECTOR, f'.node[data-uuid="{steps[2].uuid}"]').get_attribute("data-state")
     assert first != "SUCCESS"  # the last step has not run yet when the page loads
     # no reload: the stream redraws the graph as the steps finish
-    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'.node[data-uuid="{steps[2].uuid}"][data-state="SUCCESS"]'))
+    done = f'.node[data-uuid="{steps[2].uuid}"][data-state="SUCCESS"]'
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, done))
     assert len(browser.find_elements(By.CSS_SELECTOR, '.node[data-state="SUCCESS"]')) == 3
     shot(browser, "chain-live")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import subprocess
 import sys
 import time
@@ -16,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import running
 
 from machinery import Chord, Group, Signature
+from machinery.errors import ConfigError
 from machinery_dashboard.app import scrub
 from machinery_dashboard.cli import check_exposure
-from machinery.errors import ConfigError
-
-from helpers import running
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
@@ -86,7 +84,8 @@ def test_chord_graph_and_pages(env: Any) -> None:
     layers = {n["uuid"]: n["layer"] for n in g["nodes"]}
     assert layers[cb] == 1 and {layers[m.uuid] for m in members} == {0}
     # the same graph from the group's UUID and from the callback's
-    assert {n["uuid"] for n in json.loads(get(f"{env.url}/api/workflow/{members[0].group_uuid}")[1])["nodes"]} == set(states)
+    by_group = json.loads(get(f"{env.url}/api/workflow/{members[0].group_uuid}")[1])
+    assert {n["uuid"] for n in by_group["nodes"]} == set(states)
     # the failed member's detail has the traceback
     t = json.loads(get(f"{env.url}/api/task/{bad}")[1])
     assert t["state"] == "FAILURE" and "member exploded: no fuel" in t["error"]
@@ -157,9 +156,10 @@ def test_credentials_never_shown(tmp_path: Path) -> None:
 
 
 def test_auth_and_token(tmp_path: Path) -> None:
+    import threading
+
     from machinery import Config, Server
     from machinery_dashboard.app import Dashboard
-    import threading
 
     db = f"sqlite:///{tmp_path / 'a.db'}"
     server = Server(Config(broker=db, result_backend=db))
@@ -198,7 +198,7 @@ def test_auth_and_token(tmp_path: Path) -> None:
 
 def test_urls_are_redacted(tmp_path: Path) -> None:
     from machinery import Config, Server
-    from machinery_dashboard.app import _overview, Dashboard
+    from machinery_dashboard.app import Dashboard, _overview
 
     pytest.importorskip("machinery_redis", reason="the redis plugin is installed in the e2e session")
     server = Server(Config(broker="redis://:topsecret@127.0.0.1:6379/14", result_backend="redis://:topsecret@127.0.0.1:6379/14"))

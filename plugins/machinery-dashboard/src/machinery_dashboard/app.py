@@ -20,19 +20,17 @@ import secrets
 import threading
 import time
 from datetime import datetime, timezone
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from machinery.config import redact_url
-
 from machinery_dashboard.graph import build_graph, display_state
 from machinery_dashboard.store import EventStore, TaskRecord, store_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from machinery.server import Server
     from machinery.signature import Signature
@@ -171,7 +169,7 @@ class Dashboard:
         if type(broker).supports_dead_letters:
             try:
                 names.update(d.queue for d in broker.list_dead_letters())
-            except Exception:  # noqa: BLE001 - shown as n/a
+            except Exception:
                 log.debug("listing dead letters failed", exc_info=True)
         return sorted(names)
 
@@ -189,7 +187,7 @@ class Dashboard:
         broker = self.server.broker
         cls = type(broker)
         out: dict[str, str] = {}
-        for key, supported, fn in (
+        checks: tuple[tuple[str, bool, Callable[[], int]], ...] = (
             ("pending", cls.supports_pending_listing, lambda: len(broker.pending_tasks(queue))),
             (
                 "delayed",
@@ -197,7 +195,8 @@ class Dashboard:
                 lambda: sum(1 for s in broker.delayed_tasks() if broker.queue_for(s) == queue),
             ),
             ("dead", cls.supports_dead_letters, lambda: len(broker.list_dead_letters(queue))),
-        ):
+        )
+        for key, supported, fn in checks:
             try:
                 out[key] = str(fn()) if supported else "n/a"
             except Exception as exc:  # noqa: BLE001 - shown, never fatal
@@ -268,17 +267,18 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _challenge(self) -> None:
-        headers = {"WWW-Authenticate": 'Basic realm="machinery dashboard", charset="UTF-8"'} if self.dashboard.auth else {}
+        realm = 'Basic realm="machinery dashboard", charset="UTF-8"'
+        headers = {"WWW-Authenticate": realm} if self.dashboard.auth else {}
         self._send(401, b"authentication required\n", "text/plain; charset=utf-8", headers)
 
     def _query(self) -> dict[str, str]:
         return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query, keep_blank_values=True).items()}
 
-    def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_HEAD(self) -> None:
         """As GET, without the body."""
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         """Pages, JSON, static files and the event stream."""
         path = urlsplit(self.path).path
         query = self._query()
@@ -298,11 +298,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._html(_page(d, "Error", f'<p class="error">{e(exc)}</p>'), exc.status)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        except Exception as exc:  # noqa: BLE001 - a page must not take the server down
+        except Exception as exc:
             log.exception("dashboard: %s failed", path)
             self._html(_page(d, "Error", f'<p class="error">{e(scrub(f"{type(exc).__name__}: {exc}"))}</p>'), 500)
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         """Actions: revoke, replay, purge (CSRF token and same origin required)."""
         if not self._authorized():
             self._challenge()
@@ -327,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
             message = self._route_post(path, form)
         except _HTTPError as exc:
             message = str(exc)
-        except Exception as exc:  # noqa: BLE001 - reported on the page
+        except Exception as exc:
             log.exception("dashboard: %s failed", path)
             message = scrub(f"failed: {type(exc).__name__}: {exc}")
         back = form.get("back", "/")
@@ -345,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
             name = path[len("/static/"):]
             if name not in _STATIC:
                 raise _HTTPError(404, "not found")
-            body = resources.files("machinery_dashboard").joinpath("static", name).read_bytes()
+            body = resources.files("machinery_dashboard").joinpath("static").joinpath(name).read_bytes()
             self._send(200, body, _STATIC[name])
         elif path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
@@ -411,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
                         sent[(c["uuid"], c["updated"])] = c["updated"]
                     cursor = max(cursor, min(top, time.time()) - STREAM_OVERLAP) if len(found) < 500 else top
                     sent = {k: v for k, v in sent.items() if v > cursor}
-                except Exception:  # noqa: BLE001 - the stream goes on
+                except Exception:
                     log.debug("stream: reading changes failed", exc_info=True)
             if changed:
                 self.wfile.write(f"data: {json.dumps(changed)}\n\n".encode())
@@ -550,7 +550,7 @@ def _chart(counts: dict[int, dict[str, int]], now_minute: int) -> str:
     totals: dict[str, int] = {}
     for i in range(60):
         m = counts.get(now_minute - 59 + i, {})
-        y = height
+        y = float(height)
         for state, color in _COLORS.items():
             n = m.get(state, 0)
             totals[state] = totals.get(state, 0) + n
@@ -676,7 +676,9 @@ def _task(d: Dashboard, uuid: str) -> str:
         out.append(f'<h2>Traceback</h2><pre class="traceback">{e(t["traceback"])}</pre>')
     if t.get("history"):
         hist = [line.split(" ", 2) for line in str(t["history"]).splitlines() if line]
-        rows = [[e(_when(float(h[0]))), _badge(h[1] if len(h) > 1 else ""), e(h[2] if len(h) > 2 else "")] for h in hist]
+        rows = [
+            [e(_when(float(h[0]))), _badge(h[1] if len(h) > 1 else ""), e(h[2] if len(h) > 2 else "")] for h in hist
+        ]
         out.append("<h2>History</h2>" + _table(["time", "state", "worker"], rows, "history"))
     if rec is None:
         out.append("<p>Not in the event log: shown from the result backend only.</p>")

@@ -67,7 +67,6 @@ def check_exposure(host: str, auth: str | None, token: str | None) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the dashboard until interrupted."""
     from machinery.cli import build_server
-
     from machinery_dashboard.app import Dashboard
 
     auth = args.auth if args.auth is not None else os.environ.get("MACHINERY_DASHBOARD_AUTH") or None
@@ -77,8 +76,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     dash = Dashboard(server, auth=auth, token=token, hide_args=args.hide_args)
     try:
         httpd = dash.serve(args.host, args.port)
-        host, port = httpd.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
+        host, port = str(httpd.server_address[0]), httpd.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
         print(f"machinery dashboard on http://{shown}:{port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
         httpd.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -17,7 +17,6 @@ from machinery.signature import Signature, decode_signature
 
 if TYPE_CHECKING:
     from machinery.interfaces import Backend
-
     from machinery_dashboard.store import EventStore, TaskRecord
 
 __all__ = ["MAX_NODES", "Graph", "build_graph", "display_state"]

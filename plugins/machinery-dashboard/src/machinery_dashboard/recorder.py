@@ -21,7 +21,6 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING
 
 from machinery.signature import encode_signature
-
 from machinery_dashboard.store import Change, EventStore, store_for
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ backend itself holds (states by UUID, group metadata, workers) but no list of re
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -287,7 +286,8 @@ class SQLiteStore(EventStore):
         with self._write_lock:
             conn.execute("DELETE FROM machinery_dashboard_tasks WHERE updated < ?", (horizon,))
             conn.execute("DELETE FROM machinery_dashboard_links WHERE updated < ?", (horizon,))
-            conn.execute("DELETE FROM machinery_dashboard_counts WHERE minute < ?", (int(now // 60) - COUNTS_KEEP // 60,))
+            oldest = int(now // 60) - COUNTS_KEEP // 60
+            conn.execute("DELETE FROM machinery_dashboard_counts WHERE minute < ?", (oldest,))
             row = conn.execute(
                 "SELECT updated FROM machinery_dashboard_tasks ORDER BY updated DESC LIMIT 1 OFFSET ?",
                 (self.max_tasks,),
@@ -299,7 +299,8 @@ class SQLiteStore(EventStore):
         self, limit: int = 100, *, state: str = "", name: str = "", queue: str = "", since: float = 0.0
     ) -> list[TaskRecord]:
         """Newest first, through the index of the first filter given."""
-        where, params = ["updated >= ?"], [max(since, time.time() - self.retention)]
+        where: list[str] = ["updated >= ?"]
+        params: list[object] = [max(since, time.time() - self.retention)]
         for col, val in (("state", state), ("name", name), ("queue", queue)):
             if val:
                 where.append(f"{col} = ?")
@@ -309,16 +310,18 @@ class SQLiteStore(EventStore):
             "ORDER BY updated DESC LIMIT ?"
         )
         rows = self._conn().execute(sql, (*params, limit)).fetchall()
-        return [
-            TaskRecord(**{k: (v if v is not None or k == "runtime" else "") for k, v in zip(_SUMMARY, r)})
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            data: dict[str, Any] = {k: (v if v is not None or k == "runtime" else "") for k, v in zip(_SUMMARY, r)}
+            out.append(TaskRecord(**data))
+        return out
 
     def get(self, uuid: str) -> TaskRecord | None:
         """One full record, with its parent link."""
         conn = self._conn()
         cols = [*_SUMMARY, "received", "started", "finished", "signature", "traceback", "results", "history"]
-        row = conn.execute(f"SELECT {', '.join(cols)} FROM machinery_dashboard_tasks WHERE uuid = ?", (uuid,)).fetchone()
+        sql = f"SELECT {', '.join(cols)} FROM machinery_dashboard_tasks WHERE uuid = ?"
+        row = conn.execute(sql, (uuid,)).fetchone()
         if row is None:
             return None
         data = dict(zip(cols, row))
@@ -550,7 +553,9 @@ class RedisStore(EventStore):
         out = []
         for (u, score), d in zip(found, self._hashes(uuids, ["state", "group_uuid"])):
             if d is not None:
-                out.append({"uuid": _s(u), "state": _s(d["state"]), "group_uuid": _s(d["group_uuid"]), "updated": score})
+                out.append(
+                    {"uuid": _s(u), "state": _s(d["state"]), "group_uuid": _s(d["group_uuid"]), "updated": score}
+                )
         return out, float(found[-1][1])
 
     def total(self) -> int:
