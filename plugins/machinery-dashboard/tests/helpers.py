@@ -40,7 +40,7 @@ def running(tmp: Path, broker: str, backend: str, *, hide_args: tuple[str, ...] 
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     server = Server(Config(broker=broker, result_backend=backend))
-    dash = Dashboard(server, hide_args=hide_args)
+    dash = Dashboard(server, hide_args=hide_args, index_path=str(tmp / "index.db"))
     httpd = dash.serve("127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()

@@ -154,6 +154,7 @@ def test_overview_and_tasks(browser: Any, env: Env) -> None:
     browser.get(env.url + "/tasks")
     browser.find_element(By.CSS_SELECTOR, "select[name=state] option[value=FAILURE]").click()
     browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    until(browser, lambda d: "state=FAILURE" in d.current_url)
     rows = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr"))
     assert len(rows) == 1 and "explode" in rows[0].text
     box = browser.find_element(By.CSS_SELECTOR, "header input[name=q]")

@@ -164,7 +164,7 @@ def test_auth_and_token(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'a.db'}"
     server = Server(Config(broker=db, result_backend=db))
     for kw in ({"auth": "admin:pw"}, {"token": "t" * 20}):
-        dash = Dashboard(server, **kw)  # type: ignore[arg-type]
+        dash = Dashboard(server, index_path=str(tmp_path / "index.db"), **kw)  # type: ignore[arg-type]
         httpd = dash.serve("127.0.0.1", 0)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -203,7 +203,7 @@ def test_urls_are_redacted(tmp_path: Path) -> None:
     pytest.importorskip("machinery_redis", reason="the redis plugin is installed in the e2e session")
     server = Server(Config(broker="redis://:topsecret@127.0.0.1:6379/14", result_backend="redis://:topsecret@127.0.0.1:6379/14"))
     try:
-        html = _overview(Dashboard(server))
+        html = _overview(Dashboard(server, index_path=str(tmp_path / "index.db")))
     except Exception as exc:  # the password is wrong for the test server: the page must still not show it
         html = str(exc)
     assert "topsecret" not in html
@@ -224,7 +224,7 @@ def test_cli_command(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    env = dict(os.environ, BROKER=db, RESULT_BACKEND=db)
+    env = dict(os.environ, BROKER=db, RESULT_BACKEND=db, XDG_CACHE_HOME=str(tmp_path / "cache"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "machinery", "dashboard", "--port", str(port), "--token", "0123456789abcdef0123"],
         env=env, stderr=subprocess.PIPE, text=True,
@@ -244,3 +244,4 @@ def test_cli_command(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "machinery dashboard on http://127.0.0.1:" in err and "0123456789abcdef0123" not in err
+    assert list((tmp_path / "cache" / "machinery-dashboard").glob("*.db"))  # the index, under XDG_CACHE_HOME

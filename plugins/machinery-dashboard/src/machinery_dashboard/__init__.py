@@ -17,8 +17,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from machinery.events import TaskEvent, WorkerEvent
+    from machinery_dashboard.recorder import Recorder
 
 __all__: list[str] = []
+
+#: consumer tag -> recorder (the recorder module's table, once a worker started)
+_recorders: dict[str, Recorder] = {}
 
 
 @hookimpl
@@ -32,9 +36,11 @@ def machinery_cli_commands(add_command: Callable[[str, str], argparse.ArgumentPa
 @hookimpl
 def machinery_worker_started(event: WorkerEvent) -> None:
     """Attach the events recorder to the worker."""
+    global _recorders
     from machinery_dashboard import recorder
 
     recorder.start(event)
+    _recorders = recorder._recorders
 
 
 @hookimpl
@@ -46,38 +52,30 @@ def machinery_worker_stopped(event: WorkerEvent) -> None:
 
 
 def _record(kind: str, event: TaskEvent) -> None:
-    from machinery_dashboard.recorder import recorder_for
-
-    rec = recorder_for(event.consumer_tag)
+    rec = _recorders.get(event.consumer_tag)
     if rec is not None:
         rec.task_event(kind, event)
 
 
 @hookimpl
 def machinery_task_received(event: TaskEvent) -> None:
-    """Record RECEIVED, with the signature."""
-    _record("received", event)
-
-
-@hookimpl
-def machinery_task_started(event: TaskEvent) -> None:
-    """Record STARTED."""
-    _record("started", event)
+    """Record RECEIVED (and STARTED, which follows at once), with the signature."""
+    _record("R", event)
 
 
 @hookimpl
 def machinery_task_succeeded(event: TaskEvent) -> None:
     """Record SUCCESS, with the results and run time."""
-    _record("succeeded", event)
+    _record("S", event)
 
 
 @hookimpl
 def machinery_task_failed(event: TaskEvent) -> None:
     """Record FAILURE, with the error and traceback."""
-    _record("failed", event)
+    _record("F", event)
 
 
 @hookimpl
 def machinery_task_retried(event: TaskEvent) -> None:
     """Record RETRY."""
-    _record("retried", event)
+    _record("Y", event)

@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from machinery.config import redact_url
-from machinery_dashboard.graph import build_graph, display_state
-from machinery_dashboard.store import EventStore, TaskRecord, store_for
+from machinery_dashboard.graph import build_graph, display_state, signature_doc
+from machinery_dashboard.ingest import Ingester
+from machinery_dashboard.log import EventLog, log_for
+from machinery_dashboard.store import EventStore, SQLiteStore, TaskRecord, default_index_path, settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
     from machinery.server import Server
-    from machinery.signature import Signature
 
 __all__ = ["Dashboard", "scrub"]
 
@@ -88,17 +89,30 @@ class Dashboard:
     :param auth: ``USER:PASSWORD`` for HTTP basic auth, or None.
     :param token: a bearer token (header, or ``/?token=`` once, kept in a cookie), or None.
     :param hide_args: fnmatch patterns of task names whose arguments and results are hidden.
+    :param index_path: the index file (default: :func:`~machinery_dashboard.store.default_index_path`).
     """
 
     def __init__(
-        self, server: Server, *, auth: str | None = None, token: str | None = None, hide_args: Sequence[str] = ()
+        self,
+        server: Server,
+        *,
+        auth: str | None = None,
+        token: str | None = None,
+        hide_args: Sequence[str] = (),
+        index_path: str | None = None,
     ) -> None:
         self.server = server
         self.auth = auth
         self.token = token
         self.hide_args = list(hide_args)
         self.csrf = secrets.token_urlsafe(32)
-        self.store: EventStore | None = store_for(server.backend)
+        self.log: EventLog | None = log_for(server.backend)
+        self.store: EventStore | None = None
+        self.ingester: Ingester | None = None
+        if self.log is not None:
+            retention, max_tasks = settings()
+            self.store = SQLiteStore(index_path or default_index_path(server.backend_url), retention, max_tasks)
+            self.ingester = Ingester(self.log, self.store)
         self.closing = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -121,11 +135,15 @@ class Dashboard:
 
             cls = V6
         self._httpd = cls((host.strip("[]"), port), Handler)
+        if self.ingester is not None:
+            self.ingester.start()
         return self._httpd
 
     def close(self) -> None:
         """Stop the event streams and release the store."""
         self.closing.set()
+        if self.ingester is not None:
+            self.ingester.stop()
         if self._httpd is not None:
             self._httpd.server_close()
         if self.store is not None:
@@ -531,39 +549,47 @@ def _overview(d: Dashboard) -> str:
     out.append(_table(["", ""], [
         ["broker", e(redact_url(server.broker_url))],
         ["result backend", e(redact_url(server.backend_url))],
-        ["event log", e(f"{type(d.store).__name__}: {kept} tasks kept, {d.store.retention:.0f}s retention, "
-                        f"cap {d.store.max_tasks}") if d.store is not None else "none"],
+        ["event log", e(f"{type(d.log).__name__}: {d.log.retention:.0f}s, at most {d.log.max_events} events")
+                      if d.log is not None else "none"],
+        ["index", e(f"{kept} tasks kept ({d.store.retention:.0f}s retention, cap {d.store.max_tasks}), "
+                    f"{d.ingester.ingested if d.ingester else 0} events read since start")
+                  if d.store is not None else "none"],
     ], "setup"))
     out.append("</section>")
     return "".join(out)
 
 
 _COLORS = {"SUCCESS": "#2e9d4b", "FAILURE": "#d93025", "RETRY": "#f29900", "STARTED": "#1a73e8", "RECEIVED": "#9aa0a6"}
+#: The states drawn as bars (outcomes); the legend counts every state.
+_BARS = ("SUCCESS", "FAILURE", "RETRY")
 
 
 def _chart(counts: dict[int, dict[str, int]], now_minute: int) -> str:
     """Stacked bars, one per minute, as inline SVG (presentation attributes only: the CSP forbids
     inline styles)."""
-    width, height, bar = 600, 120, 10
-    top = max((sum(v for s, v in m.items() if s in _COLORS) for m in counts.values()), default=0) or 1
+    width, height, bar = 600, 132, 10
+    plot = height - 12
+    top = max((sum(v for s, v in m.items() if s in _BARS) for m in counts.values()), default=0) or 1
     parts = []
     totals: dict[str, int] = {}
     for i in range(60):
         m = counts.get(now_minute - 59 + i, {})
-        y = float(height)
+        y = float(plot)
         for state, color in _COLORS.items():
             n = m.get(state, 0)
             totals[state] = totals.get(state, 0) + n
-            if not n:
+            if not n or state not in _BARS:
                 continue
-            h = n / top * (height - 10)
+            h = n / top * (plot - 10)
             y -= h
             parts.append(f'<rect x="{i * bar}" y="{y:.1f}" width="{bar - 1}" height="{h:.1f}" fill="{color}">'
                          f"<title>{n} {state}</title></rect>")
+    parts.append(f'<text x="0" y="{height - 1}" font-size="10" fill="#5f6368">60 min ago</text>'
+                 f'<text x="{width - 20}" y="{height - 1}" font-size="10" fill="#5f6368">now</text>')
     legend = " ".join(f'<span class="state s-{s.lower()}">{s} {totals.get(s, 0)}</span>' for s in _COLORS)
     return (f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
             f'aria-label="events per minute">{"".join(parts)}</svg><p class="legend">{legend} '
-            f"(max {top} per minute)</p>")
+            f"(bars: finished per minute, at most {top})</p>")
 
 
 def _tasks(d: Dashboard, q: dict[str, str]) -> tuple[str, str]:
@@ -608,30 +634,23 @@ def _task_row(r: TaskRecord) -> list[str]:
     ]
 
 
-def _args_table(d: Dashboard, sig: Signature) -> str:
-    if d.hidden(sig.name):
+def _args_table(d: Dashboard, name: str, sig: dict[str, Any]) -> str:
+    if d.hidden(name):
         return "<p>(arguments hidden for this task name)</p>"
-    if not sig.args:
+    args = sig.get("args") or []
+    if not args:
         return "<p>No arguments.</p>"
-    rows = [[e(i), e(a.name), e(a.type), f"<code>{e(json.dumps(a.value, default=repr))}</code>"]
-            for i, a in enumerate(sig.args)]
+    rows = [[e(i), e(a[0]), e(a[1]), f"<code>{e(json.dumps(a[2], default=repr))}</code>"] for i, a in enumerate(args)]
     return _table(["#", "name", "type", "value"], rows, "args")
 
 
 def _task(d: Dashboard, uuid: str) -> str:
-    from machinery.errors import DecodeError
-    from machinery.signature import decode_signature, format_time
-
     t = d.task_json(uuid)
     if t is None:
         raise _HTTPError(404, f"no task {uuid} in the event log or the result backend")
     rec = d.store.get(uuid) if d.store is not None else None
-    sig = None
-    if rec is not None and rec.signature:
-        try:
-            sig = decode_signature(bytes(rec.signature))
-        except DecodeError:
-            sig = None
+    sig = signature_doc(rec)
+    nxt = [n for n in (sig or {}).get("next") or () if len(n) == 3]
     back = f"/task/{quote(uuid)}"
     out = [f'<p>{_badge(t["state"])} <strong class="task-name">{e(t.get("name"))}</strong> <code>{e(uuid)}</code></p>']
     out.append(
@@ -647,27 +666,26 @@ def _task(d: Dashboard, uuid: str) -> str:
     fields.append(["retries", e(t.get("retries", 0))])
     if sig is not None:
         fields += [
-            ["eta", e(format_time(sig.eta) if sig.eta else "")], ["priority", e(sig.priority)],
-            ["retry_count left", e(sig.retry_count)], ["headers", f"<code>{e(json.dumps(dict(sig.headers)))}</code>"],
+            ["eta", e(_when(sig.get("eta")))], ["priority", e(sig.get("priority"))],
+            ["retry_count left", e(sig.get("retry_count"))],
+            ["headers", f"<code>{e(json.dumps(sig.get('headers') or {}, default=repr))}</code>"],
         ]
     links = []
-    if t.get("group_uuid") or t.get("parent") or (sig is not None and (sig.on_success or sig.chord_callback)):
+    if t.get("group_uuid") or t.get("parent") or nxt:
         links.append(f'<a href="/workflow/{e(quote(uuid))}" id="workflow-link">workflow graph</a>')
     if t.get("parent"):
         links.append(f'previous: <a href="/task/{e(quote(t["parent"]))}">{e(t["parent"])}</a>')
     if t.get("group_uuid"):
         links.append(f'group: <a href="/workflow/{e(quote(t["group_uuid"]))}">{e(t["group_uuid"])}</a>')
-    if sig is not None:
-        for s in sig.on_success:
-            links.append(f'next: <a href="/task/{e(quote(s.uuid))}">{e(s.name)}</a>')
-        if sig.chord_callback is not None:
-            cb = sig.chord_callback
-            links.append(f'chord callback: <a href="/task/{e(quote(cb.uuid))}">{e(cb.name)}</a>')
+    labels = {"next": "next", "error": "on error", "chord": "chord callback"}
+    for child_uuid, child_name, kind in nxt:
+        if child_uuid:
+            links.append(f'{labels.get(kind, kind)}: <a href="/task/{e(quote(child_uuid))}">{e(child_name)}</a>')
     if links:
         fields.append(["workflow", " · ".join(links)])
     out.append(_table(["", ""], fields, "fields"))
     if sig is not None:
-        out.append("<h2>Arguments</h2>" + _args_table(d, sig))
+        out.append("<h2>Arguments</h2>" + _args_table(d, str(t.get("name", "")), sig))
     if t.get("results"):
         out.append(f'<h2>Results</h2><pre class="results">{e(t["results"])}</pre>')
     if t.get("error"):

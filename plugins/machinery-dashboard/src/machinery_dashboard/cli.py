@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATTERN",
         help="hide the arguments and results of tasks whose name matches (fnmatch, repeatable; '*' hides all)",
     )
+    parser.add_argument(
+        "--index",
+        metavar="FILE",
+        default=None,
+        help="the dashboard's own index of tasks (default: ~/.cache/machinery-dashboard/<hash of the backend URL>.db)",
+    )
     parser.set_defaults(func=cmd_dashboard)
 
 
@@ -73,7 +79,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get("MACHINERY_DASHBOARD_TOKEN") or None
     check_exposure(args.host, auth, token)
     server = build_server(args)
-    dash = Dashboard(server, auth=auth, token=token, hide_args=args.hide_args)
+    dash = Dashboard(server, auth=auth, token=token, hide_args=args.hide_args, index_path=args.index)
     try:
         httpd = dash.serve(args.host, args.port)
         host, port = str(httpd.server_address[0]), httpd.server_address[1]

@@ -9,17 +9,15 @@ the plugin) is drawn too; each node's state is the backend's stored state where 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from machinery.errors import DecodeError
-from machinery.signature import Signature, decode_signature
 
 if TYPE_CHECKING:
     from machinery.interfaces import Backend
     from machinery_dashboard.store import EventStore, TaskRecord
 
-__all__ = ["MAX_NODES", "Graph", "build_graph", "display_state"]
+__all__ = ["MAX_NODES", "Graph", "build_graph", "display_state", "signature_doc"]
 
 #: Nodes drawn at most (a bigger workflow is cut, and says so).
 MAX_NODES = 2000
@@ -47,13 +45,15 @@ class Graph:
         return {"root": self.root, "kind": self.kind, "truncated": self.truncated, "nodes": nodes, "edges": self.edges}
 
 
-def _signature(rec: TaskRecord | None) -> Signature | None:
+def signature_doc(rec: TaskRecord | None) -> dict[str, Any] | None:
+    """The recorded signature (:func:`machinery_dashboard.recorder.describe_signature`), or None."""
     if rec is None or not rec.signature:
         return None
     try:
-        return decode_signature(bytes(rec.signature))
-    except DecodeError:
+        doc = json.loads(rec.signature)
+    except ValueError:
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 def build_graph(uuid: str, store: EventStore | None, backend: Backend) -> Graph | None:
@@ -112,8 +112,8 @@ def build_graph(uuid: str, store: EventStore | None, backend: Backend) -> Graph 
         if not first:
             continue
         rec = record(u)
-        sig = _signature(rec)
-        gu = (rec.group_uuid if rec is not None else "") or (sig.group_uuid if sig is not None else "")
+        sig = signature_doc(rec)
+        gu = rec.group_uuid if rec is not None else ""
         if gu:
             g.nodes[u]["group_uuid"] = gu
             for m in members(gu):
@@ -121,15 +121,11 @@ def build_graph(uuid: str, store: EventStore | None, backend: Backend) -> Graph 
                     queue.append((m, layer))
         if sig is None:
             continue
-        children: list[tuple[Signature, str]] = [(s, "next") for s in sig.on_success]
-        children += [(s, "error") for s in sig.on_error]
-        if sig.chord_callback is not None:
-            children.append((sig.chord_callback, "chord"))
-        for i, (child, kind) in enumerate(children):
-            cu = child.uuid or f"{u}:{kind}:{i}"
-            names.setdefault(cu, child.name)
+        for i, (child_uuid, child_name, kind) in enumerate(sig.get("next") or ()):
+            cu = child_uuid or f"{u}:{kind}:{i}"
+            names.setdefault(cu, child_name)
             if cu in g.nodes and not g.nodes[cu]["name"]:
-                g.nodes[cu]["name"] = child.name
+                g.nodes[cu]["name"] = child_name
             edge = {"from": u, "to": cu, "kind": kind}
             if edge not in g.edges:
                 g.edges.append(edge)

@@ -1,11 +1,12 @@
 """The events recorder: the worker side of the dashboard.
 
-The lifecycle hooks append a :class:`~machinery_dashboard.store.Change` to an in-memory queue
-(a few microseconds in the task thread, plus encoding the signature once, at RECEIVED); a
-daemon thread writes the queue to the store every :data:`FLUSH_INTERVAL` seconds in one
-transaction or pipeline. A worker that stops flushes what is left. A worker killed with
-``kill -9`` loses at most the last interval's events: the log is for looking, the backend's
-states remain the truth (the dashboard reads them too).
+The lifecycle hooks (received, succeeded, failed, retried; STARTED follows RECEIVED at once, so
+it is not recorded apart) only append the event to an in-memory queue; a daemon thread encodes
+the queue every :data:`FLUSH_INTERVAL` seconds into batches of JSON (:func:`encode_event`) and
+appends each to the event log in the backend's store (:mod:`machinery_dashboard.log`): one
+write per batch, whatever the task rate. Dashboards merge the batches into their index. A
+worker that stops flushes what is left; a worker killed with ``kill -9`` loses at most the last
+interval's events: the log is for looking, the backend's states remain the truth (the dashboard reads them too).
 
 Set ``MACHINERY_DASHBOARD_RECORD=0`` to turn the recorder off in a worker.
 """
@@ -17,17 +18,15 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, deque
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
-from machinery.signature import encode_signature
-from machinery_dashboard.store import Change, EventStore, store_for
+from machinery_dashboard.log import BATCH_EVENTS, EventLog, log_for
 
 if TYPE_CHECKING:
     from machinery.events import TaskEvent, WorkerEvent
-    from machinery.signature import Signature
 
-__all__ = ["FLUSH_INTERVAL", "Recorder", "enabled", "recorder_for", "start", "stop"]
+__all__ = ["FLUSH_INTERVAL", "Recorder", "enabled", "encode_event", "recorder_for", "start", "stop"]
 
 log = logging.getLogger("machinery.dashboard")
 
@@ -45,28 +44,56 @@ def enabled() -> bool:
     return os.environ.get("MACHINERY_DASHBOARD_RECORD", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _children(sig: Signature) -> tuple[str, ...]:
-    out = [s.uuid for s in sig.on_success if s.uuid]
-    out += [s.uuid for s in sig.on_error if s.uuid]
-    if sig.chord_callback is not None and sig.chord_callback.uuid:
-        out.append(sig.chord_callback.uuid)
-    return tuple(out)
+#: One encoder for every batch (``json.dumps`` with options builds a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":"), default=repr).encode
 
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "\n[... cut]"
 
 
-class Recorder:
-    """Queues changes and writes them to ``store`` from a daemon thread.
+def encode_event(kind: str, event: TaskEvent, at: float) -> list[Any]:
+    """One event as the log keeps it: a JSON list, ``[kind, time, worker, uuid, ...]``.
 
-    :param store: where to write.
+    * ``R`` (received): ``+ [name, queue, group_uuid, args, eta, priority, retry_count, headers,
+      next]``, ``args`` as ``[name, type, value]`` each, ``eta`` Unix time or null, ``next`` the
+      follow-ups as ``[uuid, name, kind]`` (``next`` for ``on_success``, ``error`` for
+      ``on_error``, ``chord`` for the chord callback);
+    * ``S`` (succeeded): ``+ [runtime, results]``, ``results`` as ``[type, value]`` each;
+    * ``F`` (failed): the fields of ``R``, ``+ [runtime, error, traceback]`` (a task can fail
+      without having been received: revoked, unregistered...);
+    * ``Y`` (retried): ``+ [error, traceback]``.
+    """
+    sig = event.signature
+    head = [kind, at, event.consumer_tag, sig.uuid]
+    if kind == "S":
+        return [*head, event.runtime, [(r.type, r.value) for r in event.results]]
+    if kind == "Y":
+        return [*head, _clip(event.error), _clip(event.traceback)]
+    nxt = [(s.uuid, s.name, "next") for s in sig.on_success]
+    if sig.on_error:
+        nxt += [(s.uuid, s.name, "error") for s in sig.on_error]
+    if sig.chord_callback is not None:
+        nxt.append((sig.chord_callback.uuid, sig.chord_callback.name, "chord"))
+    out = [
+        *head, sig.name, sig.routing_key, sig.group_uuid, [(a.name, a.type, a.value) for a in sig.args],
+        sig.eta.timestamp() if sig.eta is not None else None, sig.priority, sig.retry_count, sig.headers, nxt,
+    ]
+    if kind == "F":
+        out += [event.runtime, _clip(event.error), _clip(event.traceback)]
+    return out
+
+
+class Recorder:
+    """Queues lifecycle events and appends them to ``log`` from a daemon thread, one batch of
+    at most :data:`~machinery_dashboard.log.BATCH_EVENTS` events per write.
+
+    :param log: where to write.
     """
 
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-        self._queue: deque[Change] = deque()
-        self._wake = threading.Event()
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._queue: deque[tuple[str, TaskEvent, float]] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._users = 0
@@ -74,59 +101,30 @@ class Recorder:
         self.dropped = 0
         self.written = 0
 
-    # -- the hooks' side ------------------------------------------------------------------------
+    # -- the hooks' side: an append, nothing else -----------------------------------------------
 
-    def add(self, change: Change) -> None:
-        """Queue one change (never blocks, never raises)."""
+    def task_event(self, kind: str, event: TaskEvent) -> None:
+        """Queue one lifecycle event (never blocks, never raises).
+
+        :param kind: ``R`` (received), ``S`` (succeeded), ``F`` (failed) or ``Y`` (retried).
+        """
         if len(self._queue) >= MAX_QUEUED:
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append(change)
-
-    def task_event(self, kind: str, event: TaskEvent) -> None:
-        """Turn a lifecycle event into a change and queue it.
-
-        :param kind: ``received``, ``started``, ``succeeded``, ``failed`` or ``retried``.
-        """
-        sig = event.signature
-        now = time.time()
-        c = Change(uuid=sig.uuid, state="", at=now, worker=event.consumer_tag or None)
-        if kind == "received":
-            c.state, c.received = "RECEIVED", now
-            c.name, c.queue, c.group_uuid = sig.name, sig.routing_key or None, sig.group_uuid or None
-            c.signature, c.children = encode_signature(sig), _children(sig)
-        elif kind == "started":
-            c.state, c.started = "STARTED", now
-        elif kind == "succeeded":
-            c.state, c.finished, c.runtime = "SUCCESS", now, event.runtime
-            c.results = _clip(json.dumps([{"type": r.type, "value": r.value} for r in event.results], default=repr))
-        elif kind == "failed":
-            c.state, c.finished = "FAILURE", now
-            c.name, c.queue, c.group_uuid = sig.name, sig.routing_key or None, sig.group_uuid or None
-            c.signature, c.children = encode_signature(sig), _children(sig)  # it may never have been received
-            c.error, c.traceback = _clip(event.error), _clip(event.traceback) or None
-            if event.runtime:
-                c.runtime = event.runtime
-        elif kind == "retried":
-            c.state, c.retried = "RETRY", 1
-            c.error, c.traceback = _clip(event.error), _clip(event.traceback) or None
-        else:  # pragma: no cover - the hooks pass one of the above
-            return
-        self.add(c)
-
-    # -- the writer's side ----------------------------------------------------------------------
+        self._queue.append((kind, event, time.time()))
 
     def flush(self) -> int:
-        """Write everything queued now; returns how many changes were written."""
-        batch: list[Change] = []
-        while self._queue and len(batch) < 5000:
-            batch.append(self._queue.popleft())
+        """Write one batch of what is queued; returns how many events it held."""
+        queue = self._queue
+        batch: list[list[Any]] = []
+        while queue and len(batch) < BATCH_EVENTS:
+            kind, event, at = queue.popleft()
+            batch.append(encode_event(kind, event, at))
         if not batch:
             return 0
-        counts = Counter((int(c.at // 60), c.state) for c in batch)
         try:
-            self.store.write(batch, counts)
-            self.store.maybe_trim(time.time())
+            self.log.append(_encode(batch).encode("utf-8"), len(batch))
+            self.log.maybe_trim(time.time())
         except Exception as exc:  # noqa: BLE001 - a dashboard must never break a worker
             log.warning("dashboard recorder: could not write %d events (%s); they are dropped", len(batch), exc)
             self.dropped += len(batch)
@@ -180,17 +178,17 @@ def start(event: WorkerEvent) -> None:
         rec = _by_store.get(key)
         if rec is None:
             try:
-                store = store_for(backend)
+                event_log = log_for(backend)
             except Exception as exc:  # noqa: BLE001 - never stop a worker
                 log.warning("dashboard recorder: off (%s)", exc)
                 return
-            if store is None:
+            if event_log is None:
                 log.info(
                     "dashboard recorder: the %s backend keeps no dashboard event log (sqlite:// and redis:// do)",
                     type(backend).__name__,
                 )
                 return
-            rec = _by_store[key] = Recorder(store)
+            rec = _by_store[key] = Recorder(event_log)
         _recorders[event.consumer_tag] = rec
     rec.start()
 

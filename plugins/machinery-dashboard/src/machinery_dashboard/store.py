@@ -1,17 +1,15 @@
-"""The dashboard's event log: one record per task, kept next to the result backend's data.
+"""The dashboard's index: one record per task, merged from the event log's batches.
 
-Workers with the plugin installed write :class:`Change` batches (see
-:mod:`machinery_dashboard.recorder`); the dashboard reads them. Two stores exist:
+A dashboard reads the batches workers append to the event log (:mod:`machinery_dashboard.log`)
+and merges them into a local SQLite file (:class:`SQLiteStore`, by default under
+``~/.cache/machinery-dashboard/``), which the pages query through indexes: tables
+``machinery_dashboard_tasks``, ``machinery_dashboard_links`` (who sends whom next, to walk a
+workflow up from any member), ``machinery_dashboard_counts`` (events per minute) and
+``machinery_dashboard_meta`` (the log cursor, written in the same transaction as the records).
 
-* :class:`SQLiteStore` for ``sqlite://`` backends: tables ``machinery_dashboard_tasks``,
-  ``machinery_dashboard_links`` and ``machinery_dashboard_counts`` in the backend's own file;
-* :class:`RedisStore` for ``redis://`` backends: keys under ``machinery:dashboard:{d}:`` (one
-  hash slot, so it works on Redis Cluster too), out of Go Machinery's namespaces.
-
-Both are capped and expiring: a record lives ``retention`` seconds after its last change, and
-only the newest ``max_tasks`` records are kept (trimmed at most once a minute per writer).
-Other backends get no store (:func:`store_for` returns None): the dashboard then shows what the
-backend itself holds (states by UUID, group metadata, workers) but no list of recent tasks.
+It is capped and expiring: a record lives ``retention`` seconds after its last change
+(``MACHINERY_DASHBOARD_RETENTION``, a day by default), and only the newest ``max_tasks``
+(``MACHINERY_DASHBOARD_MAX_TASKS``, 100,000) are kept, trimmed once a minute.
 """
 
 from __future__ import annotations
@@ -26,17 +24,17 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from machinery.interfaces import Backend
+    pass
 
 __all__ = [
     "DEFAULT_MAX_TASKS",
     "DEFAULT_RETENTION",
     "Change",
     "EventStore",
-    "RedisStore",
     "SQLiteStore",
     "TaskRecord",
-    "store_for",
+    "default_index_path",
+    "settings",
 ]
 
 #: Seconds a task record lives after its last change (``MACHINERY_DASHBOARD_RETENTION``).
@@ -56,9 +54,12 @@ class Change:
     :param uuid: the task.
     :param state: its new state (``RECEIVED``, ``STARTED``, ``SUCCESS``, ``FAILURE``, ``RETRY``).
     :param at: when (Unix time).
-    :param retried: 1 when this is a retry (the record's ``retries`` grows by it).
+    :param retried: retries among the events merged here (the record's ``retries`` grows by it).
+    :param signature: the signature as :func:`machinery_dashboard.recorder.describe_signature`
+        JSON.
     :param children: UUIDs of the tasks this one sends next (chain steps, callbacks, the chord
         callback), so a workflow can be walked up from any member.
+    :param history: one line per event merged here, ``"<unix time> <STATE> <worker>\\n"``.
     """
 
     uuid: str
@@ -73,11 +74,12 @@ class Change:
     finished: float | None = None
     runtime: float | None = None
     retried: int = 0
-    signature: bytes | None = None
+    signature: str | None = None
     error: str | None = None
     traceback: str | None = None
     results: str | None = None
     children: tuple[str, ...] = ()
+    history: str = ""
 
 
 @dataclass(slots=True)
@@ -99,7 +101,7 @@ class TaskRecord:
     finished: float | None = None
     runtime: float | None = None
     retries: int = 0
-    signature: bytes | None = None
+    signature: str | None = None
     error: str = ""
     traceback: str = ""
     results: str = ""
@@ -132,9 +134,15 @@ class EventStore(ABC):
     # -- writing ------------------------------------------------------------------------------
 
     @abstractmethod
-    def write(self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int]) -> None:
-        """Apply ``changes`` in order and add ``counts`` (``(minute, state) -> n``), in one
-        transaction or round trip."""
+    def write(
+        self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int], cursor: str | None = None
+    ) -> None:
+        """Apply ``changes`` in order and add ``counts`` (``(minute, state) -> n``), and store the
+        log ``cursor`` they were read up to, in one transaction."""
+
+    @abstractmethod
+    def cursor(self) -> str:
+        """The log cursor stored by the last :meth:`write` (``""`` at first)."""
 
     @abstractmethod
     def trim(self, now: float) -> None:
@@ -196,7 +204,7 @@ _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS machinery_dashboard_tasks (
     uuid TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL, name TEXT, queue TEXT,
     worker TEXT, group_uuid TEXT, received REAL, started REAL, finished REAL, runtime REAL,
-    retries INTEGER NOT NULL DEFAULT 0, signature BLOB, error TEXT, traceback TEXT, results TEXT,
+    retries INTEGER NOT NULL DEFAULT 0, signature TEXT, error TEXT, traceback TEXT, results TEXT,
     history TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS machinery_dashboard_tasks_updated ON machinery_dashboard_tasks (updated);
@@ -209,6 +217,7 @@ CREATE TABLE IF NOT EXISTS machinery_dashboard_links (
     child TEXT PRIMARY KEY, parent TEXT NOT NULL, updated REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS machinery_dashboard_links_updated ON machinery_dashboard_links (updated);
+CREATE TABLE IF NOT EXISTS machinery_dashboard_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS machinery_dashboard_counts (
     minute INTEGER NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (minute, state)
 ) WITHOUT ROWID;
@@ -225,8 +234,7 @@ _SQLITE_UPSERT = (
 
 
 class SQLiteStore(EventStore):
-    """The event log in a SQLite file (the ``sqlite://`` backend's), WAL mode, one connection per
-    thread.
+    """The index in a SQLite file (WAL mode, one connection per thread).
 
     :param path: the database file.
     """
@@ -234,6 +242,7 @@ class SQLiteStore(EventStore):
     def __init__(self, path: str, retention: float = DEFAULT_RETENTION, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         super().__init__(retention, max_tasks)
         self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
         with self._conn() as conn:
@@ -248,13 +257,14 @@ class SQLiteStore(EventStore):
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
-    def write(self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int]) -> None:
+    def write(
+        self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int], cursor: str | None = None
+    ) -> None:
         """Apply a batch in one transaction."""
         now = time.time()  # ``updated`` is when it was written, so a reader's cursor never skips a late batch
         rows = [
             (c.uuid, c.state, max(now, c.at), c.name, c.queue, c.worker, c.group_uuid or None, c.received, c.started,
-             c.finished, c.runtime, c.retried, c.signature, c.error, c.traceback, c.results,
-             f"{c.at:.3f} {c.state} {c.worker or ''}\n")
+             c.finished, c.runtime, c.retried, c.signature, c.error, c.traceback, c.results, c.history)
             for c in changes
         ]
         links = [(child, c.uuid, c.at) for c in changes for child in c.children]
@@ -274,10 +284,18 @@ class SQLiteStore(EventStore):
                         "ON CONFLICT (minute, state) DO UPDATE SET n = n + excluded.n",
                         [(m, s, n) for (m, s), n in counts.items()],
                     )
+                if cursor is not None:
+                    conn.execute("INSERT OR REPLACE INTO machinery_dashboard_meta (key, value) VALUES ('cursor', ?)",
+                                 (cursor,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+    def cursor(self) -> str:
+        """From the meta table."""
+        row = self._conn().execute("SELECT value FROM machinery_dashboard_meta WHERE key = 'cursor'").fetchone()
+        return str(row[0]) if row else ""
 
     def trim(self, now: float) -> None:
         """Delete expired records, then the oldest beyond :attr:`max_tasks`."""
@@ -288,12 +306,11 @@ class SQLiteStore(EventStore):
             conn.execute("DELETE FROM machinery_dashboard_links WHERE updated < ?", (horizon,))
             oldest = int(now // 60) - COUNTS_KEEP // 60
             conn.execute("DELETE FROM machinery_dashboard_counts WHERE minute < ?", (oldest,))
-            row = conn.execute(
-                "SELECT updated FROM machinery_dashboard_tasks ORDER BY updated DESC LIMIT 1 OFFSET ?",
+            conn.execute(
+                "DELETE FROM machinery_dashboard_tasks WHERE uuid IN (SELECT uuid FROM machinery_dashboard_tasks "
+                "ORDER BY updated DESC, uuid DESC LIMIT -1 OFFSET ?)",
                 (self.max_tasks,),
-            ).fetchone()
-            if row is not None:
-                conn.execute("DELETE FROM machinery_dashboard_tasks WHERE updated <= ?", (row[0],))
+            )
 
     def recent(
         self, limit: int = 100, *, state: str = "", name: str = "", queue: str = "", since: float = 0.0
@@ -366,226 +383,21 @@ class SQLiteStore(EventStore):
             self._local.conn = None
 
 
-# -- Redis ----------------------------------------------------------------------------------------
+def default_index_path(backend_url: str) -> str:
+    """Where a dashboard keeps its index by default: ``$XDG_CACHE_HOME/machinery-dashboard/``
+    (``~/.cache/...``), one file per result backend URL (named by a hash of it)."""
+    import hashlib
 
-_PREFIX = "machinery:dashboard:{d}:"
-#: Redis filters look at this many of the newest records at most.
-REDIS_SCAN_LIMIT = 5000
-
-
-#: Matches records by state, name and queue on the server (keys share the ``{d}`` hash slot).
-_FILTER_LUA = """
-local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[7]))
-local out, limit = {}, tonumber(ARGV[6])
-for _, id in ipairs(ids) do
-  local v = redis.call('HMGET', ARGV[1] .. 't:' .. id, 'state', 'name', 'queue')
-  if v[1] and (ARGV[3] == '' or v[1] == ARGV[3]) and (ARGV[4] == '' or v[2] == ARGV[4])
-      and (ARGV[5] == '' or v[3] == ARGV[5]) then
-    out[#out + 1] = id
-    if #out >= limit then break end
-  end
-end
-return out
-"""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    name = hashlib.sha256(backend_url.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(base, "machinery-dashboard", f"{name}.db")
 
 
-def _s(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
-
-
-def _f(v: Any) -> float | None:
-    return None if v in (None, b"", "") else float(v)
-
-
-class RedisStore(EventStore):
-    """The event log in Redis: a hash per task (``t:<uuid>``) and its history (``h:<uuid>``),
-    a sorted set of UUIDs by last change (``recent``), parent links (``p:<child>``) and
-    per-minute counts (``m:<minute>``), all expiring.
-
-    :param client: a redis-py client (the ``redis://`` backend's own).
-    """
-
-    def __init__(self, client: Any, retention: float = DEFAULT_RETENTION, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
-        super().__init__(retention, max_tasks)
-        self.client = client
-        self._filter: Any = None
-
-    def write(self, changes: Sequence[Change], counts: Mapping[tuple[int, str], int]) -> None:
-        """One pipeline (not a transaction) for the batch."""
-        ex = max(1, int(self.retention))
-        pipe = self.client.pipeline(transaction=False)
-        recent: dict[str, float] = {}
-        now = time.time()  # ``updated`` is when it was written, so a reader's cursor never skips a late batch
-        for c in changes:
-            key = _PREFIX + "t:" + c.uuid
-            mapping: dict[str, Any] = {"state": c.state, "updated": max(now, c.at)}
-            for name in _MERGED:
-                v = getattr(c, name)
-                if v is not None and v != "":
-                    mapping[name] = v
-            pipe.hset(key, mapping=mapping)
-            if c.retried:
-                pipe.hincrby(key, "retries", c.retried)
-            pipe.expire(key, ex)
-            hkey = _PREFIX + "h:" + c.uuid
-            pipe.append(hkey, f"{c.at:.3f} {c.state} {c.worker or ''}\n")
-            pipe.expire(hkey, ex)
-            for child in c.children:
-                pipe.set(_PREFIX + "p:" + child, c.uuid, ex=ex)
-            recent[c.uuid] = max(now, c.at)
-        if recent:
-            pipe.zadd(_PREFIX + "recent", recent)
-        for (minute, state), n in counts.items():
-            mkey = f"{_PREFIX}m:{minute}"
-            pipe.hincrby(mkey, state, n)
-            pipe.expire(mkey, COUNTS_KEEP)
-        pipe.execute()
-
-    def trim(self, now: float) -> None:
-        """Drop expired and surplus UUIDs from ``recent`` (their hashes expire by themselves,
-        or are deleted here when trimmed for the cap)."""
-        key = _PREFIX + "recent"
-        surplus = list(self.client.zrangebyscore(key, "-inf", f"({now - self.retention!r}"))
-        surplus += self.client.zrange(key, len(surplus), -(self.max_tasks + 1))
-        if surplus:
-            pipe = self.client.pipeline(transaction=False)
-            for u in surplus:
-                pipe.delete(_PREFIX + "t:" + _s(u), _PREFIX + "h:" + _s(u))
-            pipe.zrem(key, *surplus)
-            pipe.execute()
-
-    def _hashes(self, uuids: Sequence[str], cols: Sequence[str]) -> list[dict[str, Any] | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for u in uuids:
-            pipe.hmget(_PREFIX + "t:" + u, list(cols))
-        out: list[dict[str, Any] | None] = []
-        for vals in pipe.execute():
-            out.append(None if vals[0] is None else dict(zip(cols, vals)))
-        return out
-
-    @staticmethod
-    def _record(uuid: str, d: Mapping[str, Any]) -> TaskRecord:
-        rec = TaskRecord(uuid=uuid)
-        for k, v in d.items():
-            if k == "uuid":
-                continue
-            if k in ("updated",):
-                rec.updated = _f(v) or 0.0
-            elif k in ("received", "started", "finished", "runtime"):
-                setattr(rec, k, _f(v))
-            elif k == "retries":
-                rec.retries = int(v or 0)
-            elif k == "signature":
-                rec.signature = v if v else None
-            else:
-                setattr(rec, k, _s(v))
-        return rec
-
-    def recent(
-        self, limit: int = 100, *, state: str = "", name: str = "", queue: str = "", since: float = 0.0
-    ) -> list[TaskRecord]:
-        """Newest first; with filters, among the newest :data:`REDIS_SCAN_LIMIT` records (matched
-        by a Lua script on the server, then read in one pipeline)."""
-        key = _PREFIX + "recent"
-        cols = [c for c in _SUMMARY if c != "uuid"]
-        lo = max(since, time.time() - self.retention)
-        if state or name or queue:
-            if self._filter is None:
-                self._filter = self.client.register_script(_FILTER_LUA)
-            found = [_s(u) for u in self._filter(keys=[key], args=[_PREFIX, lo, state, name, queue, limit,
-                                                                    REDIS_SCAN_LIMIT])]
-            return [self._record(u, d) for u, d in zip(found, self._hashes(found, cols)) if d is not None]
-        out: list[TaskRecord] = []
-        start, chunk = 0, max(limit, 200)
-        while len(out) < limit and start < REDIS_SCAN_LIMIT:
-            uuids = [_s(u) for u in self.client.zrevrangebyscore(key, "+inf", lo, start=start, num=chunk)]
-            if not uuids:
-                break
-            for u, d in zip(uuids, self._hashes(uuids, cols)):
-                if d is None:
-                    continue
-                rec = self._record(u, d)
-                if (state and rec.state != state) or (name and rec.name != name) or (queue and rec.queue != queue):
-                    continue
-                out.append(rec)
-                if len(out) >= limit:
-                    break
-            start += chunk
-        return out
-
-    def get(self, uuid: str) -> TaskRecord | None:
-        """HGETALL plus history and parent."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(_PREFIX + "t:" + uuid)
-        pipe.get(_PREFIX + "h:" + uuid)
-        pipe.get(_PREFIX + "p:" + uuid)
-        data, history, parent = pipe.execute()
-        if not data:
-            return None
-        rec = self._record(uuid, {_s(k): v for k, v in data.items()})
-        rec.history, rec.parent = _s(history), _s(parent)
-        return rec
-
-    def parent_of(self, uuid: str) -> str:
-        """GET ``p:<uuid>``."""
-        return _s(self.client.get(_PREFIX + "p:" + uuid))
-
-    def counts(self, since_minute: int) -> dict[int, dict[str, int]]:
-        """One HGETALL per minute, pipelined."""
-        now_minute = int(time.time() // 60)
-        minutes = list(range(since_minute, now_minute + 1))
-        pipe = self.client.pipeline(transaction=False)
-        for m in minutes:
-            pipe.hgetall(f"{_PREFIX}m:{m}")
-        out: dict[int, dict[str, int]] = {}
-        for m, data in zip(minutes, pipe.execute()):
-            if data:
-                out[m] = {_s(k): int(v) for k, v in data.items()}
-        return out
-
-    def changed_since(self, cursor: float, limit: int = 500) -> tuple[list[dict[str, Any]], float]:
-        """From the ``recent`` sorted set."""
-        found = self.client.zrangebyscore(_PREFIX + "recent", f"({cursor!r}", "+inf", start=0, num=limit,
-                                          withscores=True)
-        if not found:
-            return [], cursor
-        uuids = [_s(u) for u, _ in found]
-        out = []
-        for (u, score), d in zip(found, self._hashes(uuids, ["state", "group_uuid"])):
-            if d is not None:
-                out.append(
-                    {"uuid": _s(u), "state": _s(d["state"]), "group_uuid": _s(d["group_uuid"]), "updated": score}
-                )
-        return out, float(found[-1][1])
-
-    def total(self) -> int:
-        """ZCARD of ``recent``."""
-        return int(self.client.zcard(_PREFIX + "recent"))
-
-
-# -- choosing a store -----------------------------------------------------------------------------
-
-
-def _settings() -> tuple[float, int]:
+def settings() -> tuple[float, int]:
+    """Retention and cap from ``MACHINERY_DASHBOARD_RETENTION`` (seconds, default a day) and
+    ``MACHINERY_DASHBOARD_MAX_TASKS`` (default 100,000)."""
     retention = float(os.environ.get("MACHINERY_DASHBOARD_RETENTION", "") or DEFAULT_RETENTION)
     max_tasks = int(os.environ.get("MACHINERY_DASHBOARD_MAX_TASKS", "") or DEFAULT_MAX_TASKS)
     if retention <= 0 or max_tasks <= 0:
         raise ValueError("MACHINERY_DASHBOARD_RETENTION and MACHINERY_DASHBOARD_MAX_TASKS must be > 0")
     return retention, max_tasks
-
-
-def store_for(backend: Backend) -> EventStore | None:
-    """The event store living next to ``backend``'s data, or None when the backend is not one
-    the dashboard can write to (only ``sqlite://`` and ``redis://`` are).
-
-    Retention and cap come from ``MACHINERY_DASHBOARD_RETENTION`` (seconds, default a day) and
-    ``MACHINERY_DASHBOARD_MAX_TASKS`` (default 100,000).
-    """
-    retention, max_tasks = _settings()
-    from machinery.default.backend import SQLiteBackend
-
-    if isinstance(backend, SQLiteBackend):
-        return SQLiteStore(backend.path, retention, max_tasks)
-    if type(backend).__module__.startswith("machinery_redis."):
-        return RedisStore(backend.client, retention, max_tasks)  # type: ignore[attr-defined]
-    return None
