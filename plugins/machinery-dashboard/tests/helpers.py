@@ -30,16 +30,19 @@ class Env:
 
 
 @contextmanager
-def running(tmp: Path, broker: str, backend: str, *, hide_args: tuple[str, ...] = ()) -> Iterator[Env]:
-    """A worker process on ``broker``/``backend`` and a dashboard on a free port."""
-    env = dict(os.environ, BROKER=broker, RESULT_BACKEND=backend, MACHINERY_WORKER_HEARTBEAT="1")
+def running(
+    tmp: Path, broker: str, backend: str, *, hide_args: tuple[str, ...] = (), queue: str = "machinery_tasks"
+) -> Iterator[Env]:
+    """A worker process on ``broker``/``backend`` (consuming ``queue``, the default queue of both
+    sides) and a dashboard on a free port."""
+    env = dict(os.environ, BROKER=broker, RESULT_BACKEND=backend, MACHINERY_WORKER_HEARTBEAT="1", DEFAULT_QUEUE=queue)
     env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
         [sys.executable, "-m", "machinery", "worker", "--app", "dashapp", "-c", "4", "--consumer-tag", "dash-worker"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    server = Server(Config(broker=broker, result_backend=backend))
+    server = Server(Config(broker=broker, result_backend=backend, default_queue=queue))
     dash = Dashboard(server, hide_args=hide_args, index_path=str(tmp / "index.db"))
     httpd = dash.serve("127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -48,7 +51,7 @@ def running(tmp: Path, broker: str, backend: str, *, hide_args: tuple[str, ...] 
         deadline = time.monotonic() + 30
         from machinery.registry import live_workers
 
-        while not live_workers(server.backend):
+        while not live_workers(server.backend, queue):
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("the worker did not start:\n" + (tmp / "worker.log").read_text())
             time.sleep(0.1)

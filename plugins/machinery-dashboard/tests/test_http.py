@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +58,17 @@ def wait(cond: Any, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Any:
-    db = f"sqlite:///{tmp_path / 'm.db'}"
-    with running(tmp_path, db, db, hide_args=("secret_*",)) as e:
+REDIS_E2E = os.environ.get("MACHINERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "redis":
+        pytest.importorskip("machinery_redis", reason="needs machinery-redis (pip install -e plugins/machinery-redis)")
+        url, queue = REDIS_E2E, f"dash_{uuid.uuid4().hex[:8]}"
+    else:
+        url, queue = f"sqlite:///{tmp_path / 'm.db'}", "machinery_tasks"
+    with running(tmp_path, url, url, hide_args=("secret_*",), queue=queue) as e:
         yield e
 
 
@@ -100,7 +109,7 @@ def test_chord_graph_and_pages(env: Any) -> None:
     body = get(f"{env.url}/task/{members[0].uuid}")[1]
     assert "int64" in body and "graph" in body
     overview = get(env.url + "/")[1]
-    assert "dash-worker" in overview and "machinery_tasks" in overview
+    assert "dash-worker" in overview and env.server.config.default_queue in overview
 
 
 def test_search_redirects_and_backend_only_tasks(env: Any) -> None:
@@ -124,11 +133,10 @@ def test_actions_need_the_csrf_token(env: Any) -> None:
     status, location = post(f"{env.url}/revoke", {"uuids": sig.uuid, "csrf": env.dashboard.csrf, "back": "/"})
     assert status == 303 and "revoked+1+task" in location
     # purge wants the queue's name typed
-    status, location = post(f"{env.url}/purge", {"queue": "machinery_tasks", "confirm": "", "csrf": env.dashboard.csrf})
+    queue = env.server.config.default_queue
+    status, location = post(f"{env.url}/purge", {"queue": queue, "confirm": "", "csrf": env.dashboard.csrf})
     assert "purge+not+done" in location
-    status, location = post(
-        f"{env.url}/purge", {"queue": "machinery_tasks", "confirm": "machinery_tasks", "csrf": env.dashboard.csrf}
-    )
+    status, location = post(f"{env.url}/purge", {"queue": queue, "confirm": queue, "csrf": env.dashboard.csrf})
     assert "purged" in location
 
 
@@ -212,7 +220,6 @@ def test_urls_are_redacted(tmp_path: Path) -> None:
 
 def test_cli_command(tmp_path: Path) -> None:
     """``machinery dashboard`` is found through the plugin host and serves the pages."""
-    import os
     import socket
 
     out = subprocess.run([sys.executable, "-m", "machinery", "dashboard", "--help"], capture_output=True, text=True,

@@ -50,33 +50,34 @@ def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventL
 
 
 def _events(u: str, t: float, *, name: str = "add", fail: bool = False) -> list[list[Any]]:
-    """A task's events as a worker encodes them, at times t, t + 0.2 and t + 0.3."""
+    """A task's events as a worker encodes them: a retry at t + 0.2, the outcome at t + 0.3."""
     sig = Signature(name, args=[1, 2], uuid=u, routing_key="q1", on_success=[Signature("next", uuid=u + "-next")])
     last = (
         encode_event("F", TaskEvent(sig, "w1", error="ValueError: bad", traceback="Traceback..."), t + 0.3)
         if fail
         else encode_event("S", TaskEvent(sig, "w1", results=[TaskResult("int64", 3)], runtime=0.2), t + 0.3)
     )
-    return [encode_event("R", TaskEvent(sig, "w1"), t), encode_event("Y", TaskEvent(sig, "w1", error="boom"), t + 0.2),
-            json.loads(json.dumps(last))]
+    retry = encode_event("Y", TaskEvent(sig, "w1", error="boom", runtime=0.1), t + 0.2)
+    return json.loads(json.dumps([retry, last]))
 
 
 def test_merge_and_index(index: SQLiteStore) -> None:
     u = "task_" + uuid.uuid4().hex
     t = time.time()
     changes, counts = merge(_events(u, t))
-    assert len(changes) == 1 and counts[(int((t + 0.3) // 60), "SUCCESS")] == 1  # three events, one change
+    assert len(changes) == 1 and counts[(int((t + 0.3) // 60), "SUCCESS")] == 1  # two events, one change
     index.write(changes, counts, cursor="7")
     assert index.cursor() == "7"
     rec = index.get(u)
     assert rec is not None
     assert (rec.state, rec.name, rec.queue, rec.worker, rec.retries) == ("SUCCESS", "add", "q1", "w1", 1)
-    assert rec.received == pytest.approx(t) and rec.finished == pytest.approx(t + 0.3)
+    assert rec.started == pytest.approx(t + 0.1)  # the outcome minus the run time
+    assert rec.finished == pytest.approx(t + 0.3)
     assert rec.error == "boom"  # kept from the retry: a later change without error does not erase it
     assert json.loads(rec.results) == [["int64", 3]]
     doc = json.loads(rec.signature or "")
     assert doc["args"] == [["", "int64", 1], ["", "int64", 2]] and doc["next"] == [[u + "-next", "next", "next"]]
-    assert [line.split()[1] for line in rec.history.splitlines()] == ["RECEIVED", "RETRY", "SUCCESS"]
+    assert [line.split()[1] for line in rec.history.splitlines()] == ["RETRY", "SUCCESS"]
     assert index.parent_of(u + "-next") == u and index.parent_of(u) == ""
     # a later batch: appended to the history, retries added up, the state replaced, the rest kept
     index.write([Change(u, "RETRY", t + 1, retried=2, history=f"{t + 1:.3f} RETRY w2\n", worker="w2")], {})
@@ -84,7 +85,7 @@ def test_merge_and_index(index: SQLiteStore) -> None:
     assert rec is not None and (rec.state, rec.retries, rec.worker, rec.name) == ("RETRY", 3, "w2", "add")
     assert rec.history.splitlines()[-1].split()[1:] == ["RETRY", "w2"]
     # malformed events are skipped, not fatal
-    assert merge([["Z", 1, "w", "x"], ["S"], "junk"])[0] == []  # type: ignore[list-item]
+    assert merge([["Z", 1, "w", "x"], ["S"], ["S", 1, "w", "u"], "junk"])[0] == []  # type: ignore[list-item]
 
 
 def test_recent_filters_and_changes(index: SQLiteStore) -> None:
@@ -140,11 +141,12 @@ def test_sqlite_log_cap_counts_events(tmp_path: Path) -> None:
     event_log.close()
 
 
-def test_recorder_to_index_through_the_log(event_log: EventLog, index: SQLiteStore) -> None:
+def test_recorder_to_index_through_the_log(event_log: EventLog, tmp_path: Path) -> None:
+    index = SQLiteStore(str(tmp_path / "big-index.db"), retention=3600, max_tasks=10_000)
     rec = Recorder(event_log)
     sigs = [Signature("add", args=[i], uuid=f"task_{uuid.uuid4().hex}") for i in range(1200)]
     for s in sigs:
-        rec.task_event("R", TaskEvent(s, "w9"))
+        rec.task_event("Y", TaskEvent(s, "w8", error="again", runtime=0.01))
         rec.task_event("S", TaskEvent(s, "w9", results=[TaskResult("int64", 1)], runtime=0.01))
     n = 0
     while (k := rec.flush()):
@@ -155,6 +157,6 @@ def test_recorder_to_index_through_the_log(event_log: EventLog, index: SQLiteSto
     while ing.step():
         pass
     assert ing.ingested == 2400
-    assert index.total() == 50  # the index's cap in this test
+    assert index.total() == 1200
     last = index.get(sigs[-1].uuid)
-    assert last is not None and last.state == "SUCCESS" and last.worker == "w9"
+    assert last is not None and (last.state, last.worker, last.retries) == ("SUCCESS", "w9", 1)

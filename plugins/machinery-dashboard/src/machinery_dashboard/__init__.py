@@ -58,12 +58,6 @@ def _record(kind: str, event: TaskEvent) -> None:
 
 
 @hookimpl
-def machinery_task_received(event: TaskEvent) -> None:
-    """Record RECEIVED (and STARTED, which follows at once), with the signature."""
-    _record("R", event)
-
-
-@hookimpl
 def machinery_task_succeeded(event: TaskEvent) -> None:
     """Record SUCCESS, with the results and run time."""
     _record("S", event)

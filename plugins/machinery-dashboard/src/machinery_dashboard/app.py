@@ -559,9 +559,9 @@ def _overview(d: Dashboard) -> str:
     return "".join(out)
 
 
-_COLORS = {"SUCCESS": "#2e9d4b", "FAILURE": "#d93025", "RETRY": "#f29900", "STARTED": "#1a73e8", "RECEIVED": "#9aa0a6"}
-#: The states drawn as bars (outcomes); the legend counts every state.
-_BARS = ("SUCCESS", "FAILURE", "RETRY")
+#: The states recorded (the outcomes of attempts), drawn as stacked bars.
+_COLORS = {"SUCCESS": "#2e9d4b", "FAILURE": "#d93025", "RETRY": "#f29900"}
+_BARS = tuple(_COLORS)
 
 
 def _chart(counts: dict[int, dict[str, int]], now_minute: int) -> str:
@@ -659,7 +659,7 @@ def _task(d: Dashboard, uuid: str) -> str:
         '<button id="revoke-task">revoke task</button></form>'
     )
     fields: list[list[str]] = [["worker", e(t.get("worker", ""))], ["queue", e(t.get("queue", ""))]]
-    for k in ("received", "started", "finished"):
+    for k in ("started", "finished"):
         fields.append([k, e(_when(t.get(k)))])
     if t.get("runtime") is not None:
         fields.append(["runtime", e(f"{t['runtime']:.4f}s")])

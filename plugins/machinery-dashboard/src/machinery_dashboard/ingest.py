@@ -21,25 +21,23 @@ __all__ = ["Ingester", "merge"]
 
 log = logging.getLogger("machinery.dashboard")
 
-_STATES = {"R": "RECEIVED", "S": "SUCCESS", "F": "FAILURE", "Y": "RETRY"}
+_STATES = {"S": "SUCCESS", "F": "FAILURE", "Y": "RETRY"}
 _encode = json.JSONEncoder(separators=(",", ":"), default=repr).encode
 
 
-def _describe(ev: list[Any]) -> str:
-    """The signature fields of an ``R`` or ``F`` event, as the index keeps them (JSON)."""
-    return _encode({"args": ev[7], "eta": ev[8], "priority": ev[9], "retry_count": ev[10], "headers": ev[11],
-                    "next": ev[12]})
-
-
 def merge(events: list[list[Any]]) -> tuple[list[Change], Counter[tuple[int, str]]]:
-    """One change per task from decoded events (in order), and the events per minute and
-    state. Malformed events are skipped."""
+    """One change per task from decoded events (in order; see
+    :func:`~machinery_dashboard.recorder.encode_event`), and the events per minute and state.
+    Malformed events are skipped."""
     changes: dict[str, Change] = {}
     counts: Counter[tuple[int, str]] = Counter()
     for ev in events:
         try:
             kind, at, worker, uuid = ev[0], float(ev[1]), str(ev[2]), str(ev[3])
             state = _STATES[kind]
+            (name, queue, group, args, eta, priority, retry_count, headers, nxt, runtime, results, error,
+             traceback) = ev[4:17]
+            children = tuple(str(n[0]) for n in nxt if n and n[0])
         except (IndexError, KeyError, TypeError, ValueError):
             continue
         c = changes.get(uuid)
@@ -50,25 +48,22 @@ def merge(events: list[list[Any]]) -> tuple[list[Change], Counter[tuple[int, str
             c.worker = worker
         c.history += f"{at:.3f} {state} {worker}\n"
         counts[(int(at // 60), state)] += 1
-        try:
-            if kind in ("R", "F") and (kind == "R" or c.signature is None):
-                c.name, c.queue, c.group_uuid = ev[4], ev[5] or None, ev[6] or None
-                c.signature = _describe(ev)
-                c.children = tuple(n[0] for n in ev[12] if n and n[0])
-                if kind == "R":
-                    c.received = c.started = at
-            if kind == "S":
-                c.finished, c.runtime = at, ev[4]
-                c.results = _encode(ev[5])
-            elif kind == "F":
-                c.finished = at
-                c.runtime = ev[13] or c.runtime
-                c.error, c.traceback = ev[14], ev[15] or None
-            elif kind == "Y":
-                c.retried += 1
-                c.error, c.traceback = ev[4], ev[5] or None
-        except (IndexError, TypeError):
-            continue
+        c.name, c.queue, c.group_uuid, c.children = name, queue or None, group or None, children
+        c.signature = _encode(
+            {"args": args, "eta": eta, "priority": priority, "retry_count": retry_count, "headers": headers,
+             "next": nxt}
+        )
+        if runtime:
+            c.runtime, c.started = runtime, at - runtime
+        if kind == "S":
+            c.finished = at
+            c.results = _encode(results)
+        elif kind == "F":
+            c.finished = at
+            c.error, c.traceback = error or "", traceback
+        else:
+            c.retried += 1
+            c.error, c.traceback = error or "", traceback
     return list(changes.values()), counts
 
 

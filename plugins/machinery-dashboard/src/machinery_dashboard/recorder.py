@@ -1,7 +1,8 @@
 """The events recorder: the worker side of the dashboard.
 
-The lifecycle hooks (received, succeeded, failed, retried; STARTED follows RECEIVED at once, so
-it is not recorded apart) only append the event to an in-memory queue; a daemon thread encodes
+The lifecycle hooks of the outcomes (succeeded, failed, retried: one event per attempt, which
+carries the whole signature and the run time, so RECEIVED and STARTED need no hook: a running
+task's state is the backend's) only append the event to an in-memory queue; a daemon thread encodes
 the queue every :data:`FLUSH_INTERVAL` seconds into batches of JSON (:func:`encode_event`) and
 appends each to the event log in the backend's store (:mod:`machinery_dashboard.log`): one
 write per batch, whatever the task rate. Dashboards merge the batches into their index. A
@@ -53,35 +54,30 @@ def _clip(text: str) -> str:
 
 
 def encode_event(kind: str, event: TaskEvent, at: float) -> list[Any]:
-    """One event as the log keeps it: a JSON list, ``[kind, time, worker, uuid, ...]``.
+    """One event as the log keeps it, a JSON list: ``[kind, time, worker, uuid, name, queue,
+    group_uuid, args, eta, priority, retry_count, headers, next, runtime, results, error,
+    traceback]``.
 
-    * ``R`` (received): ``+ [name, queue, group_uuid, args, eta, priority, retry_count, headers,
-      next]``, ``args`` as ``[name, type, value]`` each, ``eta`` Unix time or null, ``next`` the
-      follow-ups as ``[uuid, name, kind]`` (``next`` for ``on_success``, ``error`` for
-      ``on_error``, ``chord`` for the chord callback);
-    * ``S`` (succeeded): ``+ [runtime, results]``, ``results`` as ``[type, value]`` each;
-    * ``F`` (failed): the fields of ``R``, ``+ [runtime, error, traceback]`` (a task can fail
-      without having been received: revoked, unregistered...);
-    * ``Y`` (retried): ``+ [error, traceback]``.
+    ``kind`` is ``S`` (succeeded), ``F`` (failed) or ``Y`` (retried); ``args`` are ``[name,
+    type, value]`` each, ``eta`` a Unix time or null, ``next`` the follow-ups as ``[uuid, name,
+    kind]`` (``next`` for ``on_success``, ``error`` for ``on_error``, ``chord`` for the chord
+    callback), ``results`` ``[type, value]`` each (``S`` only). Each event carries the whole
+    signature, so a task needs no other event (a task can fail without having run: revoked,
+    unregistered...).
     """
     sig = event.signature
-    head = [kind, at, event.consumer_tag, sig.uuid]
-    if kind == "S":
-        return [*head, event.runtime, [(r.type, r.value) for r in event.results]]
-    if kind == "Y":
-        return [*head, _clip(event.error), _clip(event.traceback)]
     nxt = [(s.uuid, s.name, "next") for s in sig.on_success]
     if sig.on_error:
         nxt += [(s.uuid, s.name, "error") for s in sig.on_error]
     if sig.chord_callback is not None:
         nxt.append((sig.chord_callback.uuid, sig.chord_callback.name, "chord"))
-    out = [
-        *head, sig.name, sig.routing_key, sig.group_uuid, [(a.name, a.type, a.value) for a in sig.args],
-        sig.eta.timestamp() if sig.eta is not None else None, sig.priority, sig.retry_count, sig.headers, nxt,
+    return [
+        kind, at, event.consumer_tag, sig.uuid, sig.name, sig.routing_key, sig.group_uuid,
+        [(a.name, a.type, a.value) for a in sig.args], sig.eta.timestamp() if sig.eta is not None else None,
+        sig.priority, sig.retry_count, sig.headers, nxt, event.runtime,
+        [(r.type, r.value) for r in event.results] if kind == "S" else None,
+        _clip(event.error) if event.error else None, _clip(event.traceback) if event.traceback else None,
     ]
-    if kind == "F":
-        out += [event.runtime, _clip(event.error), _clip(event.traceback)]
-    return out
 
 
 class Recorder:
@@ -106,7 +102,7 @@ class Recorder:
     def task_event(self, kind: str, event: TaskEvent) -> None:
         """Queue one lifecycle event (never blocks, never raises).
 
-        :param kind: ``R`` (received), ``S`` (succeeded), ``F`` (failed) or ``Y`` (retried).
+        :param kind: ``S`` (succeeded), ``F`` (failed) or ``Y`` (retried).
         """
         if len(self._queue) >= MAX_QUEUED:
             self._queue.popleft()

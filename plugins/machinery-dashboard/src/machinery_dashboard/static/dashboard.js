@@ -137,6 +137,14 @@
     }
     var reload = throttle(load, 500);
     load();
+    // running tasks are not in the event log (only outcomes are): while a node is unfinished,
+    // redraw from the backend's states every few seconds as well
+    setInterval(function () {
+      var open = Object.keys(known).some(function (u) {
+        return ["SUCCESS", "FAILURE", "REVOKED"].indexOf(known[u].state) < 0;
+      });
+      if (open && !document.hidden) reload();
+    }, 3000);
     onChanges(function (changed) {
       var mine = changed.some(function (c) {
         return known[c.uuid] || (c.group_uuid && Object.keys(known).some(function (u) {
