@@ -36,8 +36,14 @@ TIMEOUT_PLUGIN = "pytest-timeout>=2.1"
 
 
 def _test_group(path: Path) -> list[str]:
+    """A plugin's ``test`` dependency group; an entry naming another plugin of this repository
+    (``machinery-redis``) is installed from its folder."""
     pyproject = nox.project.load_toml(path / "pyproject.toml")
-    return list(pyproject.get("dependency-groups", {}).get("test", []))
+    out: list[str] = []
+    for req in pyproject.get("dependency-groups", {}).get("test", []):
+        local = ROOT / "plugins" / req
+        out += ["-e", str(local)] if local.is_dir() else [req]
+    return out
 
 
 def _pytest_args(session: nox.Session) -> list[str]:

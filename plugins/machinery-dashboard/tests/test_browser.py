@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,18 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    db = f"sqlite:///{tmp_path / 'm.db'}"
-    with running(tmp_path, db, db) as e:
+REDIS_E2E = os.environ.get("MACHINERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    if request.param == "redis":
+        pytest.importorskip("machinery_redis", reason="needs machinery-redis (pip install -e plugins/machinery-redis)")
+        url, queue = REDIS_E2E, f"dash_{uuid.uuid4().hex[:8]}"
+    else:
+        url, queue = f"sqlite:///{tmp_path / 'm.db'}", "machinery_tasks"
+    with running(tmp_path, url, url, queue=queue) as e:
+        e.tmp = tmp_path
         yield e
 
 
@@ -61,8 +70,9 @@ def until(driver: Any, cond: Any, timeout: float = 30) -> Any:
     return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(cond)
 
 
-def shot(driver: Any, name: str) -> None:
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+def shot(driver: Any, env: Env, name: str) -> None:
+    scheme = env.server.broker_url.split(":", 1)[0]
+    driver.save_screenshot(str(SHOTS / f"{name}-{scheme}.png"))
 
 
 def test_chord_with_a_failed_member_is_a_graph_with_that_node_red(browser: Any, env: Env) -> None:
@@ -72,20 +82,22 @@ def test_chord_with_a_failed_member_is_a_graph_with_that_node_red(browser: Any, 
     bad = members[-1].uuid
     browser.get(f"{env.url}/workflow/{members[0].uuid}")
     failed = f'.node[data-uuid="{bad}"][data-state="FAILURE"]'
-    node = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, failed))[0]
-    assert node.find_element(By.TAG_NAME, "rect").get_attribute("fill") == "#d93025"
+    # the graph is redrawn while a node is unfinished (the callback never runs), so every read
+    # is one query inside until(), which retries a stale element
+    red = f'{failed} rect[fill="#d93025"]'
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, red))
     until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '.node[data-state="SUCCESS"]')) == 4)
-    cb = browser.find_element(By.CSS_SELECTOR, f'.node[data-uuid="{chord.callback.uuid}"]')
-    assert cb.get_attribute("data-state") == "PENDING"
-    assert len(browser.find_elements(By.CSS_SELECTOR, "path.edge.chord")) == 5
-    assert browser.find_element(By.ID, "graph-summary").text == "chord of 6 tasks"
-    node.click()
-    pre = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#node-detail pre.traceback"))[0]
-    assert "ValueError: member exploded: no fuel" in pre.text
-    assert "member exploded" in browser.find_element(By.CSS_SELECTOR, "#node-detail pre.error").text
-    shot(browser, "chord-failed-member")
+    pending = f'.node[data-uuid="{chord.callback.uuid}"][data-state="PENDING"]'
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, pending))
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.edge.chord")) == 5)
+    until(browser, lambda d: d.find_element(By.ID, "graph-summary").text == "chord of 6 tasks")
+    until(browser, lambda d: d.find_element(By.CSS_SELECTOR, failed).click() or True)
+    until(browser, lambda d: "ValueError: member exploded: no fuel" in d.find_element(
+        By.CSS_SELECTOR, "#node-detail pre.traceback").text)
+    until(browser, lambda d: "member exploded" in d.find_element(By.CSS_SELECTOR, "#node-detail pre.error").text)
+    shot(browser, env, "chord-failed-member")
     # the node's link leads to the task page, which has the traceback too
-    browser.find_element(By.ID, "node-link").click()
+    until(browser, lambda d: d.find_element(By.ID, "node-link").click() or True)
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "pre.traceback"))
     assert "explode" in browser.find_element(By.CLASS_NAME, "task-name").text
 
@@ -102,7 +114,7 @@ def test_chain_graph_updates_live(browser: Any, env: Env) -> None:
     done = f'.node[data-uuid="{steps[2].uuid}"][data-state="SUCCESS"]'
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, done))
     assert len(browser.find_elements(By.CSS_SELECTOR, '.node[data-state="SUCCESS"]')) == 3
-    shot(browser, "chain-live")
+    shot(browser, env, "chain-live")
 
 
 def test_revoking_a_delayed_task_from_the_page_stops_it(browser: Any, env: Env) -> None:
@@ -121,7 +133,7 @@ def test_revoking_a_delayed_task_from_the_page_stops_it(browser: Any, env: Env) 
     assert not flag.exists()
     browser.get(f"{env.url}/task/{sig.uuid}")
     assert browser.find_element(By.CSS_SELECTOR, ".state").text == "REVOKED"
-    shot(browser, "task-revoked")
+    shot(browser, env, "task-revoked")
 
 
 def test_dead_letter_replays(browser: Any, env: Env) -> None:
@@ -130,14 +142,14 @@ def test_dead_letter_replays(browser: Any, env: Env) -> None:
     env.server.send_task(sig)
     browser.get(f"{env.url}/dead")
     until(browser, lambda d: sig.uuid in d.find_element(By.ID, "live").text)  # the live refresh shows it
-    shot(browser, "dead-letters")
+    shot(browser, env, "dead-letters")
     flag.write_text("up")
     browser.find_element(By.CSS_SELECTOR, "button.replay").click()
     flash = until(browser, lambda d: d.find_elements(By.ID, "flash"))[0]
     assert f"as task {sig.uuid}" in flash.text
     assert env.server.async_result(sig.uuid).get(timeout=30) == "charged"
     browser.get(f"{env.url}/dead")
-    assert "No dead letters." in browser.find_element(By.ID, "live").text
+    until(browser, lambda d: "No dead letters." in d.find_element(By.ID, "live").text)
 
 
 def test_overview_and_tasks(browser: Any, env: Env) -> None:
@@ -148,17 +160,23 @@ def test_overview_and_tasks(browser: Any, env: Env) -> None:
     time.sleep(0.6)  # the recorder writes every 0.25 s
     browser.get(env.url + "/")
     until(browser, lambda d: "dash-worker" in d.find_element(By.CSS_SELECTOR, "table.workers").text)
-    until(browser, lambda d: "machinery_tasks" in d.find_element(By.CSS_SELECTOR, "table.queues").text)
+    queue = env.server.config.default_queue
+    until(browser, lambda d: queue in d.find_element(By.CSS_SELECTOR, "table.queues").text)
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "svg.chart rect"))
-    shot(browser, "overview")
+    shot(browser, env, "overview")
     browser.get(env.url + "/tasks")
     browser.find_element(By.CSS_SELECTOR, "select[name=state] option[value=FAILURE]").click()
+    # the Redis log is shared by the whole test run (a new index reads it from the start): this queue's tasks only
+    browser.find_element(By.CSS_SELECTOR, "form.filters input[name=queue]").send_keys(queue)
     browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
     until(browser, lambda d: "state=FAILURE" in d.current_url)
-    rows = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr"))
-    assert len(rows) == 1 and "explode" in rows[0].text
+    def one_failure(d: Any) -> bool:  # read in one go: the live region may be redrawn meanwhile
+        rows = d.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr")
+        return len(rows) == 1 and "explode" in rows[0].text
+
+    until(browser, one_failure, timeout=10)
     box = browser.find_element(By.CSS_SELECTOR, "header input[name=q]")
     box.send_keys(results[3].task_uuid + "\n")
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "table.args"))
     assert "int64" in browser.find_element(By.CSS_SELECTOR, "table.args").text
-    shot(browser, "task-detail")
+    shot(browser, env, "task-detail")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from machinery.config import redact_url
-from machinery_dashboard.graph import build_graph, display_state, signature_doc
+from machinery_dashboard.graph import backend_group, backend_state, build_graph, display_state, signature_doc
 from machinery_dashboard.ingest import Ingester
 from machinery_dashboard.log import EventLog, log_for
 from machinery_dashboard.store import EventStore, SQLiteStore, TaskRecord, default_index_path, settings
@@ -158,7 +158,7 @@ class Dashboard:
     def task_json(self, uuid: str) -> dict[str, Any] | None:
         """What the graph's side panel and ``/api/task`` show of a task."""
         rec = self.store.get(uuid) if self.store is not None else None
-        st = self.server.backend.get_state(uuid)
+        st = backend_state(self.server.backend, uuid)
         if rec is None and st is None:
             return None
         out: dict[str, Any] = rec.to_json() if rec is not None else {"uuid": uuid, "name": ""}
@@ -595,9 +595,9 @@ def _chart(counts: dict[int, dict[str, int]], now_minute: int) -> str:
 def _tasks(d: Dashboard, q: dict[str, str]) -> tuple[str, str]:
     search = q.get("q", "").strip()
     if search:
-        if (d.store is not None and d.store.get(search) is not None) or d.server.backend.get_state(search):
+        if (d.store is not None and d.store.get(search) is not None) or backend_state(d.server.backend, search):
             raise _Redirect(f"/task/{quote(search)}")
-        if d.server.backend.get_group_meta(search) is not None:
+        if backend_group(d.server.backend, search) is not None:
             raise _Redirect(f"/workflow/{quote(search)}")
         return "", f'<p class="error">No task or group {e(search)} in the event log or the result backend.</p>'
     state, name, queue = q.get("state", ""), q.get("name", ""), q.get("queue", "")

@@ -13,14 +13,34 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from machinery.errors import DecodeError
+
 if TYPE_CHECKING:
     from machinery.interfaces import Backend
+    from machinery.state import GroupMeta, TaskState
     from machinery_dashboard.store import EventStore, TaskRecord
 
-__all__ = ["MAX_NODES", "Graph", "build_graph", "display_state", "signature_doc"]
+__all__ = ["MAX_NODES", "Graph", "backend_group", "backend_state", "build_graph", "display_state", "signature_doc"]
 
 #: Nodes drawn at most (a bigger workflow is cut, and says so).
 MAX_NODES = 2000
+
+
+def backend_state(backend: Backend, uuid: str) -> TaskState | None:
+    """The backend's stored state of ``uuid``, or None: also when the key holds something else
+    (Go's Redis and memcache backends keep groups and task states in one key space)."""
+    try:
+        return backend.get_state(uuid)
+    except DecodeError:
+        return None
+
+
+def backend_group(backend: Backend, uuid: str) -> GroupMeta | None:
+    """The backend's group metadata of ``uuid``, or None (also when the key holds a task state)."""
+    try:
+        return backend.get_group_meta(uuid)
+    except DecodeError:
+        return None
 
 
 def display_state(state: str, error: str) -> str:
@@ -69,12 +89,12 @@ def build_graph(uuid: str, store: EventStore | None, backend: Backend) -> Graph 
 
     def members(group_uuid: str) -> list[str]:
         if group_uuid not in group_members:
-            meta = backend.get_group_meta(group_uuid)
+            meta = backend_group(backend, group_uuid)
             group_members[group_uuid] = list(meta.task_uuids) if meta is not None else []
         return group_members[group_uuid]
 
     start = uuid
-    if record(uuid) is None and backend.get_state(uuid) is None:
+    if record(uuid) is None and backend_state(backend, uuid) is None:
         if not members(uuid):
             return None
         start = members(uuid)[0]
@@ -140,7 +160,7 @@ def build_graph(uuid: str, store: EventStore | None, backend: Backend) -> Graph 
 def _states(g: Graph, records: dict[str, TaskRecord | None], backend: Backend) -> None:
     for u, node in g.nodes.items():
         rec = records.get(u)
-        st = None if ":" in u and u.count(":") >= 2 else backend.get_state(u)
+        st = None if ":" in u and u.count(":") >= 2 else backend_state(backend, u)
         if st is not None:
             node["state"] = display_state(st.state, st.error)
             node["name"] = node["name"] or st.task_name
