@@ -252,3 +252,22 @@ def test_cli_command(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert "machinery dashboard on http://127.0.0.1:" in err and "0123456789abcdef0123" not in err
     assert list((tmp_path / "cache" / "machinery-dashboard").glob("*.db"))  # the index, under XDG_CACHE_HOME
+
+
+def test_revoke_a_whole_workflow(env: Any) -> None:
+    """A chord whose members are delayed, revoked from its workflow page: no member runs, the
+    callback is never sent."""
+    flags = [env.tmp / f"member-{i}" for i in range(3)]
+    members = [Signature("touch", args=[str(f)]).countdown(3) for f in flags]
+    chord = Chord(Group(*members), Signature("total"))
+    env.server.send_chord(chord)
+    g = json.loads(get(f"{env.url}/api/workflow/{members[0].group_uuid}")[1])
+    assert {n["uuid"] for n in g["nodes"]} == {m.uuid for m in members}  # from the backend's group metadata
+    form = {"workflow": members[0].group_uuid, "csrf": env.dashboard.csrf, "back": "/"}
+    status, location = post(f"{env.url}/revoke", form)
+    assert status == 303 and "revoked+3+tasks" in location
+    for m in members:
+        st = env.server.backend.wait_for(m.uuid, 30)
+        assert st is not None and (st.state, st.error) == ("FAILURE", "revoked")
+    assert not any(f.exists() for f in flags)
+    assert env.server.get_state(chord.callback.uuid) is None
