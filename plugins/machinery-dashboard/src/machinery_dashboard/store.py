@@ -19,8 +19,8 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -107,11 +107,10 @@ class TaskRecord:
     results: str = ""
     history: str = ""
     parent: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-ready values (without the raw signature)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("signature", "extra")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signature"}
 
 
 _SUMMARY = ("uuid", "state", "updated", "name", "queue", "worker", "group_uuid", "runtime", "retries", "error")
@@ -166,15 +165,6 @@ class EventStore(ABC):
     @abstractmethod
     def get(self, uuid: str) -> TaskRecord | None:
         """One full record, or None."""
-
-    def get_many(self, uuids: Iterable[str]) -> dict[str, TaskRecord]:
-        """Several full records by UUID (the missing ones left out)."""
-        out = {}
-        for u in uuids:
-            rec = self.get(u)
-            if rec is not None:
-                out[u] = rec
-        return out
 
     @abstractmethod
     def parent_of(self, uuid: str) -> str:
