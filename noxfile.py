@@ -36,8 +36,14 @@ TIMEOUT_PLUGIN = "pytest-timeout>=2.1"
 
 
 def _test_group(path: Path) -> list[str]:
+    """A plugin's ``test`` dependency group; an entry naming another plugin of this repository
+    (``machinery-redis``) is installed from its folder."""
     pyproject = nox.project.load_toml(path / "pyproject.toml")
-    return list(pyproject.get("dependency-groups", {}).get("test", []))
+    out: list[str] = []
+    for req in pyproject.get("dependency-groups", {}).get("test", []):
+        local = ROOT / "plugins" / req
+        out += ["-e", str(local)] if local.is_dir() else [req]
+    return out
 
 
 def _pytest_args(session: nox.Session) -> list[str]:
@@ -156,8 +162,9 @@ def bench(session: nox.Session) -> None:
     environment; arq (which needs redis-py < 6) gets a second environment beside it.
     """
     session.install("-e", "core", "-e", "plugins/machinery-redis[hiredis]", "-e", "plugins/machinery-amqp")
-    # the observability plugins, enabled one at a time by the machinery-otel/-prometheus variants
+    # the observability plugins, enabled one at a time by the machinery-otel/-prometheus/-dashboard variants
     session.install("-e", "plugins/machinery-opentelemetry", "-e", "plugins/machinery-prometheus", "opentelemetry-sdk")
+    session.install("-e", "plugins/machinery-dashboard")
     session.install("-r", "benchmarks/requirements.txt")
     arq_env = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-arq")
     arq_python = arq_env / "bin" / "python"

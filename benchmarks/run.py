@@ -55,7 +55,11 @@ AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%
 PEERS = ["celery", "dramatiq", "rq", "arq", "huey", "taskiq"]
 MACHINERY = ["machinery", "machinery-sqlite", "machinery-amqp"]
 #: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
-OBSERVABILITY = {"machinery-otel": "opentelemetry", "machinery-prometheus": "prometheus"}
+OBSERVABILITY = {
+    "machinery-otel": "opentelemetry",
+    "machinery-prometheus": "prometheus",
+    "machinery-dashboard": "dashboard",  # its events recorder writes to the Redis backend
+}
 #: machinery (redis) pool variants, drain only, -c 2: (pool, drained task). The no-op ones count
 #: in Redis (probe.count_shared, one round trip per task) so that processes can count.
 POOLS = {
@@ -458,6 +462,8 @@ class Bench:
             return ["machinery-core", "machinery-redis", "machinery-opentelemetry", "opentelemetry-sdk"]
         if v.name == "machinery-prometheus":
             return ["machinery-core", "machinery-redis", "machinery-prometheus", "prometheus-client"]
+        if v.name == "machinery-dashboard":
+            return ["machinery-core", "machinery-redis", "machinery-dashboard"]
         return {
             "floor": ["redis", "hiredis"],
             "machinery": ["machinery-core", "machinery-redis", "redis", "hiredis"],
@@ -611,7 +617,10 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
             plugin = OBSERVABILITY[name]
             others = ",".join(p for p in OBSERVABILITY.values() if p != plugin)
             env = {"BENCH_BROKER": url, "BENCH_BACKEND": url, "MACHINERY_DISABLE_PLUGINS": others}
-            env.update({"BENCH_OTEL_SDK": "1"} if plugin == "opentelemetry" else {"MACHINERY_METRICS_PORT": "0"})
+            if plugin == "opentelemetry":
+                env["BENCH_OTEL_SDK"] = "1"
+            elif plugin == "prometheus":
+                env["MACHINERY_METRICS_PORT"] = "0"
             v = Variant(
                 name, "machinery", f"machinery (redis) + machinery-{plugin}",
                 env=env, off_env={"BENCH_BACKEND": "memory://"},

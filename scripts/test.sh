@@ -13,6 +13,7 @@ fi
 export PATH="$TOOLS/bin:$PATH"
 
 bash scripts/start-services
+bash scripts/install-chromium  # machinery-dashboard's browser tests
 # shellcheck disable=SC1091
 source "${SVC_DIR:-/tmp/ci-services}/env.sh"
 

@@ -1,0 +1,3 @@
+"""The conformance suite's pytest plugin (URL fixtures, isolation)."""
+
+pytest_plugins = ["machinery.testing.plugin"]
