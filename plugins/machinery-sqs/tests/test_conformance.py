@@ -19,6 +19,7 @@ from machinery.testing import (
     LockConformance,
     WorkflowConformance,
 )
+from machinery.testing.pools import PoolConformance
 
 #: CI's env.sh gives ``http://127.0.0.1:5000/<account>`` (Go's queue-URL form on a local server).
 SQS_URL = os.environ.get("SQS_URL", f"sqs://us-east-1/{ACCOUNT}")
@@ -142,3 +143,12 @@ class TestSQSWorkflow(WorkflowConformance):
     @pytest.fixture
     def lock_url(self) -> str:
         return GO_DYNAMODB_URL
+
+
+class TestSQSPools(PoolConformance):
+    """Worker pools, time limits, recycling and crash isolation (machinery.testing.pools) with
+    the SQS broker: real worker processes, children and signals."""
+
+    @pytest.fixture
+    def broker_url(self, url: str) -> str:
+        return url
