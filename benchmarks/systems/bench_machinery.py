@@ -54,8 +54,9 @@ if os.environ.get("BENCH_OTEL_SDK") == "1":
     _otel_sdk()
 server = Server(_config())
 server.register_tasks({"count": probe.count, "echo": probe.noop, "eta": probe.eta})
-server.register_tasks({"count_shared": probe.count_shared, "cpu": probe.cpu})
-#: The drained task: ``count`` (default), ``count_shared`` or ``cpu`` (the pool variants).
+server.register_tasks({"count_shared": probe.count_shared, "cpu": probe.cpu, "sleep_count": probe.sleep_count})
+#: The drained task: ``count`` (default), ``sleep_count`` (the I/O-bound one, 10 ms), ``count_shared``
+#: or ``cpu`` (the pool variants, two worker processes).
 TASK = os.environ.get("BENCH_TASK", "") or "count"
 
 
@@ -70,7 +71,8 @@ def worker_cmd(python: str, results: bool) -> list[str]:
     ]  # fmt: skip
 
 
-WORKER_NOTE = "`machinery worker -c 8` (8 task threads, one process)"
+_c = os.environ.get("BENCH_CONCURRENCY", "") or "8"
+WORKER_NOTE = f"`machinery worker -c {_c}` ({_c} task threads, one process)"
 if os.environ.get("BENCH_OTEL_SDK") == "1":
     WORKER_NOTE += (
         "; tracing on in the producer and the worker: opentelemetry-sdk `TracerProvider` with its default "
