@@ -1,8 +1,10 @@
-"""Benchmark machinery against Celery, Dramatiq, RQ, arq, Huey and Taskiq on one Redis, in one run.
+"""Benchmark machinery against Go Machinery, Celery, Dramatiq, RQ, arq, Huey and Taskiq, in one run.
 
     nox -s bench                               # the full run: writes benchmarks/RESULTS.md + results.png
+    nox -s bench -- --scale                    # ... and a 1,000,000-task backlog (peak RSS vs 10k)
     python benchmarks/run.py --smoke           # tiny N, machinery and whatever peers are installed
-    python benchmarks/run.py --systems machinery,celery --n 2000
+    python benchmarks/run.py --quick           # tiny N, every section, < 1 minute (a temporary file)
+    python benchmarks/run.py --systems machinery,celery --n 2000 --sweep-systems machinery --sweep-c 8,64
 
 A private ``redis-server`` (``--save '' --appendonly no``) on a free port is started and stopped
 here; every system gets the same server, N, scenarios and clean state (``FLUSHALL`` of that
@@ -15,7 +17,14 @@ worker is the system's own worker CLI, one process tree, concurrency 8. Scenario
 3. round trip: send one task, wait for its result; sequentially, after a warm-up;
 4. ETA lateness: tasks due over a few seconds record ``start - due`` into a Redis list;
 5. worker peak RSS (sum over the worker's process tree, from /proc) and import time;
-6. the floor: raw redis-py LPUSH + BRPOP on the same server.
+6. the floor: raw redis-py LPUSH + BRPOP on the same server;
+7. worker CPU per task: user + system time of the worker's process tree over the drain.
+
+Then the sections of issue 23: a concurrency sweep (drain of a no-op and of a 10 ms I/O-bound task
+at c = 1, 8, 32, 64 for machinery, Go Machinery v2 and the Python peers with a concurrency knob);
+Go Machinery v2 itself (interop/go/cmd/gobench, built by interop/go/build.sh) on Redis and
+RabbitMQ; Celery and Dramatiq on RabbitMQ and Huey's SQLite storage beside machinery's amqp and
+sqlite:// transports; one vs two worker processes; with ``--scale``, a 1,000,000-task backlog.
 
 A system that cannot do a scenario gets "n/a" with the reason; a failure is reported as one.
 """
@@ -1289,6 +1298,8 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
         "records its progress in this Redis, so every worker, the sqlite:// one included, has redis-py",
         "loaded: 20 to 22 MB of each figure on this machine). The floor is raw",
         "redis-py: LPUSH per message and one BRPOP per message in one consumer process.",
+        "*worker CPU µs/task*: user + system CPU time of the worker's process tree between the first",
+        "task seen started and the N-th done (from /proc, 10 ms ticks), over the tasks.",
         "*Observability* rows: machinery (redis) with one plugin enabled (the other rows run with both",
         "disabled); the set-up is in its line above. Their 85% targets are the median ratio of",
         f"{a.pairs} further drains with and without the plugin, alternated (each pair back to back), besides",
@@ -1435,10 +1446,14 @@ def main(argv: list[str] | None = None) -> int:
         text = render(bench, rows, wall, rel)
         Path(args.out).write_text(text)
         if args.json:
-            Path(args.json).write_text(json.dumps(
-                {r.variant.name: {k: (v if not isinstance(v, NA) else str(v)) for k, v in r.cells.items()} for r in rows},
-                indent=2,
-            ))
+            raw: dict[str, Any] = {
+                r.variant.name: {k: (v if not isinstance(v, NA) else str(v)) for k, v in r.cells.items()} for r in rows
+            }
+            raw["_sweep"] = {f"{s} {t}": {str(c): (list(x) if isinstance(x, tuple) else str(x)) for c, x in cells.items()}
+                             for (s, t), cells in bench.sweep.items()}
+            raw["_procs"] = {k: (x if isinstance(x, float) else str(x)) for k, x in bench.procs.items()}
+            raw["_scale"] = {k: (x if isinstance(x, dict) else str(x)) for k, x in bench.scale.items()}
+            Path(args.json).write_text(json.dumps(raw, indent=2))
         print(text)
         bad = [r.variant.name for r in rows if any(isinstance(v, NA) and v.startswith("FAILED") for v in r.cells.values())]
         bad += [f"sweep {s} {t}" for (s, t), cells in bench.sweep.items() if any(isinstance(c, NA) and c.startswith("FAILED") for c in cells.values())]
