@@ -70,7 +70,7 @@ TRANSPORT_PEERS = ["celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "drama
 AMQP_ROWS = ["machinery-amqp", "go-machinery-amqp", "celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "dramatiq-amqp-confirm"]
 SQLITE_ROWS = ["machinery-sqlite", "huey-sqlite"]
 #: The concurrency sweep: systems with a concurrency knob, and the settings swept.
-SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey"]
+SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "machinery-amqp", "go-machinery-amqp"]
 SWEEP_C = [1, 8, 32, 64]
 SWEEP_TASKS = {"count": "no-op", "sleep_count": "I/O-bound (10 ms sleep)"}
 #: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
@@ -352,7 +352,8 @@ class Bench:
             BENCH_REDIS_URL=self.redis.url,
             BENCH_RESULTS="1" if results else "0",
             BENCH_N=str(n),
-            BENCH_QUEUE=f"bench_{v.name.replace('-', '_')}_{self.token}",
+            # the sweep's variants keep their base variant's queue (BENCH_QUEUE_NAME): its cleanup deletes it
+            BENCH_QUEUE=f"bench_{v.env.get('BENCH_QUEUE_NAME', v.name).replace('-', '_')}_{self.token}",
         )
         env.update(v.env)
         if not results and v.off_env:
@@ -723,7 +724,7 @@ class Bench:
                     n = self.args.n if task == "count" else min(self.args.n, 400 * c)
                     v = Variant(
                         f"{base.name}-c{c}-{task}", base.module, base.label, python=base.python,
-                        env={**base.env, "BENCH_CONCURRENCY": str(c), "BENCH_TASK": task},
+                        env={**base.env, "BENCH_CONCURRENCY": str(c), "BENCH_TASK": task, "BENCH_QUEUE_NAME": base.name},
                         cleanup=base.cleanup,
                     )
                     try:
@@ -1159,7 +1160,8 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
                     vals.append(fmt(cell, "drain_on"))
             r8, rl = sweep_rate(bench, system, task, 8), sweep_rate(bench, system, task, cs[-1])
             rel = f"{rl / r8:.0%}" if r8 and rl and cs[-1] != 8 else "-"
-            label = {"go-machinery": "Go Machinery v2"}.get(system, system)
+            label = {"go-machinery": "Go Machinery v2", "go-machinery-amqp": "Go Machinery v2 (RabbitMQ)",
+                     "machinery-amqp": "machinery (RabbitMQ)"}.get(system, system)
             lines.append(f"| {label} | {SWEEP_TASKS[task]} | " + " | ".join(vals) + f" | {rel} |")
         if stars:
             lines.append(f"\\* measured over the tasks done {a.drain_cap:g} s after the first started.")
@@ -1179,7 +1181,8 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
                   "Settings: machinery `worker -c C` (threads); Go Machinery `NewWorker(tag, C)`; Celery `--pool threads -c C` "
                   "(prefork with 32 or 64 processes on 2 cores is not a setting anyone runs); Dramatiq `--processes 1 --threads C`; "
                   "Taskiq `--workers 1 --max-async-tasks C` (its I/O task awaits `asyncio.sleep`); Huey `-k thread -w C`. "
-                  "RQ (one job per forked process) and arq (its own environment) have no thread knob and are left out."]
+                  "RQ (one job per forked process) and arq (its own environment) have no thread knob and are left out. "
+                  "On RabbitMQ (results in Redis) machinery's worker and Go Machinery (`AMQP_PREFETCH_COUNT`) prefetch C messages."]
     go, mach = by.get("go-machinery"), by.get("machinery")
     if go is not None and mach is not None:
         lines += ["", "## Go Machinery v2 beside machinery (Redis broker and backend, -c 8)", "",
@@ -1187,14 +1190,17 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in (mach, go):
             lines.append(f"| {r.variant.label} | " + " | ".join(fmt(r.cells.get(k), k) for k in ("enqueue", "drain_on", "cpu_us", "rt_p50", "rt_p99", "rss")) + " |")
-        gcs = [c for c in SWEEP_C if sweep_rate(bench, "go-machinery", "count", c)]
-        if gcs:
-            lines += ["", "| concurrency | task | Go Machinery v2 | machinery | ratio |", "| ---: | --- | ---: | ---: | ---: |"]
+        pairs = []
+        for broker, gname, mname in (("Redis", "go-machinery", "machinery"), ("RabbitMQ", "go-machinery-amqp", "machinery-amqp")):
             for task in SWEEP_TASKS:
-                for c in gcs:
-                    g, m = sweep_rate(bench, "go-machinery", task, c), sweep_rate(bench, "machinery", task, c)
+                for c in SWEEP_C:
+                    g, m = sweep_rate(bench, gname, task, c), sweep_rate(bench, mname, task, c)
                     if g and m:
-                        lines.append(f"| {c} | {SWEEP_TASKS[task]} | {g:,.0f} | {m:,.0f} | {m / g:.2f} |")
+                        pairs.append(f"| {broker} | {c} | {SWEEP_TASKS[task]} | {g:,.0f} | {m:,.0f} | {m / g:.2f} |")
+        if pairs:
+            lines += ["", "Drains of the sweep (tasks/s; results on, in Redis):", "",
+                      "| broker | concurrency | task | Go Machinery v2 | machinery | ratio |",
+                      "| --- | ---: | --- | ---: | ---: | ---: |", *pairs]
     trows = [by[n] for n in (*AMQP_ROWS, *SQLITE_ROWS) if n in by]
     if trows:
         confirms = {"machinery-amqp": "yes (always)", "go-machinery-amqp": "yes (always)", "celery-amqp": "no (kombu's default)",
