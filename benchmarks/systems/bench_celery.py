@@ -38,6 +38,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
+    worker_enable_remote_control=False,  # no pidbox exchange and queue (left on RabbitMQ otherwise)
     task_send_sent_event=False,
 )
 
@@ -57,7 +58,7 @@ def worker_cmd(python: str, results: bool) -> list[str]:
 
 WORKER_NOTE = (
     f"`celery worker --pool threads -c {_concurrency} --without-gossip --without-mingle --without-heartbeat` "
-    "(prefetch multiplier: its default 4)"
+    "(prefetch multiplier: its default 4; `worker_enable_remote_control=False`)"
 )
 if _broker.startswith("amqp"):
     WORKER_NOTE += "; RabbitMQ through kombu/py-amqp, " + (
