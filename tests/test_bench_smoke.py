@@ -48,6 +48,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     shutil.which("redis-server") is None and not os.environ.get("CI"),
     reason="redis-server is not installed (scripts/start-services installs it)",
 )
+@pytest.mark.timeout(600)  # the first run on a machine may install Debian's Go and build Go Machinery
 def test_bench_quick(tmp_path: Path) -> None:
     """``--quick``: the main table, the concurrency sweep, the Go Machinery peer (built by
     interop/go/build.sh; required on CI, where the interop session needs it too), one vs two
@@ -55,7 +56,7 @@ def test_bench_quick(tmp_path: Path) -> None:
     pytest.importorskip("machinery_redis", reason="machinery-redis is not installed in this environment")
     out = tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
     assert "FAILED" not in text, text
