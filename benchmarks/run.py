@@ -70,7 +70,7 @@ TRANSPORT_PEERS = ["celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "drama
 AMQP_ROWS = ["machinery-amqp", "go-machinery-amqp", "celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "dramatiq-amqp-confirm"]
 SQLITE_ROWS = ["machinery-sqlite", "huey-sqlite"]
 #: The concurrency sweep: systems with a concurrency knob, and the settings swept.
-SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "machinery-amqp", "go-machinery-amqp"]
+SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "arq", "machinery-amqp", "go-machinery-amqp"]
 SWEEP_C = [1, 8, 32, 64]
 SWEEP_TASKS = {"count": "no-op", "sleep_count": "I/O-bound (10 ms sleep)"}
 #: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
@@ -1167,8 +1167,8 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
         lines += ["", "Each cell: min(N, 400 x c) tasks for the I/O-bound one, N for the no-op; a fresh worker per cell. "
                   "Settings: machinery `worker -c C` (threads); Go Machinery `NewWorker(tag, C)`; Celery `--pool threads -c C` "
                   "(prefork with 32 or 64 processes on 2 cores is not a setting anyone runs); Dramatiq `--processes 1 --threads C`; "
-                  "Taskiq `--workers 1 --max-async-tasks C` (its I/O task awaits `asyncio.sleep`); Huey `-k thread -w C`. "
-                  "RQ (one job per forked process) and arq (its own environment) have no thread knob and are left out. "
+                  "Taskiq `--workers 1 --max-async-tasks C` and arq `max_jobs = C` (their I/O task awaits `asyncio.sleep`); "
+                  "Huey `-k thread -w C`. RQ (one job at a time per forked work horse) has no concurrency knob in one worker and is left out. "
                   "On RabbitMQ (results in Redis) machinery's worker and Go Machinery (`AMQP_PREFETCH_COUNT`) prefetch C messages."]
     go, mach = by.get("go-machinery"), by.get("machinery")
     if go is not None and mach is not None:
