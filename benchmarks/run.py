@@ -1335,7 +1335,7 @@ def plot(rows: list[Row], path: Path) -> bool:
             ax.text(x, i, f" {x:,.0f}" if x >= 100 else f" {x:.2f}", va="center", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.margins(x=0.2)
-    fig.suptitle("machinery vs Python task queues on one Redis (same machine, same run)")
+    fig.suptitle("machinery vs Go Machinery and Python task queues (same machine, same run; Redis unless named)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
