@@ -166,7 +166,8 @@ def bench(session: nox.Session) -> None:
         arq_python = arq_env / "bin" / "python"
         if not arq_python.exists():
             session.run("python", "-m", "venv", str(arq_env))
-        session.run(str(arq_python), "-m", "pip", "install", "-q", "-r", "benchmarks/requirements-arq.txt", external=True)
+        arq_reqs = ["-r", "benchmarks/requirements-arq.txt"]
+        session.run(str(arq_python), "-m", "pip", "install", "-q", *arq_reqs, external=True)
         arq_args = ["--arq-python", str(arq_python)]
     session.run(
         "python", "benchmarks/run.py", *arq_args, *session.posargs,
