@@ -156,22 +156,27 @@ def faults(session: nox.Session) -> None:
 
 @nox.session(tags=["bench"])
 def bench(session: nox.Session) -> None:
-    """Benchmarks against Celery, Dramatiq, RQ, arq, Huey and Taskiq (writes benchmarks/RESULTS.md).
+    """Benchmarks against Go Machinery, Celery, Dramatiq, RQ, arq, Huey and Taskiq (writes benchmarks/RESULTS.md).
 
     The peers are pinned in benchmarks/requirements.txt and live only in this session's
-    environment; arq (which needs redis-py < 6) gets a second environment beside it.
+    environment; arq (which needs redis-py < 6) gets a second environment beside it (not for
+    ``--quick``, which does not run arq). Go Machinery is built by interop/go/build.sh.
     """
     session.install("-e", "core", "-e", "plugins/machinery-redis[hiredis]", "-e", "plugins/machinery-amqp")
     # the observability plugins, enabled one at a time by the machinery-otel/-prometheus/-dashboard variants
     session.install("-e", "plugins/machinery-opentelemetry", "-e", "plugins/machinery-prometheus", "opentelemetry-sdk")
     session.install("-e", "plugins/machinery-dashboard")
     session.install("-r", "benchmarks/requirements.txt")
-    arq_env = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-arq")
-    arq_python = arq_env / "bin" / "python"
-    if not arq_python.exists():
-        session.run("python", "-m", "venv", str(arq_env))
-    session.run(str(arq_python), "-m", "pip", "install", "-q", "-r", "benchmarks/requirements-arq.txt", external=True)
+    arq_args: list[str] = []
+    if "--quick" not in session.posargs:
+        arq_env = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-arq")
+        arq_python = arq_env / "bin" / "python"
+        if not arq_python.exists():
+            session.run("python", "-m", "venv", str(arq_env))
+        arq_reqs = ["-r", "benchmarks/requirements-arq.txt"]
+        session.run(str(arq_python), "-m", "pip", "install", "-q", *arq_reqs, external=True)
+        arq_args = ["--arq-python", str(arq_python)]
     session.run(
-        "python", "benchmarks/run.py", "--arq-python", str(arq_python), *session.posargs,
+        "python", "benchmarks/run.py", *arq_args, *session.posargs,
         env={"PYTHONUNBUFFERED": "1", **os.environ},
     )

@@ -1,8 +1,10 @@
-"""Benchmark machinery against Celery, Dramatiq, RQ, arq, Huey and Taskiq on one Redis, in one run.
+"""Benchmark machinery against Go Machinery, Celery, Dramatiq, RQ, arq, Huey and Taskiq, in one run.
 
     nox -s bench                               # the full run: writes benchmarks/RESULTS.md + results.png
+    nox -s bench -- --scale                    # ... and a 1,000,000-task backlog (peak RSS vs 10k)
     python benchmarks/run.py --smoke           # tiny N, machinery and whatever peers are installed
-    python benchmarks/run.py --systems machinery,celery --n 2000
+    python benchmarks/run.py --quick           # tiny N, every section, < 1 minute (a temporary file)
+    python benchmarks/run.py --systems machinery,celery --n 2000 --sweep-systems machinery --sweep-c 8,64
 
 A private ``redis-server`` (``--save '' --appendonly no``) on a free port is started and stopped
 here; every system gets the same server, N, scenarios and clean state (``FLUSHALL`` of that
@@ -15,7 +17,14 @@ worker is the system's own worker CLI, one process tree, concurrency 8. Scenario
 3. round trip: send one task, wait for its result; sequentially, after a warm-up;
 4. ETA lateness: tasks due over a few seconds record ``start - due`` into a Redis list;
 5. worker peak RSS (sum over the worker's process tree, from /proc) and import time;
-6. the floor: raw redis-py LPUSH + BRPOP on the same server.
+6. the floor: raw redis-py LPUSH + BRPOP on the same server;
+7. worker CPU per task: user + system time of the worker's process tree over the drain.
+
+Then the sections of issue 23: a concurrency sweep (drain of a no-op and of a 10 ms I/O-bound task
+at c = 1, 8, 32, 64 for machinery, Go Machinery v2 and the Python peers with a concurrency knob);
+Go Machinery v2 itself (interop/go/cmd/gobench, built by interop/go/build.sh) on Redis and
+RabbitMQ; Celery and Dramatiq on RabbitMQ and Huey's SQLite storage beside machinery's amqp and
+sqlite:// transports; one vs two worker processes; with ``--scale``, a 1,000,000-task backlog.
 
 A system that cannot do a scenario gets "n/a" with the reason; a failure is reported as one.
 """
@@ -54,6 +63,16 @@ AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%
 
 PEERS = ["celery", "dramatiq", "rq", "arq", "huey", "taskiq"]
 MACHINERY = ["machinery", "machinery-sqlite", "machinery-amqp"]
+#: Go Machinery v2 itself (interop/go/cmd/gobench, built by interop/go/build.sh), on Redis and RabbitMQ.
+GO = ["go-machinery", "go-machinery-amqp"]
+#: Peers on machinery's other transports: RabbitMQ (beside machinery-amqp) and SQLite (beside sqlite://).
+TRANSPORT_PEERS = ["celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "dramatiq-amqp-confirm", "huey-sqlite"]
+AMQP_ROWS = ["machinery-amqp", "go-machinery-amqp", "celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "dramatiq-amqp-confirm"]
+SQLITE_ROWS = ["machinery-sqlite", "huey-sqlite"]
+#: The concurrency sweep: systems with a concurrency knob, and the settings swept.
+SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "arq", "machinery-amqp", "go-machinery-amqp"]
+SWEEP_C = [1, 8, 32, 64]
+SWEEP_TASKS = {"count": "no-op", "sleep_count": "I/O-bound (10 ms sleep)"}
 #: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
 OBSERVABILITY = {
     "machinery-otel": "opentelemetry",
@@ -68,7 +87,9 @@ POOLS = {
     "machinery-threads-cpu": ("threads", "cpu"),
     "machinery-processes-cpu": ("processes", "cpu"),
 }
-ALL = ["floor", *MACHINERY, *OBSERVABILITY, *POOLS, *PEERS]
+ALL = ["floor", *MACHINERY, *GO, *OBSERVABILITY, *POOLS, *PEERS, *TRANSPORT_PEERS]
+ROOT = HERE.parent
+GO_BUILD = Path(os.environ.get("MACHINERY_GO_BUILD", str(ROOT / ".nox" / "_go_interop")))
 DRAIN_ONLY = "n/a"  # the other cells of a drain-only variant (the pool variants)
 #: Every other variant runs with the observability plugins disabled (when they are installed).
 NO_OBSERVABILITY = {"MACHINERY_DISABLE_PLUGINS": ",".join(OBSERVABILITY.values())}
@@ -134,21 +155,8 @@ class RedisServer:
 
 def tree_rss_kb(root: int) -> int:
     """Resident set size (kB) of ``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, ()))
+    total = 0
+    for pid in tree_pids(root):
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
@@ -160,6 +168,42 @@ def tree_rss_kb(root: int) -> int:
     return total
 
 
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds used so far by ``root`` and its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 class Worker:
     """A worker process tree under test, with a peak-RSS sampler."""
 
@@ -169,6 +213,9 @@ class Worker:
         self.started = time.time()
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._logf, stderr=self._logf, start_new_session=True)
         self.peak_kb = 0
+        #: the tree's CPU seconds when its first task was seen and when its N-th was (wait_done)
+        self.cpu_first: float | None = None
+        self.cpu_end: float | None = None
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -245,6 +292,7 @@ COLUMNS = [
     ("group", "group enqueue/s"),
     ("drain_on", "drain/s (results)"),
     ("drain_off", "drain/s (no results)"),
+    ("cpu_us", "worker CPU µs/task"),
     ("rt_p50", "round trip p50 ms"),
     ("rt_p99", "round trip p99 ms"),
     ("eta_p50", "ETA late p50 ms"),
@@ -277,6 +325,11 @@ class Bench:
         self.log_dir = self.tmp / "logs"
         self.log_dir.mkdir()
         self._info: dict[tuple[str, bool], dict[str, Any]] = {}
+        self._gobench: str | NA | None = None
+        #: the extra sections: sweep[(system, task)][c] = (rate, cpu µs/task, capped task count or 0)
+        self.sweep: dict[tuple[str, str], dict[int, tuple[float, float | None, int] | NA]] = {}
+        self.procs: dict[str, float | NA] = {}  # one vs two worker processes
+        self.scale: dict[str, Any] = {}  # the --scale run
 
     # environment -----------------------------------------------------------------------------
 
@@ -290,26 +343,65 @@ class Bench:
             BENCH_REDIS_URL=self.redis.url,
             BENCH_RESULTS="1" if results else "0",
             BENCH_N=str(n),
-            BENCH_QUEUE=f"bench_{v.name.replace('-', '_')}_{self.token}",
+            # the sweep's variants keep their base variant's queue (BENCH_QUEUE_NAME): its cleanup deletes it
+            BENCH_QUEUE=f"bench_{v.env.get('BENCH_QUEUE_NAME', v.name).replace('-', '_')}_{self.token}",
         )
         env.update(v.env)
         if not results and v.off_env:
             env.update(v.off_env)
+        if v.module == "go":  # Go Machinery reads its own variables (config.NewFromEnvironment)
+            env["DEFAULT_QUEUE"] = env["BENCH_QUEUE"]
+            env["AMQP_BINDING_KEY"] = env["BENCH_QUEUE"]
+            env["AMQP_PREFETCH_COUNT"] = env.get("BENCH_CONCURRENCY") or "8"
         return env
 
     def driver(self, v: Variant, scenario: str, *, results: bool = True, timeout: float = 300, **opts: Any) -> dict[str, Any]:
-        cmd = [v.python, str(DRIVER), v.module, scenario, "--results", "1" if results else "0"]
-        for k, val in opts.items():
-            cmd += [f"--{k.replace('_', '-')}", str(val)]
+        if v.module == "go":
+            if scenario not in ("enqueue", "prefill", "roundtrip"):
+                raise RuntimeError(f"{scenario}: not in gobench")
+            cmd = [self.gobench(), scenario, *(f"-{k}={opts[k]}" for k in ("n", "warmup") if k in opts)]
+        else:
+            cmd = [v.python, str(DRIVER), v.module, scenario, "--results", "1" if results else "0"]
+            for k, val in opts.items():
+                cmd += [f"--{k.replace('_', '-')}", str(val)]
         proc = subprocess.run(cmd, env=self.base_env(v, results, 0), capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             raise RuntimeError(f"{scenario} producer: {err[:300]}")
         return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
+    def gobench(self) -> str:
+        """interop/go/build.sh's gobench (built, or found up to date, on first use)."""
+        if self._gobench is None:
+            proc = subprocess.run(
+                ["bash", str(ROOT / "interop" / "go" / "build.sh")], capture_output=True, text=True,
+                env={**os.environ, "MACHINERY_GO_BUILD": str(GO_BUILD)},
+            )
+            exe = Path(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else GO_BUILD) / "bin" / "gobench"
+            if proc.returncode != 0 or not exe.exists():
+                last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                self._gobench = NA(f"interop/go/build.sh failed: {last[:200]}")
+            else:
+                self._gobench = str(exe)
+        if isinstance(self._gobench, NA):
+            raise RuntimeError(self._gobench)
+        return self._gobench
+
     def info(self, v: Variant, results: bool) -> dict[str, Any]:
         """The system module's worker command, note and ETA support, asked in its own environment."""
         key = (v.name, results)
+        if key not in self._info and v.module == "go":
+            c = v.env.get("BENCH_CONCURRENCY") or "8"
+            go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.split()
+            self._info[key] = {
+                "cmd": [self.gobench(), "worker", "-c", c],
+                "note": f"`server.NewWorker(tag, {c}).Launch()` (interop/go/cmd/gobench: Go Machinery v2 at "
+                "26dbe030 from ../shared/go-machinery, built by interop/go/build.sh; its DEBUG/INFO loggers silenced)"
+                + ("; RabbitMQ broker (publisher confirms on, Go Machinery's own behaviour), "
+                   f"`AMQP_PREFETCH_COUNT={c}` (= concurrency, as machinery's worker sets it)" if "amqp" in v.name else ""),
+                "eta": "not measured for Go Machinery",
+                "versions": {"go": go[2] if len(go) > 2 else "?"},
+            }
         if key not in self._info:
             code = (
                 f"import json, importlib.metadata as md, bench_{v.module} as m\n"
@@ -341,27 +433,45 @@ class Bench:
 
     # scenarios -------------------------------------------------------------------------------
 
-    def wait_done(self, w: Worker, timeout: float) -> tuple[float, float, int]:
+    def wait_done(
+        self, w: Worker, timeout: float, n: int | None = None, cap: float | None = None, others: tuple[Worker, ...] = ()
+    ) -> tuple[float, float, int]:
         """Wait for the N-th task; returns (first start, end, tasks counted). A drain still
         running ``--drain-cap`` seconds after its first task started is measured over the
-        tasks done by then (progress marks every 500 tasks) and reported with a star."""
+        tasks done by then (progress marks every 500 tasks) and reported with a star. The
+        worker tree's CPU time is sampled when the first task is seen and at the end."""
+        n = self.args.n if n is None else n
         deadline = time.monotonic() + timeout
-        cap = self.args.drain_cap
+        cap = self.args.drain_cap if cap is None else cap
+        started: bytes | None = None
         while time.monotonic() < deadline:
             raw = self.redis.client.get(DONE_KEY)
             if raw is not None:
+                w.cpu_end = tree_cpu_s(w.proc.pid)
                 first, last = (float(x) for x in raw.split())
-                return first, last, self.args.n
-            if not w.alive():
-                raise RuntimeError(f"worker exited with {w.proc.returncode}: {w.tail()}")
-            started = self.redis.client.get(FIRST_KEY)
+                return first, last, n
+            for x in (w, *others):
+                if not x.alive():
+                    raise RuntimeError(f"worker exited with {x.proc.returncode}: {x.tail()}")
+            if started is None:
+                started = self.redis.client.get(FIRST_KEY)
+                if started is not None:
+                    w.cpu_first = tree_cpu_s(w.proc.pid)
             if cap and started is not None and time.time() - float(started) > cap:
                 marks = self.redis.client.lrange(PROGRESS_KEY, -1, -1)
                 if marks:
+                    w.cpu_end = tree_cpu_s(w.proc.pid)
                     k, at = marks[0].split()
                     return float(started), float(at), int(k)
             time.sleep(0.01)
-        raise RuntimeError(f"not all {self.args.n} tasks done within {timeout:.0f}s: {w.tail()}")
+        raise RuntimeError(f"not all {n} tasks done within {timeout:.0f}s: {w.tail()}")
+
+    @staticmethod
+    def cpu_us(w: Worker, done: int) -> float | None:
+        """Worker CPU per task (µs) between the first task seen and the end of the drain."""
+        if w.cpu_first is None or w.cpu_end is None or done <= 0:
+            return None
+        return (w.cpu_end - w.cpu_first) / done * 1e6
 
     def drain(self, v: Variant, row: Row, results: bool, prefilled: bool) -> None:
         key = "drain_on" if results else "drain_off"
@@ -378,6 +488,9 @@ class Bench:
             row.capped[key] = done
         if results:
             row.cells["rss"] = w.peak_kb / 1024
+            cpu = self.cpu_us(w, done)
+            if cpu is not None:
+                row.cells["cpu_us"] = cpu
 
     def drain_rate(self, v: Variant) -> float:
         """One more drain with results of N prefilled tasks (the rate only; clean state after)."""
@@ -458,6 +571,12 @@ class Bench:
             return ["machinery-core", "machinery-amqp", "pika"]
         if v.name == "machinery-sqlite":
             return ["machinery-core"]
+        if v.name.startswith("celery-amqp"):
+            return ["celery", "kombu", "amqp", "redis"]
+        if v.name.startswith("dramatiq-amqp"):
+            return ["dramatiq", "pika", "redis"]
+        if v.name == "huey-sqlite":
+            return ["huey"]
         if v.name == "machinery-otel":
             return ["machinery-core", "machinery-redis", "machinery-opentelemetry", "opentelemetry-sdk"]
         if v.name == "machinery-prometheus":
@@ -553,12 +672,88 @@ class Bench:
         finally:
             self.clean(v)
         for key, api in (("import", False), ("import_api", True)):
+            if v.module == "go" or v.name in TRANSPORT_PEERS:
+                row.cells[key] = NA("n/a: not a Python package" if v.module == "go" else "n/a: the same package as its Redis row")
+                continue
             try:
                 row.cells[key] = self.import_time(v, api)
             except Exception as exc:
                 row.cells[key] = failed(str(exc))
         print("   " + ", ".join(f"{k}={fmt(row.cells.get(k), k)}" for k, _ in COLUMNS) + f" ({time.monotonic() - t0:.0f}s)", flush=True)
         return row
+
+    # the issue-23 sections ---------------------------------------------------------------------
+
+    def drain_once(self, v: Variant, n: int, *, workers: int = 1, cap: float | None = None,
+                   prefill_timeout: float = 300) -> tuple[float, float | None, int, float]:
+        """Prefill ``n`` tasks, start ``workers`` worker processes, wait for the n-th task:
+        (tasks/s, worker CPU µs per task of the first worker process tree or None when
+        several, tasks counted, peak RSS MB of the first worker). Clean state after."""
+        try:
+            self.driver(v, "prefill", n=n, timeout=prefill_timeout)
+            ws = [self.worker(v, True, n) for _ in range(workers)]
+            try:
+                first, last, done = self.wait_done(ws[0], max(30.0, n / 50), n=n, cap=cap, others=tuple(ws[1:]))
+            finally:
+                for w in ws:
+                    w.stop()
+        finally:
+            self.clean(v)
+        cpu = self.cpu_us(ws[0], done) if workers == 1 else None
+        return done / max(last - first, 1e-9), cpu, done, ws[0].peak_kb / 1024
+
+    def run_sweep(self, systems: list[str], cs: list[int]) -> None:
+        """Drain a no-op and an I/O-bound (10 ms sleep) task at each concurrency in ``cs``.
+        The I/O-bound drain gets min(N, 400 x c) tasks (about 4 s at the ideal c x 100/s)."""
+        for base in build_variants(self, systems, self.args.arq_python):
+            if "BENCH_UNAVAILABLE" in base.env or self.available(base):
+                reason = base.env.get("BENCH_UNAVAILABLE") or self.available(base) or ""
+                for task in SWEEP_TASKS:
+                    self.sweep[(base.name, task)] = {c: NA(f"n/a: {reason}") for c in cs}
+                continue
+            for task in SWEEP_TASKS:
+                cells = self.sweep.setdefault((base.name, task), {})
+                for c in cs:
+                    n = self.args.n if task == "count" else min(self.args.n, 400 * c)
+                    v = Variant(
+                        f"{base.name}-c{c}-{task}", base.module, base.label, python=base.python,
+                        env={**base.env, "BENCH_CONCURRENCY": str(c), "BENCH_TASK": task, "BENCH_QUEUE_NAME": base.name},
+                        cleanup=base.cleanup,
+                    )
+                    try:
+                        rate, cpu, done, _ = self.drain_once(v, n)
+                        cells[c] = (rate, cpu, done if done < n else 0)
+                    except Exception as exc:
+                        cells[c] = failed(str(exc))
+                    got = cells[c]
+                    shown = got if isinstance(got, NA) else f"{got[0]:,.0f}/s" + (f", {got[1]:.0f} µs CPU/task" if got[1] else "")
+                    print(f"   sweep {base.name} {SWEEP_TASKS[task]} c={c}: {shown}", flush=True)
+
+    def run_procs(self) -> None:
+        """machinery (redis), ``-c 8``: N no-op tasks counted in Redis (probe.count_shared) drained
+        by one worker process, then by two."""
+        base = plain_machinery(self)
+        v = Variant("machinery-procs", "machinery", base.label, env={**base.env, "BENCH_TASK": "count_shared"})
+        for workers in (1, 2):
+            try:
+                rate, *_ = self.drain_once(v, self.args.n, workers=workers)
+                self.procs[str(workers)] = rate
+            except Exception as exc:
+                self.procs[str(workers)] = failed(str(exc))
+            print(f"   {workers} worker process(es): {fmt(self.procs[str(workers)], 'drain_on')}/s", flush=True)
+
+    def run_scale(self, big: int) -> None:
+        """machinery (redis) ``-c 8``: peak worker RSS draining a 10,000-task backlog, then a
+        ``big`` one (the whole backlog, no drain cap)."""
+        v = plain_machinery(self)
+        for n in (10_000, big):
+            t0 = time.monotonic()
+            try:
+                rate, cpu, _, rss = self.drain_once(v, n, cap=0, prefill_timeout=max(300, n / 200))
+                self.scale[str(n)] = {"rate": rate, "cpu_us": cpu, "rss": rss, "seconds": time.monotonic() - t0}
+            except Exception as exc:
+                self.scale[str(n)] = failed(str(exc))
+            print(f"   scale {n:,}: {self.scale[str(n)]}", flush=True)
 
     def close(self) -> None:
         self.redis.stop()
@@ -568,15 +763,17 @@ class Bench:
 # -- variants -----------------------------------------------------------------------------------
 
 
-def amqp_cleanup(queue: str, exchange: str) -> Callable[[], None]:
+def amqp_cleanup(queue: str, exchange: str, *more_queues: str) -> Callable[[], None]:
     def run() -> None:
         import pika
 
         conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         try:
             ch = conn.channel()
-            ch.queue_delete(queue)
-            ch.exchange_delete(exchange)
+            for q in (queue, *more_queues):
+                ch.queue_delete(q)
+            if exchange:
+                ch.exchange_delete(exchange)
         finally:
             conn.close()
 
@@ -664,6 +861,46 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
             if reason:
                 v.env["BENCH_UNAVAILABLE"] = reason
             out.append(v)
+        elif name in GO:
+            env = {"BROKER": url, "RESULT_BACKEND": url, "NO_UNIX_SIGNALS": "false"}
+            label, cleanup = "Go Machinery v2 (redis)", None
+            reason = None
+            if name == "go-machinery-amqp":
+                reason = amqp_reachable()
+                exchange = f"bench_go_exchange_{bench.token}"
+                env.update(BROKER=AMQP_URL, AMQP_EXCHANGE=exchange, AMQP_EXCHANGE_TYPE="direct")
+                label = "Go Machinery v2 (RabbitMQ broker, redis backend)"
+                cleanup = None if reason else amqp_cleanup(f"bench_{name.replace('-', '_')}_{bench.token}", exchange)
+            v = Variant(name, "go", label, env=env, results_off="Go Machinery v2 has no switch", cleanup=cleanup)
+            try:
+                bench.gobench()
+            except RuntimeError as exc:
+                reason = str(exc)
+            if reason:
+                v.env["BENCH_UNAVAILABLE"] = reason
+            out.append(v)
+        elif name in ("celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "dramatiq-amqp-confirm"):
+            reason = amqp_reachable()
+            peer = name.split("-")[0]
+            queue = f"bench_{name.replace('-', '_')}_{bench.token}"
+            extra = [f"{queue}.DQ", f"{queue}.XQ"] if peer == "dramatiq" else []
+            confirm = name.endswith("-confirm")
+            v = Variant(
+                name, peer, f"{peer} (RabbitMQ broker, redis backend{', publisher confirms' if confirm else ''})",
+                env={"BENCH_BROKER": AMQP_URL, "BENCH_CONFIRM": "1" if confirm else "0"},
+                cleanup=None if reason else amqp_cleanup(queue, queue if peer == "celery" else "", *extra),
+            )
+            if reason:
+                v.env["BENCH_UNAVAILABLE"] = reason
+            out.append(v)
+        elif name == "huey-sqlite":
+            db = bench.tmp / "huey.db"
+
+            def rm_huey(db: Path = db) -> None:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(db) + suffix).unlink(missing_ok=True)
+
+            out.append(Variant("huey-sqlite", "huey", "huey (SqliteHuey)", env={"BENCH_SQLITE": str(db)}, cleanup=rm_huey))
         elif name == "arq":
             out.append(Variant("arq", "arq", "arq", python=arq_python))
         elif name in PEERS:
@@ -689,7 +926,7 @@ def fmt(value: Any, key: str) -> str:
         return "-"
     if isinstance(value, NA):
         return "n/a" if value.startswith("n/a") else "FAILED"
-    if key in ("enqueue", "group", "drain_on", "drain_off"):
+    if key in ("enqueue", "group", "drain_on", "drain_off", "cpu_us"):
         return f"{value:,.0f}"
     if key in ("rss",):
         return f"{value:.1f}"
@@ -802,6 +1039,201 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
     return out
 
 
+def sweep_rate(bench: Bench, system: str, task: str, c: int) -> float | None:
+    cell = bench.sweep.get((system, task), {}).get(c)
+    return cell[0] if isinstance(cell, tuple) else None
+
+
+def ratio_target(label: str, mine: float | None, theirs: float | None, want: float, what: str) -> tuple[str, str, str] | None:
+    if mine is None or theirs is None:
+        return None
+    r = mine / theirs
+    return (label, f"{r:.2f}x ({mine:,.0f} vs {what} {theirs:,.0f})", "met" if r >= want else "NOT met")
+
+
+def issue23_targets(bench: Bench, rows: list[Row]) -> list[tuple[str, str, str]]:
+    """The targets of issue 23, each met / NOT met with its ratio (or "not measured")."""
+    by = {r.variant.name: r for r in rows}
+    out: list[tuple[str, str, str] | None] = []
+
+    def missing(label: str, why: str) -> None:
+        out.append((label, why, "not measured"))
+
+    for c in SWEEP_C:
+        label = f"Redis drain ≥ Go Machinery's at c = {c}"
+        t = ratio_target(label, sweep_rate(bench, "machinery", "count", c), sweep_rate(bench, "go-machinery", "count", c), 1.0, "Go")
+        out.append(t) if t else missing(label, "sweep of machinery and go-machinery not run")
+    t = ratio_target("Redis drain at c = 64 ≥ 90% of c = 8", sweep_rate(bench, "machinery", "count", 64),
+                     sweep_rate(bench, "machinery", "count", 8), 0.9, "c = 8:")
+    out.append(t) if t else missing("Redis drain at c = 64 ≥ 90% of c = 8", "sweep not run")
+    io64 = sweep_rate(bench, "machinery", "sleep_count", 64)
+    if io64 is not None:
+        out.append(("I/O-bound (10 ms) drain at c = 64 ≥ 80% of the ideal 6,400/s", f"{io64 / 6400:.0%} ({io64:,.0f}/s)",
+                    "met" if io64 >= 0.8 * 6400 else "NOT met"))
+        t = ratio_target("I/O-bound (10 ms) drain at c = 64 ≥ Go Machinery's", io64,
+                         sweep_rate(bench, "go-machinery", "sleep_count", 64), 1.0, "Go")
+        if t:
+            out.append(t)
+    else:
+        missing("I/O-bound (10 ms) drain at c = 64", "sweep not run")
+    m = by.get("machinery")
+    cpu = numeric(m, "cpu_us") if m else None
+    if cpu is not None:
+        out.append(("worker CPU per no-op task ≤ 200 µs (-c 8 drain, results on)", f"{cpu:.0f} µs", "met" if cpu <= 200 else "NOT met"))
+    else:
+        missing("worker CPU per no-op task ≤ 200 µs", "machinery drain not run")
+    floor = by.get("floor")
+    t = ratio_target("enqueue ≥ 85% of the raw LPUSH rate", numeric(m, "enqueue") if m else None,
+                     numeric(floor, "enqueue") if floor else None, 0.85, "LPUSH")
+    out.append(t) if t else missing("enqueue ≥ 85% of the raw LPUSH rate", "machinery and floor rows needed")
+    ma = by.get("machinery-amqp")
+    amqp_peers = [(numeric(by[n], k), n) for n in ("celery-amqp", "dramatiq-amqp") if n in by for k in ("enqueue",)]
+    amqp_peers = [(x, n) for x, n in amqp_peers if x is not None]
+    if ma and numeric(ma, "enqueue") and amqp_peers:
+        best = max(amqp_peers)
+        t = ratio_target("RabbitMQ enqueue (publisher confirms) ≥ 2x best of Celery/Dramatiq (their defaults: neither confirms)",
+                         numeric(ma, "enqueue"), best[0], 2.0, best[1])
+        out.append(t)
+        confirming = [(numeric(by[n], "enqueue"), n) for n in ("celery-amqp-confirm", "dramatiq-amqp-confirm") if n in by]
+        confirming = [(x, n) for x, n in confirming if x is not None]
+        if confirming:
+            best = max(confirming)
+            t = ratio_target("(for reference) the same against Celery/Dramatiq with publisher confirms on",
+                             numeric(ma, "enqueue"), best[0], 2.0, best[1])
+            if t:
+                out.append((t[0], t[1], "info"))
+    else:
+        missing("RabbitMQ enqueue ≥ 2x best of Celery/Dramatiq", "machinery-amqp and celery-amqp/dramatiq-amqp rows needed")
+    drains = [(numeric(by[n], "drain_on"), n) for n in ("celery-amqp", "dramatiq-amqp") if n in by]
+    drains = [(x, n) for x, n in drains if x is not None]
+    if ma and numeric(ma, "drain_on") and drains:
+        best = max(drains)
+        out.append(ratio_target("RabbitMQ drain ≥ 1.5x best of Celery/Dramatiq", numeric(ma, "drain_on"), best[0], 1.5, best[1]))
+    else:
+        missing("RabbitMQ drain ≥ 1.5x best of Celery/Dramatiq", "rows needed")
+    ga = by.get("go-machinery-amqp")
+    t = ratio_target("RabbitMQ drain ≥ Go Machinery's", numeric(ma, "drain_on") if ma else None,
+                     numeric(ga, "drain_on") if ga else None, 1.0, "Go")
+    out.append(t) if t else missing("RabbitMQ drain ≥ Go Machinery's", "machinery-amqp and go-machinery-amqp rows needed")
+    ms, hs = by.get("machinery-sqlite"), by.get("huey-sqlite")
+    p50 = numeric(ms, "rt_p50") if ms else None
+    if p50 is not None:
+        out.append(("embedded sqlite round trip p50 ≤ 2 ms (cross-process)", f"{p50:.2f} ms", "met" if p50 <= 2 else "NOT met"))
+    else:
+        missing("embedded sqlite round trip p50 ≤ 2 ms", "machinery-sqlite row needed")
+    t = ratio_target("embedded sqlite drain ≥ 2x Huey's SQLite storage", numeric(ms, "drain_on") if ms else None,
+                     numeric(hs, "drain_on") if hs else None, 2.0, "huey")
+    out.append(t) if t else missing("embedded sqlite drain ≥ 2x Huey's SQLite storage", "machinery-sqlite and huey-sqlite rows needed")
+    small, big = bench.scale.get("10000"), [v for k, v in bench.scale.items() if k != "10000"]
+    if isinstance(small, dict) and big and isinstance(big[0], dict):
+        d = big[0]["rss"] - small["rss"]
+        out.append(("1M backlog: peak worker RSS within 10 MB of a 10k backlog", f"{d:+.1f} MB ({big[0]['rss']:.1f} vs {small['rss']:.1f} MB)",
+                    "met" if d <= 10 else "NOT met"))
+    else:
+        missing("1M backlog: peak worker RSS within 10 MB of a 10k backlog", "run with --scale")
+    return [t for t in out if t is not None]
+
+
+def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
+    """The issue-23 sections: sweep, Go peer, other transports, processes and scale, targets."""
+    a = bench.args
+    by = {r.variant.name: r for r in rows}
+    lines: list[str] = []
+    if bench.sweep:
+        cs = sorted({c for cells in bench.sweep.values() for c in cells})
+        lines += ["", "## Concurrency sweep (drain, tasks/s; one worker process; results on, in this Redis)", "",
+                  "| system | task | " + " | ".join(f"c = {c}" for c in cs) + f" | c = {cs[-1]} / c = 8 |",
+                  "| --- | --- | " + " | ".join("---:" for _ in cs) + " | ---: |"]
+        stars = False
+        for (system, task), cells in bench.sweep.items():
+            vals = []
+            for c in cs:
+                cell = cells.get(c)
+                if isinstance(cell, tuple):
+                    vals.append(f"{cell[0]:,.0f}" + ("*" if cell[2] else ""))
+                    stars = stars or bool(cell[2])
+                else:
+                    vals.append(fmt(cell, "drain_on"))
+            r8, rl = sweep_rate(bench, system, task, 8), sweep_rate(bench, system, task, cs[-1])
+            rel = f"{rl / r8:.0%}" if r8 and rl and cs[-1] != 8 else "-"
+            label = {"go-machinery": "Go Machinery v2", "go-machinery-amqp": "Go Machinery v2 (RabbitMQ)",
+                     "machinery-amqp": "machinery (RabbitMQ)"}.get(system, system)
+            lines.append(f"| {label} | {SWEEP_TASKS[task]} | " + " | ".join(vals) + f" | {rel} |")
+        if stars:
+            lines.append(f"\\* measured over the tasks done {a.drain_cap:g} s after the first started.")
+        cpu_rows = [(sys_, cells) for (sys_, task), cells in bench.sweep.items() if task == "count"]
+        if cpu_rows:
+            lines += ["", "Worker CPU per no-op task (µs: user + system time of the worker's process tree from its first task "
+                      "to its last, over the tasks; /proc ticks of 10 ms, so use N ≥ 10,000), same drains:", "",
+                      "| system | " + " | ".join(f"c = {c}" for c in cs) + " |", "| --- | " + " | ".join("---:" for _ in cs) + " |"]
+            for system, cells in cpu_rows:
+                vals = [f"{cell[1]:,.0f}" if isinstance(cell, tuple) and cell[1] is not None else "-" for cell in (cells.get(c) for c in cs)]
+                lines.append(f"| {system} | " + " | ".join(vals) + " |")
+        notes = sorted({f"- {s}, {SWEEP_TASKS[t]}, c = {c}: {cell}" for (s, t), cells in bench.sweep.items()
+                        for c, cell in cells.items() if isinstance(cell, NA) and cell.startswith("FAILED")})
+        if notes:
+            lines += ["", *notes]
+        lines += ["", "Each cell: min(N, 400 x c) tasks for the I/O-bound one, N for the no-op; a fresh worker per cell. "
+                  "Settings: machinery `worker -c C` (threads); Go Machinery `NewWorker(tag, C)`; Celery `--pool threads -c C` "
+                  "(prefork with 32 or 64 processes on 2 cores is not a setting anyone runs); Dramatiq `--processes 1 --threads C`; "
+                  "Taskiq `--workers 1 --max-async-tasks C` and arq `max_jobs = C` (their I/O task awaits `asyncio.sleep`); "
+                  "Huey `-k thread -w C`. RQ (one job at a time per forked work horse) has no concurrency knob in one worker and is left out. "
+                  "On RabbitMQ (results in Redis) machinery's worker and Go Machinery (`AMQP_PREFETCH_COUNT`) prefetch C messages."]
+    go, mach = by.get("go-machinery"), by.get("machinery")
+    if go is not None and mach is not None:
+        lines += ["", "## Go Machinery v2 beside machinery (Redis broker and backend, -c 8)", "",
+                  "| system | enqueue/s | drain/s | worker CPU µs/task | round trip p50 ms | p99 ms | worker peak RSS MB |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in (mach, go):
+            lines.append(f"| {r.variant.label} | " + " | ".join(fmt(r.cells.get(k), k) for k in ("enqueue", "drain_on", "cpu_us", "rt_p50", "rt_p99", "rss")) + " |")
+        pairs = []
+        for broker, gname, mname in (("Redis", "go-machinery", "machinery"), ("RabbitMQ", "go-machinery-amqp", "machinery-amqp")):
+            for task in SWEEP_TASKS:
+                for c in SWEEP_C:
+                    g, m = sweep_rate(bench, gname, task, c), sweep_rate(bench, mname, task, c)
+                    if g and m:
+                        pairs.append(f"| {broker} | {c} | {SWEEP_TASKS[task]} | {g:,.0f} | {m:,.0f} | {m / g:.2f} |")
+        if pairs:
+            lines += ["", "Drains of the sweep (tasks/s; results on, in Redis):", "",
+                      "| broker | concurrency | task | Go Machinery v2 | machinery | ratio |",
+                      "| --- | ---: | --- | ---: | ---: | ---: |", *pairs]
+    trows = [by[n] for n in (*AMQP_ROWS, *SQLITE_ROWS) if n in by]
+    if trows:
+        confirms = {"machinery-amqp": "yes (always)", "go-machinery-amqp": "yes (always)", "celery-amqp": "no (kombu's default)",
+                    "dramatiq-amqp": "no (its default)", "celery-amqp-confirm": "yes (`confirm_publish=True`)",
+                    "dramatiq-amqp-confirm": "yes (`confirm_delivery=True`)", "machinery-sqlite": "-", "huey-sqlite": "-"}
+        lines += ["", "## Other transports: RabbitMQ and SQLite, beside their peers (-c 8)", "",
+                  "| system | publisher confirms | enqueue/s | drain/s (results) | drain/s (no results) | round trip p50 ms | p99 ms | worker peak RSS MB |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in trows:
+            lines.append(f"| {r.variant.label} | {confirms[r.variant.name]} | "
+                         + " | ".join(fmt(r.cells.get(k), k) for k in ("enqueue", "drain_on", "drain_off", "rt_p50", "rt_p99", "rss")) + " |")
+        lines += ["", "RabbitMQ rows keep results in this Redis. The SQLite rows use one database file per system in the "
+                  "run's temporary directory (results in the same file); both are cross-process (producer and worker are "
+                  "separate processes)."]
+    if bench.procs or bench.scale:
+        lines += ["", "## Processes and scale (machinery, redis, -c 8)", ""]
+        if bench.procs:
+            one, two = bench.procs.get("1"), bench.procs.get("2")
+            ratio = f" ({two / one:.2f}x)" if isinstance(one, float) and isinstance(two, float) else ""
+            lines.append(f"- N = {a.n:,} no-op tasks counted in Redis (`probe.count_shared`): one worker process "
+                         f"{fmt(one, 'drain_on')}/s, two worker processes {fmt(two, 'drain_on')}/s{ratio} on {os.cpu_count()} cores.")
+        for n, cell in bench.scale.items():
+            if isinstance(cell, dict):
+                cpu = f", {cell['cpu_us']:.0f} µs CPU/task" if cell.get("cpu_us") else ""
+                lines.append(f"- backlog of {int(n):,} tasks drained to the end by one worker: peak RSS {cell['rss']:.1f} MB, "
+                             f"{cell['rate']:,.0f}/s{cpu} ({cell['seconds']:.0f} s with the prefill)")
+            else:
+                lines.append(f"- backlog of {int(n):,}: {cell}")
+        if not bench.scale:
+            lines.append("- the 1,000,000-task backlog runs with `--scale` (3 to 4 minutes more on this machine): not run here.")
+    tg = issue23_targets(bench, rows)
+    if tg:
+        lines += ["", "## Targets of issue 23 (ratios from this run)", "", "| target | measured | |", "| --- | --- | --- |"]
+        lines += [f"| {t} | {m} | {s} |" for t, m, s in tg]
+    return lines
+
+
 def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
     a = bench.args
     mach = machine()
@@ -834,6 +1266,7 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
     if tg:
         lines += ["", "## Targets (machinery on Redis, ratios from this run)", "", "| target | measured | |", "| --- | --- | --- |"]
         lines += [f"| {t} | {m} | {s} |" for t, m, s in tg]
+    lines += render_sections(bench, rows)
     notes = []
     for r in rows:
         for k, h in COLUMNS:
@@ -867,6 +1300,8 @@ def render(bench: Bench, rows: list[Row], wall: float, plot: str | None) -> str:
         "records its progress in this Redis, so every worker, the sqlite:// one included, has redis-py",
         "loaded: 20 to 22 MB of each figure on this machine). The floor is raw",
         "redis-py: LPUSH per message and one BRPOP per message in one consumer process.",
+        "*worker CPU µs/task*: user + system CPU time of the worker's process tree between the first",
+        "task seen started and the N-th done (from /proc, 10 ms ticks), over the tasks.",
         "*Observability* rows: machinery (redis) with one plugin enabled (the other rows run with both",
         "disabled); the set-up is in its line above. Their 85% targets are the median ratio of",
         f"{a.pairs} further drains with and without the plugin, alternated (each pair back to back), besides",
@@ -909,7 +1344,7 @@ def plot(rows: list[Row], path: Path) -> bool:
             ax.text(x, i, f" {x:,.0f}" if x >= 100 else f" {x:.2f}", va="center", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.margins(x=0.2)
-    fig.suptitle("machinery vs Python task queues on one Redis (same machine, same run)")
+    fig.suptitle("machinery vs Go Machinery and Python task queues (same machine, same run; Redis unless named)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -930,12 +1365,21 @@ def compile_all(pythons: set[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny N, for CI: checks the harness, not the speed")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny N, few systems (floor, machinery, Go Machinery; sweep at c = 1, 8): the whole harness end to end "
+                   "in well under a minute; writes to a temporary file unless --out is given")
+    p.add_argument("--sweep-systems", default=",".join(SWEEP_SYSTEMS),
+                   help=f"systems of the concurrency sweep ('' for none), a subset of: {', '.join(SWEEP_SYSTEMS)}")
+    p.add_argument("--sweep-c", default=",".join(map(str, SWEEP_C)), help="concurrencies of the sweep")
+    p.add_argument("--no-procs", action="store_true", help="skip the one vs two worker processes drain")
+    p.add_argument("--scale", action="store_true", help="also drain a --scale-n backlog (peak RSS vs 10k; takes minutes)")
+    p.add_argument("--scale-n", type=int, default=1_000_000, help="the --scale backlog")
     p.add_argument("--systems", default=",".join(ALL), help=f"comma-separated subset of: {', '.join(ALL)}")
     p.add_argument("--n", type=int, default=10_000, help="tasks for enqueue and drain")
     p.add_argument("--rt", type=int, default=500, help="round trips")
     p.add_argument("--eta", type=int, default=200, help="ETA tasks")
     p.add_argument("--eta-spread", type=float, default=5.0, help="seconds the ETAs are spread over")
-    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown file to write")
+    p.add_argument("--out", default="", help="Markdown file to write (default benchmarks/RESULTS.md; --quick: a temporary file)")
     p.add_argument("--plot", default=str(HERE / "results.png"), help="PNG to write ('' for none)")
     p.add_argument("--json", default="", help="also write the raw numbers here")
     p.add_argument("--pairs", type=int, default=3,
@@ -953,10 +1397,28 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.rt, args.eta, args.eta_spread = min(args.n, 300), min(args.rt, 30), min(args.eta, 20), min(args.eta_spread, 1.0)
         args.warmup, args.rt_warmup, args.import_runs, args.eta_grace = 10, 3, 2, 5.0
         args.pairs = min(args.pairs, 1)
+    if args.quick:
+        args.n, args.rt, args.eta, args.eta_spread = min(args.n, 300), min(args.rt, 30), min(args.eta, 20), min(args.eta_spread, 1.0)
+        args.warmup, args.rt_warmup, args.import_runs, args.eta_grace, args.pairs = 10, 3, 2, 5.0, 0
+        if "--systems" not in args.argv:
+            args.systems = "floor,machinery,go-machinery"
+        if "--sweep-systems" not in args.argv:
+            args.sweep_systems = "machinery,go-machinery"
+        if "--sweep-c" not in args.argv:
+            args.sweep_c = "1,8"
+        if not args.out:
+            args.out = str(Path(tempfile.gettempdir()) / "machinery-bench-quick.md")
+            args.plot = ""
+    args.out = args.out or str(HERE / "RESULTS.md")
     args.drain_timeout = max(30.0, args.n / 50)
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    sweep_names = [s.strip() for s in args.sweep_systems.split(",") if s.strip()]
+    unknown = [s for s in sweep_names if s not in SWEEP_SYSTEMS]
+    if unknown:
+        raise SystemExit(f"--sweep-systems: unknown {', '.join(unknown)}; known: {', '.join(SWEEP_SYSTEMS)}")
+    sweep_cs = [int(c) for c in args.sweep_c.split(",") if c.strip()]
     t0 = time.monotonic()
-    if not args.smoke:
+    if not (args.smoke or args.quick):
         compile_all({sys.executable, args.arq_python} if "arq" in names else {sys.executable})
     bench = Bench(args)
     try:
@@ -970,6 +1432,15 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 continue
             rows.append(bench.run_variant(v))
+        if sweep_names and not args.smoke:
+            print(f"== concurrency sweep: {', '.join(sweep_names)} at c = {', '.join(map(str, sweep_cs))}", flush=True)
+            bench.run_sweep(sweep_names, sweep_cs)
+        if not args.no_procs and not args.smoke:
+            print("== one vs two worker processes", flush=True)
+            bench.run_procs()
+        if args.scale:
+            print(f"== scale: 10,000 and {args.scale_n:,} queued tasks", flush=True)
+            bench.run_scale(args.scale_n)
         wall = time.monotonic() - t0
         plot_path = Path(args.plot) if args.plot else None
         plotted = plot_path is not None and plot(rows, plot_path)
@@ -977,13 +1448,22 @@ def main(argv: list[str] | None = None) -> int:
         text = render(bench, rows, wall, rel)
         Path(args.out).write_text(text)
         if args.json:
-            Path(args.json).write_text(json.dumps(
-                {r.variant.name: {k: (v if not isinstance(v, NA) else str(v)) for k, v in r.cells.items()} for r in rows},
-                indent=2,
-            ))
+            raw: dict[str, Any] = {
+                r.variant.name: {k: (v if not isinstance(v, NA) else str(v)) for k, v in r.cells.items()} for r in rows
+            }
+            raw["_sweep"] = {f"{s} {t}": {str(c): (list(x) if isinstance(x, tuple) else str(x)) for c, x in cells.items()}
+                             for (s, t), cells in bench.sweep.items()}
+            raw["_procs"] = {k: (x if isinstance(x, float) else str(x)) for k, x in bench.procs.items()}
+            raw["_scale"] = {k: (x if isinstance(x, dict) else str(x)) for k, x in bench.scale.items()}
+            Path(args.json).write_text(json.dumps(raw, indent=2))
         print(text)
         bad = [r.variant.name for r in rows if any(isinstance(v, NA) and v.startswith("FAILED") for v in r.cells.values())]
-        return 1 if args.smoke and bad else 0
+        bad += [f"sweep {s} {t}" for (s, t), cells in bench.sweep.items() if any(isinstance(c, NA) and c.startswith("FAILED") for c in cells.values())]
+        bad += [f"{k} worker process(es)" for k, c in bench.procs.items() if isinstance(c, NA)]
+        if (args.smoke or args.quick) and bad:
+            print(f"FAILED: {', '.join(bad)}", file=sys.stderr)
+            return 1
+        return 0
     finally:
         bench.close()
 

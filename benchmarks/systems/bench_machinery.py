@@ -54,8 +54,9 @@ if os.environ.get("BENCH_OTEL_SDK") == "1":
     _otel_sdk()
 server = Server(_config())
 server.register_tasks({"count": probe.count, "echo": probe.noop, "eta": probe.eta})
-server.register_tasks({"count_shared": probe.count_shared, "cpu": probe.cpu})
-#: The drained task: ``count`` (default), ``count_shared`` or ``cpu`` (the pool variants).
+server.register_tasks({"count_shared": probe.count_shared, "cpu": probe.cpu, "sleep_count": probe.sleep_count})
+#: The drained task: ``count`` (default), ``sleep_count`` (the I/O-bound one, 10 ms), ``count_shared``
+#: or ``cpu`` (the pool variants, two worker processes).
 TASK = os.environ.get("BENCH_TASK", "") or "count"
 
 

@@ -2,13 +2,15 @@
 ``RedisAsyncResultBackend``.
 
 Worker: ``taskiq worker bench_taskiq:broker --workers 1 --max-async-tasks 8`` (async tasks; the
-CLI runs one worker process under a supervising parent). "Results off" runs without a result
+CLI runs one worker process under a supervising parent; ``--max-async-tasks`` from
+``BENCH_CONCURRENCY``). The I/O-bound task awaits ``asyncio.sleep(0.01)``, Taskiq's own model. "Results off" runs without a result
 backend. Taskiq has no ETA inside its worker: scheduled tasks need the separate
 ``taskiq scheduler`` process and a schedule source, so the ETA scenario is n/a.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import probe
@@ -23,6 +25,9 @@ ETA_UNSUPPORTED = "no ETA in the worker (needs the separate `taskiq scheduler` p
 _url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 _results = os.environ.get("BENCH_RESULTS", "1") == "1"
 _queue = os.environ.get("BENCH_QUEUE", "taskiq")
+_concurrency = os.environ.get("BENCH_CONCURRENCY", "") or "8"
+#: The drained task (``count``, the no-op, or ``sleep_count``, the I/O-bound one).
+TASK = os.environ.get("BENCH_TASK", "") or "count"
 
 broker = RedisStreamBroker(url=_url, queue_name=_queue)
 if _results:
@@ -34,16 +39,25 @@ async def count(x: int) -> int:
     return probe.count(x)
 
 
+@broker.task(task_name="sleep_count")
+async def sleep_count(x: int) -> int:
+    await asyncio.sleep(probe.IO_SECONDS)
+    return probe.count(x)
+
+
+_drained = {"count": count, "sleep_count": sleep_count}[TASK]
+
+
 @broker.task(task_name="echo")
 async def echo(x: int) -> int:
     return probe.noop(x)
 
 
 def worker_cmd(python: str, results: bool) -> list[str]:
-    return [python, "-m", "taskiq", "worker", "bench_taskiq:broker", "--workers", "1", "--max-async-tasks", "8", "--log-level", "WARNING"]
+    return [python, "-m", "taskiq", "worker", "bench_taskiq:broker", "--workers", "1", "--max-async-tasks", _concurrency, "--log-level", "WARNING"]
 
 
-WORKER_NOTE = "`taskiq worker --workers 1 --max-async-tasks 8` (RedisStreamBroker, acks when the result is saved)"
+WORKER_NOTE = f"`taskiq worker --workers 1 --max-async-tasks {_concurrency}` (RedisStreamBroker, acks when the result is saved)"
 
 
 class Client:
@@ -54,7 +68,7 @@ class Client:
         await self.broker.startup()
 
     async def enqueue(self, i: int) -> None:
-        await count.kiq(i)
+        await _drained.kiq(i)
 
     async def roundtrip(self, i: int) -> int:
         task = await echo.kiq(i)

@@ -54,6 +54,16 @@ def count(x: int) -> int:
     return value
 
 
+#: The I/O-bound task's wait (seconds): a blocking sleep, as a call to a slow service would be.
+IO_SECONDS = 0.01
+
+
+def sleep_count(x: int) -> int:
+    """The I/O-bound task: sleep :data:`IO_SECONDS` (10 ms), then :func:`count`."""
+    time.sleep(IO_SECONDS)
+    return count(x)
+
+
 def eta(x: int, due: float) -> int:
     """Record ``start - due`` (seconds) for a task scheduled to start at ``due`` (Unix time)."""
     _redis().rpush(ETA_KEY, repr(time.time() - due))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Go Machinery v2 (the unmodified reference tree in ../shared/go-machinery) and this
-# repository's Go test programs (cmd/goworker, cmd/goproducer), offline, with Debian's Go.
+# repository's Go test programs (cmd/goworker, cmd/goproducer; cmd/gobench for benchmarks/run.py),
+# offline, with Debian's Go.
 #
 #   bash interop/go/build.sh            # prints the directory holding bin/goworker, bin/goproducer
 #
@@ -69,7 +70,7 @@ inputs_hash() {
 }
 HASH="$(inputs_hash)"
 if [ -f "$BUILD/inputs.sha256" ] && [ "$(cat "$BUILD/inputs.sha256")" = "$HASH" ] \
-   && [ -x "$BUILD/bin/goworker" ] && [ -x "$BUILD/bin/goproducer" ]; then
+   && [ -x "$BUILD/bin/goworker" ] && [ -x "$BUILD/bin/goproducer" ] && [ -x "$BUILD/bin/gobench" ]; then
   say "up to date in $BUILD"
   echo "$BUILD"
   exit 0
@@ -107,7 +108,8 @@ cp -R "$HERE/cmd" "$GOPATH_DIR/src/machinery-interop/"
 export GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH="$GOPATH_DIR:/usr/share/gocode" GOCACHE="$BUILD/gocache"
 (cd "$GOPATH_DIR/src/machinery-interop" \
   && go build -o "$BUILD/bin/goworker" ./cmd/goworker \
-  && go build -o "$BUILD/bin/goproducer" ./cmd/goproducer) >&2 || die "go build failed"
+  && go build -o "$BUILD/bin/goproducer" ./cmd/goproducer \
+  && go build -o "$BUILD/bin/gobench" ./cmd/gobench) >&2 || die "go build failed"
 echo "$HASH" > "$BUILD/inputs.sha256"
-say "built $BUILD/bin/goworker $BUILD/bin/goproducer"
+say "built $BUILD/bin/goworker $BUILD/bin/goproducer $BUILD/bin/gobench"
 echo "$BUILD"
