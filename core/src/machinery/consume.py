@@ -35,9 +35,7 @@ The core then owns ``consume``, ``ack`` and ``nack``:
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -52,6 +50,8 @@ from machinery.errors import BrokerAuthenticationError, BrokerConnectionError
 from machinery.interfaces import Broker, Delivery
 
 if TYPE_CHECKING:
+    import asyncio
+
     from machinery.config import Config
 
 __all__ = ["AsyncPollingBroker", "EventLoopThread", "PollingBroker", "eta_of"]
@@ -344,6 +344,8 @@ class EventLoopThread:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop (started on first use)."""
+        import asyncio  # here, so that a broker on the template does not load asyncio
+
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
@@ -366,6 +368,9 @@ class EventLoopThread:
         :raises RuntimeError: called from the loop's own thread (it would wait for itself).
         :raises TimeoutError: ``timeout`` seconds passed first (the coroutine is cancelled).
         """
+        import asyncio
+        import concurrent.futures
+
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError(f"{self.name}: run() called from the loop's own thread")
@@ -383,6 +388,7 @@ class EventLoopThread:
             self._loop = self._thread = None
         if loop is None or loop.is_closed():
             return
+        import asyncio
 
         async def cancel_all() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
