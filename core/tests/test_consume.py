@@ -304,3 +304,87 @@ def test_async_adapter() -> None:
     assert b.closed
 
 
+
+
+def test_heartbeat_covers_fetched_messages_not_yet_handed_out() -> None:
+    """A batch waiting in the consumer is extended too (a slow pool must not lose its leases)."""
+    extended: list[int] = []
+
+    class Beating(ListBroker):
+        extend_interval = 0.05
+
+        def _extend(self, deliveries: Sequence[Delivery]) -> None:
+            extended.append(len(deliveries))
+
+    b = Beating()
+    for i in range(3):
+        b.publish(body(i), Signature("add"))
+    stop, it = run(b, prefetch=3)
+    d = next(it)  # one handed out, two waiting
+    time.sleep(0.3)
+    assert extended and max(extended) == 3
+    b.ack(d)
+    stop.set()
+    list(it)
+    b.close()
+    assert sorted(b.ready) == sorted([body(1), body(2)])
+
+
+def test_settle_waits_for_an_extend_covering_it() -> None:
+    """An ack or nack never runs while an ``_extend`` that includes its message is running (the
+    extension would overwrite a nack's shorter visibility)."""
+    events: list[str] = []
+    in_extend = threading.Event()
+
+    class Slow(ListBroker):
+        extend_interval = 0.05
+
+        def _extend(self, deliveries: Sequence[Delivery]) -> None:
+            events.append("extend-start")
+            in_extend.set()
+            time.sleep(0.3)
+            events.append("extend-end")
+
+        def _release(self, deliveries: Sequence[Delivery]) -> None:
+            events.append("release")
+            super()._release(deliveries)
+
+    b = Slow()
+    b.publish(body(1), Signature("add"))
+    stop, it = run(b)
+    d = next(it)
+    assert in_extend.wait(2)
+    b.nack(d)
+    stop.set()
+    list(it)
+    b.close()
+    i = events.index("release")
+    assert events[i - 1] == "extend-end", events
+
+
+def test_eta_in_consumer_on_a_broker_with_native_delay() -> None:
+    """``eta_in_consumer`` makes a broker that declares native delay (SQS) hold early messages
+    back like one without; without it they are handed out as fetched."""
+    far = datetime.now(timezone.utc) + timedelta(seconds=30)
+
+    class Native(DeferringBroker):
+        supports_native_delay = True
+
+    class Held(Native):
+        eta_in_consumer = True
+
+    plain = Native()
+    plain.publish(body(1, far), Signature("add"))
+    stop, it = run(plain)
+    assert next(it).body == body(1, far)
+    stop.set()
+    list(it)
+
+    held = Held()
+    held.publish(body(1, far), Signature("add"))
+    held.publish(body(2), Signature("add"))
+    stop, it = run(held)
+    assert next(it).body == body(2)
+    assert len(held.deferred) == 1 and 29 < held.deferred[0] <= 30
+    stop.set()
+    list(it)

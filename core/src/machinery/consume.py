@@ -22,15 +22,17 @@ The core then owns ``consume``, ``ack`` and ``nack``:
   off from 0.1 s to 10 s on :class:`~machinery.errors.BrokerConnectionError` (or one of the
   client's :attr:`PollingBroker.connection_errors`) and calls :meth:`PollingBroker._reconnect`,
   and gives back every message it fetched but did not hand out when it ends;
-- where the broker cannot hold a message until its ETA (``supports_native_delay`` False), a
-  fetched message that is not due is never handed out early: one due within
-  :attr:`PollingBroker.eta_hold` seconds is kept here and handed out when due, a later one is
-  deferred to its ETA;
+- where the broker cannot hold a message until its ETA (``supports_native_delay`` False, or
+  :attr:`PollingBroker.eta_in_consumer` True), a fetched message that is not due is never
+  handed out early: one due within :attr:`PollingBroker.eta_hold` seconds is kept here and
+  handed out when due, a later one is deferred to its ETA;
 - ``nack(delay=...)`` uses :meth:`PollingBroker._defer`, or, for a broker without it, keeps the
   message (unacknowledged) in this process and releases it when the delay is over;
 - a heartbeat thread calls :meth:`PollingBroker._extend` every
-  :attr:`PollingBroker.extend_interval` seconds with the messages handed out and not yet
-  acknowledged, when the broker implements it.
+  :attr:`PollingBroker.extend_interval` seconds with the messages fetched and not yet
+  acknowledged or given back (handed out, or waiting in the consumer), when the broker
+  implements it; settling a message (ack, nack, give back) waits for an ``_extend`` call
+  covering it to end, so a heartbeat never overwrites a settle.
 """
 
 from __future__ import annotations
@@ -102,8 +104,13 @@ class PollingBroker(Broker):
     #: consumer until due; later ones are deferred (:meth:`_defer`) to their ETA.
     eta_hold: ClassVar[float] = 1.0
     #: Seconds between two :meth:`_extend` calls (None: no heartbeat); may be set per instance
-    #: (from the broker's options) before the first message is handed out.
+    #: (from the broker's options) before the first fetch returns, and changed later (each beat
+    #: reads it).
     extend_interval: float | None = None
+    #: Whether ``consume`` holds back messages not yet due (see the module documentation).
+    #: None: when the broker has no native delay. True for a broker that declares native delay
+    #: but meets it in the consumer (SQS hides an early message again until its ETA).
+    eta_in_consumer: ClassVar[bool | None] = None
     #: Client-library exceptions that mean "connection trouble": ``consume`` backs off and
     #: reconnects on them, and :meth:`translate_errors` turns them into
     #: :class:`~machinery.errors.BrokerConnectionError`.
@@ -112,6 +119,9 @@ class PollingBroker(Broker):
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
         self.__lock = threading.Lock()
+        #: Notified when an :meth:`_extend` call ends; a settle waits for the one covering it.
+        self.__extended = threading.Condition(self.__lock)
+        self.__extending: set[int] = set()
         self.__held: dict[int, Delivery] = {}
         self.__timers: dict[int, tuple[threading.Timer, Delivery]] = {}
         self.__closed = threading.Event()
@@ -183,7 +193,8 @@ class PollingBroker(Broker):
             return sum(1 for d in self.__held.values() if d.queue == queue)
 
     def _held_deliveries(self) -> list[Delivery]:
-        """The messages handed out by ``consume`` and not yet acknowledged or given back."""
+        """The messages ``consume`` fetched and that are not yet acknowledged or given back
+        (handed out, or waiting in the consumer to be)."""
         with self.__lock:
             return list(self.__held.values())
 
@@ -197,24 +208,34 @@ class PollingBroker(Broker):
                     self.__heartbeat = t
                     t.start()
 
-    def __forget(self, delivery: Delivery) -> None:
+    def __settling(self, delivery: Delivery) -> None:
+        """Stop extending ``delivery``, after an :meth:`_extend` call covering it has ended (so
+        a heartbeat never overwrites what the settle does, such as a shorter visibility)."""
+        key = id(delivery)
         with self.__lock:
-            self.__held.pop(id(delivery), None)
+            while key in self.__extending:
+                self.__extended.wait()
+            self.__held.pop(key, None)
 
     def _implements(self, name: str) -> bool:
         """Whether the optional primitive ``name`` (``_defer``, ``_extend``) is implemented."""
         return getattr(type(self), name) is not getattr(PollingBroker, name)
 
     def __beat(self) -> None:
-        interval = self.extend_interval or 1.0
-        while not self.__closed.wait(interval):
-            held = self._held_deliveries()
+        while not self.__closed.wait(self.extend_interval or 1.0):
+            with self.__lock:
+                held = list(self.__held.values())
+                self.__extending = {id(d) for d in held}
             if not held:
                 continue
             try:
                 self._extend(held)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("could not extend %d held message(s): %s", len(held), exc)
+            finally:
+                with self.__lock:
+                    self.__extending = set()
+                    self.__extended.notify_all()
 
     @final
     def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
@@ -223,18 +244,17 @@ class PollingBroker(Broker):
         due: list[tuple[float, int, Delivery]] = []  # a heap of (ETA, seq, delivery)
         seq = itertools.count()
         backoff = self.backoff_initial
-        emulate_eta = not self.supports_native_delay
+        emulate_eta = not self.supports_native_delay if self.eta_in_consumer is None else self.eta_in_consumer
         try:
             while not stop.is_set():
                 now = time.time()
                 while due and due[0][0] <= now:
                     buffer.append(heapq.heappop(due)[2])
                 if buffer:
-                    d = buffer.popleft()
-                    self.__hold(d)
-                    yield d
+                    yield buffer.popleft()
                     continue
-                want = max(1, min(prefetch, self.fetch_max) - self._held_count(queue) - len(due))
+                # Held: handed out and not settled, plus fetched and waiting here (``due``).
+                want = max(1, min(prefetch, self.fetch_max) - self._held_count(queue))
                 wait = self.fetch_wait if not due else max(0.0, min(self.fetch_wait, due[0][0] - now))
                 try:
                     got = self._fetch(queue, want, wait)
@@ -251,6 +271,7 @@ class PollingBroker(Broker):
                     continue
                 backoff = self.backoff_initial
                 for d in got:
+                    self.__hold(d)  # from the fetch on: counted against prefetch, extended
                     eta = eta_of(d.body) if emulate_eta else None
                     ahead = eta - time.time() if eta is not None else 0.0
                     if eta is None or ahead <= 0:
@@ -258,12 +279,15 @@ class PollingBroker(Broker):
                     elif ahead <= self.eta_hold:
                         heapq.heappush(due, (eta, next(seq), d))
                     else:
+                        self.__settling(d)
                         self.__defer(d, ahead)
                 if not got and due and wait <= 0:
                     stop.wait(0.001)
         finally:
             rest = list(buffer) + [d for *_, d in due]
             if rest:
+                for d in rest:
+                    self.__settling(d)
                 try:
                     self._release(rest)
                 except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
@@ -273,6 +297,7 @@ class PollingBroker(Broker):
         if self._implements("_defer"):
             self._defer(delivery, delay)
             return
+
         # Kept here, unacknowledged (a crash gives it back), and released when due.
         def due() -> None:
             with self.__lock:
@@ -291,23 +316,19 @@ class PollingBroker(Broker):
     @final
     def ack(self, delivery: Delivery) -> None:
         """Remove the message for good (after the task's final state is stored)."""
-        try:
-            self._ack(delivery)
-        finally:
-            self.__forget(delivery)
+        self.__settling(delivery)
+        self._ack(delivery)
 
     @final
     def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
         """Give the message back (after ``delay`` seconds) or dead-letter it."""
-        try:
-            if not requeue:
-                self._dead_letter(delivery)
-            elif delay > 0:
-                self.__defer(delivery, delay)
-            else:
-                self._release([delivery])
-        finally:
-            self.__forget(delivery)
+        self.__settling(delivery)
+        if not requeue:
+            self._dead_letter(delivery)
+        elif delay > 0:
+            self.__defer(delivery, delay)
+        else:
+            self._release([delivery])
 
     def close(self) -> None:
         """Stop the heartbeat and give back at once the messages held for a delay. Idempotent."""
