@@ -251,9 +251,11 @@ class MongoBackend(Backend):
                     coll.find_one({"uuid": uuid, "terminate": True, **self._live()}, projection={"_id": True})
                     is not None
                 )
-                seq = counters.find_one_and_update(
+                counter = counters.find_one_and_update(
                     {"_id": "revocations"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-                )["seq"]
+                )
+                assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
+                seq = counter["seq"]
                 coll.insert_one({"_id": int(seq), "uuid": uuid, "terminate": term, "expires_at": expires})
 
     def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:

@@ -112,7 +112,7 @@ def _registry(event: WorkerEvent) -> CollectorRegistry:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
     worker = event.worker
     if worker is not None and type(worker.server.broker).supports_pending_listing:

@@ -150,7 +150,7 @@ def _chord_field() -> str:
     name = next(k for k in off if off[k] != on[k])
     if not name.isalnum():  # it goes into a Lua pattern below
         raise RuntimeError(f"unexpected chord field name {name!r}")
-    return name
+    return str(name)
 
 
 CHORD_FIELD = _chord_field()

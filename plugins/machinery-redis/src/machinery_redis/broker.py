@@ -19,6 +19,7 @@ Keys of this plugin only (the ``{queue}`` hash tag keeps them in the queue's clu
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ def _routing_field() -> str:
     # The codec owns Go's field names: find the one that carries the routing key.
     probe = "\x00routing-probe"
     wire = json.loads(encode_signature(Signature("probe", routing_key=probe)))
-    return next(k for k, v in wire.items() if v == probe)
+    return str(next(k for k, v in wire.items() if v == probe))
 
 
 ROUTING_FIELD = _routing_field()
@@ -341,7 +342,7 @@ class RedisBroker(Broker):
             ) from state_reply
         if isinstance(msg_reply, Exception):
             err = PublishError(f"publish {signature.uuid}: redis at {redact_url(self.url)} failed: {msg_reply}")
-            err.task_uuid = signature.uuid  # type: ignore[attr-defined]
+            err.task_uuid = signature.uuid
             raise err from msg_reply
         return True
 
@@ -461,7 +462,9 @@ class RedisBroker(Broker):
             # What was taken but not yielded goes back to the queue head, in order.
             while ready:
                 body = ready.pop()
-                self._settle(consumer, body, "give back", lambda b=body: self._to_list(consumer, b, queue, "head"))
+                self._settle(
+                    consumer, body, "give back", functools.partial(self._to_list, consumer, body, queue, "head")
+                )
             with consumer.lock:
                 consumer.active = False
                 idle = not consumer.inflight
