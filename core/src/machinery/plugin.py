@@ -13,6 +13,8 @@ What is here:
   :class:`EventLoopThread`; :func:`describe_capabilities`;
 - configuration: :class:`Config`, :func:`parse_options`, :func:`redact_url`;
 - the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
+- what optional capabilities exchange: :class:`Revocation` (revoke), :class:`TaskEvent` and
+  :class:`WorkerEvent` (event hooks), :data:`ZERO_TIME` (Go's zero time in stored states);
 - the wire codec (Go Machinery's JSON): :class:`Signature`, :func:`encode_signature`,
   :func:`decode_signature`, :func:`eta_of`, task states and group metadata and their codecs,
   :func:`parse_time` / :func:`format_time`;
@@ -50,8 +52,10 @@ if TYPE_CHECKING:
         StateNotFoundError,
         UnknownSchemeError,
     )
+    from machinery.events import TaskEvent, WorkerEvent
     from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock, describe_capabilities
     from machinery.plugins import Register
+    from machinery.revoke import Revocation
     from machinery.signature import (
         Signature,
         decode_group_meta,
@@ -66,7 +70,7 @@ if TYPE_CHECKING:
         parse_time,
         task_state_from_mapping,
     )
-    from machinery.state import GroupMeta, State, TaskResult, TaskState
+    from machinery.state import ZERO_TIME, GroupMeta, State, TaskResult, TaskState
     from machinery.testing import (
         BackendConformance,
         BackendOracle,
@@ -101,6 +105,10 @@ _LAZY = {
     "State": "machinery.state",
     "TaskResult": "machinery.state",
     "TaskState": "machinery.state",
+    "ZERO_TIME": "machinery.state",
+    "TaskEvent": "machinery.events",
+    "WorkerEvent": "machinery.events",
+    "Revocation": "machinery.revoke",
     **dict.fromkeys(
         (
             "ArgumentTypeError",
@@ -110,7 +118,7 @@ _LAZY = {
             "BrokerConnectionError",
             "BrokerError",
             "ConfigError",
-    "ControlConformance",
+            "ControlConformance",
             "DecodeError",
             "LockError",
             "LockNotAcquired",
@@ -188,13 +196,17 @@ __all__ = [
     "PoolConformance",
     "PublishError",
     "Register",
+    "Revocation",
     "Signature",
     "State",
     "StateNotFoundError",
+    "TaskEvent",
     "TaskResult",
     "TaskState",
     "UnknownSchemeError",
+    "WorkerEvent",
     "WorkflowConformance",
+    "ZERO_TIME",
     "decode_group_meta",
     "decode_signature",
     "decode_task_state",

@@ -26,10 +26,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pika
 import pika.exceptions as pex
 
-from machinery.config import redact_url
-from machinery.errors import BrokerAuthenticationError, BrokerConnectionError, BrokerError, DecodeError, PublishError
-from machinery.interfaces import Broker, Delivery
-from machinery.signature import Signature, decode_signature
+from machinery.plugin import (
+    Broker,
+    BrokerAuthenticationError,
+    BrokerConnectionError,
+    BrokerError,
+    DecodeError,
+    Delivery,
+    PublishError,
+    Signature,
+    decode_signature,
+    redact_url,
+)
 
 from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
 from ._publisher import Outgoing, Publisher, Unroutable
@@ -37,7 +45,7 @@ from ._publisher import Outgoing, Publisher, Unroutable
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["AMQPBroker"]
 

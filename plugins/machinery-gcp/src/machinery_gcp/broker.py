@@ -41,13 +41,19 @@ from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1 import PublisherClient, SubscriberClient
 from google.pubsub_v1.types import DeadLetterPolicy, PubsubMessage, ReceivedMessage
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
-from machinery.interfaces import Broker, Delivery
+from machinery.plugin import (
+    Broker,
+    BrokerConnectionError,
+    BrokerError,
+    ConfigError,
+    Delivery,
+    PublishError,
+    parse_options,
+    redact_url,
+)
 
 if TYPE_CHECKING:
-    from machinery.config import Config
-    from machinery.signature import Signature
+    from machinery.plugin import Config, Signature
 
 __all__ = ["GCPPubSubBroker", "GCPPubSubError", "GCPPubSubOptions", "parse_url"]
 

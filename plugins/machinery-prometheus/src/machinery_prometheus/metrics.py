@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from machinery.errors import ConfigError
+from machinery.plugin import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from machinery.events import TaskEvent, WorkerEvent
+    from machinery.plugin import TaskEvent, WorkerEvent
 
 __all__ = ["configure", "task_finished", "task_retried", "task_started", "worker_started", "worker_stopped"]
 

@@ -28,17 +28,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.config import parse_options, redact_url
-from machinery.consume import PollingBroker
-from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
-from machinery.interfaces import Delivery
-from machinery.signature import decode_signature
+from machinery.plugin import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigError,
+    DecodeError,
+    Delivery,
+    PollingBroker,
+    PublishError,
+    decode_signature,
+    parse_options,
+    redact_url,
+)
 from machinery_sqs import SQS_ENV
 from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
 
 if TYPE_CHECKING:
-    from machinery.config import Config
-    from machinery.signature import Signature
+    from machinery.plugin import Config, Signature
 
 __all__ = ["SQSBroker", "SQSOptions"]
 
