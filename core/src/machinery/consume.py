@@ -15,6 +15,10 @@ implements a few primitives instead:
   :meth:`PollingBroker._extend` (keep the messages a live consumer holds from coming back) and
   :meth:`PollingBroker._reconnect`.
 
+A client library that pushes messages to a callback instead (AMQP's ``basic_consume``) uses
+:class:`PushBroker`, which implements ``_fetch`` over a subscription the plugin opens
+(:meth:`PushBroker._subscribe`) and an :class:`Inbox` the core reads.
+
 The core then owns ``consume``, ``ack`` and ``nack``:
 
 - ``consume`` notices ``stop`` within :attr:`PollingBroker.fetch_wait` (1 s), never holds more
@@ -41,12 +45,13 @@ import collections
 import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
 from abc import abstractmethod
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, final
 
 from machinery.errors import BrokerAuthenticationError, BrokerConnectionError
 from machinery.interfaces import Broker, Delivery
@@ -56,7 +61,7 @@ if TYPE_CHECKING:
 
     from machinery.config import Config
 
-__all__ = ["AsyncPollingBroker", "EventLoopThread", "PollingBroker", "eta_of"]
+__all__ = ["AsyncPollingBroker", "EventLoopThread", "Inbox", "PollingBroker", "PushBroker", "Subscription", "eta_of"]
 
 log = logging.getLogger("machinery.consume")
 
@@ -122,6 +127,11 @@ class PollingBroker(Broker):
         #: Notified when an :meth:`_extend` call ends; a settle waits for the one covering it.
         self.__extended = threading.Condition(self.__lock)
         self.__extending: set[int] = set()
+        #: Notified when a message is settled (a consumer waiting on an ordering key wakes).
+        self.__settled = threading.Condition(self.__lock)
+        #: Ordering keys of messages handed out and not settled: id -> (queue, key), and counts.
+        self.__keyed: dict[int, tuple[str, str]] = {}
+        self.__busy: collections.Counter[tuple[str, str]] = collections.Counter()
         self.__held: dict[int, Delivery] = {}
         self.__timers: dict[int, tuple[threading.Timer, Delivery]] = {}
         self.__closed = threading.Event()
@@ -175,6 +185,22 @@ class PollingBroker(Broker):
     def _reconnect(self) -> None:
         """Called after a connection error, before the next :meth:`_fetch`. Optional."""
 
+    def _consume_started(self, queue: str, prefetch: int) -> None:
+        """Called when a ``consume`` of ``queue`` starts, before its first fetch. Optional."""
+
+    def _consume_ended(self, queue: str) -> None:
+        """Called when a ``consume`` of ``queue`` ends, after it gave back what it held. Optional."""
+
+    def _ordering_key(self, delivery: Delivery) -> str:
+        """The message's ordering key, or "" for none. Optional.
+
+        Where implemented, ``consume`` hands out a message with a key only while no other
+        message of the same queue and key that it handed out is unsettled (messages of one key
+        run one at a time, in the order fetched); the others wait in the consumer, counted
+        against ``prefetch``.
+        """
+        return ""
+
     # -- error translation --------------------------------------------------------------------
 
     @contextmanager
@@ -216,9 +242,36 @@ class PollingBroker(Broker):
             while key in self.__extending:
                 self.__extended.wait()
             self.__held.pop(key, None)
+            keyed = self.__keyed.pop(key, None)
+            if keyed is not None:
+                self.__busy[keyed] -= 1
+                if self.__busy[keyed] <= 0:
+                    del self.__busy[keyed]
+            self.__settled.notify_all()
+
+    def __take(self, buffer: collections.deque[Delivery], ordered: bool) -> Delivery | None:
+        """The first buffered message that may be handed out now (see :meth:`_ordering_key`)."""
+        if not ordered:
+            return buffer.popleft()
+        blocked: set[str] = set()
+        with self.__lock:
+            for i, d in enumerate(buffer):
+                key = self._ordering_key(d)
+                if not key:
+                    del buffer[i]
+                    return d
+                if key in blocked or self.__busy[(d.queue, key)]:
+                    blocked.add(key)
+                    continue
+                del buffer[i]
+                self.__keyed[id(d)] = (d.queue, key)
+                self.__busy[(d.queue, key)] += 1
+                return d
+        return None
 
     def _implements(self, name: str) -> bool:
-        """Whether the optional primitive ``name`` (``_defer``, ``_extend``) is implemented."""
+        """Whether the optional primitive ``name`` (``_defer``, ``_extend``, ``_ordering_key``)
+        is implemented."""
         return getattr(type(self), name) is not getattr(PollingBroker, name)
 
     def __beat(self) -> None:
@@ -245,16 +298,25 @@ class PollingBroker(Broker):
         seq = itertools.count()
         backoff = self.backoff_initial
         emulate_eta = not self.supports_native_delay if self.eta_in_consumer is None else self.eta_in_consumer
+        ordered = self._implements("_ordering_key")
+        cap = min(prefetch, self.fetch_max)
+        self._consume_started(queue, prefetch)
         try:
             while not stop.is_set():
                 now = time.time()
                 while due and due[0][0] <= now:
                     buffer.append(heapq.heappop(due)[2])
                 if buffer:
-                    yield buffer.popleft()
-                    continue
-                # Held: handed out and not settled, plus fetched and waiting here (``due``).
-                want = max(1, min(prefetch, self.fetch_max) - self._held_count(queue))
+                    d = self.__take(buffer, ordered)
+                    if d is not None:
+                        yield d
+                        continue
+                    with self.__lock:  # every buffered message waits for its key
+                        if sum(1 for h in self.__held.values() if h.queue == queue) >= cap:
+                            self.__settled.wait(self.fetch_wait)
+                            continue
+                # Held: handed out and not settled, plus fetched and waiting here.
+                want = max(1, cap - self._held_count(queue))
                 wait = self.fetch_wait if not due else max(0.0, min(self.fetch_wait, due[0][0] - now))
                 try:
                     got = self._fetch(queue, want, wait)
@@ -292,6 +354,10 @@ class PollingBroker(Broker):
                     self._release(rest)
                 except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
                     log.warning("could not give back %d message(s) on stop: %s", len(rest), exc)
+            try:
+                self._consume_ended(queue)
+            except Exception as exc:  # noqa: BLE001 - ending must not raise over the consumer's own error
+                log.warning("%s: ending the consumer of %r failed: %s", type(self).__name__, queue, exc)
 
     def __defer(self, delivery: Delivery, delay: float) -> None:
         if self._implements("_defer"):
@@ -347,6 +413,143 @@ class PollingBroker(Broker):
         if hb is not None and hb is not threading.current_thread():
             hb.join(timeout=5)
         self.__heartbeat = None
+
+
+class Inbox:
+    """Where a push subscription (:meth:`PushBroker._subscribe`) puts what it receives. Any
+    thread may call :meth:`put` and :meth:`fail`."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+
+    def put(self, delivery: Delivery) -> None:
+        """Hand one received message to the consumer."""
+        self._q.put(delivery)
+
+    def fail(self, error: BaseException) -> None:
+        """Report that the subscription ended with ``error``: a
+        :class:`~machinery.errors.BrokerConnectionError` makes the core back off and subscribe
+        again; any other error ends ``consume`` with it."""
+        self._error = error
+        self._q.put(None)  # wake a waiting fetch
+
+    def get(self, max_n: int, wait: float) -> list[Delivery]:
+        """Up to ``max_n`` messages, waiting at most ``wait`` seconds for the first.
+
+        :raises BaseException: what :meth:`fail` reported.
+        """
+        out: list[Delivery] = []
+        try:
+            item = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+            while True:
+                if item is not None:
+                    out.append(item)
+                if len(out) >= max_n:
+                    break
+                item = self._q.get_nowait()
+        except queue.Empty:
+            pass
+        if not out and self._error is not None:
+            raise self._error
+        return out
+
+    def drain(self) -> list[Delivery]:
+        """Everything received and not yet taken."""
+        out: list[Delivery] = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not None:
+                out.append(item)
+
+
+class Subscription(Protocol):
+    """What :meth:`PushBroker._subscribe` returns."""
+
+    def cancel(self) -> None:
+        """Stop receiving (without waiting for the server). Messages received but not taken
+        from the inbox are given back by the core; ones that still arrive after this must come
+        back on their own (the server redelivers what a closed channel held)."""
+
+
+class PushBroker(PollingBroker):
+    """A :class:`PollingBroker` for client libraries that push messages to a callback (AMQP's
+    ``basic_consume``, streaming pulls), instead of answering a fetch.
+
+    A subclass implements :meth:`_subscribe` in place of :meth:`_fetch`: the core opens one
+    subscription per queue while at least one ``consume`` of it runs (with that consume's
+    ``prefetch``, for the server-side limit such as ``basic.qos``), takes what the
+    subscription puts into its :class:`Inbox`, and cancels it when the last ``consume`` of the
+    queue ends, giving back what it received and did not hand out. A subscription that fails
+    with a :class:`~machinery.errors.BrokerConnectionError` is opened again after the core's
+    back-off. ``_ack``, ``_release``, ``_dead_letter`` (and optionally ``_defer``, ``_extend``)
+    are as for any :class:`PollingBroker`.
+    """
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.__subs_lock = threading.Lock()
+        #: queue -> (inbox, subscription or None while failed, prefetch, consumers)
+        self.__subs: dict[str, list[Any]] = {}
+
+    @abstractmethod
+    def _subscribe(self, queue: str, prefetch: int, inbox: Inbox) -> Subscription:
+        """Start receiving ``queue``'s messages into ``inbox`` (:meth:`Inbox.put`), at most
+        ``prefetch`` unacknowledged at a time where the server can limit it; report the end of
+        the subscription with :meth:`Inbox.fail`.
+
+        :raises machinery.errors.BrokerConnectionError: the broker cannot be reached (the core
+            backs off and tries again).
+        """
+
+    def _consume_started(self, queue: str, prefetch: int) -> None:
+        with self.__subs_lock:
+            entry = self.__subs.get(queue)
+            if entry is None:
+                self.__subs[queue] = [Inbox(), None, prefetch, 1]
+            else:
+                entry[3] += 1
+
+    def _consume_ended(self, queue: str) -> None:
+        with self.__subs_lock:
+            entry = self.__subs.get(queue)
+            if entry is None:
+                return
+            entry[3] -= 1
+            if entry[3] > 0:
+                return
+            del self.__subs[queue]
+        inbox, sub = entry[0], entry[1]
+        if sub is not None:
+            sub.cancel()
+        rest = inbox.drain()
+        if rest:
+            try:
+                self._release(rest)
+            except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
+                log.warning("could not give back %d message(s) on stop: %s", len(rest), exc)
+
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """What the queue's subscription received (opening it first when needed)."""
+        with self.__subs_lock:
+            entry = self.__subs.get(queue)
+            if entry is None:  # a fetch outside consume: one consumer of its own
+                entry = self.__subs[queue] = [Inbox(), None, max_n, 1]
+            if entry[1] is None:
+                entry[0] = Inbox()
+                entry[1] = self._subscribe(queue, entry[2], entry[0])
+            inbox: Inbox = entry[0]
+        try:
+            return inbox.get(max_n, wait)
+        except BaseException:
+            with self.__subs_lock:
+                failed, entry[1] = entry[1], None
+            if failed is not None:
+                failed.cancel()
+            raise
 
 
 class EventLoopThread:
@@ -509,6 +712,8 @@ class AsyncPollingBroker(PollingBroker):
     def _implements(self, name: str) -> bool:
         """``_defer``/``_extend`` count as implemented when their coroutine twins are."""
         twin = f"_a{name[1:]}"
+        if not hasattr(AsyncPollingBroker, twin):  # no coroutine twin (``_ordering_key``)
+            return super()._implements(name)
         return getattr(type(self), twin) is not getattr(AsyncPollingBroker, twin)
 
     def close(self) -> None:

@@ -10,7 +10,8 @@ What is here:
 - the hook marker and the registration callable: :data:`hookimpl`, :data:`Register`;
 - the contracts: :class:`Broker`, :class:`Backend`, :class:`Lock`, :class:`Delivery`, and the
   consume template: :class:`PollingBroker`, :class:`AsyncPollingBroker` (asyncio clients),
-  :class:`EventLoopThread`; :func:`describe_capabilities`;
+  :class:`EventLoopThread`, :class:`PushBroker` (clients that push to a callback) with its
+  :class:`Inbox` and :class:`Subscription`; :func:`describe_capabilities`;
 - configuration: :class:`Config`, :func:`parse_options`, :func:`redact_url`;
 - the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
 - what optional capabilities exchange: :class:`Revocation` (revoke), :class:`TaskEvent` and
@@ -34,7 +35,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from machinery._hookimpl import hookimpl
     from machinery.config import Config, parse_options, redact_url
-    from machinery.consume import AsyncPollingBroker, EventLoopThread, PollingBroker, eta_of
+    from machinery.consume import (
+        AsyncPollingBroker,
+        EventLoopThread,
+        Inbox,
+        PollingBroker,
+        PushBroker,
+        Subscription,
+        eta_of,
+    )
     from machinery.errors import (
         ArgumentTypeError,
         BackendConnectionError,
@@ -94,6 +103,9 @@ _LAZY = {
     "AsyncPollingBroker": "machinery.consume",
     "EventLoopThread": "machinery.consume",
     "PollingBroker": "machinery.consume",
+    "PushBroker": "machinery.consume",
+    "Inbox": "machinery.consume",
+    "Subscription": "machinery.consume",
     "eta_of": "machinery.consume",
     "Backend": "machinery.interfaces",
     "Broker": "machinery.interfaces",
@@ -186,6 +198,7 @@ __all__ = [
     "Delivery",
     "EventLoopThread",
     "GroupMeta",
+    "Inbox",
     "Lock",
     "LockConformance",
     "LockError",
@@ -195,11 +208,13 @@ __all__ = [
     "PollingBroker",
     "PoolConformance",
     "PublishError",
+    "PushBroker",
     "Register",
     "Revocation",
     "Signature",
     "State",
     "StateNotFoundError",
+    "Subscription",
     "TaskEvent",
     "TaskResult",
     "TaskState",
