@@ -1,6 +1,7 @@
-"""The core consume template (:mod:`machinery.consume`) on a small in-process broker of its own:
-stopping, prefetch, back-off and reconnect, release on stop, ETA emulation, defer (the broker's
-or the core's), the heartbeat, and the asyncio adapter."""
+"""The core consume template (:mod:`machinery.consume`, :mod:`machinery.consume_adapters`) on
+small in-process brokers of its own: stopping, prefetch, back-off and reconnect, release on
+stop, ETA emulation, defer (the broker's or the core's), the heartbeat, ordering keys, the push
+variant and the asyncio adapter."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import ClassVar
 import pytest
 
 from machinery.config import Config
-from machinery.consume import AsyncPollingBroker, EventLoopThread, Inbox, PollingBroker, PushBroker, eta_of
+from machinery.consume import PollingBroker, eta_of
+from machinery.consume_adapters import AsyncPollingBroker, EventLoopThread, Inbox, PushBroker
 from machinery.errors import BrokerConnectionError, BrokerError
 from machinery.interfaces import Delivery
 from machinery.signature import Signature, encode_signature

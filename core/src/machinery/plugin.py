@@ -35,15 +35,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from machinery._hookimpl import hookimpl
     from machinery.config import Config, parse_options, redact_url
-    from machinery.consume import (
-        AsyncPollingBroker,
-        EventLoopThread,
-        Inbox,
-        PollingBroker,
-        PushBroker,
-        Subscription,
-        eta_of,
-    )
+    from machinery.consume import PollingBroker, eta_of
+    from machinery.consume_adapters import AsyncPollingBroker, EventLoopThread, Inbox, PushBroker, Subscription
     from machinery.errors import (
         ArgumentTypeError,
         BackendConnectionError,
@@ -100,12 +93,12 @@ _LAZY = {
     "Config": "machinery.config",
     "parse_options": "machinery.config",
     "redact_url": "machinery.config",
-    "AsyncPollingBroker": "machinery.consume",
-    "EventLoopThread": "machinery.consume",
+    "AsyncPollingBroker": "machinery.consume_adapters",
+    "EventLoopThread": "machinery.consume_adapters",
     "PollingBroker": "machinery.consume",
-    "PushBroker": "machinery.consume",
-    "Inbox": "machinery.consume",
-    "Subscription": "machinery.consume",
+    "PushBroker": "machinery.consume_adapters",
+    "Inbox": "machinery.consume_adapters",
+    "Subscription": "machinery.consume_adapters",
     "eta_of": "machinery.consume",
     "Backend": "machinery.interfaces",
     "Broker": "machinery.interfaces",
