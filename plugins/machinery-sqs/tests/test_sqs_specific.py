@@ -17,9 +17,9 @@ from conftest import ACCOUNT, RUN, endpoint_ok, raw_client, table_options
 
 from machinery import Server
 from machinery.config import Config
-from machinery.consume import eta_of
 from machinery.errors import BackendError, ConfigError, PublishError
 from machinery.interfaces import Delivery
+from machinery.plugin import eta_of
 from machinery.plugins import get_plugin_host
 from machinery.signature import Signature, decode_signature, encode_signature, new_uuid
 from machinery.state import TaskResult
