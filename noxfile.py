@@ -59,8 +59,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(tags=["lint"])
 def types(session: nox.Session) -> None:
-    """mypy --strict over the core."""
-    session.install("mypy>=1.10", "-e", "core[testing]", "types-PyYAML")
+    """mypy --strict over the core and every plugin (plugins/*/src, the template included)."""
+    plugins = [str(p) for p in sorted((ROOT / "plugins").glob("*/pyproject.toml"))]
+    editable = [arg for p in plugins for arg in ("-e", str(Path(p).parent))]
+    session.install("mypy>=1.10", "-e", "core[testing]", *editable, "types-PyYAML")
     session.run("mypy", "--config-file", "pyproject.toml")
 
 

@@ -1,6 +1,7 @@
-"""The core consume template (:mod:`machinery.consume`) on a small in-process broker of its own:
-stopping, prefetch, back-off and reconnect, release on stop, ETA emulation, defer (the broker's
-or the core's), the heartbeat, and the asyncio adapter."""
+"""The core consume template (:mod:`machinery.consume`, :mod:`machinery.consume_adapters`) on
+small in-process brokers of its own: stopping, prefetch, back-off and reconnect, release on
+stop, ETA emulation, defer (the broker's or the core's), the heartbeat, ordering keys, the push
+variant and the asyncio adapter."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import ClassVar
 import pytest
 
 from machinery.config import Config
-from machinery.consume import AsyncPollingBroker, EventLoopThread, PollingBroker, eta_of
-from machinery.errors import BrokerConnectionError
+from machinery.consume import PollingBroker, eta_of
+from machinery.consume_adapters import AsyncPollingBroker, EventLoopThread, Inbox, PushBroker
+from machinery.errors import BrokerConnectionError, BrokerError
 from machinery.interfaces import Delivery
 from machinery.signature import Signature, encode_signature
 
@@ -304,3 +306,247 @@ def test_async_adapter() -> None:
     assert b.closed
 
 
+
+
+def test_heartbeat_covers_fetched_messages_not_yet_handed_out() -> None:
+    """A batch waiting in the consumer is extended too (a slow pool must not lose its leases)."""
+    extended: list[int] = []
+
+    class Beating(ListBroker):
+        extend_interval = 0.05
+
+        def _extend(self, deliveries: Sequence[Delivery]) -> None:
+            extended.append(len(deliveries))
+
+    b = Beating()
+    for i in range(3):
+        b.publish(body(i), Signature("add"))
+    stop, it = run(b, prefetch=3)
+    d = next(it)  # one handed out, two waiting
+    time.sleep(0.3)
+    assert extended and max(extended) == 3
+    b.ack(d)
+    stop.set()
+    list(it)
+    b.close()
+    assert sorted(b.ready) == sorted([body(1), body(2)])
+
+
+def test_settle_waits_for_an_extend_covering_it() -> None:
+    """An ack or nack never runs while an ``_extend`` that includes its message is running (the
+    extension would overwrite a nack's shorter visibility)."""
+    events: list[str] = []
+    in_extend = threading.Event()
+
+    class Slow(ListBroker):
+        extend_interval = 0.05
+
+        def _extend(self, deliveries: Sequence[Delivery]) -> None:
+            events.append("extend-start")
+            in_extend.set()
+            time.sleep(0.3)
+            events.append("extend-end")
+
+        def _release(self, deliveries: Sequence[Delivery]) -> None:
+            events.append("release")
+            super()._release(deliveries)
+
+    b = Slow()
+    b.publish(body(1), Signature("add"))
+    stop, it = run(b)
+    d = next(it)
+    assert in_extend.wait(2)
+    b.nack(d)
+    stop.set()
+    list(it)
+    b.close()
+    i = events.index("release")
+    assert events[i - 1] == "extend-end", events
+
+
+def test_eta_in_consumer_on_a_broker_with_native_delay() -> None:
+    """``eta_in_consumer`` makes a broker that declares native delay (SQS) hold early messages
+    back like one without; without it they are handed out as fetched."""
+    far = datetime.now(timezone.utc) + timedelta(seconds=30)
+
+    class Native(DeferringBroker):
+        supports_native_delay = True
+
+    class Held(Native):
+        eta_in_consumer = True
+
+    plain = Native()
+    plain.publish(body(1, far), Signature("add"))
+    stop, it = run(plain)
+    assert next(it).body == body(1, far)
+    stop.set()
+    list(it)
+
+    held = Held()
+    held.publish(body(1, far), Signature("add"))
+    held.publish(body(2), Signature("add"))
+    stop, it = run(held)
+    assert next(it).body == body(2)
+    assert len(held.deferred) == 1 and 29 < held.deferred[0] <= 30
+    stop.set()
+    list(it)
+
+
+def test_ordering_key_one_message_of_a_key_at_a_time() -> None:
+    """With ``_ordering_key``, a second message of a key waits until the first is settled; a
+    message of another key (or none) is handed out meanwhile; waiting ones count as held."""
+
+    class Keyed(ListBroker):
+        def _ordering_key(self, delivery: Delivery) -> str:
+            return delivery.body.split(b"|")[0].decode()
+
+    b = Keyed()
+    for x in (b"a|1", b"a|2", b"b|1", b"|free", b"a|3"):
+        b.publish(x, Signature("add"))
+    stop, it = run(b, prefetch=5)
+    got = [next(it).body for _ in range(3)]
+    assert got == [b"a|1", b"b|1", b"|free"]
+    blocked: list[Delivery] = []
+    t = threading.Thread(target=lambda: blocked.append(next(it)))
+    t.start()
+    t.join(0.5)
+    assert not blocked, "a second message of key 'a' was handed out while the first ran"
+    assert b.asked == [5]  # all five held (2 waiting): nothing more fetched
+    first = next(d for d in b._held_deliveries() if d.body == b"a|1")
+    b.ack(first)
+    t.join(2)
+    assert [d.body for d in blocked] == [b"a|2"]
+    stop.set()
+    b.ack(blocked[0])
+    list(it)
+    assert b.ready == [b"a|3"]
+
+
+# -- the push variant -----------------------------------------------------------------------------
+
+
+class _Sub:
+    def __init__(self, broker: PushList, queue: str, prefetch: int, inbox: Inbox) -> None:
+        self.broker, self.queue, self.prefetch, self.inbox = broker, queue, prefetch, inbox
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        b = self.broker
+        while not self.cancelled.is_set():
+            with b.cond:
+                if b.fail_with is not None:
+                    err, b.fail_with = b.fail_with, None
+                    self.inbox.fail(err)
+                    return
+                if b.ready and len(b.taken) < self.prefetch:  # the server's prefetch limit
+                    body = b.ready.pop(0)
+                    b.taken.append(body)
+                    self.inbox.put(Delivery(body=body, queue=self.queue))
+                    continue
+                b.cond.wait(0.05)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.broker.cancels += 1
+
+
+class PushList(PushBroker):
+    """ListBroker's store, pushed from a thread per subscription (like pika's I/O thread)."""
+
+    fetch_wait: ClassVar[float] = 0.2
+    backoff_initial: ClassVar[float] = 0.05
+
+    def __init__(self) -> None:
+        super().__init__("push://", Config())
+        self.cond = threading.Condition()
+        self.ready: list[bytes] = []
+        self.taken: list[bytes] = []
+        self.acked: list[bytes] = []
+        self.subs: list[_Sub] = []
+        self.cancels = 0
+        self.fail_with: BaseException | None = None
+
+    def publish(self, body: bytes, signature: Signature) -> None:
+        with self.cond:
+            self.ready.append(body)
+            self.cond.notify_all()
+
+    def _subscribe(self, queue: str, prefetch: int, inbox: Inbox) -> _Sub:
+        sub = _Sub(self, queue, prefetch, inbox)
+        self.subs.append(sub)
+        return sub
+
+    def _ack(self, delivery: Delivery) -> None:
+        with self.cond:
+            self.taken.remove(delivery.body)
+            self.acked.append(delivery.body)
+            self.cond.notify_all()
+
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        with self.cond:
+            for d in deliveries:
+                self.taken.remove(d.body)
+                self.ready.append(d.body)
+            self.cond.notify_all()
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        self._ack(delivery)
+
+
+def test_push_broker_consumes_and_gives_back_on_stop() -> None:
+    b = PushList()
+    for i in range(4):
+        b.publish(body(i), Signature("add"))
+    stop, it = run(b, prefetch=2)
+    first = next(it)
+    assert len(b.subs) == 1 and b.subs[0].prefetch == 2
+    time.sleep(0.2)  # the subscription pushes up to its prefetch
+    b.ack(first)
+    second = next(it)
+    stop.set()
+    list(it)
+    assert b.cancels == 1 and b.subs[0].cancelled.is_set()
+    assert b.taken == [second.body]  # what was pushed and not handed out went back
+    b.ack(second)
+    assert sorted(b.ready + b.acked) == sorted(body(i) for i in range(4))
+
+
+def test_push_broker_resubscribes_after_a_connection_error() -> None:
+    b = PushList()
+    b.fail_with = BrokerConnectionError("lost")
+    b.publish(body(1), Signature("add"))
+    stop, it = run(b)
+    d = next(it)  # the first subscription failed; the core backed off and opened another
+    assert len(b.subs) == 2 and d.body == body(1)
+    b.ack(d)
+    stop.set()
+    list(it)
+
+
+def test_push_broker_other_errors_end_consume() -> None:
+    b = PushList()
+    b.fail_with = BrokerError("refused")
+    _, it = run(b)
+    with pytest.raises(BrokerError, match="refused"):
+        next(it)
+    assert b.cancels == 1
+
+
+def test_push_broker_one_subscription_per_queue() -> None:
+    b = PushList()
+    stop = threading.Event()
+    one, two = b.consume("q", prefetch=2, stop=stop), b.consume("q", prefetch=2, stop=stop)
+    b.publish(body(1), Signature("add"))
+    got = [next(one)]
+    b.publish(body(2), Signature("add"))
+    got.append(next(two))
+    assert len(b.subs) == 1
+    for d in got:
+        b.ack(d)
+    stop.set()
+    list(one)
+    assert b.cancels == 0  # the other consume still runs
+    list(two)
+    assert b.cancels == 1

@@ -1,5 +1,7 @@
-"""The consume loop brokers share: :class:`PollingBroker`, and :class:`AsyncPollingBroker` for
-asyncio-only client libraries.
+"""The consume loop brokers share: :class:`PollingBroker` (and, in
+:mod:`machinery.consume_adapters`, :class:`~machinery.consume_adapters.PushBroker` for clients
+that push to a callback and :class:`~machinery.consume_adapters.AsyncPollingBroker` for
+asyncio-only ones).
 
 Every broker used to write the same ``consume`` generator: a buffer of messages taken but not
 yet handed out, ``prefetch`` minus what is held, a look at ``stop`` every second, back-off and
@@ -15,6 +17,10 @@ implements a few primitives instead:
   :meth:`PollingBroker._extend` (keep the messages a live consumer holds from coming back) and
   :meth:`PollingBroker._reconnect`.
 
+A client library that pushes messages to a callback instead (AMQP's ``basic_consume``) uses
+:class:`~machinery.consume_adapters.PushBroker`, which implements ``_fetch`` over a
+subscription the plugin opens and an inbox the core reads.
+
 The core then owns ``consume``, ``ack`` and ``nack``:
 
 - ``consume`` notices ``stop`` within :attr:`PollingBroker.fetch_wait` (1 s), never holds more
@@ -22,31 +28,31 @@ The core then owns ``consume``, ``ack`` and ``nack``:
   off from 0.1 s to 10 s on :class:`~machinery.errors.BrokerConnectionError` (or one of the
   client's :attr:`PollingBroker.connection_errors`) and calls :meth:`PollingBroker._reconnect`,
   and gives back every message it fetched but did not hand out when it ends;
-- where the broker cannot hold a message until its ETA (``supports_native_delay`` False), a
-  fetched message that is not due is never handed out early: one due within
-  :attr:`PollingBroker.eta_hold` seconds is kept here and handed out when due, a later one is
-  deferred to its ETA;
+- where the broker cannot hold a message until its ETA (``supports_native_delay`` False, or
+  :attr:`PollingBroker.eta_in_consumer` True), a fetched message that is not due is never
+  handed out early: one due within :attr:`PollingBroker.eta_hold` seconds is kept here and
+  handed out when due, a later one is deferred to its ETA;
 - ``nack(delay=...)`` uses :meth:`PollingBroker._defer`, or, for a broker without it, keeps the
   message (unacknowledged) in this process and releases it when the delay is over;
 - a heartbeat thread calls :meth:`PollingBroker._extend` every
-  :attr:`PollingBroker.extend_interval` seconds with the messages handed out and not yet
-  acknowledged, when the broker implements it.
+  :attr:`PollingBroker.extend_interval` seconds with the messages fetched and not yet
+  acknowledged or given back (handed out, or waiting in the consumer), when the broker
+  implements it; settling a message (ack, nack, give back) waits for an ``_extend`` call
+  covering it to end, so a heartbeat never overwrites a settle.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import heapq
 import itertools
 import logging
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
+from typing import TYPE_CHECKING, ClassVar, final
 
 from machinery.errors import BrokerAuthenticationError, BrokerConnectionError
 from machinery.interfaces import Broker, Delivery
@@ -54,11 +60,9 @@ from machinery.interfaces import Broker, Delivery
 if TYPE_CHECKING:
     from machinery.config import Config
 
-__all__ = ["AsyncPollingBroker", "EventLoopThread", "PollingBroker", "eta_of"]
+__all__ = ["PollingBroker", "eta_of"]
 
 log = logging.getLogger("machinery.consume")
-
-T = TypeVar("T")
 
 
 def eta_of(body: bytes) -> float | None:
@@ -102,8 +106,13 @@ class PollingBroker(Broker):
     #: consumer until due; later ones are deferred (:meth:`_defer`) to their ETA.
     eta_hold: ClassVar[float] = 1.0
     #: Seconds between two :meth:`_extend` calls (None: no heartbeat); may be set per instance
-    #: (from the broker's options) before the first message is handed out.
+    #: (from the broker's options) before the first fetch returns, and changed later (each beat
+    #: reads it).
     extend_interval: float | None = None
+    #: Whether ``consume`` holds back messages not yet due (see the module documentation).
+    #: None: when the broker has no native delay. True for a broker that declares native delay
+    #: but meets it in the consumer (SQS hides an early message again until its ETA).
+    eta_in_consumer: ClassVar[bool | None] = None
     #: Client-library exceptions that mean "connection trouble": ``consume`` backs off and
     #: reconnects on them, and :meth:`translate_errors` turns them into
     #: :class:`~machinery.errors.BrokerConnectionError`.
@@ -112,6 +121,14 @@ class PollingBroker(Broker):
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
         self.__lock = threading.Lock()
+        #: Notified when an :meth:`_extend` call ends; a settle waits for the one covering it.
+        self.__extended = threading.Condition(self.__lock)
+        self.__extending: set[int] = set()
+        #: Notified when a message is settled (a consumer waiting on an ordering key wakes).
+        self.__settled = threading.Condition(self.__lock)
+        #: Ordering keys of messages handed out and not settled: id -> (queue, key), and counts.
+        self.__keyed: dict[int, tuple[str, str]] = {}
+        self.__busy: collections.Counter[tuple[str, str]] = collections.Counter()
         self.__held: dict[int, Delivery] = {}
         self.__timers: dict[int, tuple[threading.Timer, Delivery]] = {}
         self.__closed = threading.Event()
@@ -165,6 +182,22 @@ class PollingBroker(Broker):
     def _reconnect(self) -> None:
         """Called after a connection error, before the next :meth:`_fetch`. Optional."""
 
+    def _consume_started(self, queue: str, prefetch: int) -> None:
+        """Called when a ``consume`` of ``queue`` starts, before its first fetch. Optional."""
+
+    def _consume_ended(self, queue: str) -> None:
+        """Called when a ``consume`` of ``queue`` ends, after it gave back what it held. Optional."""
+
+    def _ordering_key(self, delivery: Delivery) -> str:
+        """The message's ordering key, or "" for none. Optional.
+
+        Where implemented, ``consume`` hands out a message with a key only while no other
+        message of the same queue and key that it handed out is unsettled (messages of one key
+        run one at a time, in the order fetched); the others wait in the consumer, counted
+        against ``prefetch``.
+        """
+        return ""
+
     # -- error translation --------------------------------------------------------------------
 
     @contextmanager
@@ -183,7 +216,8 @@ class PollingBroker(Broker):
             return sum(1 for d in self.__held.values() if d.queue == queue)
 
     def _held_deliveries(self) -> list[Delivery]:
-        """The messages handed out by ``consume`` and not yet acknowledged or given back."""
+        """The messages ``consume`` fetched and that are not yet acknowledged or given back
+        (handed out, or waiting in the consumer to be)."""
         with self.__lock:
             return list(self.__held.values())
 
@@ -197,24 +231,61 @@ class PollingBroker(Broker):
                     self.__heartbeat = t
                     t.start()
 
-    def __forget(self, delivery: Delivery) -> None:
+    def __settling(self, delivery: Delivery) -> None:
+        """Stop extending ``delivery``, after an :meth:`_extend` call covering it has ended (so
+        a heartbeat never overwrites what the settle does, such as a shorter visibility)."""
+        key = id(delivery)
         with self.__lock:
-            self.__held.pop(id(delivery), None)
+            while key in self.__extending:
+                self.__extended.wait()
+            self.__held.pop(key, None)
+            keyed = self.__keyed.pop(key, None)
+            if keyed is not None:
+                self.__busy[keyed] -= 1
+                if self.__busy[keyed] <= 0:
+                    del self.__busy[keyed]
+            self.__settled.notify_all()
+
+    def __take(self, buffer: collections.deque[Delivery], ordered: bool) -> Delivery | None:
+        """The first buffered message that may be handed out now (see :meth:`_ordering_key`)."""
+        if not ordered:
+            return buffer.popleft()
+        blocked: set[str] = set()
+        with self.__lock:
+            for i, d in enumerate(buffer):
+                key = self._ordering_key(d)
+                if not key:
+                    del buffer[i]
+                    return d
+                if key in blocked or self.__busy[(d.queue, key)]:
+                    blocked.add(key)
+                    continue
+                del buffer[i]
+                self.__keyed[id(d)] = (d.queue, key)
+                self.__busy[(d.queue, key)] += 1
+                return d
+        return None
 
     def _implements(self, name: str) -> bool:
-        """Whether the optional primitive ``name`` (``_defer``, ``_extend``) is implemented."""
+        """Whether the optional primitive ``name`` (``_defer``, ``_extend``, ``_ordering_key``)
+        is implemented."""
         return getattr(type(self), name) is not getattr(PollingBroker, name)
 
     def __beat(self) -> None:
-        interval = self.extend_interval or 1.0
-        while not self.__closed.wait(interval):
-            held = self._held_deliveries()
+        while not self.__closed.wait(self.extend_interval or 1.0):
+            with self.__lock:
+                held = list(self.__held.values())
+                self.__extending = {id(d) for d in held}
             if not held:
                 continue
             try:
                 self._extend(held)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("could not extend %d held message(s): %s", len(held), exc)
+            finally:
+                with self.__lock:
+                    self.__extending = set()
+                    self.__extended.notify_all()
 
     @final
     def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
@@ -223,18 +294,26 @@ class PollingBroker(Broker):
         due: list[tuple[float, int, Delivery]] = []  # a heap of (ETA, seq, delivery)
         seq = itertools.count()
         backoff = self.backoff_initial
-        emulate_eta = not self.supports_native_delay
+        emulate_eta = not self.supports_native_delay if self.eta_in_consumer is None else self.eta_in_consumer
+        ordered = self._implements("_ordering_key")
+        cap = min(prefetch, self.fetch_max)
+        self._consume_started(queue, prefetch)
         try:
             while not stop.is_set():
                 now = time.time()
                 while due and due[0][0] <= now:
                     buffer.append(heapq.heappop(due)[2])
                 if buffer:
-                    d = buffer.popleft()
-                    self.__hold(d)
-                    yield d
-                    continue
-                want = max(1, min(prefetch, self.fetch_max) - self._held_count(queue) - len(due))
+                    d = self.__take(buffer, ordered)
+                    if d is not None:
+                        yield d
+                        continue
+                    with self.__lock:  # every buffered message waits for its key
+                        if sum(1 for h in self.__held.values() if h.queue == queue) >= cap:
+                            self.__settled.wait(self.fetch_wait)
+                            continue
+                # Held: handed out and not settled, plus fetched and waiting here.
+                want = max(1, cap - self._held_count(queue))
                 wait = self.fetch_wait if not due else max(0.0, min(self.fetch_wait, due[0][0] - now))
                 try:
                     got = self._fetch(queue, want, wait)
@@ -251,6 +330,7 @@ class PollingBroker(Broker):
                     continue
                 backoff = self.backoff_initial
                 for d in got:
+                    self.__hold(d)  # from the fetch on: counted against prefetch, extended
                     eta = eta_of(d.body) if emulate_eta else None
                     ahead = eta - time.time() if eta is not None else 0.0
                     if eta is None or ahead <= 0:
@@ -258,21 +338,29 @@ class PollingBroker(Broker):
                     elif ahead <= self.eta_hold:
                         heapq.heappush(due, (eta, next(seq), d))
                     else:
+                        self.__settling(d)
                         self.__defer(d, ahead)
                 if not got and due and wait <= 0:
                     stop.wait(0.001)
         finally:
             rest = list(buffer) + [d for *_, d in due]
             if rest:
+                for d in rest:
+                    self.__settling(d)
                 try:
                     self._release(rest)
                 except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
                     log.warning("could not give back %d message(s) on stop: %s", len(rest), exc)
+            try:
+                self._consume_ended(queue)
+            except Exception as exc:  # noqa: BLE001 - ending must not raise over the consumer's own error
+                log.warning("%s: ending the consumer of %r failed: %s", type(self).__name__, queue, exc)
 
     def __defer(self, delivery: Delivery, delay: float) -> None:
         if self._implements("_defer"):
             self._defer(delivery, delay)
             return
+
         # Kept here, unacknowledged (a crash gives it back), and released when due.
         def due() -> None:
             with self.__lock:
@@ -291,23 +379,19 @@ class PollingBroker(Broker):
     @final
     def ack(self, delivery: Delivery) -> None:
         """Remove the message for good (after the task's final state is stored)."""
-        try:
-            self._ack(delivery)
-        finally:
-            self.__forget(delivery)
+        self.__settling(delivery)
+        self._ack(delivery)
 
     @final
     def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
         """Give the message back (after ``delay`` seconds) or dead-letter it."""
-        try:
-            if not requeue:
-                self._dead_letter(delivery)
-            elif delay > 0:
-                self.__defer(delivery, delay)
-            else:
-                self._release([delivery])
-        finally:
-            self.__forget(delivery)
+        self.__settling(delivery)
+        if not requeue:
+            self._dead_letter(delivery)
+        elif delay > 0:
+            self.__defer(delivery, delay)
+        else:
+            self._release([delivery])
 
     def close(self) -> None:
         """Stop the heartbeat and give back at once the messages held for a delay. Idempotent."""
@@ -326,170 +410,3 @@ class PollingBroker(Broker):
         if hb is not None and hb is not threading.current_thread():
             hb.join(timeout=5)
         self.__heartbeat = None
-
-
-class EventLoopThread:
-    """A private asyncio event loop running in a daemon thread, for asyncio-only clients.
-
-    :meth:`run` submits a coroutine from any other thread and waits for its result. The loop
-    starts on first use and stops in :meth:`close`.
-    """
-
-    def __init__(self, name: str = "machinery-loop") -> None:
-        self.name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop (started on first use)."""
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def main() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                self._thread = threading.Thread(target=main, name=self.name, daemon=True)
-                self._thread.start()
-                ready.wait()
-                self._loop = loop
-            return self._loop
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and return its result (or raise its exception).
-
-        :raises RuntimeError: called from the loop's own thread (it would wait for itself).
-        :raises TimeoutError: ``timeout`` seconds passed first (the coroutine is cancelled).
-        """
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError(f"{self.name}: run() called from the loop's own thread")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
-            fut.cancel()
-            raise TimeoutError(f"{self.name}: no result within {timeout}s") from None
-
-    def close(self) -> None:
-        """Stop the loop and join its thread. Idempotent."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or loop.is_closed():
-            return
-
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        if thread is not threading.current_thread():
-            try:
-                asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(5)
-            except Exception:  # noqa: BLE001 - stopping anyway
-                pass
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        if not loop.is_running():
-            loop.close()
-
-
-class AsyncPollingBroker(PollingBroker):
-    """A :class:`PollingBroker` whose primitives are coroutines, run on a private event loop
-    thread (:attr:`loop`), for client libraries that are asyncio-only (nats-py...).
-
-    Implement :meth:`_afetch`, :meth:`_aack`, :meth:`_arelease`, :meth:`_adead_letter` and
-    ``publish`` (with ``self.loop.run(...)``), optionally :meth:`_adefer`, :meth:`_aextend` and
-    :meth:`_aclose` (the connection's end, run on the loop before it stops).
-    """
-
-    #: Seconds any one primitive may take before it counts as a connection error.
-    call_timeout: ClassVar[float] = 30.0
-
-    def __init__(self, url: str, config: Config) -> None:
-        super().__init__(url, config)
-        #: The event loop thread the coroutines run on.
-        self.loop = EventLoopThread(f"machinery-{type(self).__name__}")
-
-    def _call(self, coro: Coroutine[Any, Any, T], what: str, timeout: float | None = None) -> T:
-        """Run ``coro`` on :attr:`loop`, translating :attr:`connection_errors` and timeouts
-        into :class:`~machinery.errors.BrokerConnectionError`."""
-        try:
-            with self.translate_errors(what):
-                return self.loop.run(coro, self.call_timeout if timeout is None else timeout)
-        except TimeoutError as exc:
-            raise BrokerConnectionError(f"{type(self).__name__}: {what} timed out") from exc
-
-    @abstractmethod
-    async def _afetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
-        """:meth:`PollingBroker._fetch`, as a coroutine."""
-
-    @abstractmethod
-    async def _aack(self, delivery: Delivery) -> None:
-        """:meth:`PollingBroker._ack`, as a coroutine."""
-
-    @abstractmethod
-    async def _arelease(self, deliveries: Sequence[Delivery]) -> None:
-        """:meth:`PollingBroker._release`, as a coroutine."""
-
-    @abstractmethod
-    async def _adead_letter(self, delivery: Delivery) -> None:
-        """:meth:`PollingBroker._dead_letter`, as a coroutine."""
-
-    async def _adefer(self, delivery: Delivery, delay: float) -> None:
-        """:meth:`PollingBroker._defer`, as a coroutine (optional)."""
-        raise NotImplementedError
-
-    async def _aextend(self, deliveries: Sequence[Delivery]) -> None:
-        """:meth:`PollingBroker._extend`, as a coroutine (optional)."""
-        raise NotImplementedError
-
-    async def _aclose(self) -> None:
-        """Close the client's connection (run on the loop by :meth:`close`)."""
-
-    @final
-    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
-        return self._call(self._afetch(queue, max_n, wait), f"fetch from {queue!r}", timeout=wait + self.call_timeout)
-
-    @final
-    def _ack(self, delivery: Delivery) -> None:
-        self._call(self._aack(delivery), "ack")
-
-    @final
-    def _release(self, deliveries: Sequence[Delivery]) -> None:
-        self._call(self._arelease(deliveries), "release")
-
-    @final
-    def _dead_letter(self, delivery: Delivery) -> None:
-        self._call(self._adead_letter(delivery), "dead-letter")
-
-    @final
-    def _defer(self, delivery: Delivery, delay: float) -> None:
-        self._call(self._adefer(delivery, delay), "defer")
-
-    @final
-    def _extend(self, deliveries: Sequence[Delivery]) -> None:
-        self._call(self._aextend(deliveries), "extend")
-
-    def _implements(self, name: str) -> bool:
-        """``_defer``/``_extend`` count as implemented when their coroutine twins are."""
-        twin = f"_a{name[1:]}"
-        return getattr(type(self), twin) is not getattr(AsyncPollingBroker, twin)
-
-    def close(self) -> None:
-        """Stop the template's threads, close the connection on the loop, stop the loop."""
-        super().close()
-        if self.loop._loop is not None:
-            try:
-                self.loop.run(self._aclose(), self.call_timeout)
-            except Exception as exc:  # noqa: BLE001 - closing must not raise
-                log.warning("%s: close failed: %s", type(self).__name__, exc)
-        self.loop.close()

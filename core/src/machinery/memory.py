@@ -12,13 +12,14 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery._hookimpl import hookimpl
-from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock
+from machinery.consume import PollingBroker
+from machinery.interfaces import Backend, DeadLetter, Delivery, Lock
 from machinery.signature import Signature, decode_signature
 from machinery.state import GroupMeta, TaskState
 
@@ -88,8 +89,11 @@ def reset() -> None:
         _locks.clear()
 
 
-class MemoryBroker(Broker):
-    """In-process broker with native ETA and priority."""
+class MemoryBroker(PollingBroker):
+    """In-process broker with native ETA and priority, on the core's consume template."""
+
+    #: Stop is noticed within 0.1 s (the store wakes fetches on publish and ETA).
+    fetch_wait: ClassVar[float] = 0.1
 
     supports_native_delay: ClassVar[bool] = True
     supports_priority: ClassVar[bool] = True
@@ -131,47 +135,61 @@ class MemoryBroker(Broker):
             heapq.heappush(q.ready, (-prio, seq, body))
         return s.delayed[0][0] if s.delayed else None
 
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Yield queued messages, waking on publish, ETA or stop (checked every 0.1 s)."""
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """Take up to ``max_n`` ready messages, waking on publish or ETA."""
         s = self._s
-        while not stop.is_set():
-            item = None
-            with s.cond:
+        deadline = time.time() + wait
+        with s.cond:
+            while True:
                 now = time.time()
                 next_due = self._promote_due(now)
                 q = s.queues.get(queue)
                 if q is not None and q.ready:
-                    prio, seq, body = heapq.heappop(q.ready)
-                    s.unacked[seq] = (queue, -prio, body)
-                    item = Delivery(body=body, queue=queue, tag=seq)
-                else:
-                    wait = 0.1 if next_due is None else max(0.0, min(0.1, next_due - now))
-                    s.cond.wait(wait)
-            if item is not None:
-                yield item
+                    out: list[Delivery] = []
+                    while q.ready and len(out) < max_n:
+                        prio, seq, body = heapq.heappop(q.ready)
+                        s.unacked[seq] = (queue, -prio, body)
+                        out.append(Delivery(body=body, queue=queue, tag=seq))
+                    return out
+                left = deadline - now
+                if left <= 0:
+                    return []
+                s.cond.wait(left if next_due is None else max(0.0, min(left, next_due - now)))
 
-    def ack(self, delivery: Delivery) -> None:
-        """Forget the message."""
+    def _take(self, delivery: Delivery) -> tuple[str, int, bytes] | None:
+        return self._s.unacked.pop(delivery.tag, None)
+
+    def _ack(self, delivery: Delivery) -> None:
         with self._s.cond:
-            self._s.unacked.pop(delivery.tag, None)
+            self._take(delivery)
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Requeue (after ``delay``) or move to the dead-letter list."""
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
         s = self._s
         with s.cond:
-            entry = s.unacked.pop(delivery.tag, None)
-            if entry is None:
-                return
-            queue, prio, body = entry
-            seq = next(s.seq)
-            if not requeue:
-                s.dead.append(DeadLetter(str(seq), queue, body, datetime.now(timezone.utc)))
-            elif delay > 0:
-                heapq.heappush(s.delayed, (time.time() + delay, seq, queue, prio, body))
-            else:
-                q = s.queues.setdefault(queue, _Queue())
-                heapq.heappush(q.ready, (-prio, seq, body))
+            for d in deliveries:
+                entry = self._take(d)
+                if entry is not None:
+                    queue, prio, body = entry
+                    q = s.queues.setdefault(queue, _Queue())
+                    heapq.heappush(q.ready, (-prio, next(s.seq), body))
             s.cond.notify_all()
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        s = self._s
+        with s.cond:
+            entry = self._take(delivery)
+            if entry is not None:
+                queue, prio, body = entry
+                heapq.heappush(s.delayed, (time.time() + delay, next(s.seq), queue, prio, body))
+            s.cond.notify_all()
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        s = self._s
+        with s.cond:
+            entry = self._take(delivery)
+            if entry is not None:
+                queue, _, body = entry
+                s.dead.append(DeadLetter(str(next(s.seq)), queue, body, datetime.now(timezone.utc)))
 
     def pending_tasks(self, queue: str | None = None) -> list[Signature]:
         """Waiting signatures in delivery order."""

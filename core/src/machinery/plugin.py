@@ -10,9 +10,12 @@ What is here:
 - the hook marker and the registration callable: :data:`hookimpl`, :data:`Register`;
 - the contracts: :class:`Broker`, :class:`Backend`, :class:`Lock`, :class:`Delivery`, and the
   consume template: :class:`PollingBroker`, :class:`AsyncPollingBroker` (asyncio clients),
-  :class:`EventLoopThread`; :func:`describe_capabilities`;
+  :class:`EventLoopThread`, :class:`PushBroker` (clients that push to a callback) with its
+  :class:`Inbox` and :class:`Subscription`; :func:`describe_capabilities`;
 - configuration: :class:`Config`, :func:`parse_options`, :func:`redact_url`;
 - the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
+- what optional capabilities exchange: :class:`Revocation` (revoke), :class:`TaskEvent` and
+  :class:`WorkerEvent` (event hooks), :data:`ZERO_TIME` (Go's zero time in stored states);
 - the wire codec (Go Machinery's JSON): :class:`Signature`, :func:`encode_signature`,
   :func:`decode_signature`, :func:`eta_of`, task states and group metadata and their codecs,
   :func:`parse_time` / :func:`format_time`, and the whole :mod:`machinery.wire` package as
@@ -37,7 +40,8 @@ if TYPE_CHECKING:
     from machinery import wire
     from machinery._hookimpl import hookimpl
     from machinery.config import Config, parse_options, redact_url
-    from machinery.consume import AsyncPollingBroker, EventLoopThread, PollingBroker, eta_of
+    from machinery.consume import PollingBroker, eta_of
+    from machinery.consume_adapters import AsyncPollingBroker, EventLoopThread, Inbox, PushBroker, Subscription
     from machinery.errors import (
         ArgumentTypeError,
         BackendConnectionError,
@@ -55,9 +59,11 @@ if TYPE_CHECKING:
         StateNotFoundError,
         UnknownSchemeError,
     )
+    from machinery.events import TaskEvent, WorkerEvent
     from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock, describe_capabilities
     from machinery.plugins import Register
-    from machinery.state import GroupMeta, State, TaskResult, TaskState
+    from machinery.revoke import Revocation
+    from machinery.state import ZERO_TIME, GroupMeta, State, TaskResult, TaskState
     from machinery.testing import (
         BackendConformance,
         BackendOracle,
@@ -95,9 +101,12 @@ _LAZY = {
     "Config": "machinery.config",
     "parse_options": "machinery.config",
     "redact_url": "machinery.config",
-    "AsyncPollingBroker": "machinery.consume",
-    "EventLoopThread": "machinery.consume",
+    "AsyncPollingBroker": "machinery.consume_adapters",
+    "EventLoopThread": "machinery.consume_adapters",
     "PollingBroker": "machinery.consume",
+    "PushBroker": "machinery.consume_adapters",
+    "Inbox": "machinery.consume_adapters",
+    "Subscription": "machinery.consume_adapters",
     "eta_of": "machinery.consume",
     "Backend": "machinery.interfaces",
     "Broker": "machinery.interfaces",
@@ -109,6 +118,10 @@ _LAZY = {
     "State": "machinery.state",
     "TaskResult": "machinery.state",
     "TaskState": "machinery.state",
+    "ZERO_TIME": "machinery.state",
+    "TaskEvent": "machinery.events",
+    "WorkerEvent": "machinery.events",
+    "Revocation": "machinery.revoke",
     **dict.fromkeys(
         (
             "ArgumentTypeError",
@@ -187,6 +200,7 @@ __all__ = [
     "Delivery",
     "EventLoopThread",
     "GroupMeta",
+    "Inbox",
     "Lock",
     "LockConformance",
     "LockError",
@@ -196,14 +210,20 @@ __all__ = [
     "PollingBroker",
     "PoolConformance",
     "PublishError",
+    "PushBroker",
     "Register",
+    "Revocation",
     "Signature",
     "State",
     "StateNotFoundError",
+    "Subscription",
+    "TaskEvent",
     "TaskResult",
     "TaskState",
     "UnknownSchemeError",
+    "WorkerEvent",
     "WorkflowConformance",
+    "ZERO_TIME",
     "decode_group_meta",
     "decode_signature",
     "decode_task_state",

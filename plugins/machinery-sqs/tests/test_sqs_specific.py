@@ -19,11 +19,12 @@ from machinery import Server
 from machinery.config import Config
 from machinery.errors import BackendError, ConfigError, PublishError
 from machinery.interfaces import Delivery
+from machinery.plugin import eta_of
 from machinery.plugins import get_plugin_host
 from machinery.signature import Signature, decode_signature, encode_signature, new_uuid
 from machinery.state import TaskResult
 from machinery_sqs.backend import DynamoDBBackend
-from machinery_sqs.broker import SQSBroker, eta_of, publish_delay, redelay_seconds
+from machinery_sqs.broker import SQSBroker, publish_delay, redelay_seconds
 from machinery_sqs.lock import DynamoDBLock
 
 SQS = f"sqs://us-east-1/{ACCOUNT}"

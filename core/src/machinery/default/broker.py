@@ -1,7 +1,7 @@
 """The embedded broker: a queue table in a SQLite file, safe across threads and processes.
 
 Delivery is at-least-once. Claiming a message leases it for ``visibility_timeout`` seconds
-(state 2, ``visible_at`` = lease end); a heartbeat thread renews the leases of every message
+(state 2, ``visible_at`` = lease end); the consume template's heartbeat renews the leases of every message
 this process still holds, so a long task is never delivered twice while its worker lives, and
 a dead worker's messages become claimable again when their lease runs out. ``ack`` deletes the
 message (the worker calls it after the final state is stored); ``nack(requeue=False)`` moves
@@ -15,14 +15,13 @@ other processes; that check reads shared memory only, and costs well under 1 % o
 
 from __future__ import annotations
 
-import collections
 import logging
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from machinery.consume import PollingBroker
 from machinery.default import ENV_OPTIONS
 from machinery.default._db import (
     DELAYED,
@@ -34,7 +33,7 @@ from machinery.default._db import (
     SQLiteOptions,
     Transport,
 )
-from machinery.interfaces import Broker, DeadLetter, Delivery
+from machinery.interfaces import DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ def _tag(delivery: Delivery) -> tuple[int, int]:
     return int(tag[0]), int(tag[1])
 
 
-class SQLiteBroker(Transport, Broker):
+class SQLiteBroker(Transport, PollingBroker):
     """Broker on a SQLite file (``sqlite:///relative.db``, ``sqlite:////absolute/path.db``).
 
     Options come from the ``sqlite:`` config section, overridden by the URL's query string
@@ -101,15 +100,16 @@ class SQLiteBroker(Transport, Broker):
     config_section: ClassVar[str | None] = "sqlite"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     error_class = SQLiteBrokerError
+    #: Stop is noticed within 0.1 s (an idle fetch wakes on publishes and commits anyway).
+    fetch_wait: ClassVar[float] = 0.1
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
         self._setup(url, config)
-        #: Leases this instance holds: (id, deliveries) -> queue.
-        self._leases: dict[tuple[int, int], str] = {}
-        self._leases_lock = threading.Lock()
-        self._heartbeat: threading.Thread | None = None
-        self._closed = threading.Event()
+        #: The template's heartbeat renews the leases of what this consumer holds.
+        self.extend_interval = self.options.heartbeat
+        #: Per queue: the last claim filled its batch (skip the cheap read check).
+        self._full: dict[str, bool] = {}
         #: Claim with ``UPDATE ... RETURNING`` (False: SELECT then UPDATE, for SQLite < 3.35).
         self.use_returning = HAS_RETURNING
 
@@ -160,15 +160,10 @@ class SQLiteBroker(Transport, Broker):
                     "UPDATE machinery_messages SET state = 2, visible_at = ?, deliveries = ? WHERE id = ?",
                     [(until, d, i) for i, d, _, _ in rows],
                 )
-        out = []
-        with self._leases_lock:
-            for msg_id, deliveries, _, body in rows:
-                tag = (msg_id, deliveries)
-                self._leases[tag] = queue
-                out.append(Delivery(body=bytes(body), queue=queue, tag=tag, redelivered=deliveries > 1))
-        if out:
-            self._ensure_heartbeat()
-        return out
+        return [
+            Delivery(body=bytes(body), queue=queue, tag=(msg_id, deliveries), redelivered=deliveries > 1)
+            for msg_id, deliveries, _, body in rows
+        ]
 
     def _claimable(self, conn: sqlite3.Connection, queue: str) -> bool:
         now = time.time()
@@ -180,172 +175,119 @@ class SQLiteBroker(Transport, Broker):
             due = conn.execute(_NEXT_DUE, (queue, queue)).fetchone()[0]
         return float(due) if due is not None else None
 
-    def _held(self, queue: str) -> int:
-        with self._leases_lock:
-            return sum(1 for q in self._leases.values() if q == queue)
-
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Claim and yield messages of ``queue`` until ``stop`` is set.
-
-        Claims up to ``prefetch`` minus the leases already held for this queue in one
-        statement; messages claimed but not yet yielded when the generator ends are released.
-        """
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """Claim up to ``max_n`` messages of ``queue``, waiting at most ``wait`` seconds for a
+        publish in this process, a commit by another, or the next due ETA (or lease end)."""
         db = self._db
-        buffer: collections.deque[Delivery] = collections.deque()
+        deadline = time.time() + wait
         with self._guard("connect"):
             conn = db.checkout()
         broken = False
         try:
-            full = False  # the last claim filled its batch: skip the cheap read check
-            while not stop.is_set():
-                if buffer:
-                    yield buffer.popleft()
-                    continue
+            while True:
                 # Read both change markers *before* looking, so nothing committed after the
                 # look can be missed by the idle wait.
                 gen = db.message_gen
                 version = self._data_version(conn)
-                if full or self._claimable(conn, queue):
-                    want = max(1, prefetch - self._held(queue))
-                    got = self._claim(conn, queue, want)
+                if self._full.get(queue) or self._claimable(conn, queue):
+                    got = self._claim(conn, queue, max_n)
+                    # A full batch: skip the cheap read check next time.
+                    self._full[queue] = len(got) == max_n
                     if got:
-                        full = len(got) == want
-                        buffer.extend(got)
-                        continue
-                full = False
-                self._idle_wait(conn, queue, gen, version, stop)
-        except sqlite3.Error:
+                        return got
+                self._full[queue] = False
+                if time.time() >= deadline or not self._idle_wait(conn, queue, gen, version, deadline):
+                    return []
+        except SQLiteBrokerError:
             broken = True
             raise
         finally:
-            if buffer:
-                self._release(list(buffer))
             db.checkin(conn, broken)
 
     def _data_version(self, conn: sqlite3.Connection) -> int:
         with self._guard("poll"):
             return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def _idle_wait(self, conn: sqlite3.Connection, queue: str, gen: int, version: int, stop: threading.Event) -> None:
-        """Sleep until a publish in this process, a commit by another process, the next due
-        ETA (or lease end) of ``queue``, or ``stop``."""
+    def _idle_wait(self, conn: sqlite3.Connection, queue: str, gen: int, version: int, deadline: float) -> bool:
+        """Sleep until a publish in this process, a commit by another process, or the next due
+        ETA (or lease end) of ``queue`` (True), or until ``deadline`` (False)."""
         db = self._db
         poll = self.options.poll_interval
         next_due = self._next_due(conn, queue)
-        while not stop.is_set():
-            timeout = poll
-            if next_due is not None:
-                timeout = min(timeout, next_due - time.time())
-                if timeout <= 0:
-                    return
+        while True:
+            now = time.time()
+            if next_due is not None and next_due <= now:
+                return True
+            if now >= deadline:
+                return False
+            timeout = min(poll, deadline - now, next_due - now if next_due is not None else poll)
             with db.changed:
                 if db.message_gen != gen:
-                    return
+                    return True
                 db.changed.wait(timeout)
                 if db.message_gen != gen:
-                    return
+                    return True
             if self._data_version(conn) != version:
-                return
+                return True
 
-    def _release(self, deliveries: list[Delivery]) -> None:
-        """Put claimed-but-unyielded messages back as they were."""
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Make the messages claimable at once, as if never delivered (the delivery count goes
+        back down: a release is a consumer giving back what it did not run)."""
         tags = [_tag(d) for d in deliveries]
-        with self._leases_lock:
-            for t in tags:
-                self._leases.pop(t, None)
-        try:
-            with self._guard("release"), self._db.write() as conn:
-                conn.executemany(
-                    "UPDATE machinery_messages SET state = 0, visible_at = ?, deliveries = deliveries - 1 "
-                    "WHERE id = ? AND deliveries = ? AND state = 2",
-                    [(time.time(), i, d) for i, d in tags],
-                )
-            self._db.notify_messages()
-        except SQLiteBrokerError as exc:
-            log.warning("%s; the messages come back when their lease ends", exc)
+        with self._guard("release"), self._db.write() as conn:
+            conn.executemany(
+                "UPDATE machinery_messages SET state = 0, visible_at = ?, deliveries = deliveries - 1 "
+                "WHERE id = ? AND deliveries = ? AND state = 2",
+                [(time.time(), i, d) for i, d in tags],
+            )
+        self._db.notify_messages()
 
-    # -- leases -------------------------------------------------------------------------------
-
-    def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is not None and self._heartbeat.is_alive():
-            return
-        with self._leases_lock:
-            if self._heartbeat is not None and self._heartbeat.is_alive():
-                return
-            self._closed.clear()
-            t = threading.Thread(target=self._renew_leases, name="machinery-sqlite-heartbeat", daemon=True)
-            self._heartbeat = t
-            t.start()
-
-    def _renew_leases(self) -> None:
-        interval = self.options.heartbeat
-        while not self._closed.wait(interval):
-            with self._leases_lock:
-                tags = list(self._leases)
-            if not tags:
-                continue
-            until = time.time() + self.lease
-            try:
-                with self._guard("renew leases"), self._db.write() as conn:
-                    lost = [t for t in tags if conn.execute(_RENEW, (until, *t)).rowcount == 0]
-            except SQLiteBrokerError as exc:
-                log.warning("%s; retrying in %.1fs", exc, interval)
-                continue
+    def _extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Renew the leases of the messages this consumer holds (the template's heartbeat)."""
+        tags = [_tag(d) for d in deliveries]
+        until = time.time() + self.lease
+        with self._guard("renew leases"), self._db.write() as conn:
+            lost = [t for t in tags if conn.execute(_RENEW, (until, *t)).rowcount == 0]
+        if lost:
+            held = {_tag(d) for d in self._held_deliveries()}
+            lost = [t for t in lost if t in held]  # not those acknowledged meanwhile
             if lost:
-                with self._leases_lock:
-                    lost = [t for t in lost if t in self._leases]
-                if lost:
-                    log.warning(
-                        "%d message lease(s) expired before renewal (another worker may run them again): ids %s",
-                        len(lost),
-                        ", ".join(str(t[0]) for t in lost[:10]),
-                    )
+                log.warning(
+                    "%d message lease(s) expired before renewal (another worker may run them again): ids %s",
+                    len(lost),
+                    ", ".join(str(t[0]) for t in lost[:10]),
+                )
 
     # -- acknowledgement ----------------------------------------------------------------------
 
-    def ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery) -> None:
         """Delete the message (only while this delivery's lease is the current one).
 
-        Whatever happens, this instance stops renewing the lease: if the delete failed, the
-        message comes back when the lease ends (at-least-once).
+        If the delete fails, the message comes back when the lease ends (at-least-once): the
+        template stops renewing the lease either way.
         """
+        with self._guard("ack"), self._db.write(begin=False) as conn:
+            conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", _tag(delivery))
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """Hold the message until ``delay`` seconds from now (it counts as delivered)."""
+        with self._guard("nack"), self._db.write() as conn:
+            conn.execute(
+                "UPDATE machinery_messages SET state = ?, visible_at = ? WHERE id = ? AND deliveries = ?",
+                (DELAYED, time.time() + delay, *_tag(delivery)),
+            )
+        self._db.notify_messages()
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """Move the message, body and all, to ``machinery_dead_letters``."""
         tag = _tag(delivery)
-        try:
-            with self._guard("ack"), self._db.write(begin=False) as conn:
-                conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
-        finally:
-            self._forget(tag)
-
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Make the message claimable again (after ``delay``), or move it to the dead letters.
-
-        If the database refuses, the lease is no longer renewed, so the message comes back
-        when it ends.
-        """
-        tag = _tag(delivery)
-        now = time.time()
-        try:
-            with self._guard("nack"), self._db.write() as conn:
-                if requeue:
-                    conn.execute(
-                        "UPDATE machinery_messages SET state = ?, visible_at = ? WHERE id = ? AND deliveries = ?",
-                        (DELAYED if delay > 0 else READY, now + max(delay, 0.0), *tag),
-                    )
-                else:
-                    conn.execute(
-                        "INSERT INTO machinery_dead_letters (queue, body, deliveries, dead_at) "
-                        "SELECT queue, body, deliveries, ? FROM machinery_messages WHERE id = ? AND deliveries = ?",
-                        (now, *tag),
-                    )
-                    conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
-        finally:
-            self._forget(tag)
-        if requeue:
-            self._db.notify_messages()
-
-    def _forget(self, tag: tuple[int, int]) -> None:
-        with self._leases_lock:
-            self._leases.pop(tag, None)
+        with self._guard("nack"), self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO machinery_dead_letters (queue, body, deliveries, dead_at) "
+                "SELECT queue, body, deliveries, ? FROM machinery_messages WHERE id = ? AND deliveries = ?",
+                (time.time(), *tag),
+            )
+            conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", tag)
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -427,11 +369,7 @@ class SQLiteBroker(Transport, Broker):
 
         Messages still leased by this instance come back to their queue when the lease ends.
         """
-        self._closed.set()
-        hb = self._heartbeat
-        if hb is not None and hb is not threading.current_thread():
-            hb.join(timeout=5)
-        self._heartbeat = None
+        super().close()
         self._close_db()
 
 

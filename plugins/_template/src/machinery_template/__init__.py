@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.plugin import Register
     from machinery_template.backend import TemplateBackend
     from machinery_template.broker import TemplateBroker, TemplateOptions
     from machinery_template.lock import TemplateLock

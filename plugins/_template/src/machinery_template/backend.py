@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from machinery.interfaces import Backend
-from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
-from machinery.state import GroupMeta, TaskState
+from machinery.plugin import Backend
+from machinery.plugin import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
+from machinery.plugin import GroupMeta, TaskState
 from machinery_template.broker import server_name
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["TemplateBackend", "example_store"]
 

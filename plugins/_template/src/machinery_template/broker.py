@@ -14,17 +14,14 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import ConfigError
-from machinery.interfaces import Broker, Delivery
+from machinery.plugin import ConfigError, Delivery, PollingBroker, parse_options, redact_url
 
 if TYPE_CHECKING:
-    from machinery.config import Config
-    from machinery.signature import Signature
+    from machinery.plugin import Config, Signature
 
 __all__ = ["TemplateBroker", "TemplateOptions", "server_name"]
 
@@ -37,15 +34,15 @@ class TemplateOptions:
     TEMPLATE: one field per option, each with a default; use Go Machinery's key names when Go
     has the option (``max_idle``, ``visibility_timeout``...).
 
-    :param poll_interval: longest wait, in seconds, for a message before ``consume`` checks
-        ``stop`` again.
+    :param poll_interval: longest wait, in seconds, of one look at the example server (``_fetch``
+        waits at most the core's ``fetch_wait`` in all).
     """
 
     poll_interval: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0 < self.poll_interval <= 1:
-            raise ConfigError("template.poll_interval", "must be > 0 and <= 1 (consume must notice stop within 1 s)")
+            raise ConfigError("template.poll_interval", "must be > 0 and <= 1")
 
 
 def server_name(url: str, key: str = "broker") -> str:
@@ -84,7 +81,7 @@ def example_server(name: str) -> _ExampleServer:
         return _SERVERS.setdefault(name, _ExampleServer())
 
 
-class TemplateBroker(Broker):
+class TemplateBroker(PollingBroker):
     """Broker for ``template://<name>`` URLs.
 
     Safe to use from several threads: ``publish`` from producers, ``ack``/``nack`` from task
@@ -92,7 +89,7 @@ class TemplateBroker(Broker):
     """
 
     # TEMPLATE: declare what your server really does; the core and the suite read these.
-    supports_native_delay: ClassVar[bool] = False  # the worker re-schedules early ETAs with nack(delay)
+    supports_native_delay: ClassVar[bool] = False  # the core holds back early ETAs (see _defer)
     supports_priority: ClassVar[bool] = False
     supports_pending_listing: ClassVar[bool] = False
     supports_delayed_listing: ClassVar[bool] = False
@@ -137,26 +134,36 @@ class TemplateBroker(Broker):
                 s.ready.setdefault(self.queue_for(sig), deque()).append((next(s.ids), body))
             s.cond.notify_all()
 
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Yield messages of ``queue`` until ``stop`` is set, waiting at most ``poll_interval``.
+    # -- the consume template's primitives ----------------------------------------------------------
+    #
+    # The core's PollingBroker owns consume/ack/nack: stopping within fetch_wait, prefetch, back-off
+    # on BrokerConnectionError, ETA emulation (supports_native_delay False) and giving back what
+    # was fetched but not handed out. A broker implements these few primitives.
 
-        TEMPLATE: use your server's blocking receive with a short timeout (never sleep in a loop
-        when a blocking call exists); handle connection loss here (log, reconnect with back-off).
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """Take up to ``max_n`` messages of ``queue``, waiting at most ``wait`` seconds.
+
+        TEMPLATE: use your server's blocking receive with ``wait`` as its timeout (never sleep in
+        a loop when a blocking call exists); raise ``BrokerConnectionError`` on connection loss
+        (the core backs off and calls ``_reconnect``).
         """
         s = self.server
-        while not stop.is_set():
-            item = None
-            with s.cond:
+        deadline = time.monotonic() + wait
+        with s.cond:
+            while True:
                 self._promote_due(s)
                 q = s.ready.get(queue)
                 if q:
-                    msg_id, body = q.popleft()
-                    s.unacked[msg_id] = (queue, body)
-                    item = Delivery(body=body, queue=queue, tag=msg_id)
-                else:
-                    s.cond.wait(self.options.poll_interval)
-            if item is not None:
-                yield item
+                    out: list[Delivery] = []
+                    while q and len(out) < max_n:
+                        msg_id, body = q.popleft()
+                        s.unacked[msg_id] = (queue, body)
+                        out.append(Delivery(body=body, queue=queue, tag=msg_id))
+                    return out
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                s.cond.wait(min(left, self.options.poll_interval))
 
     @staticmethod
     def _promote_due(s: _ExampleServer) -> None:
@@ -165,27 +172,45 @@ class TemplateBroker(Broker):
             _, msg_id, queue, body = heapq.heappop(s.delayed)
             s.ready.setdefault(queue, deque()).append((msg_id, body))
 
-    def ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery) -> None:
         """Remove the message for good (called after the task's final state is stored)."""
         with self.server.cond:
             self.server.unacked.pop(delivery.tag, None)
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Make the message deliverable again (after ``delay`` seconds), or drop it.
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Make the messages deliverable again at once."""
+        s = self.server
+        with s.cond:
+            for d in deliveries:
+                entry = s.unacked.pop(d.tag, None)
+                if entry is not None:
+                    queue, body = entry
+                    s.ready.setdefault(queue, deque()).append((next(s.ids), body))
+            s.cond.notify_all()
 
-        TEMPLATE: with ``requeue=False`` move it to a dead-letter queue if your server has one.
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """Make the message deliverable again after ``delay`` seconds.
+
+        TEMPLATE: optional; without it the core keeps the message in the worker's memory until
+        the delay is over, which suits only servers that never redeliver a live consumer's
+        messages on their own.
         """
         s = self.server
         with s.cond:
             entry = s.unacked.pop(delivery.tag, None)
-            if entry is None or not requeue:
-                return
-            queue, body = entry
-            if delay > 0:
+            if entry is not None:
+                queue, body = entry
                 heapq.heappush(s.delayed, (time.time() + delay, next(s.ids), queue, body))
-            else:
-                s.ready.setdefault(queue, deque()).append((next(s.ids), body))
             s.cond.notify_all()
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """Drop the message (``nack(requeue=False)``).
+
+        TEMPLATE: move it to your server's dead letters if it has any (and set
+        ``supports_dead_letters``).
+        """
+        with self.server.cond:
+            self.server.unacked.pop(delivery.tag, None)
 
     def purge(self, queue: str | None = None) -> int:
         """Delete the waiting messages of ``queue``; returns how many."""
@@ -195,4 +220,5 @@ class TemplateBroker(Broker):
 
     def close(self) -> None:
         """Release the connection (idempotent)."""
+        super().close()
         self._server = None

@@ -11,11 +11,11 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from machinery.interfaces import Lock
+from machinery.plugin import Lock
 from machinery_template.broker import server_name
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["TemplateLock"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.plugin import Register
 
 __all__ = ["machinery_register_backends", "machinery_register_brokers"]
 

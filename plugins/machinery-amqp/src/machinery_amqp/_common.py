@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 import pika
 import pika.exceptions as pex
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import ConfigError
+from machinery.plugin import ConfigError, parse_options, redact_url
 from machinery_amqp import ENV_OPTIONS
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["CONNECTION_ERRORS", "ENV_OPTIONS", "AMQPOptions", "connect", "parse_amqp_urls"]
 

@@ -19,7 +19,7 @@ import pika
 import pika.exceptions as pex
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
-from machinery.errors import BrokerConnectionError, BrokerError, PublishError
+from machinery.plugin import BrokerConnectionError, BrokerError, PublishError
 
 from ._common import CONNECTION_ERRORS, describe
 

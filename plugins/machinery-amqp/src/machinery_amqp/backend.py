@@ -30,20 +30,26 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import pika
 import pika.exceptions as pex
 
-from machinery.config import redact_url
-from machinery.errors import BackendConnectionError, BackendError, DecodeError
-from machinery.interfaces import Backend
-from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
-from machinery.state import ZERO_TIME, State
+from machinery.plugin import (
+    ZERO_TIME,
+    Backend,
+    BackendConnectionError,
+    BackendError,
+    DecodeError,
+    State,
+    decode_group_meta,
+    decode_task_state,
+    encode_group_meta,
+    encode_task_state,
+    redact_url,
+)
 
 from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-    from machinery.config import Config
-    from machinery.signature import Signature
-    from machinery.state import GroupMeta, TaskResult, TaskState
+    from machinery.plugin import Config, GroupMeta, Signature, TaskResult, TaskState
 
 __all__ = ["AMQPBackend"]
 

@@ -4,9 +4,11 @@ Threading (pika is not thread-safe):
 
 * publishing goes through :class:`~machinery_amqp._publisher.Publisher`, one connection owned
   by a dedicated I/O thread, with publisher confirms pipelined across threads and batches;
-* each :meth:`AMQPBroker.consume` generator gets its own connection, serviced by its own I/O
-  thread (so heartbeats flow while every task slot is busy); ``ack``/``nack`` from task threads
-  are marshalled to it with ``add_callback_threadsafe``;
+* consuming is the core's push template (:class:`~machinery.plugin.PushBroker`): each queue
+  consumed gets a subscription with its own connection, serviced by its own I/O thread (so
+  heartbeats flow while every task slot is busy), which puts what ``basic_consume`` delivers
+  into the core's inbox; ``ack``/``nack`` from task threads are marshalled to it with
+  ``add_callback_threadsafe``;
 * declarations, listing and purging use a small lock-protected blocking connection.
 """
 
@@ -14,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
-import queue as _queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -26,10 +27,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pika
 import pika.exceptions as pex
 
-from machinery.config import redact_url
-from machinery.errors import BrokerAuthenticationError, BrokerConnectionError, BrokerError, DecodeError, PublishError
-from machinery.interfaces import Broker, Delivery
-from machinery.signature import Signature, decode_signature
+from machinery.plugin import (
+    BrokerAuthenticationError,
+    BrokerConnectionError,
+    BrokerError,
+    DecodeError,
+    Delivery,
+    Inbox,
+    PublishError,
+    PushBroker,
+    Signature,
+    decode_signature,
+    redact_url,
+)
 
 from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
 from ._publisher import Outgoing, Publisher, Unroutable
@@ -37,7 +47,7 @@ from ._publisher import Outgoing, Publisher, Unroutable
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["AMQPBroker"]
 
@@ -132,13 +142,14 @@ class _Declarer:
 
 
 class _Consumer:
-    """One ``consume`` call: a connection and channel serviced by their own I/O thread."""
+    """One subscription (:meth:`AMQPBroker._subscribe`): a connection and channel serviced by
+    their own I/O thread, delivering into the core's inbox."""
 
-    def __init__(self, broker: AMQPBroker, queue: str, prefetch: int) -> None:
+    def __init__(self, broker: AMQPBroker, queue: str, prefetch: int, inbox: Inbox) -> None:
         self.b = broker
         self.queue = queue
         self.prefetch = prefetch
-        self.buffer: _queue.SimpleQueue[Delivery] = _queue.SimpleQueue()
+        self.inbox = inbox
         self.lock = threading.Lock()
         self.generation = 0
         self.outstanding: set[tuple[int, int]] = set()
@@ -162,11 +173,13 @@ class _Consumer:
                     return
                 except pex.ChannelClosedByBroker as exc:
                     self.fatal = BrokerError(f"RabbitMQ refused to consume queue {self.queue!r}: {exc.reply_text}")
+                    self.inbox.fail(self.fatal)
                     return
                 except (pex.ProbableAuthenticationError, pex.ProbableAccessDeniedError) as exc:
                     self.fatal = BrokerAuthenticationError(
                         f"RabbitMQ at {describe(self.b._params)} refused the credentials: {exc!r}"
                     )
+                    self.inbox.fail(self.fatal)
                     return
                 except (*CONNECTION_ERRORS, pex.ChannelClosed) as exc:
                     self._lost(exc)
@@ -213,7 +226,7 @@ class _Consumer:
         }
         tag = _Tag(self, gen, method.delivery_tag)
         d = Delivery(body=body, queue=self.queue, tag=tag, redelivered=method.redelivered, attributes=attrs)
-        self.buffer.put(d)
+        self.inbox.put(d)
 
     def _serve(self) -> None:
         cancelled = False
@@ -224,18 +237,16 @@ class _Consumer:
                     for ctag in list(self.ch.consumer_tags):
                         self.ch.basic_cancel(ctag)
                     cancelled = True
-                self._requeue_buffered()
+                self._requeue_late()
                 with self.lock:
                     if not self.outstanding:
                         return
             self.conn.process_data_events(time_limit=0.25)
 
-    def _requeue_buffered(self) -> None:
-        while True:
-            try:
-                d = self.buffer.get_nowait()
-            except _queue.Empty:
-                return
+    def _requeue_late(self) -> None:
+        """After the cancel, requeue what still arrives in the inbox (the core no longer reads
+        it once it cancelled the subscription)."""
+        for d in self.inbox.drain():
             tag: _Tag = d.tag
             if tag.generation == self.generation and self.ch is not None and self.ch.is_open:
                 self.ch.basic_nack(tag.delivery_tag, requeue=True)
@@ -245,11 +256,7 @@ class _Consumer:
             lost = len(self.outstanding)
             self.outstanding.clear()
             self.generation += 1
-        while True:
-            try:
-                self.buffer.get_nowait()
-            except _queue.Empty:
-                break
+        self.inbox.drain()  # their channel is gone: RabbitMQ delivers them again
         conn, self.conn, self.ch = self.conn, None, None
         if conn is not None and conn.is_open:
             try:
@@ -279,6 +286,11 @@ class _Consumer:
 
     # -- caller side ------------------------------------------------------------------------------
 
+    def cancel(self) -> None:
+        """Stop consuming: the I/O thread cancels the consumer, and closes the connection once
+        the messages handed out are settled (what arrives meanwhile is redelivered)."""
+        self.closing.set()
+
     def take(self, delivery: Delivery) -> bool:
         tag: _Tag = delivery.tag
         with self.lock:
@@ -299,6 +311,10 @@ class _Consumer:
             self._settle(tag, what, fn)
 
 
+def _nack(delivery_tag: int, requeue: bool, ch: BlockingChannel) -> None:
+    ch.basic_nack(delivery_tag, requeue=requeue)
+
+
 def _amqp_value(v: Any) -> Any:
     if v is None or isinstance(v, (str, bool, int)):
         return v
@@ -316,7 +332,7 @@ def _amqp_table(headers: dict[str, Any]) -> dict[str, Any]:
     return {str(k): _amqp_value(v) for k, v in headers.items()}
 
 
-class AMQPBroker(Broker):
+class AMQPBroker(PushBroker):
     """RabbitMQ broker: Go Machinery's exchange, queue, binding and delay-queue declarations.
 
     :param url: ``amqp://user:pass@host:port/vhost`` or ``amqps://...``; several URLs joined by
@@ -335,6 +351,8 @@ class AMQPBroker(Broker):
     supports_purge: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "amqp"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
+    #: Stop is noticed within 0.25 s.
+    fetch_wait: ClassVar[float] = 0.25
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -496,54 +514,49 @@ class AMQPBroker(Broker):
         if items:
             self._publish_planned([self._plan(body, sig) for body, sig in items])
 
-    # -- consuming --------------------------------------------------------------------------------
+    # -- consuming (the core's push template) ----------------------------------------------------
 
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Declare and bind ``queue`` as Go's worker does and yield its messages.
-
-        Prefetch is ``amqp.prefetch_count`` or else ``prefetch``. On stop (noticed within
-        0.25 s) the consumer is cancelled and unyielded messages are requeued; the connection
-        stays open until the yielded ones are acknowledged. Connection loss is handled inside
-        with back-off; unacknowledged in-flight messages are then redelivered by RabbitMQ.
-        """
-        c = _Consumer(self, queue, max(1, prefetch))
+    def _subscribe(self, queue: str, prefetch: int, inbox: Inbox) -> _Consumer:
+        """Declare and bind ``queue`` as Go's worker does and ``basic_consume`` it on a
+        connection of its own; ``basic.qos`` is ``amqp.prefetch_count`` or else ``prefetch``.
+        Connection loss is handled inside with back-off; unacknowledged in-flight messages are
+        then redelivered by RabbitMQ."""
+        c = _Consumer(self, queue, max(1, prefetch), inbox)
         self._consumers = {x for x in self._consumers if not x.done.is_set()}
         self._consumers.add(c)
         c.thread.start()
-        try:
-            while not stop.is_set():
-                try:
-                    d = c.buffer.get(timeout=0.25)
-                except _queue.Empty:
-                    if c.fatal is not None:
-                        raise c.fatal from None
-                    if c.done.is_set():
-                        return
-                    continue
-                if c.take(d):
-                    yield d
-        finally:
-            c.closing.set()
+        return c
 
-    def ack(self, delivery: Delivery) -> None:
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        # A delivery from before a reconnect cannot be acknowledged: RabbitMQ redelivers it.
+        return [d for d in super()._fetch(queue, max_n, wait) if d.tag.consumer.take(d)]
+
+    def _ack(self, delivery: Delivery) -> None:
         """Acknowledge (in the consumer's I/O thread)."""
         tag: _Tag = delivery.tag
         tag.consumer.settle(tag, "acknowledge", lambda ch: ch.basic_ack(tag.delivery_tag))
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Requeue, dead-letter (``requeue=False``: the queue's DLX if configured, else dropped),
-        or, with ``delay``, republish through a delay queue and then acknowledge the original
-        (publish-then-ack: at-least-once, never lost)."""
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Requeue (``basic.nack`` with requeue)."""
+        for d in deliveries:
+            tag: _Tag = d.tag
+            tag.consumer.settle(tag, "reject", partial(_nack, tag.delivery_tag, True))
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """Reject without requeue: the queue's DLX if configured, else dropped."""
         tag: _Tag = delivery.tag
-        if requeue and delay > 0:
-            try:
-                self._republish_delayed(delivery, delay)
-            except Exception as exc:  # noqa: BLE001 - fall back to an immediate requeue
-                log.warning("cannot delay a message of %r (%s); requeueing it now", delivery.queue, exc)
-            else:
-                self.ack(delivery)
-                return
-        tag.consumer.settle(tag, "reject", lambda ch: ch.basic_nack(tag.delivery_tag, requeue=requeue))
+        tag.consumer.settle(tag, "reject", partial(_nack, tag.delivery_tag, False))
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """Republish through a delay queue and then acknowledge the original (publish-then-ack:
+        at-least-once, never lost); requeue at once when the republish fails."""
+        try:
+            self._republish_delayed(delivery, delay)
+        except Exception as exc:  # noqa: BLE001 - fall back to an immediate requeue
+            log.warning("cannot delay a message of %r (%s); requeueing it now", delivery.queue, exc)
+            self._release([delivery])
+        else:
+            self._ack(delivery)
 
     def _republish_delayed(self, delivery: Delivery, delay: float) -> None:
         attrs = delivery.attributes
@@ -629,6 +642,7 @@ class AMQPBroker(Broker):
         if self._closed:
             return
         self._closed = True
+        super().close()
         for c in list(self._consumers):
             c.closing.set()
         deadline = time.monotonic() + 2.0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.plugin import Register
     from machinery_gcp.broker import GCPPubSubBroker, GCPPubSubError, GCPPubSubOptions
 
 __all__ = ["GCPPubSubBroker", "GCPPubSubError", "GCPPubSubOptions"]

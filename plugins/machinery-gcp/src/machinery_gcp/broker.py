@@ -7,17 +7,18 @@ derived from the URL's: ``<subscription>-<queue>`` (or the name given in the ``s
 option). Message data is the signature JSON and, as in Go, no attributes are set, so Go and
 Python producers and workers can share topics and subscriptions.
 
-Consuming uses synchronous ``Pull`` with a short ``timeout`` (so ``stop`` is noticed within
-``pull_timeout``) and asks for at most ``prefetch`` minus the messages this consumer already
-holds, so a worker never leases more than its concurrency. A heartbeat thread extends the ack
-deadline of every held message with ``ModifyAckDeadline`` until the worker acknowledges it
-(after the final state is stored) or gives it back; a worker killed mid-task stops extending, so
-the message is redelivered when its deadline runs out.
+Consuming is the core's consume template (:class:`~machinery.plugin.PollingBroker`) over
+synchronous ``Pull`` with a short ``timeout`` (so ``stop`` is noticed within a second, or
+``pull_timeout`` if shorter), asking for at most ``prefetch`` minus the messages this consumer
+already holds, so a worker never leases more than its concurrency. The template's heartbeat
+extends the ack deadline of every held message with ``ModifyAckDeadline`` until the worker
+acknowledges it (after the final state is stored) or gives it back; a worker killed mid-task
+stops extending, so the message is redelivered when its deadline runs out.
 
 Pub/Sub has no delayed delivery, so the broker declares ``supports_native_delay = False``: the
-worker receives a message with a future ETA and calls ``nack(delay=d)``, which sets the message's
-ack deadline to ``min(d, 600)`` seconds. Pub/Sub redelivers it then, and the worker re-delays it
-again while it is still early. Nothing is held in worker memory and nothing is republished.
+consumer hands out no message before its ETA. One due within a second is kept until due; a
+later one is given back with its ack deadline set to ``min(ETA - now, 600)`` seconds, so Pub/Sub
+redelivers it then (and again while it is still early). Nothing is republished.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import math
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -41,13 +41,19 @@ from google.protobuf.duration_pb2 import Duration
 from google.pubsub_v1 import PublisherClient, SubscriberClient
 from google.pubsub_v1.types import DeadLetterPolicy, PubsubMessage, ReceivedMessage
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
-from machinery.interfaces import Broker, Delivery
+from machinery.plugin import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigError,
+    Delivery,
+    PollingBroker,
+    PublishError,
+    parse_options,
+    redact_url,
+)
 
 if TYPE_CHECKING:
-    from machinery.config import Config
-    from machinery.signature import Signature
+    from machinery.plugin import Config, Signature
 
 __all__ = ["GCPPubSubBroker", "GCPPubSubError", "GCPPubSubOptions", "parse_url"]
 
@@ -179,24 +185,22 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str]]:
     return project, subscription, dict(parse_qsl(query, keep_blank_values=True))
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Tag:
-    """Delivery tag: what ack/nack need to find the message again."""
+    """Delivery tag: what ack/nack need to find the message again, and its lease (changed only
+    by the heartbeat, which never runs at the same time as a settle of the message)."""
 
     ack_id: str
     subscription: str
     topic: str
     ordering_key: str
-    consumer: int
-
-
-@dataclass
-class _Lease:
-    tag: _Tag
     started: float  # monotonic time of the pull that delivered it
-    expires: float  # monotonic time its current ack deadline runs out (conservative)
     length: float  # length of the current deadline, for the extension margin
+    expires: float = 0.0  # monotonic time its current ack deadline runs out (conservative)
     extend: bool = True  # False once held longer than max_extension
+
+    def __post_init__(self) -> None:
+        self.expires = self.started + self.length
 
 
 @dataclass
@@ -206,7 +210,7 @@ class _QueueInfo:
     ack_deadline: int
 
 
-class GCPPubSubBroker(Broker):
+class GCPPubSubBroker(PollingBroker):
     """Google Cloud Pub/Sub broker (Go's ``gcppubsub`` broker).
 
     :param url: ``gcppubsub://PROJECT_ID/SUBSCRIPTION_NAME``; options may follow as a query
@@ -227,26 +231,22 @@ class GCPPubSubBroker(Broker):
     #: Go Machinery reads no environment variables for Pub/Sub (``PUBSUB_EMULATOR_HOST`` and
     #: ``GOOGLE_APPLICATION_CREDENTIALS`` are read by the client library itself).
     env_options: ClassVar[dict[str, str]] = {}
+    fetch_max: ClassVar[int] = MAX_BATCH
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
         self.project, self.subscription, query = parse_url(url)
         self.options = parse_options(GCPPubSubOptions, "gcp_pubsub", config.section("gcp_pubsub"), query)
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self._publisher: Any = self.options.publisher
         self._subscriber: Any = self.options.subscriber
         self._own_publisher = False
         self._own_subscriber = False
         self._queues: dict[str, _QueueInfo] = {}
         self._published_to: set[str] = set()
-        self._leases: dict[str, _Lease] = {}
-        self._held: dict[int, int] = {}  # consumer id -> leased messages (buffered or in flight)
-        self._busy_keys: dict[tuple[int, str], int] = {}  # (consumer, ordering key) -> in flight
-        self._next_consumer = 0
-        self._heartbeat: threading.Thread | None = None
-        self._closing = threading.Event()
         self._closed = False
+        #: The template's heartbeat looks every second for leases about to run out.
+        self.extend_interval = 1.0
         self._retry = Retry(
             initial=0.1, maximum=5.0, multiplier=2.0, predicate=_TRANSIENT, timeout=self.options.timeout
         )
@@ -454,88 +454,36 @@ class GCPPubSubBroker(Broker):
                 self._forget(queue)
             raise PublishError(f"{len(messages)} message(s) not published: {exc}", uuids[0]) from exc
 
-    # -- consuming --------------------------------------------------------------------------------
+    # -- consuming (the core's consume template) --------------------------------------------------
 
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Pull from the queue's subscription, leasing at most ``prefetch`` messages at a time.
-
-        Each pull waits at most ``pull_timeout`` seconds, so ``stop`` is noticed within it.
-        Pulled messages not yet handed to the worker when the generator ends are given back
-        at once (ack deadline 0).
-        """
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """One synchronous ``Pull`` of up to ``max_n`` messages (and ``max_messages``), waiting
+        at most ``wait`` seconds (and ``pull_timeout``)."""
         info = self._queue(queue)
-        self._start_heartbeat()
-        with self._lock:
-            cid = self._next_consumer
-            self._next_consumer += 1
-            self._held[cid] = 0
-        buffer: deque[tuple[_Tag, ReceivedMessage]] = deque()
-        sub = self._sub()
-        backoff = 0.1
-        limit = max(1, prefetch)
+        room = min(max_n, self.options.max_messages) if self.options.max_messages else max_n
+        timeout = max(0.05, min(wait, self.options.pull_timeout))
+        started = time.monotonic()
         try:
-            while not stop.is_set():
-                item = self._take_ready(cid, buffer)
-                if item is not None:
-                    yield item
-                    continue
-                with self._lock:
-                    room = limit - self._held[cid]
-                    if room <= 0:  # everything held is in flight or waits for its ordering key
-                        self._cond.wait(0.1)
-                        continue
-                if self.options.max_messages:
-                    room = min(room, self.options.max_messages)
-                started = time.monotonic()
-                try:
-                    resp = sub.pull(
-                        subscription=info.subscription,
-                        max_messages=min(room, MAX_BATCH),
-                        timeout=self.options.pull_timeout,
-                        retry=None,
-                    )
-                except gexc.DeadlineExceeded:
-                    continue
-                except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.Aborted, gexc.Unknown) as exc:
-                    log.warning("Pub/Sub pull from %s failed: %s; retrying in %.1fs", info.subscription, exc, backoff)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    continue
-                except gexc.GoogleAPICallError as exc:
-                    if isinstance(exc, gexc.NotFound):
-                        self._forget(queue)  # deleted (or an emulator restarted): check again next time
-                    raise _translate(exc, "pull from subscription", info.subscription) from exc
-                backoff = 0.1
-                received = list(resp.received_messages)
-                if not received:
-                    if time.monotonic() - started < 0.05:  # a server that answers empty at once
-                        stop.wait(0.05)
-                    continue
-                with self._lock:
-                    for rm in received:
-                        tag = _Tag(rm.ack_id, info.subscription, info.topic, rm.message.ordering_key, cid)
-                        self._leases[rm.ack_id] = _Lease(tag, started, started + info.ack_deadline, info.ack_deadline)
-                        buffer.append((tag, rm))
-                    self._held[cid] += len(received)
-        finally:
-            if buffer:
-                self._give_back([t for t, _ in buffer])
-            with self._lock:
-                self._held.pop(cid, None)
+            resp = self._sub().pull(
+                subscription=info.subscription, max_messages=min(room, MAX_BATCH), timeout=timeout, retry=None
+            )
+        except gexc.DeadlineExceeded:
+            return []
+        except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.Aborted, gexc.Unknown) as exc:
+            raise BrokerConnectionError(f"Pub/Sub pull from {info.subscription} failed: {exc}") from exc
+        except gexc.GoogleAPICallError as exc:
+            if isinstance(exc, gexc.NotFound):
+                self._forget(queue)  # deleted (or an emulator restarted): check again next time
+            raise _translate(exc, "pull from subscription", info.subscription) from exc
+        received = list(resp.received_messages)
+        if not received and time.monotonic() - started < 0.05:  # a server that answers empty at once
+            time.sleep(min(0.05, wait))
+        return [self._delivery(rm, info, started) for rm in received]
 
-    def _take_ready(self, cid: int, buffer: deque[tuple[_Tag, ReceivedMessage]]) -> Delivery | None:
-        """The first buffered message that may run now (with ordering: none of its key in flight)."""
-        if not buffer:
-            return None
-        with self._lock:
-            i = self._ready_index(cid, buffer)
-            if i < 0:
-                return None
-            tag, rm = buffer[i]
-            del buffer[i]
-            if tag.ordering_key and self.options.ordering:
-                self._busy_keys[(cid, tag.ordering_key)] = 1
+    @staticmethod
+    def _delivery(rm: ReceivedMessage, info: _QueueInfo, started: float) -> Delivery:
         msg = rm.message
+        tag = _Tag(rm.ack_id, info.subscription, info.topic, msg.ordering_key, started, info.ack_deadline)
         attempt = rm.delivery_attempt
         attrs: dict[str, Any] = dict(msg.attributes)
         attrs.update(
@@ -547,45 +495,10 @@ class GCPPubSubBroker(Broker):
         )
         return Delivery(body=msg.data, queue=_queue_of(tag.topic), tag=tag, redelivered=attempt > 1, attributes=attrs)
 
-    def _ready_index(self, cid: int, buffer: deque[tuple[_Tag, ReceivedMessage]]) -> int:
-        if not self.options.ordering:
-            return 0
-        blocked: set[str] = set()
-        for i, (tag, _) in enumerate(buffer):
-            key = tag.ordering_key
-            if not key:
-                return i
-            if key in blocked or self._busy_keys.get((cid, key)):
-                blocked.add(key)
-                continue
-            return i
-        return -1
-
-    def _release(self, tag: _Tag) -> bool:
-        """Forget a lease; False when it was not held (already acked, given back or unknown)."""
-        with self._lock:
-            lease = self._leases.pop(tag.ack_id, None)
-            if lease is None:
-                return False
-            if tag.consumer in self._held:
-                self._held[tag.consumer] -= 1
-            if tag.ordering_key:
-                self._busy_keys.pop((tag.consumer, tag.ordering_key), None)
-            self._cond.notify_all()
-            return True
-
-    def _give_back(self, tags: list[_Tag]) -> None:
-        by_sub: dict[str, list[str]] = {}
-        for t in tags:
-            if self._release(t):
-                by_sub.setdefault(t.subscription, []).append(t.ack_id)
-        for sub, ids in by_sub.items():
-            try:
-                self._modack(sub, ids, 0)
-            except BrokerError as exc:
-                log.warning(
-                    "could not give %d message(s) back to %s (redelivered after their deadline): %s", len(ids), sub, exc
-                )
+    def _ordering_key(self, delivery: Delivery) -> str:
+        """With ``ordering``, messages of one key run one at a time, in order."""
+        tag: _Tag = delivery.tag
+        return tag.ordering_key if self.options.ordering else ""
 
     def _modack(self, sub: str, ack_ids: list[str], seconds: int) -> None:
         client = self._sub()
@@ -599,10 +512,55 @@ class GCPPubSubBroker(Broker):
                 ack_deadline_seconds=seconds,
             )
 
-    def ack(self, delivery: Delivery) -> None:
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give the messages back at once (ack deadline 0)."""
+        by_sub: dict[str, list[str]] = {}
+        for d in deliveries:
+            tag: _Tag = d.tag
+            by_sub.setdefault(tag.subscription, []).append(tag.ack_id)
+        for sub, ids in by_sub.items():
+            self._modack(sub, ids, 0)
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """The message's ack deadline becomes ``delay`` seconds (rounded up, at most 600), so
+        Pub/Sub redelivers it then; a still-early ETA is deferred again on redelivery."""
+        tag: _Tag = delivery.tag
+        self._modack(tag.subscription, [tag.ack_id], min(MAX_ACK_DEADLINE, max(0, math.ceil(delay))))
+
+    def _extend(self, deliveries: Sequence[Delivery]) -> None:
+        """The template's heartbeat (every second): extend the ack deadline of each held
+        message whose deadline is near, until ``max_extension``."""
+        extension = self.options.ack_deadline
+        limit = self.options.max_extension
+        now = time.monotonic()
+        due: dict[str, list[_Tag]] = {}
+        for d in deliveries:
+            tag: _Tag = d.tag
+            if not tag.extend:
+                continue
+            if limit and now - tag.started > limit:
+                log.warning(
+                    "a message of %s was held for over %.0fs (max_extension): no longer extended, "
+                    "Pub/Sub will redeliver it",
+                    tag.subscription,
+                    limit,
+                )
+                tag.extend = False
+                continue
+            if tag.expires - now < max(2.5, tag.length / 3):
+                due.setdefault(tag.subscription, []).append(tag)
+        for sub, tags in due.items():
+            try:
+                self._modack(sub, [t.ack_id for t in tags], extension)
+            except BrokerError as exc:
+                log.warning("could not extend %d lease(s) on %s: %s", len(tags), sub, exc)
+                continue
+            for t in tags:
+                t.expires, t.length = now + extension, float(extension)
+
+    def _ack(self, delivery: Delivery) -> None:
         """Acknowledge the message (called after the task's final state is stored)."""
         tag: _Tag = delivery.tag
-        self._release(tag)
         self._call(
             "acknowledge on subscription",
             tag.subscription,
@@ -611,19 +569,10 @@ class GCPPubSubBroker(Broker):
             ack_ids=[tag.ack_id],
         )
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Give the message back, or dead-letter it.
-
-        ``requeue``: its ack deadline becomes ``delay`` seconds (rounded up, at most 600), so
-        Pub/Sub redelivers it then; a still-early ETA is re-delayed by the worker on redelivery.
-        Not ``requeue``: the body is published to ``dead_letter_topic`` when configured, else
-        logged; then the message is acknowledged.
-        """
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """``nack(requeue=False)``: the body is published to ``dead_letter_topic`` when
+        configured, else logged; then the message is acknowledged."""
         tag: _Tag = delivery.tag
-        if requeue:
-            self._release(tag)
-            self._modack(tag.subscription, [tag.ack_id], min(MAX_ACK_DEADLINE, max(0, math.ceil(delay))))
-            return
         dlt = self.options.dead_letter_topic
         if dlt:
             topic = f"projects/{self.project}/topics/{dlt}"
@@ -645,47 +594,7 @@ class GCPPubSubBroker(Broker):
                 delivery.attributes.get("message_id", "?"),
                 tag.subscription,
             )
-        self.ack(delivery)
-
-    def _start_heartbeat(self) -> None:
-        with self._lock:
-            if self._heartbeat is None or not self._heartbeat.is_alive():
-                self._closing.clear()
-                self._heartbeat = threading.Thread(
-                    target=self._extend_leases, name="machinery-pubsub-lease", daemon=True
-                )
-                self._heartbeat.start()
-
-    def _extend_leases(self) -> None:
-        """Heartbeat: extend every held message's ack deadline before it runs out."""
-        extension = self.options.ack_deadline
-        limit = self.options.max_extension
-        while not self._closing.wait(1.0):
-            now = time.monotonic()
-            due: dict[str, list[_Lease]] = {}
-            with self._lock:
-                for lease in self._leases.values():
-                    if not lease.extend:
-                        continue
-                    if limit and now - lease.started > limit:
-                        log.warning(
-                            "a message of %s was held for over %.0fs (max_extension): no longer "
-                            "extended, Pub/Sub will redeliver it",
-                            lease.tag.subscription,
-                            limit,
-                        )
-                        lease.extend = False
-                        continue
-                    if lease.expires - now < max(2.5, lease.length / 3):
-                        due.setdefault(lease.tag.subscription, []).append(lease)
-            for sub, leases in due.items():
-                try:
-                    self._modack(sub, [le.tag.ack_id for le in leases], extension)
-                except BrokerError as exc:
-                    log.warning("could not extend %d lease(s) on %s: %s", len(leases), sub, exc)
-                    continue
-                for le in leases:
-                    le.expires, le.length = now + extension, float(extension)
+        self._ack(delivery)
 
     # -- management -------------------------------------------------------------------------------
 
@@ -737,13 +646,13 @@ class GCPPubSubBroker(Broker):
         with self._lock:
             if self._closed:
                 return
-            leases = [le.tag for le in self._leases.values()]
-        self._closing.set()
-        hb = self._heartbeat
-        if hb is not None and hb is not threading.current_thread():
-            hb.join(timeout=5)
-        if leases and self._subscriber is not None:
-            self._give_back(leases)
+        held = self._held_deliveries()
+        super().close()
+        if held and self._subscriber is not None:
+            try:
+                self._release(held)
+            except BrokerError as exc:
+                log.warning("could not give %d message(s) back (redelivered after their deadline): %s", len(held), exc)
         with self._lock:
             self._closed = True
             pub, sub = self._publisher, self._subscriber

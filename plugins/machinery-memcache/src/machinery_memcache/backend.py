@@ -23,14 +23,24 @@ from pymemcache.client.base import PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError, MemcacheServerError, MemcacheUnexpectedCloseError
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import BackendConnectionError, BackendError, ConfigError
-from machinery.interfaces import Backend
-from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
-from machinery.state import GroupMeta, State, TaskState
+from machinery.plugin import (
+    Backend,
+    BackendConnectionError,
+    BackendError,
+    ConfigError,
+    GroupMeta,
+    State,
+    TaskState,
+    decode_group_meta,
+    decode_task_state,
+    encode_group_meta,
+    encode_task_state,
+    parse_options,
+    redact_url,
+)
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["ItemTooLargeError", "MemcacheBackend", "MemcacheOptions", "parse_servers"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.plugin import Register
     from machinery_mongo.backend import MongoBackend, MongoOptions
 
 __all__ = ["MongoBackend", "MongoOptions"]

@@ -34,23 +34,27 @@ from pymongo import MongoClient, ReplaceOne
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import BackendConnectionError, BackendError, ConfigError
-from machinery.interfaces import Backend
-from machinery.signature import (
+from machinery.plugin import (
+    Backend,
+    BackendConnectionError,
+    BackendError,
+    ConfigError,
+    GroupMeta,
+    State,
+    TaskState,
     encode_group_meta,
     encode_task_state,
     group_meta_from_mapping,
+    parse_options,
     parse_time,
+    redact_url,
     task_state_from_mapping,
 )
-from machinery.state import GroupMeta, State, TaskState
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
 
-    from machinery.config import Config
-    from machinery.revoke import Revocation
+    from machinery.plugin import Config, Revocation
 
 __all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "from_document", "to_document"]
 
@@ -251,9 +255,11 @@ class MongoBackend(Backend):
                     coll.find_one({"uuid": uuid, "terminate": True, **self._live()}, projection={"_id": True})
                     is not None
                 )
-                seq = counters.find_one_and_update(
+                counter = counters.find_one_and_update(
                     {"_id": "revocations"}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-                )["seq"]
+                )
+                assert counter is not None  # upsert with ReturnDocument.AFTER always returns one
+                seq = counter["seq"]
                 coll.insert_one({"_id": int(seq), "uuid": uuid, "terminate": term, "expires_at": expires})
 
     def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
@@ -262,7 +268,7 @@ class MongoBackend(Backend):
         (records after it are returned again meanwhile) for :data:`REVOCATION_GAP_GRACE` s."""
         import time
 
-        from machinery.revoke import Revocation
+        from machinery.plugin import Revocation
 
         coll = self._revocations()
         assert self._client is not None

@@ -14,8 +14,7 @@ from machinery import hookimpl
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from machinery.events import TaskEvent
-    from machinery.signature import Signature
+    from machinery.plugin import Signature, TaskEvent
 
 __all__: list[str] = []
 

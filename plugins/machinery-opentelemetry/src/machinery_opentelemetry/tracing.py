@@ -31,8 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from machinery import __version__
 
 if TYPE_CHECKING:
-    from machinery.events import TaskEvent
-    from machinery.signature import Signature
+    from machinery.plugin import Signature, TaskEvent
 
 __all__ = ["after_publish", "before_publish", "task_ended", "task_started"]
 

@@ -17,8 +17,7 @@ if TYPE_CHECKING:
     import argparse
     from types import ModuleType
 
-    from machinery.events import TaskEvent, WorkerEvent
-    from machinery.signature import Signature
+    from machinery.plugin import Signature, TaskEvent, WorkerEvent
 
 __all__ = ["PUBLISHED_AT_HEADER"]
 
@@ -35,6 +34,7 @@ def _metrics() -> ModuleType:
 
         _loaded = metrics
     return _loaded
+
 
 #: Header carrying the publish time (Unix seconds as a float); Python-only, Go ignores it.
 PUBLISHED_AT_HEADER = "machinery_published_at"

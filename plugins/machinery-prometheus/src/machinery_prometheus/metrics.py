@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from machinery.errors import ConfigError
+from machinery.plugin import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from machinery.events import TaskEvent, WorkerEvent
+    from machinery.plugin import TaskEvent, WorkerEvent
 
 __all__ = ["configure", "task_finished", "task_retried", "task_started", "worker_started", "worker_stopped"]
 
@@ -112,7 +112,7 @@ def _registry(event: WorkerEvent) -> CollectorRegistry:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
     worker = event.worker
     if worker is not None and type(worker.server.broker).supports_pending_listing:

@@ -19,6 +19,7 @@ Keys of this plugin only (the ``{queue}`` hash tag keeps them in the queue's clu
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -336,7 +337,7 @@ class RedisBroker(Broker):
             ) from state_reply
         if isinstance(msg_reply, Exception):
             err = PublishError(f"publish {signature.uuid}: redis at {redact_url(self.url)} failed: {msg_reply}")
-            err.task_uuid = signature.uuid  # type: ignore[attr-defined]
+            err.task_uuid = signature.uuid
             raise err from msg_reply
         return True
 
@@ -456,7 +457,9 @@ class RedisBroker(Broker):
             # What was taken but not yielded goes back to the queue head, in order.
             while ready:
                 body = ready.pop()
-                self._settle(consumer, body, "give back", lambda b=body: self._to_list(consumer, b, queue, "head"))
+                self._settle(
+                    consumer, body, "give back", functools.partial(self._to_list, consumer, body, queue, "head")
+                )
             with consumer.lock:
                 consumer.active = False
                 idle = not consumer.inflight

@@ -27,8 +27,8 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from machinery.config import ConfigError, parse_options, redact_url
-from machinery.errors import MachineryError
+from machinery.config import parse_options, redact_url
+from machinery.errors import ConfigError, MachineryError
 from machinery_redis import ENV_OPTIONS
 from machinery_redis.batch import CommandBatcher
 
@@ -323,7 +323,7 @@ def build_client(target: RedisTarget, opts: RedisOptions, *, retries: int | None
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kw, ssl=target.tls, **kw)
         return sentinel.master_for(opts.master_name, db=target.db)
     if len(target.hosts) > 1 or opts.cluster_enabled:
-        nodes = [ClusterNode(h, p) for h, p in target.hosts]
+        nodes = [ClusterNode(h, p) for h, p in target.hosts]  # type: ignore[no-untyped-call]
         return RedisCluster(startup_nodes=nodes, ssl=target.tls, max_connections=max_conn or 2**31, **kw)
     host, port = target.hosts[0]
     conn_cls = redis.SSLConnection if target.tls else redis.Connection
@@ -334,7 +334,7 @@ def build_client(target: RedisTarget, opts: RedisOptions, *, retries: int | None
 
 def _pool(opts: RedisOptions, max_conn: int | None, **kw: Any) -> redis.ConnectionPool:
     if max_conn and opts.wait:
-        return redis.BlockingConnectionPool(max_connections=max_conn, timeout=opts.connect_timeout, **kw)
+        return redis.BlockingConnectionPool(max_connections=max_conn, timeout=opts.connect_timeout, **kw)  # type: ignore[no-untyped-call]
     return redis.ConnectionPool(max_connections=max_conn, **kw)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.plugin import Register
     from machinery_sqs.backend import DynamoDBBackend, DynamoDBOptions
     from machinery_sqs.broker import SQSBroker, SQSOptions
     from machinery_sqs.lock import DynamoDBLock

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from machinery.config import redact_url
-from machinery.errors import ConfigError, MachineryError
+from machinery.plugin import ConfigError, MachineryError, redact_url
 
 __all__ = ["AwsTarget", "LazyClient", "error_code", "is_connection_error", "parse_aws_url", "translate"]
 

@@ -20,22 +20,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import BackendConnectionError, BackendError, ConfigError, DecodeError
-from machinery.interfaces import Backend
-from machinery.plugin import wire
-from machinery.signature import (
+from machinery.plugin import (
+    ZERO_TIME,
+    Backend,
+    BackendConnectionError,
+    BackendError,
+    ConfigError,
+    DecodeError,
+    GroupMeta,
+    TaskState,
     format_time,
     group_meta_from_mapping,
+    parse_options,
     parse_time,
+    redact_url,
     task_state_from_mapping,
+    wire,
 )
-from machinery.state import ZERO_TIME, GroupMeta, TaskState
 from machinery_sqs import DYNAMODB_ENV
 from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["DynamoDBBackend", "DynamoDBOptions", "from_item", "to_item"]
 

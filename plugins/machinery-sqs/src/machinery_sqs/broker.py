@@ -18,29 +18,33 @@ policy, ``maxReceiveCount`` must exceed 2 + (ETA - now) / 12 h.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import json
 import logging
 import math
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
-from machinery.interfaces import Broker, Delivery
-from machinery.signature import decode_signature, parse_time
+from machinery.plugin import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigError,
+    DecodeError,
+    Delivery,
+    PollingBroker,
+    PublishError,
+    decode_signature,
+    parse_options,
+    redact_url,
+)
 from machinery_sqs import SQS_ENV
 from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
 
 if TYPE_CHECKING:
-    from machinery.config import Config
-    from machinery.signature import Signature
+    from machinery.plugin import Config, Signature
 
 __all__ = ["SQSBroker", "SQSOptions"]
 
@@ -123,33 +127,7 @@ def publish_delay(remaining: float, max_delay: int) -> int:
     return min(math.ceil(remaining), max_delay)
 
 
-def eta_of(body: bytes) -> float | None:
-    """The top-level ETA of a signature body as a Unix time, or None (no ETA or unreadable).
-
-    Go writes ``"ETA"`` before any nested signature, so the first ``"ETA":`` is the top-level
-    one; only when it is not ``null`` is the body parsed.
-    """
-    i = body.find(b'"ETA":')
-    if i < 0 or body.startswith(b"null", i + 6):
-        return None
-    try:
-        obj = json.loads(body)
-        eta = obj.get("ETA") if isinstance(obj, dict) else None
-        return parse_time(eta).timestamp() if isinstance(eta, str) else None
-    except (ValueError, UnicodeDecodeError):
-        return None  # the worker reports malformed bodies
-
-
-@dataclass
-class _Held:
-    """A received message this broker must extend, release or delete."""
-
-    queue_url: str
-    received: float  # time.monotonic() of the receive
-    visibility: int
-
-
-class SQSBroker(Broker):
+class SQSBroker(PollingBroker):
     """Broker on AWS SQS (standard and FIFO queues).
 
     URLs: ``https://sqs.<region>.amazonaws.com/<account-id>`` (Go's form: the queue URL is the
@@ -168,6 +146,13 @@ class SQSBroker(Broker):
     supports_purge: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "sqs"
     env_options: ClassVar[dict[str, str]] = SQS_ENV
+    #: SQS delays a message by 15 minutes at most: the consumer hides an early one again until
+    #: its ETA (:meth:`_defer`), so the broker holds every message until due.
+    eta_in_consumer: ClassVar[bool | None] = True
+    #: One ReceiveMessage long-polls 1 s at most: a stop request is noticed in time.
+    fetch_wait: ClassVar[float] = 1.0
+    fetch_max: ClassVar[int] = MAX_BATCH
+    backoff_initial: ClassVar[float] = 0.5
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -191,11 +176,6 @@ class SQSBroker(Broker):
         self._urls: dict[str, str] = {}
         self._visibility: dict[str, int] = {}
         self._redrive: dict[str, str | None] = {}
-        self._held: dict[str, _Held] = {}
-        self._held_lock = threading.Lock()  # also held while the heartbeat changes visibility
-        self._heartbeat: threading.Thread | None = None
-        self._wake = threading.Event()
-        self._closed = False
 
     # -- queues -----------------------------------------------------------------------------------
 
@@ -339,82 +319,37 @@ class SQSBroker(Broker):
                 failed[0].split(" ", 1)[0],
             )
 
-    # -- consuming --------------------------------------------------------------------------------
+    # -- consuming (the core's consume template) ---------------------------------------------------
 
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Long-poll ``queue`` (up to 10 messages per call, bounded by ``prefetch``) and yield them.
-
-        A message whose ETA is a second or more away is hidden again until then
-        (``ChangeMessageVisibility``); one due within the second is kept here and yielded when
-        due. So no message is yielded before its ETA. Received messages are extended by the
-        heartbeat until acked, nacked or released; when the generator ends, the messages it
-        received but did not yield are made visible again at once.
-        """
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """One ``ReceiveMessage`` of up to ``max_n`` (and ``batch_size``) messages, long-polling
+        ``wait`` seconds (whole seconds, 1 at most)."""
         url = self._queue_url(queue)
         vis = self._queue_visibility(queue, url)
-        self._start_heartbeat()
-        buffer: deque[Delivery] = deque()
-        due_soon: list[tuple[float, int, Delivery]] = []  # (ETA, seq, delivery), a heap
-        seq = itertools.count()
-        backoff = 0.5
+        if self.options.extend_visibility:
+            # a third of the shortest visibility timeout of the queues consumed (not of the
+            # messages held now: one received while sleeping must be extended in time)
+            self.extend_interval = min(max(min(self._visibility.values()) / 3.0, 0.3), 60.0)
+        params: dict[str, Any] = {
+            "MaxNumberOfMessages": max(1, min(self.options.batch_size, max_n)),
+            "WaitTimeSeconds": min(int(wait), _POLL_SECONDS),
+            "MessageSystemAttributeNames": ["All"],
+            "MessageAttributeNames": ["All"],
+            "VisibilityTimeout": vis,
+        }
         what = f"receive from SQS queue {queue!r}"
         try:
-            while not stop.is_set():
-                if buffer:
-                    yield buffer.popleft()
-                    continue
-                while due_soon and due_soon[0][0] <= time.time():
-                    buffer.append(heapq.heappop(due_soon)[2])
-                if buffer:
-                    continue
-                with self._held_lock:
-                    held = len(self._held)
-                params: dict[str, Any] = {
-                    "MaxNumberOfMessages": max(1, min(self.options.batch_size, prefetch - held)),
-                    "WaitTimeSeconds": 0 if due_soon else _POLL_SECONDS,
-                    "MessageSystemAttributeNames": ["All"],
-                    "MessageAttributeNames": ["All"],
-                    "VisibilityTimeout": vis,
-                }
-                try:
-                    messages = self._call(queue, "receive_message", what, **params).get("Messages") or ()
-                except BrokerError as exc:
-                    log.warning("SQS receive from %r failed: %s; retrying in %.1fs", queue, exc, backoff)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    continue
-                backoff = 0.5
-                url = self._urls.get(queue, url)
-                received = time.monotonic()
-                later: list[tuple[str, int]] = []
-                for m in messages:
-                    body = m["Body"].encode("utf-8")
-                    eta = eta_of(body)
-                    ahead = eta - time.time() if eta is not None else 0.0
-                    if ahead >= 1.0:
-                        later.append((m["ReceiptHandle"], redelay_seconds(ahead, 0.0)))
-                        continue
-                    d = self._delivery(m, body, queue, url)
-                    with self._held_lock:
-                        self._held[d.tag] = _Held(url, received, vis)
-                    if eta is not None and ahead > 0:
-                        heapq.heappush(due_soon, (eta, next(seq), d))
-                    else:
-                        buffer.append(d)
-                if later:
-                    try:
-                        self._change_visibility(url, later)
-                    except Exception as exc:  # noqa: BLE001 - they return after the visibility timeout
-                        log.warning("could not hide %d early SQS message(s) until their ETA: %s", len(later), exc)
-                if not messages and due_soon:
-                    stop.wait(min(max(due_soon[0][0] - time.time(), 0.0), 0.2))
-        finally:
-            unsent = [d.tag for d in buffer] + [d.tag for *_, d in due_soon]
-            if unsent:
-                self._release(unsent, url)
+            messages = self._call(queue, "receive_message", what, **params).get("Messages") or ()
+        except BrokerConnectionError:
+            raise
+        except BrokerError as exc:  # a refusal may pass too (throttling...): back off, try again
+            raise BrokerConnectionError(str(exc)) from exc
+        url = self._urls.get(queue, url)
+        received = time.monotonic()
+        return [self._delivery(m, m["Body"].encode("utf-8"), queue, url, received, vis) for m in messages]
 
     @staticmethod
-    def _delivery(m: Mapping[str, Any], body: bytes, queue: str, url: str) -> Delivery:
+    def _delivery(m: Mapping[str, Any], body: bytes, queue: str, url: str, received: float, vis: int) -> Delivery:
         sysattrs = m.get("Attributes") or {}
         return Delivery(
             body=body,
@@ -426,17 +361,51 @@ class SQSBroker(Broker):
                 "message_id": m.get("MessageId", ""),
                 "attributes": sysattrs,
                 "message_attributes": m.get("MessageAttributes") or {},
+                "received_at": received,  # time.monotonic() of the receive
+                "visibility": vis,
             },
         )
 
-    def _release(self, handles: Sequence[str], url: str) -> None:
-        with self._held_lock:
-            for rh in handles:
-                self._held.pop(rh, None)
+    def _url_of(self, delivery: Delivery) -> str:
+        return str(delivery.attributes.get("queue_url") or self._queue_url(delivery.queue))
+
+    @staticmethod
+    def _held_for(delivery: Delivery) -> float:
+        received = delivery.attributes.get("received_at")
+        return time.monotonic() - received if isinstance(received, float) else 0.0
+
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Make the messages visible again at once."""
+        if len(deliveries) == 1:
+            (d,) = deliveries
+            try:
+                self._sqs().change_message_visibility(
+                    QueueUrl=self._url_of(d), ReceiptHandle=d.tag, VisibilityTimeout=0
+                )
+            except Exception as exc:
+                raise self._error(exc, f"return a message to SQS queue {d.queue!r}") from exc
+            return
+        by_url: dict[str, list[tuple[str, int]]] = {}
+        for d in deliveries:
+            by_url.setdefault(self._url_of(d), []).append((d.tag, 0))
+        for url, entries in by_url.items():
+            try:
+                self._change_visibility(url, entries)
+            except Exception:  # noqa: BLE001 - they come back after the visibility timeout anyway
+                log.warning(
+                    "could not release %d SQS message(s); they return after their visibility timeout", len(entries)
+                )
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """Hide the message for ``delay`` seconds (at most 12 h from the receive): an early ETA
+        (each hop is a receive) or ``nack(delay=...)``."""
+        vis = redelay_seconds(delay, self._held_for(delivery))
         try:
-            self._change_visibility(url, [(rh, 0) for rh in handles])
-        except Exception:  # noqa: BLE001 - they come back after the visibility timeout anyway
-            log.warning("could not release %d SQS message(s); they return after their visibility timeout", len(handles))
+            self._sqs().change_message_visibility(
+                QueueUrl=self._url_of(delivery), ReceiptHandle=delivery.tag, VisibilityTimeout=vis
+            )
+        except Exception as exc:
+            raise self._error(exc, f"return a message to SQS queue {delivery.queue!r}") from exc
 
     def _change_visibility(self, url: str, entries: Sequence[tuple[str, int]]) -> list[str]:
         """``ChangeMessageVisibilityBatch`` in chunks of 10; returns the handles that failed."""
@@ -453,87 +422,38 @@ class SQSBroker(Broker):
             failed.extend(chunk[int(f["Id"])][0] for f in out.get("Failed") or ())
         return failed
 
-    # -- heartbeat --------------------------------------------------------------------------------
-
-    def _start_heartbeat(self) -> None:
-        if not self.options.extend_visibility:
-            return
-        with self._lock:
-            if self._heartbeat is None or not self._heartbeat.is_alive():
-                self._closed = False
-                self._heartbeat = threading.Thread(target=self._beat, name="machinery-sqs-heartbeat", daemon=True)
-                self._heartbeat.start()
-
-    def _beat(self) -> None:
-        while not self._closed:
-            # a third of the shortest visibility timeout of the queues consumed (not of the
-            # messages held now: one received while sleeping must be extended in time)
-            shortest = min(self._visibility.values(), default=30)
-            self._wake.wait(min(max(shortest / 3.0, 0.3), 60.0))
-            self._wake.clear()
-            if self._closed:
-                return
-            try:
-                self._extend_all()
-            except Exception as exc:  # noqa: BLE001 - keep beating; the next round may succeed
-                log.warning("could not extend the visibility of in-flight SQS messages: %s", exc)
-
-    def _extend_all(self) -> None:
-        # The lock is held during the calls so that an ack/nack never races an extension
-        # (a nack's new visibility must not be overwritten by the heartbeat).
-        with self._held_lock:
-            now = time.monotonic()
-            by_url: dict[str, list[tuple[str, int]]] = {}
-            for rh, h in self._held.items():
-                held_for = now - h.received
-                vis = min(h.visibility, MAX_VISIBILITY_SECONDS - math.ceil(held_for) - 1)
-                if vis <= 0:
-                    continue  # 12 hours since the receive: SQS allows no more
-                by_url.setdefault(h.queue_url, []).append((rh, vis))
-            for url, entries in by_url.items():
-                for rh in self._change_visibility(url, entries):
-                    self._held.pop(rh, None)  # deleted or expired meanwhile
+    def _extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Extend the visibility of the messages held (the template's heartbeat; it never runs
+        at the same time as a settle of the same message)."""
+        by_url: dict[str, list[tuple[str, int]]] = {}
+        for d in deliveries:
+            limit = MAX_VISIBILITY_SECONDS - math.ceil(self._held_for(d)) - 1
+            vis = min(int(d.attributes.get("visibility", 30)), limit)
+            if vis <= 0:
+                continue  # 12 hours since the receive: SQS allows no more
+            by_url.setdefault(self._url_of(d), []).append((d.tag, vis))
+        for url, entries in by_url.items():
+            self._change_visibility(url, entries)  # a failed entry: deleted or expired meanwhile
 
     # -- settling ---------------------------------------------------------------------------------
 
-    def _settle(self, delivery: Delivery) -> tuple[str, float]:
-        """Stop extending the delivery; returns its queue URL and how long it has been held."""
-        with self._held_lock:
-            h = self._held.pop(delivery.tag, None)
-        if h is not None:
-            return h.queue_url, time.monotonic() - h.received
-        url = delivery.attributes.get("queue_url") or self._queue_url(delivery.queue)
-        return str(url), 0.0
-
-    def ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery) -> None:
         """Delete the message (``DeleteMessage``); called once the task's final state is stored."""
-        url, _ = self._settle(delivery)
         try:
-            self._sqs().delete_message(QueueUrl=url, ReceiptHandle=delivery.tag)
+            self._sqs().delete_message(QueueUrl=self._url_of(delivery), ReceiptHandle=delivery.tag)
         except Exception as exc:
             raise self._error(exc, f"delete a message from SQS queue {delivery.queue!r}") from exc
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Give the message back, or dead-letter it.
-
-        ``requeue``: ``ChangeMessageVisibility(delay)`` (0 = at once; at most 12 h from the
-        receive). Not ``requeue``: when the task asked for ``StopTaskDeletionOnError`` the
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """``nack(requeue=False)``: when the task asked for ``StopTaskDeletionOnError`` the
         message is left alone, as Go does: it returns after its visibility timeout and the
         queue's redrive policy moves it to the dead-letter queue after ``maxReceiveCount``
         receives. Otherwise (malformed message...) it is moved to the queue's dead-letter queue
         when a redrive policy names one, else deleted (the worker has logged its body).
         """
-        url, held = self._settle(delivery)
-        what = f"return a message to SQS queue {delivery.queue!r}"
-        if requeue:
-            vis = redelay_seconds(delay, held) if delay > 0 else 0
-            try:
-                self._sqs().change_message_visibility(QueueUrl=url, ReceiptHandle=delivery.tag, VisibilityTimeout=vis)
-            except Exception as exc:
-                raise self._error(exc, what) from exc
-            return
         if _stops_deletion(delivery.body):
             return
+        url = self._url_of(delivery)
         try:
             dlq = self._dead_letter_url(delivery.queue, url)
             if dlq is not None:
@@ -597,12 +517,7 @@ class SQSBroker(Broker):
 
         Messages still held come back after their visibility timeout.
         """
-        self._closed = True
-        self._wake.set()
-        t = self._heartbeat
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=5)
-        self._heartbeat = None
+        super().close()
 
 
 def _aliased(opts: Mapping[str, Any]) -> dict[str, Any]:

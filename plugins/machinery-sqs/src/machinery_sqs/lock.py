@@ -13,14 +13,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.errors import LockError
-from machinery.interfaces import Lock
+from machinery.plugin import Lock, LockError
 from machinery_sqs import DYNAMODB_ENV
 from machinery_sqs._aws import error_code
 from machinery_sqs.backend import TTL_ATTR, DynamoDBTables
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["DynamoDBLock"]
 
