@@ -15,7 +15,10 @@ What is here:
 - configuration: :class:`Config`, :func:`parse_options`, :func:`redact_url`;
 - the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
 - what optional capabilities exchange: :class:`Revocation` (revoke), :class:`TaskEvent` and
-  :class:`WorkerEvent` (event hooks), :data:`ZERO_TIME` (Go's zero time in stored states);
+  :class:`WorkerEvent` (event hooks), :data:`ZERO_TIME` (Go's zero time in stored states),
+  :func:`live_workers` and :class:`WorkerInfo` (the worker registry);
+- for a plugin's own CLI command (``machinery_cli_commands``): :func:`build_server`, the server
+  the parsed ``--config``/``--broker``/``--backend``/``--app`` options describe;
 - the wire codec (Go Machinery's JSON): :class:`Signature`, :func:`encode_signature`,
   :func:`decode_signature`, :func:`eta_of`, task states and group metadata and their codecs,
   :func:`parse_time` / :func:`format_time`, and the whole :mod:`machinery.wire` package as
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from machinery import wire
     from machinery._hookimpl import hookimpl
+    from machinery.cli import build_server
     from machinery.config import Config, parse_options, redact_url
     from machinery.consume import PollingBroker, eta_of
     from machinery.consume_adapters import AsyncPollingBroker, EventLoopThread, Inbox, PushBroker, Subscription
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
     from machinery.events import TaskEvent, WorkerEvent
     from machinery.interfaces import Backend, Broker, DeadLetter, Delivery, Lock, describe_capabilities
     from machinery.plugins import Register
+    from machinery.registry import WorkerInfo, live_workers
     from machinery.revoke import Revocation
     from machinery.state import ZERO_TIME, GroupMeta, State, TaskResult, TaskState
     from machinery.testing import (
@@ -122,6 +127,9 @@ _LAZY = {
     "TaskEvent": "machinery.events",
     "WorkerEvent": "machinery.events",
     "Revocation": "machinery.revoke",
+    "WorkerInfo": "machinery.registry",
+    "live_workers": "machinery.registry",
+    "build_server": "machinery.cli",
     **dict.fromkeys(
         (
             "ArgumentTypeError",
@@ -179,6 +187,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "WorkerInfo",
+    "build_server",
+    "live_workers",
     "ArgumentTypeError",
     "AsyncPollingBroker",
     "Backend",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
-    from machinery.events import TaskEvent, WorkerEvent
+    from machinery.plugin import TaskEvent, WorkerEvent
     from machinery_dashboard.recorder import Recorder
 
 __all__: list[str] = []

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from machinery.config import redact_url
+from machinery.plugin import redact_url
 from machinery_dashboard.graph import backend_group, backend_state, build_graph, display_state, signature_doc
 from machinery_dashboard.ingest import Ingester
 from machinery_dashboard.log import EventLog, log_for
@@ -34,7 +34,7 @@ from machinery_dashboard.store import EventStore, SQLiteStore, TaskRecord, defau
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from machinery.server import Server
+    from machinery import Server
 
 __all__ = ["Dashboard", "scrub"]
 
@@ -196,7 +196,7 @@ class Dashboard:
         backend = self.server.backend
         if not type(backend).supports_worker_registry:
             return []
-        from machinery.registry import live_workers
+        from machinery.plugin import live_workers
 
         return live_workers(backend)
 

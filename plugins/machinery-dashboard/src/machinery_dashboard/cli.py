@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 
-from machinery.errors import ConfigError
+from machinery.plugin import ConfigError
 
 __all__ = ["add_arguments", "check_exposure", "cmd_dashboard", "is_loopback"]
 
@@ -72,7 +72,7 @@ def check_exposure(host: str, auth: str | None, token: str | None) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the dashboard until interrupted."""
-    from machinery.cli import build_server
+    from machinery.plugin import build_server
     from machinery_dashboard.app import Dashboard
 
     auth = args.auth if args.auth is not None else os.environ.get("MACHINERY_DASHBOARD_AUTH") or None

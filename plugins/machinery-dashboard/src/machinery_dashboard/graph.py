@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from machinery.errors import DecodeError
+from machinery.plugin import DecodeError
 
 if TYPE_CHECKING:
-    from machinery.interfaces import Backend
-    from machinery.state import GroupMeta, TaskState
+    from machinery.plugin import Backend, GroupMeta, TaskState
     from machinery_dashboard.store import EventStore, TaskRecord
 
 __all__ = ["MAX_NODES", "Graph", "backend_group", "backend_state", "build_graph", "display_state", "signature_doc"]

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from machinery.interfaces import Backend
+    from machinery.plugin import Backend
 
 __all__ = [
     "BATCH_EVENTS",
@@ -218,10 +218,8 @@ def log_for(backend: Backend) -> EventLog | None:
     """The event log kept in ``backend``'s store, or None where there is none (only
     ``sqlite://`` and ``redis://`` backends have one)."""
     retention, max_events = _settings()
-    from machinery.default.backend import SQLiteBackend
-
-    if isinstance(backend, SQLiteBackend):
-        return SQLiteLog(backend.path, retention, max_events)
+    if type(backend).__module__ == "machinery.default.backend":  # the embedded sqlite:// backend
+        return SQLiteLog(backend.path, retention, max_events)  # type: ignore[attr-defined]
     if type(backend).__module__.startswith("machinery_redis."):
         return RedisLog(backend.client, retention, max_events)  # type: ignore[attr-defined]
     return None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from machinery_dashboard.log import BATCH_EVENTS, EventLog, log_for
 
 if TYPE_CHECKING:
-    from machinery.events import TaskEvent, WorkerEvent
+    from machinery.plugin import TaskEvent, WorkerEvent
 
 __all__ = ["FLUSH_INTERVAL", "Recorder", "enabled", "encode_event", "recorder_for", "start", "stop"]
 
