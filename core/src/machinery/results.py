@@ -45,11 +45,15 @@ class AsyncResult:
 
     :param signature: the sent signature (or just its UUID).
     :param backend: the result backend to read from.
+    :param sent_later: the task is sent later by a worker (a chain's later step, a chord's
+        callback): while it has no state yet, waiting goes on (until ``timeout``) instead of
+        raising :class:`~machinery.errors.StateNotFoundError` after 2 s.
     """
 
-    __slots__ = ("_backend", "_state", "signature", "task_uuid")
+    __slots__ = ("_backend", "_state", "sent_later", "signature", "task_uuid")
 
-    def __init__(self, signature: Signature | str, backend: Backend) -> None:
+    def __init__(self, signature: Signature | str, backend: Backend, *, sent_later: bool = False) -> None:
+        self.sent_later = sent_later
         if isinstance(signature, str):
             self.task_uuid = signature
             self.signature: Signature | None = None
@@ -132,7 +136,7 @@ class AsyncResult:
                 self._state = st
                 if st.is_completed:
                     return st
-            elif time.monotonic() - start > min(limit, 2.0):
+            elif not self.sent_later and time.monotonic() - start > min(limit, 2.0):
                 # PENDING is stored before publishing, so nothing at all means it is gone.
                 raise StateNotFoundError(
                     self.task_uuid, "no state stored (expired, purged, or lost by a cache restart)"
@@ -226,7 +230,7 @@ class ChainAsyncResult:
     """
 
     def __init__(self, tasks: Sequence[Signature], backend: Backend) -> None:
-        self.async_results = [AsyncResult(t, backend) for t in tasks]
+        self.async_results = [AsyncResult(t, backend, sent_later=i > 0) for i, t in enumerate(tasks)]
         self._backend = backend
 
     def revoke(self, terminate: bool = False, expires_in: float | None = None) -> None:
@@ -258,7 +262,7 @@ class ChordAsyncResult:
 
     def __init__(self, group_tasks: Sequence[Signature], callback: Signature, backend: Backend) -> None:
         self.group_results = GroupResult(AsyncResult(t, backend) for t in group_tasks)
-        self.callback_result = AsyncResult(callback, backend)
+        self.callback_result = AsyncResult(callback, backend, sent_later=True)
         self._backend = backend
 
     def revoke(self, terminate: bool = False, expires_in: float | None = None) -> None:
