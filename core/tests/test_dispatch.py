@@ -1,0 +1,189 @@
+"""The task threads' dispatcher (machinery.dispatch): as few threads woken as the work needs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from machinery import Config, Server, Signature
+from machinery.dispatch import Dispatcher, Seat
+
+
+class _Thread:
+    """A task thread driven by the test: it takes a delivery, then waits for ``finish``."""
+
+    def __init__(self, d: Dispatcher, name: str) -> None:
+        self.d = d
+        self.name = name
+        self.seat = Seat()
+        self.got: list[Any] = []
+        self.finish = threading.Semaphore(0)
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        finished = False
+        while True:
+            item = self.d.take(self.seat, finished)
+            if item is None:
+                return
+            self.got.append(item)
+            self.finish.acquire()
+            finished = True
+
+
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.002)
+    return cond()
+
+
+def _parked(d: Dispatcher, n: int) -> bool:
+    return _until(lambda: len(d._idle) == n)
+
+
+def _put(d: Dispatcher, item: Any) -> None:
+    assert d.reserve(threading.Event())
+    d.put(item)
+
+
+def test_a_running_short_task_takes_the_next_delivery_itself() -> None:
+    d = Dispatcher(4, stall=30.0)
+    a, b = _Thread(d, "a"), _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, 1)  # nobody runs: a parked thread is woken (the last parked: b)
+    assert _until(lambda: len(a.got) + len(b.got) == 1)
+    first, other = (a, b) if a.got else (b, a)
+    _put(d, 2)  # the running thread's task is fresh: nobody is woken for it
+    time.sleep(0.2)
+    assert other.got == [] and d.waiting == 1
+    first.finish.release()  # done: it takes delivery 2 itself, without a wake-up
+    assert _until(lambda: first.got == [1, 2])
+    assert other.got == []
+    first.finish.release()
+    d.stop()
+
+
+def test_threads_are_woken_once_the_running_task_stalls() -> None:
+    d = Dispatcher(4, stall=0.05)
+    a, b = _Thread(d, "a"), _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, 1)
+    assert _until(lambda: len(a.got) + len(b.got) == 1)
+    first, other = (a, b) if a.got else (b, a)
+    t0 = time.monotonic()
+    _put(d, 2)  # the running task is blocked (it never finishes here): the monitor wakes the other
+    assert _until(lambda: other.got == [2])
+    assert time.monotonic() - t0 >= 0.04
+    assert first.got == [1]
+    first.finish.release()
+    other.finish.release()
+    d.stop()
+
+
+def test_long_tasks_lately_wake_a_thread_for_every_delivery() -> None:
+    d = Dispatcher(4, stall=0.01)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    for i in range(12):  # twelve tasks that each take longer than ``stall``
+        _put(d, i)
+        assert _until(lambda i=i: a.got[-1:] == [i])
+        time.sleep(0.02)
+        a.finish.release()
+        assert _parked(d, 1)
+    assert d._long > 0.5
+    b = _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, "x")
+    assert _until(lambda: len(a.got) + len(b.got) == 13)
+    runner = a if a.got[-1] == "x" else b
+    _put(d, "y")  # a fresh task runs, but tasks are long: a parked thread is woken at once
+    assert _until(lambda: a.got[-1] == "y" or (b.got and b.got[-1] == "y"), timeout=0.5)
+    assert runner.got[-1] == "x"
+    a.finish.release()
+    b.finish.release()
+    d.stop()
+
+
+def test_the_last_parked_thread_is_woken_first() -> None:
+    d = Dispatcher(4, stall=0.0)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    b = _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, 1)
+    assert _until(lambda: b.got == [1])
+    assert a.got == []
+    b.finish.release()
+    d.stop()
+
+
+def test_reserve_never_exceeds_the_concurrency_and_stops() -> None:
+    d = Dispatcher(2, stall=0.0)
+    stop = threading.Event()
+    assert d.reserve(stop) and d.reserve(stop)
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(d.reserve(stop)), daemon=True)
+    t.start()
+    time.sleep(0.25)
+    assert got == []  # both slots held
+    d.unreserve()
+    t.join(5)
+    assert got == [True]
+    t = threading.Thread(target=lambda: got.append(d.reserve(stop)), daemon=True)
+    t.start()
+    time.sleep(0.15)
+    stop.set()
+    t.join(5)
+    assert got == [True, False]
+
+
+def test_stop_runs_what_is_waiting_then_ends_the_threads() -> None:
+    d = Dispatcher(4, stall=30.0)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    _put(d, 1)
+    assert _until(lambda: a.got == [1])
+    _put(d, 2)
+    _put(d, 3)
+    d.stop()
+    for _ in range(3):
+        a.finish.release()
+    a.thread.join(5)
+    assert not a.thread.is_alive()
+    assert a.got == [1, 2, 3]
+
+
+@pytest.mark.parametrize("concurrency", [64])
+def test_a_wide_worker_runs_short_tasks_on_few_threads(concurrency: int) -> None:
+    """``-c 64`` with no-op tasks: the messages do not spread over 64 threads contending for the
+    GIL; the thread that finishes one runs the next (the dispatcher's rule, with a stall
+    threshold that a loaded machine cannot reach)."""
+    name = uuid.uuid4().hex
+    srv = Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}"))
+    threads: set[str] = set()
+
+    @srv.task("noop")
+    def noop(x: int) -> int:
+        threads.add(threading.current_thread().name)
+        return x
+
+    n = 400
+    for i in range(n):
+        srv.send_task(Signature("noop", args=[i]))
+    w = srv.new_worker("wide", concurrency)
+    w.dispatch_stall = 5.0
+    w.launch_in_background()
+    try:
+        assert _until(lambda: w.info().tasks_done >= n, timeout=60)
+    finally:
+        w.quit()
+    assert len(threads) <= 3, sorted(threads)
