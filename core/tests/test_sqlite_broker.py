@@ -4,6 +4,7 @@ across processes and the idle cost."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -446,7 +447,7 @@ def test_an_idle_consumer_looks_quickly_at_first_then_backs_off(make: Callable[.
     time.sleep(0.5)
     stop.set()
     t.join(2)
-    gaps = sorted(y - x for x, y in zip(looks[1:4], looks[2:5]))
+    gaps = sorted(y - x for x, y in itertools.pairwise(looks[1:5]))
     assert gaps[1] < 0.005, f"first looks {[round(g * 1000, 2) for g in gaps]} ms apart"
-    late = [y - x for x, y in zip(looks[-6:-1], looks[-5:])]
+    late = [y - x for x, y in itertools.pairwise(looks[-6:])]
     assert sorted(late)[2] > 0.007, f"idle looks {[round(g * 1000, 2) for g in late]} ms apart"
