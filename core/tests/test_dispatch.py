@@ -89,27 +89,27 @@ def test_threads_are_woken_once_the_running_task_stalls() -> None:
     d.stop()
 
 
-def test_long_tasks_lately_wake_a_thread_for_every_delivery() -> None:
-    d = Dispatcher(4, stall=0.01)
-    a = _Thread(d, "a")
-    assert _parked(d, 1)
-    for i in range(12):  # twelve tasks that each take longer than ``stall``
-        _put(d, i)
-        assert _until(lambda i=i: a.got[-1:] == [i])
-        time.sleep(0.02)
-        a.finish.release()
-        assert _parked(d, 1)
-    assert d._long > 0.5
-    b = _Thread(d, "b")
-    assert _parked(d, 2)
-    _put(d, "x")
-    assert _until(lambda: len(a.got) + len(b.got) == 13)
-    runner = a if a.got[-1] == "x" else b
-    _put(d, "y")  # a fresh task runs, but tasks are long: a parked thread is woken at once
-    assert _until(lambda: a.got[-1] == "y" or (b.got and b.got[-1] == "y"), timeout=0.5)
-    assert runner.got[-1] == "x"
-    a.finish.release()
-    b.finish.release()
+def test_a_thread_back_from_a_long_task_wakes_one_for_the_waiting_deliveries() -> None:
+    d = Dispatcher(4, stall=0.5)
+    a, b, c = _Thread(d, "a"), _Thread(d, "b"), _Thread(d, "c")
+    assert _parked(d, 3)
+    _put(d, 1)
+    assert _until(lambda: [t.got for t in (a, b, c)].count([1]) == 1)
+    first = next(t for t in (a, b, c) if t.got)
+    time.sleep(0.6)  # its task takes longer than ``stall`` (blocked, say)
+    _put(d, 2)  # the running task is stale: a parked thread is woken for it
+    assert _until(lambda: sum(len(t.got) for t in (a, b, c)) == 2)
+    second = next(t for t in (a, b, c) if t.got == [2])
+    t0 = time.monotonic()
+    _put(d, 3)
+    _put(d, 4)  # left for the fresh second thread, until the first comes back from its long task:
+    first.finish.release()  # it takes 3 and wakes the last parked thread for 4
+    third = next(t for t in (a, b, c) if t is not first and t is not second)
+    assert _until(lambda: third.got == [4], timeout=5)
+    assert time.monotonic() - t0 < 0.45  # not the monitor, once the second's task went stale
+    assert first.got == [1, 3] and second.got == [2]
+    for t in (a, b, c):
+        t.finish.release()
     d.stop()
 
 

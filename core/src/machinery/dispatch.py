@@ -13,16 +13,16 @@ So the :class:`Dispatcher` (Go's scheduler in small, the GIL standing for its on
 - a task thread that finishes a task takes the next delivery itself, without a hand-off;
 - an idle thread is parked on a lock of its own, in a stack: the most recently idle one (warm
   caches) is woken first, and one wake-up wakes one thread;
-- while most tasks are short (a moving average of "took longer than :attr:`stall`" under
-  one half: a thread that sends the worker's batched writes now and then does not count), a delivery
-  waiting while a thread is *fresh* (its task started less than :attr:`stall` seconds ago, or
-  it was just woken) is left for that thread, which will be done soon; when
+- a delivery waiting while a thread is *fresh* (its task started less than :attr:`stall`
+  seconds ago, or it was just woken) is left for that thread, which will be done soon; when
   every running thread has been in its task longer (blocked, sleeping, long), idle threads are
   woken, as many as there are such threads (so an I/O-bound load doubles its runnable threads
   every :attr:`stall` seconds up to the concurrency), by the consumer when it hands a delivery
   in, else by a monitor thread that looks again when the freshest task goes stale;
-- while most take longer (I/O-bound ones: a 10 ms call), every waiting
-  delivery wakes a parked thread at once, as a plain pool does;
+- a thread whose task took longer than :attr:`stall` (I/O-bound work: a 10 ms call) and that
+  finds more deliveries waiting after taking its next one wakes one parked thread for them: the
+  fresh threads will take long too, so the waiting deliveries are not left to them alone (the
+  number of running threads then grows to what the load keeps busy);
 - the consumer thread (the only one that takes messages from the broker) is woken to refill
   only when nothing is waiting or half of the slots are free, not at every task.
 
@@ -85,7 +85,6 @@ class Dispatcher:
         self._idle: list[Seat] = []  # a stack: the last parked is the first woken
         self._busy: dict[Seat, float] = {}  # seat -> monotonic start of its current task
         self._fresh_until = 0.0  # no busy task started later than this minus ``stall``
-        self._long = 0.0  # moving average of "the task took longer than ``stall``" (0 or 1)
         self._stopping = False
         self._consumer = threading.Lock()
         self._consumer.acquire()
@@ -134,12 +133,12 @@ class Dispatcher:
         while True:
             with lock:
                 now = time.monotonic()
+                long = False
                 if finished:
                     finished = False
                     self._held -= 1
                     started = self._busy.get(seat)
-                    if started is not None:  # the share of long tasks, lately
-                        self._long += ((now - started > self.stall) - self._long) * 0.125
+                    long = started is not None and now - started > self.stall
                 wake_consumer = self._consumer_waiting and (
                     not self._ready or self.concurrency - self._held >= self._refill
                 )
@@ -150,7 +149,14 @@ class Dispatcher:
                     if now + self.stall > self._fresh_until:
                         self._fresh_until = now + self.stall
                     item = self._ready.popleft()
-                    woken = self._wake(now) if self._ready else ()
+                    if not self._ready:
+                        woken = ()
+                    elif long and self._idle:
+                        # its task took long (I/O-bound work): others will too, and the messages
+                        # waiting are not left for fresh threads alone; one parked thread joins
+                        woken = [self._hand(now)]
+                    else:
+                        woken = self._wake(now)
                 else:
                     item = None
                     woken = ()
@@ -218,24 +224,26 @@ class Dispatcher:
         ready, idle = self._ready, self._idle
         if not ready or not idle:
             return []
-        if self.stall > 0 and self._long < 0.5:  # most tasks are short, lately
+        if self.stall > 0:
             if now < self._fresh_until:  # a running thread will be free soon
                 self._arm()
                 return []
             n = min(len(ready), len(idle), max(1, len(self._busy)))
-        else:  # every thread is worth waking
+        else:
             n = min(len(ready), len(idle))
-        woken = []
-        for _ in range(n):
-            seat = idle.pop()
-            seat.item = ready.popleft()
-            self._busy[seat] = now
-            woken.append(seat)
+        woken = [self._hand(now) for _ in range(n)]
         if self.stall > 0:
             self._fresh_until = now + self.stall
             if ready and idle:
                 self._arm()
         return woken
+
+    def _hand(self, now: float) -> Seat:
+        # Under the lock: the next waiting delivery to the last parked thread.
+        seat = self._idle.pop()
+        seat.item = self._ready.popleft()
+        self._busy[seat] = now
+        return seat
 
     def _arm(self) -> None:
         # Under the lock: have the monitor look again when the freshest task goes stale.
