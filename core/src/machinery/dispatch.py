@@ -144,13 +144,14 @@ class Dispatcher:
                 )
                 if wake_consumer:
                     self._consumer_waiting = False
+                woken: list[Seat] = []
                 if self._ready:
                     self._busy[seat] = now
                     if now + self.stall > self._fresh_until:
                         self._fresh_until = now + self.stall
                     item = self._ready.popleft()
                     if not self._ready:
-                        woken = ()
+                        pass
                     elif long and self._idle:
                         # its task took long (I/O-bound work): others will too, and the messages
                         # waiting are not left for fresh threads alone; one parked thread joins
@@ -159,7 +160,6 @@ class Dispatcher:
                         woken = self._wake(now)
                 else:
                     item = None
-                    woken = ()
                     self._park(seat)
                     if self._stopping:
                         self._idle.remove(seat)
