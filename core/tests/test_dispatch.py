@@ -56,7 +56,7 @@ def _put(d: Dispatcher, item: Any) -> None:
 
 
 def test_a_running_short_task_takes_the_next_delivery_itself() -> None:
-    d = Dispatcher(4, stall=30.0)
+    d = Dispatcher(4, stall=30.0, eager=1)
     a, b = _Thread(d, "a"), _Thread(d, "b")
     assert _parked(d, 2)
     _put(d, 1)  # nobody runs: a parked thread is woken (the last parked: b)
@@ -73,7 +73,7 @@ def test_a_running_short_task_takes_the_next_delivery_itself() -> None:
 
 
 def test_threads_are_woken_once_the_running_task_stalls() -> None:
-    d = Dispatcher(4, stall=0.05)
+    d = Dispatcher(4, stall=0.05, eager=1)
     a, b = _Thread(d, "a"), _Thread(d, "b")
     assert _parked(d, 2)
     _put(d, 1)
@@ -90,7 +90,7 @@ def test_threads_are_woken_once_the_running_task_stalls() -> None:
 
 
 def test_a_thread_back_from_a_long_task_wakes_one_for_the_waiting_deliveries() -> None:
-    d = Dispatcher(4, stall=0.5)
+    d = Dispatcher(4, stall=0.5, eager=1)
     a, b, c = _Thread(d, "a"), _Thread(d, "b"), _Thread(d, "c")
     assert _parked(d, 3)
     _put(d, 1)
@@ -109,6 +109,27 @@ def test_a_thread_back_from_a_long_task_wakes_one_for_the_waiting_deliveries() -
     assert time.monotonic() - t0 < 0.45  # not the monitor, once the second's task went stale
     assert first.got == [1, 3] and second.got == [2]
     for t in (a, b, c):
+        t.finish.release()
+    d.stop()
+
+
+def test_two_threads_run_without_waiting_for_a_stall() -> None:
+    """One thread runs tasks while another waits for a round trip (the Redis batcher's
+    pipeline): below ``eager`` running threads a waiting delivery wakes a parked one at once."""
+    d = Dispatcher(4, stall=30.0, eager=2)
+    ts = [_Thread(d, n) for n in "abc"]
+    assert _parked(d, 3)
+    _put(d, 1)
+    assert _until(lambda: sum(len(t.got) for t in ts) == 1)
+    _put(d, 2)  # one fresh thread runs: a second is woken all the same
+    assert _until(lambda: sum(len(t.got) for t in ts) == 2, timeout=1)
+    _put(d, 3)  # two run: the third waits for one of them
+    time.sleep(0.2)
+    assert sum(len(t.got) for t in ts) == 2 and d.waiting == 1
+    for t in ts:
+        t.finish.release()
+    assert _until(lambda: sum(len(t.got) for t in ts) == 3)
+    for t in ts:
         t.finish.release()
     d.stop()
 
