@@ -4,6 +4,7 @@ across processes and the idle cost."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -425,3 +427,27 @@ def test_fork_does_not_reuse_parent_connections(make: Callable[..., SQLiteBroker
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(b.pending_tasks()) == 2
+
+
+def test_an_idle_consumer_looks_quickly_at_first_then_backs_off(make: Callable[..., SQLiteBroker]) -> None:
+    """Another process's commit is seen within a fraction of a millisecond right after the queue
+    went idle (a round trip's next message), and every ``poll_interval`` once idle for long."""
+    b = make()
+    looks: list[float] = []
+    real = b._data_version
+
+    def spy(conn: Any) -> int:
+        looks.append(time.monotonic())
+        return real(conn)
+
+    b._data_version = spy  # type: ignore[method-assign]
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: list(b.consume("idle", prefetch=1, stop=stop)), daemon=True)
+    t.start()
+    time.sleep(0.5)
+    stop.set()
+    t.join(2)
+    gaps = sorted(y - x for x, y in itertools.pairwise(looks[1:5]))
+    assert gaps[1] < 0.005, f"first looks {[round(g * 1000, 2) for g in gaps]} ms apart"
+    late = [y - x for x, y in itertools.pairwise(looks[-6:])]
+    assert sorted(late)[2] > 0.007, f"idle looks {[round(g * 1000, 2) for g in late]} ms apart"

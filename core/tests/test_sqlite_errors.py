@@ -367,7 +367,10 @@ while time.time() - t0 < 40 and sum(r.status == "SUCCESS" for r in rs) < 19:  # 
     time.sleep(0.2)
 print("RESULT", sum(r.status == "SUCCESS" for r in rs), round(time.time() - t0, 1), wal)
 w.quit(timeout=10)
-# a fresh process works as well
+# a fresh process works as well, once a little room is back: the margin left by the 19 tasks
+# (a few pages, depending on how many claims and heartbeats they took) decides whether its first
+# writes fit; measured on the unchanged worker, 1 run in 4 ended with 12 free blocks and failed
+os.truncate(filler, max(0, os.path.getsize(filler) - 256 * 1024))
 srv2 = Server(Config(broker=url, result_backend=url, lock=url, no_unix_signals=True))
 srv2.register_task("add", add)
 w2 = srv2.new_worker("w2", 1).launch_in_background()

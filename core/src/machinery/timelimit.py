@@ -370,9 +370,7 @@ def _hard_limit(
         except Exception:
             log.exception("could not settle the message of task %s (%s)", sig.name, sig.uuid)
         finally:
-            with worker._inflight_lock:
-                worker._inflight -= 1
-            worker._slots.release()
+            worker._release_slot()
             with worker._settlers_lock:
                 worker._settlers.discard(threading.current_thread())
 

@@ -2,8 +2,9 @@
 
 One consumer thread takes deliveries from the broker only when a task slot is free (so a
 worker never holds more unacknowledged messages than its concurrency) and hands them to a pool
-of task threads. Each delivery is acknowledged only after the task's final state is stored and
-its callbacks are sent; if that fails the message is given back for redelivery.
+of task threads, waking no more of them than the work needs (:mod:`machinery.dispatch`). Each
+delivery is acknowledged only after the task's final state is stored and its callbacks are
+sent; if that fails the message is given back for redelivery.
 
 Signals (when launched in the main thread and ``no_unix_signals`` is off): the first SIGINT or
 SIGTERM stops consuming, lets in-flight tasks finish and returns; a second one exits the process
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue as _queue
 import signal
 import threading
 import time
@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from machinery.config import redact_url
+from machinery.dispatch import STALL, Dispatcher, Seat
 from machinery.errors import (
     ArgumentTypeError,
     BackendError,
@@ -66,7 +67,6 @@ AUTH_RETRY_DELAY = 60.0
 #: Longest backend error message stored in the FAILURE that replaces an unstorable state.
 MAX_STORED_BACKEND_ERROR = 1000
 _ETA_TOLERANCE = 0.002
-_STOP = object()
 
 
 def _debug() -> bool:
@@ -121,14 +121,15 @@ class Worker:
         self._pre_consume: Callable[[Worker], bool] | None = None
         self._stop = threading.Event()
         self._stopped = threading.Event()
-        self._slots = threading.Semaphore(self.concurrency)
-        self._work: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        #: Seconds a running task may take before idle task threads are woken for the messages
+        #: waiting (threads pool; :mod:`machinery.dispatch`). The processes pool wakes at once.
+        self.dispatch_stall: float = STALL
+        self._dispatch = Dispatcher(self.concurrency)
         self._threads: list[threading.Thread] = []
         self._consumer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._signals = 0
-        self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._scheduler: Any = None
         #: Threads storing FAILURE for tasks whose state could never be stored (joined at shutdown).
@@ -289,6 +290,8 @@ class Worker:
             self._pool = ProcessPool(self, n)
         elif self.pool != "threads":
             raise ValueError(f"unknown worker pool {self.pool!r} (threads or processes)")
+        # a processes pool's task threads always wait for a child: every one is worth waking
+        self._dispatch = Dispatcher(n, 0.0 if self._pool is not None else self.dispatch_stall)
         for i in range(n):
             t = threading.Thread(target=self._task_thread, name=f"{self.consumer_tag}-task-{i}", daemon=True)
             t.start()
@@ -433,8 +436,7 @@ class Worker:
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.stop()
-        for _ in self._threads:
-            self._work.put(_STOP)
+        self._dispatch.stop()  # the threads run what was handed in, then end
         for t in self._threads:
             t.join()
         with self._settlers_lock:
@@ -491,13 +493,14 @@ class Worker:
     def _consume_loop(self) -> None:
         broker = self.server.broker
         stop = self._stop
+        dispatch = self._dispatch
         backoff = 0.1
         while not stop.is_set():
             try:
                 it = broker.consume(self.queue, prefetch=self.concurrency, stop=stop)
                 try:
                     while not stop.is_set():
-                        if not self._acquire_slot():
+                        if not dispatch.reserve(stop):
                             break
                         if self._pre_consume is not None:
                             while not self._pre_consume(self) and not stop.is_set():
@@ -505,14 +508,12 @@ class Worker:
                         try:
                             delivery = next(it)
                         except StopIteration:
-                            self._slots.release()
+                            dispatch.unreserve()
                             break
                         except BaseException:
-                            self._slots.release()
+                            dispatch.unreserve()
                             raise
-                        with self._inflight_lock:
-                            self._inflight += 1
-                        self._work.put(delivery)
+                        dispatch.put(delivery)
                         backoff = 0.1
                 finally:
                     close = getattr(it, "close", None)
@@ -541,32 +542,37 @@ class Worker:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _acquire_slot(self) -> bool:
-        while not self._stop.is_set():
-            if self._slots.acquire(timeout=0.1):
-                return True
-        return False
+    @property
+    def _inflight(self) -> int:
+        """Messages taken from the broker and not yet finished by a task thread."""
+        return self._dispatch._held
+
+    def _release_slot(self) -> None:
+        """Free the slot of a delivery settled outside its task thread (the hard time limit)."""
+        self._dispatch.release()
 
     def _task_thread(self) -> None:
-        work = self._work
+        dispatch = self._dispatch
+        seat = Seat()
+        finished = False
         while True:
-            item = work.get()
-            if item is _STOP:
+            item = dispatch.take(seat, finished)
+            if item is None:
                 return
+            finished = True
             try:
                 self.process_delivery(item)
             except Abandoned as exc:
                 # the watchdog settled this delivery at the hard time limit and released its slot;
                 # it started a replacement for this thread, which now ends (an async task's
                 # thread, whose wait was only cancelled, goes on serving)
+                finished = False
                 if exc.args == ("async",):
                     continue
+                dispatch.leave(seat)
                 return
             except BaseException:
                 log.exception("unexpected error while processing a delivery")
-            with self._inflight_lock:
-                self._inflight -= 1
-            self._slots.release()
 
     # -- processing -------------------------------------------------------------------------------
 

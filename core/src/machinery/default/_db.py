@@ -126,8 +126,10 @@ class SQLiteOptions:
         the lease every third of it, so only a dead worker's messages come back, after at most
         this long.
     :param busy_timeout: seconds to wait for another process's write lock before failing.
-    :param poll_interval: seconds between cheap checks (``PRAGMA data_version``) for messages
-        published by *other* processes while idle; same-process publishes wake at once.
+    :param poll_interval: longest wait, in seconds, between two cheap checks (``PRAGMA
+        data_version``) for messages published by *other* processes while idle (the first
+        check comes 0.5 ms after the queue went idle, each next one 1.25 times later);
+        same-process publishes wake at once.
     :param synchronous: SQLite's ``synchronous`` pragma: ``normal`` (durable across process
         crashes, the default), ``full`` (also across power loss), ``extra`` or ``off``.
     :param heartbeat_interval: seconds between lease renewals (default: a third of the lease).

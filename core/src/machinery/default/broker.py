@@ -9,8 +9,9 @@ it, body and all, to ``machinery_dead_letters``.
 
 Messages with a future ETA are held (state 1) and claimed when due. An idle consumer sleeps
 exactly until the next due ETA of its queue, is woken at once by publishes from its own
-process, and checks ``PRAGMA data_version`` every ``poll_interval`` (10 ms) for commits from
-other processes; that check reads shared memory only, and costs well under 1 % of a core.
+process, and checks ``PRAGMA data_version`` for commits from other processes: 0.5 ms after the
+queue went idle, then 1.25 times later each time, up to every ``poll_interval`` (10 ms); that
+check reads shared memory only, and an idle consumer's costs well under 1 % of a core.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from machinery.default._db import (
 )
 from machinery.interfaces import DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature
+
+#: The first look for other processes' commits after the queue went idle (seconds); each next
+#: look waits :data:`POLL_BACKOFF` times longer, up to ``sqlite.poll_interval``.
+FIRST_POLL = 0.0005
+POLL_BACKOFF = 1.25
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -213,6 +219,9 @@ class SQLiteBroker(Transport, PollingBroker):
         ETA (or lease end) of ``queue`` (True), or until ``deadline`` (False)."""
         db = self._db
         poll = self.options.poll_interval
+        # Quick looks right after activity (a message that follows the last one closely is seen
+        # within a fraction of a millisecond), backing off to ``poll_interval`` when idle.
+        step = min(FIRST_POLL, poll)
         next_due = self._next_due(conn, queue)
         while True:
             now = time.time()
@@ -220,7 +229,8 @@ class SQLiteBroker(Transport, PollingBroker):
                 return True
             if now >= deadline:
                 return False
-            timeout = min(poll, deadline - now, next_due - now if next_due is not None else poll)
+            timeout = min(step, deadline - now, next_due - now if next_due is not None else step)
+            step = min(step * POLL_BACKOFF, poll)
             with db.changed:
                 if db.message_gen != gen:
                     return True

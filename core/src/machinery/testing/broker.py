@@ -567,14 +567,12 @@ class BrokerConformance(SuiteBase):
         machinery_worker(in_process=True)
         result = machinery_server.send_task(Signature("add", args=args_of([1, 2])))
         assert result.get(timeout=self.delivery_timeout) == 3, "the consumer did not survive a malformed message"
-        # The two messages run on different task threads: the good one may finish first.
-        deadline = time.monotonic() + 5.0
-        while True:
-            logged = [r for r in caplog.records if r.levelno >= logging.ERROR and marker in r.getMessage()]
-            if logged or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        assert logged, "the malformed message's body was not logged at ERROR"
+        # (the two may run on two task threads at once: the task can finish before the log line)
+        wait_until(
+            lambda: [r for r in caplog.records if r.levelno >= logging.ERROR and marker in r.getMessage()],
+            self.delivery_timeout,
+            what="the malformed message's body logged at ERROR",
+        )
         self.count(broker_oracle, machinery_queue, 0)
 
     def test_unknown_task_requeued(

@@ -1,0 +1,295 @@
+"""How the threads of a :class:`~machinery.worker.Worker` share its deliveries: as few of them
+runnable as the work needs.
+
+Python runs one thread at a time (the GIL). A pool that wakes a different thread for every
+delivery makes each short task pay for a wake-up, and with many threads (``-c 64``) dozens of
+them runnable at once hand the GIL to one another at every blocking call: on a 2-core machine
+a no-op task's CPU went from ~100 µs to ~300 µs and the drain from ~9,000/s to ~3,000/s between
+``-c 8`` and ``-c 64``. Threads are only worth waking when the running ones are blocked (I/O,
+``sleep``, a child process of the processes pool) or slow.
+
+So the :class:`Dispatcher` (Go's scheduler in small, the GIL standing for its one processor):
+
+- a task thread that finishes a task takes the next delivery itself, without a hand-off;
+- an idle thread is parked on a lock of its own, in a stack: the most recently idle one (warm
+  caches) is woken first, and one wake-up wakes one thread;
+- while fewer than :data:`EAGER` (2) threads run, a waiting delivery wakes a parked one at once
+  (one runs tasks while the other waits for a round trip, the Redis batcher's pipeline say);
+- beyond that, a delivery waiting while a thread is *fresh* (its task started less than :attr:`stall`
+  seconds ago, or it was just woken) is left for that thread, which will be done soon; when
+  every running thread has been in its task longer (blocked, sleeping, long), idle threads are
+  woken, as many as there are such threads (so an I/O-bound load doubles its runnable threads
+  every :attr:`stall` seconds up to the concurrency), by the consumer when it hands a delivery
+  in, else by a monitor thread that looks again when the freshest task goes stale;
+- a thread whose task took longer than :attr:`stall` (I/O-bound work: a 10 ms call) and that
+  finds more deliveries waiting after taking its next one wakes one parked thread for them: the
+  fresh threads will take long too, so the waiting deliveries are not left to them alone (the
+  number of running threads then grows to what the load keeps busy);
+- the consumer thread (the only one that takes messages from the broker) is woken to refill
+  only when nothing is waiting or half of the slots are free, not at every task.
+
+With ``stall = 0`` (the processes pool, whose tasks always block on a child) every waiting
+delivery wakes an idle thread at once, as before. The concurrency is never exceeded: the consumer
+takes a message only while fewer than ``concurrency`` are waiting or running
+(:meth:`Dispatcher.reserve`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+__all__ = ["EAGER", "STALL", "Dispatcher", "Seat"]
+
+#: Seconds a running task may take before idle threads are woken for the deliveries waiting.
+STALL = 0.001
+#: Threads woken for waiting deliveries without waiting for a stall: one runs tasks while the
+#: other waits for a round trip (the Redis batcher's pipeline, a result store): measured on a
+#: 2-core machine, 1 left the Redis drain at ~5,400/s (every write waited for), 2 gave
+#: ~9,000/s and more than 2 brought back the GIL contention at -c 64.
+EAGER = 2
+
+
+def _signal(lock: Any) -> None:
+    # The consumer's lock is a binary semaphore: a release that finds it released already (the
+    # consumer's wait timed out meanwhile and it has not waited again) is one wake-up too many,
+    # which its loop absorbs.
+    try:
+        lock.release()
+    except RuntimeError:
+        pass
+
+
+class Seat:
+    """One task thread's place in the :class:`Dispatcher`: the lock it parks on and the
+    delivery handed to it."""
+
+    __slots__ = ("item", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()  # held at rest: acquiring it again parks the thread
+        self.item: Any = None
+
+
+class Dispatcher:
+    """Deliveries waiting for a task thread, the parked threads, and the slot count.
+
+    :param concurrency: most deliveries waiting or running at once.
+    :param stall: seconds after which a running task no longer counts on to take the next
+        delivery soon (0: wake a parked thread for every waiting delivery).
+    :param eager: with ``stall``, threads woken at once for waiting deliveries while fewer are
+        running.
+    """
+
+    def __init__(self, concurrency: int, stall: float = STALL, eager: int = EAGER) -> None:
+        self.concurrency = concurrency
+        self.stall = stall
+        self._lock = threading.Lock()
+        self._ready: deque[Any] = deque()
+        #: deliveries reserved by the consumer and not finished (waiting, handed or running)
+        self._held = 0
+        self._idle: list[Seat] = []  # a stack: the last parked is the first woken
+        self._busy: dict[Seat, float] = {}  # seat -> monotonic start of its current task
+        self._fresh_until = 0.0  # no busy task started later than this minus ``stall``
+        self.eager = eager
+        self._stopping = False
+        self._consumer = threading.Lock()
+        self._consumer.acquire()
+        self._consumer_waiting = False
+        #: half the slots free (at least one) before a waiting consumer is woken
+        self._refill = max(1, concurrency // 2)
+        self._monitor: threading.Thread | None = None
+        self._watch = threading.Event()
+        self._watching = False
+        self._closed = False
+
+    # -- consumer side ---------------------------------------------------------------------------
+
+    def reserve(self, stop: threading.Event) -> bool:
+        """Wait for a free slot and take it; False once ``stop`` is set (checked every 0.1 s)."""
+        while not stop.is_set():
+            with self._lock:
+                if self._held < self.concurrency:
+                    self._held += 1
+                    return True
+                self._consumer_waiting = True
+            self._consumer.acquire(timeout=0.1)
+            with self._lock:
+                self._consumer_waiting = False
+        return False
+
+    def unreserve(self) -> None:
+        """Give back a slot taken with :meth:`reserve` for which no delivery came."""
+        with self._lock:
+            self._held -= 1
+
+    def put(self, delivery: Any) -> None:
+        """Hand in a delivery (its slot reserved): to a parked thread, or to wait for a running one."""
+        with self._lock:
+            self._ready.append(delivery)
+            woken = self._wake(time.monotonic())
+        for seat in woken:
+            seat.lock.release()
+
+    # -- task threads ----------------------------------------------------------------------------
+
+    def take(self, seat: Seat, finished: bool) -> Any:
+        """The next delivery for the thread of ``seat`` (which finished one if ``finished``),
+        parking it until there is one; None when the worker stops and nothing is waiting."""
+        lock = self._lock
+        while True:
+            with lock:
+                now = time.monotonic()
+                long = False
+                if finished:
+                    finished = False
+                    self._held -= 1
+                    started = self._busy.get(seat)
+                    long = started is not None and now - started > self.stall
+                wake_consumer = self._consumer_waiting and (
+                    not self._ready or self.concurrency - self._held >= self._refill
+                )
+                if wake_consumer:
+                    self._consumer_waiting = False
+                woken: list[Seat] = []
+                if self._ready:
+                    self._busy[seat] = now
+                    if now + self.stall > self._fresh_until:
+                        self._fresh_until = now + self.stall
+                    item = self._ready.popleft()
+                    if not self._ready:
+                        pass
+                    elif long and self._idle:
+                        # its task took long (I/O-bound work): others will too, and the messages
+                        # waiting are not left for fresh threads alone; one parked thread joins
+                        woken = [self._hand(now)]
+                    else:
+                        woken = self._wake(now)
+                else:
+                    item = None
+                    self._park(seat)
+                    if self._stopping:
+                        self._idle.remove(seat)
+                        if wake_consumer:
+                            _signal(self._consumer)
+                        return None
+            if wake_consumer:
+                _signal(self._consumer)
+            for other in woken:
+                other.lock.release()
+            if item is not None:
+                return item
+            seat.lock.acquire()  # parked: released with a delivery, or on stop
+            if seat.item is not None:
+                item, seat.item = seat.item, None
+                return item
+
+    def release(self) -> None:
+        """Free a slot whose delivery was settled outside a task thread (the hard time limit)."""
+        with self._lock:
+            self._held -= 1
+            wake_consumer = self._consumer_waiting
+            self._consumer_waiting = False
+        if wake_consumer:
+            _signal(self._consumer)
+
+    def leave(self, seat: Seat) -> None:
+        """The thread of ``seat`` ends without finishing its delivery (abandoned at the hard
+        time limit: :meth:`release` frees its slot)."""
+        with self._lock:
+            self._busy.pop(seat, None)
+            if seat in self._idle:
+                self._idle.remove(seat)
+
+    def stop(self) -> None:
+        """Let every thread finish what is waiting, then return None from :meth:`take`."""
+        with self._lock:
+            self._stopping = True
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for seat in idle:
+            seat.lock.release()
+        self._watch.set()
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries handed in and not yet taken by a thread."""
+        return len(self._ready)
+
+    # -- the rule ---------------------------------------------------------------------------------
+
+    def _park(self, seat: Seat) -> None:
+        # Under the lock: the thread has nothing to run.
+        if self._busy.pop(seat, None) is not None and self.stall > 0:
+            busy = self._busy
+            self._fresh_until = max(busy.values()) + self.stall if busy else 0.0
+        self._idle.append(seat)
+
+    def _wake(self, now: float) -> list[Seat]:
+        # Under the lock: the parked threads to wake for the waiting deliveries (each handed
+        # its delivery here), and the monitor armed when the rule says "not yet".
+        ready, idle = self._ready, self._idle
+        if not ready or not idle:
+            return []
+        if self.stall > 0:
+            room = self.eager - len(self._busy)
+            if room > 0:  # up to ``eager`` threads run without waiting for a stall
+                n = min(len(ready), len(idle), room)
+            elif now < self._fresh_until:  # a running thread will be free soon
+                self._arm()
+                return []
+            else:
+                n = min(len(ready), len(idle), max(1, len(self._busy)))
+        else:
+            n = min(len(ready), len(idle))
+        woken = [self._hand(now) for _ in range(n)]
+        if self.stall > 0:
+            self._fresh_until = now + self.stall
+            if ready and idle:
+                self._arm()
+        return woken
+
+    def _hand(self, now: float) -> Seat:
+        # Under the lock: the next waiting delivery to the last parked thread.
+        seat = self._idle.pop()
+        seat.item = self._ready.popleft()
+        self._busy[seat] = now
+        return seat
+
+    def _arm(self) -> None:
+        # Under the lock: have the monitor look again when the freshest task goes stale.
+        if self._watching or self._closed:
+            return
+        self._watching = True
+        if self._monitor is None:
+            self._monitor = threading.Thread(target=self._watch_loop, name="machinery-dispatch", daemon=True)
+            self._monitor.start()
+        else:
+            self._watch.set()
+
+    def _watch_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                if not self._watching:
+                    delay = None
+                else:
+                    now = time.monotonic()
+                    if now < self._fresh_until:
+                        delay = self._fresh_until - now
+                    else:
+                        self._watching = False
+                        woken = self._wake(now)
+                        delay = 0.0
+            if delay is None:
+                self._watch.wait()
+                self._watch.clear()
+            elif delay > 0:
+                time.sleep(delay)
+            else:
+                for seat in woken:
+                    seat.lock.release()

@@ -1,0 +1,210 @@
+"""The task threads' dispatcher (machinery.dispatch): as few threads woken as the work needs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from machinery import Config, Server, Signature
+from machinery.dispatch import Dispatcher, Seat
+
+
+class _Thread:
+    """A task thread driven by the test: it takes a delivery, then waits for ``finish``."""
+
+    def __init__(self, d: Dispatcher, name: str) -> None:
+        self.d = d
+        self.name = name
+        self.seat = Seat()
+        self.got: list[Any] = []
+        self.finish = threading.Semaphore(0)
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        finished = False
+        while True:
+            item = self.d.take(self.seat, finished)
+            if item is None:
+                return
+            self.got.append(item)
+            self.finish.acquire()
+            finished = True
+
+
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.002)
+    return cond()
+
+
+def _parked(d: Dispatcher, n: int) -> bool:
+    return _until(lambda: len(d._idle) == n)
+
+
+def _put(d: Dispatcher, item: Any) -> None:
+    assert d.reserve(threading.Event())
+    d.put(item)
+
+
+def test_a_running_short_task_takes_the_next_delivery_itself() -> None:
+    d = Dispatcher(4, stall=30.0, eager=1)
+    a, b = _Thread(d, "a"), _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, 1)  # nobody runs: a parked thread is woken (the last parked: b)
+    assert _until(lambda: len(a.got) + len(b.got) == 1)
+    first, other = (a, b) if a.got else (b, a)
+    _put(d, 2)  # the running thread's task is fresh: nobody is woken for it
+    time.sleep(0.2)
+    assert other.got == [] and d.waiting == 1
+    first.finish.release()  # done: it takes delivery 2 itself, without a wake-up
+    assert _until(lambda: first.got == [1, 2])
+    assert other.got == []
+    first.finish.release()
+    d.stop()
+
+
+def test_threads_are_woken_once_the_running_task_stalls() -> None:
+    d = Dispatcher(4, stall=0.05, eager=1)
+    a, b = _Thread(d, "a"), _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, 1)
+    assert _until(lambda: len(a.got) + len(b.got) == 1)
+    first, other = (a, b) if a.got else (b, a)
+    t0 = time.monotonic()
+    _put(d, 2)  # the running task is blocked (it never finishes here): the monitor wakes the other
+    assert _until(lambda: other.got == [2])
+    assert time.monotonic() - t0 >= 0.04
+    assert first.got == [1]
+    first.finish.release()
+    other.finish.release()
+    d.stop()
+
+
+def test_a_thread_back_from_a_long_task_wakes_one_for_the_waiting_deliveries() -> None:
+    d = Dispatcher(4, stall=0.5, eager=1)
+    a, b, c = _Thread(d, "a"), _Thread(d, "b"), _Thread(d, "c")
+    assert _parked(d, 3)
+    _put(d, 1)
+    assert _until(lambda: [t.got for t in (a, b, c)].count([1]) == 1)
+    first = next(t for t in (a, b, c) if t.got)
+    time.sleep(0.6)  # its task takes longer than ``stall`` (blocked, say)
+    _put(d, 2)  # the running task is stale: a parked thread is woken for it
+    assert _until(lambda: sum(len(t.got) for t in (a, b, c)) == 2)
+    second = next(t for t in (a, b, c) if t.got == [2])
+    t0 = time.monotonic()
+    _put(d, 3)
+    _put(d, 4)  # left for the fresh second thread, until the first comes back from its long task:
+    first.finish.release()  # it takes 3 and wakes the last parked thread for 4
+    third = next(t for t in (a, b, c) if t is not first and t is not second)
+    assert _until(lambda: third.got == [4], timeout=5)
+    assert time.monotonic() - t0 < 0.45  # not the monitor, once the second's task went stale
+    assert first.got == [1, 3] and second.got == [2]
+    for t in (a, b, c):
+        t.finish.release()
+    d.stop()
+
+
+def test_two_threads_run_without_waiting_for_a_stall() -> None:
+    """One thread runs tasks while another waits for a round trip (the Redis batcher's
+    pipeline): below ``eager`` running threads a waiting delivery wakes a parked one at once."""
+    d = Dispatcher(4, stall=30.0, eager=2)
+    ts = [_Thread(d, n) for n in "abc"]
+    assert _parked(d, 3)
+    _put(d, 1)
+    assert _until(lambda: sum(len(t.got) for t in ts) == 1)
+    _put(d, 2)  # one fresh thread runs: a second is woken all the same
+    assert _until(lambda: sum(len(t.got) for t in ts) == 2, timeout=1)
+    _put(d, 3)  # two run: the third waits for one of them
+    time.sleep(0.2)
+    assert sum(len(t.got) for t in ts) == 2 and d.waiting == 1
+    for t in ts:
+        t.finish.release()
+    assert _until(lambda: sum(len(t.got) for t in ts) == 3)
+    for t in ts:
+        t.finish.release()
+    d.stop()
+
+
+def test_the_last_parked_thread_is_woken_first() -> None:
+    d = Dispatcher(4, stall=0.0)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    b = _Thread(d, "b")
+    assert _parked(d, 2)
+    _put(d, 1)
+    assert _until(lambda: b.got == [1])
+    assert a.got == []
+    b.finish.release()
+    d.stop()
+
+
+def test_reserve_never_exceeds_the_concurrency_and_stops() -> None:
+    d = Dispatcher(2, stall=0.0)
+    stop = threading.Event()
+    assert d.reserve(stop) and d.reserve(stop)
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(d.reserve(stop)), daemon=True)
+    t.start()
+    time.sleep(0.25)
+    assert got == []  # both slots held
+    d.unreserve()
+    t.join(5)
+    assert got == [True]
+    t = threading.Thread(target=lambda: got.append(d.reserve(stop)), daemon=True)
+    t.start()
+    time.sleep(0.15)
+    stop.set()
+    t.join(5)
+    assert got == [True, False]
+
+
+def test_stop_runs_what_is_waiting_then_ends_the_threads() -> None:
+    d = Dispatcher(4, stall=30.0)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    _put(d, 1)
+    assert _until(lambda: a.got == [1])
+    _put(d, 2)
+    _put(d, 3)
+    d.stop()
+    for _ in range(3):
+        a.finish.release()
+    a.thread.join(5)
+    assert not a.thread.is_alive()
+    assert a.got == [1, 2, 3]
+
+
+@pytest.mark.parametrize("concurrency", [64])
+def test_a_wide_worker_runs_short_tasks_on_few_threads(concurrency: int) -> None:
+    """``-c 64`` with no-op tasks: the messages do not spread over 64 threads contending for the
+    GIL; the thread that finishes one runs the next (the dispatcher's rule, with a stall
+    threshold that a loaded machine cannot reach)."""
+    name = uuid.uuid4().hex
+    srv = Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}"))
+    threads: set[str] = set()
+
+    @srv.task("noop")
+    def noop(x: int) -> int:
+        threads.add(threading.current_thread().name)
+        return x
+
+    n = 400
+    for i in range(n):
+        srv.send_task(Signature("noop", args=[i]))
+    w = srv.new_worker("wide", concurrency)
+    w.dispatch_stall = 5.0
+    w.launch_in_background()
+    try:
+        assert _until(lambda: w.info().tasks_done >= n, timeout=60)
+    finally:
+        w.quit()
+    assert len(threads) <= 3, sorted(threads)
