@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.plugin import Register
     from machinery_redis.backend import RedisBackend
     from machinery_redis.broker import RedisBroker
     from machinery_redis.lock import RedisLock

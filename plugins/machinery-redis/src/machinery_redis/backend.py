@@ -20,12 +20,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 
-from machinery.config import redact_url
-from machinery.errors import BackendConnectionError, BackendError
-from machinery.interfaces import Backend
-from machinery.plugin import wire
-from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
-from machinery.state import GroupMeta, State, TaskResult, TaskState
+from machinery.plugin import (
+    Backend,
+    BackendConnectionError,
+    BackendError,
+    GroupMeta,
+    State,
+    TaskResult,
+    TaskState,
+    decode_group_meta,
+    decode_task_state,
+    encode_group_meta,
+    encode_task_state,
+    redact_url,
+    wire,
+)
 from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher
 from machinery_redis.connection import (
@@ -43,9 +52,7 @@ from machinery_redis.tracking import StateWatcher, wait_completed
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from machinery.config import Config
-    from machinery.revoke import Revocation
-    from machinery.signature import Signature
+    from machinery.plugin import Config, Revocation, Signature
 
 __all__ = ["RedisBackend"]
 
@@ -406,7 +413,7 @@ class RedisBackend(Backend):
 
     def revocations_since(self, cursor: int, limit: int = 1000) -> tuple[list[Revocation], int]:
         """One script: the live records numbered after ``cursor``."""
-        from machinery.revoke import Revocation
+        from machinery.plugin import Revocation
 
         with self._errors("read revocations"):
             last, flat = self._script("since", _REVOCATIONS_SINCE)(

@@ -34,18 +34,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 
-from machinery.config import redact_url
-from machinery.errors import (
+from machinery.plugin import (
+    Backend,
     BackendError,
+    Broker,
     BrokerAuthenticationError,
     BrokerConnectionError,
     BrokerError,
+    DeadLetter,
     DecodeError,
+    Delivery,
     PublishError,
+    Signature,
+    decode_signature,
+    encode_signature,
+    redact_url,
+    wire,
 )
-from machinery.interfaces import Backend, Broker, DeadLetter, Delivery
-from machinery.plugin import wire
-from machinery.signature import Signature, decode_signature, encode_signature
 from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher, round_trip
 from machinery_redis.connection import (
@@ -61,7 +66,7 @@ from machinery_redis.connection import (
 )
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["RedisBroker", "consumers_key", "dead_key", "eta_score", "processing_key"]
 

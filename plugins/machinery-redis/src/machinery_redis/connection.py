@@ -27,13 +27,12 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from machinery.config import parse_options, redact_url
-from machinery.errors import ConfigError, MachineryError
+from machinery.plugin import ConfigError, MachineryError, parse_options, redact_url
 from machinery_redis import ENV_OPTIONS
 from machinery_redis.batch import CommandBatcher
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = [
     "ENV_OPTIONS",

@@ -8,8 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.errors import LockError
-from machinery.interfaces import Lock
+from machinery.plugin import Lock, LockError
 from machinery_redis.connection import (
     ENV_OPTIONS,
     SharedClient,
@@ -21,7 +20,7 @@ from machinery_redis.connection import (
 )
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.plugin import Config
 
 __all__ = ["RedisLock"]
 
