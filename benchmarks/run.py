@@ -439,28 +439,37 @@ class Bench:
         """Wait for the N-th task; returns (first start, end, tasks counted). A drain still
         running ``--drain-cap`` seconds after its first task started is measured over the
         tasks done by then (progress marks every 500 tasks) and reported with a star. The
-        worker tree's CPU time is sampled when the first task is seen and at the end."""
+        worker tree's CPU time is sampled on every look; the sample taken last before the first
+        task's start (the time the worker wrote) is the start of the CPU count, so a short drain
+        that begins and ends between two looks on a loaded machine still has one."""
         n = self.args.n if n is None else n
         deadline = time.monotonic() + timeout
         cap = self.args.drain_cap if cap is None else cap
         started: bytes | None = None
+        samples: list[tuple[float, float]] = []  # (wall time, worker tree CPU seconds)
+
+        def cpu_before(t: float) -> float:
+            before = [cpu for at, cpu in samples if at <= t]
+            return before[-1] if before else samples[0][1]
+
         while time.monotonic() < deadline:
+            samples.append((time.time(), tree_cpu_s(w.proc.pid)))
             raw = self.redis.client.get(DONE_KEY)
             if raw is not None:
                 w.cpu_end = tree_cpu_s(w.proc.pid)
                 first, last = (float(x) for x in raw.split())
+                w.cpu_first = cpu_before(first)
                 return first, last, n
             for x in (w, *others):
                 if not x.alive():
                     raise RuntimeError(f"worker exited with {x.proc.returncode}: {x.tail()}")
             if started is None:
                 started = self.redis.client.get(FIRST_KEY)
-                if started is not None:
-                    w.cpu_first = tree_cpu_s(w.proc.pid)
             if cap and started is not None and time.time() - float(started) > cap:
                 marks = self.redis.client.lrange(PROGRESS_KEY, -1, -1)
                 if marks:
                     w.cpu_end = tree_cpu_s(w.proc.pid)
+                    w.cpu_first = cpu_before(float(started))
                     k, at = marks[0].split()
                     return float(started), float(at), int(k)
             time.sleep(0.01)
