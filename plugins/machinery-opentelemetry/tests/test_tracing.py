@@ -83,6 +83,11 @@ def check_links(result: dict[str, Any], spans: list[dict[str, Any]], worker_pids
         assert run["attributes"]["messaging.system"] == "machinery"
         assert run["attributes"]["messaging.destination.name"] in ("qa", "qb")
         assert send["attributes"]["messaging.message.id"] == uuid
+        for span, operation in ((send, "send"), (run, "process")):
+            attrs = span["attributes"]
+            assert attrs["messaging.operation.type"] == operation and attrs["messaging.system"] == "machinery"
+            assert attrs["machinery.task.name"] == "add" and attrs["machinery.task.retry_count"] == 0
+        assert run["attributes"]["machinery.worker"], "the worker's consumer tag"
         run_pids.add(run["pid"])
         parent = run["span_id"]
     assert run_pids == set(worker_pids), "the chain ran on both worker processes"

@@ -21,12 +21,15 @@ Attributes follow the messaging semantic conventions (``messaging.system``,
 
 from __future__ import annotations
 
-import threading
+import re
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from machinery import __version__
 
@@ -40,7 +43,6 @@ SYSTEM = "machinery"
 _tracer: Any = None
 _sends: dict[int, Any] = {}
 _runs: dict[str, Any] = {}
-_local = threading.local()
 
 
 def tracer() -> trace.Tracer:
@@ -117,22 +119,72 @@ def after_publish(sig: Signature, error: BaseException | None) -> None:
     span.end()
 
 
+# The W3C ``traceparent`` that OpenTelemetry's own propagator writes (version 00, no extra field),
+# read by ``_parent_context``; anything else goes through the global propagator.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
+_W3C_DEFAULT = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+#: (the global propagator last looked at, whether it is the default W3C one): one tuple, so
+#: threads never see the verdict of one propagator paired with another
+_checked: tuple[Any, bool] = (None, False)
+
+
+def _parent_context(headers: dict[str, Any]) -> otel_context.Context:
+    """The sender's context from ``headers``: what the global propagator's ``extract`` returns.
+
+    With the default propagator (W3C trace context then baggage: ``OTEL_PROPAGATORS`` unset), a
+    message that carries a version-00 ``traceparent`` and no ``tracestate`` or ``baggage`` (what
+    this plugin's producers send when no baggage is set) is parsed here, with the checks that
+    :class:`TraceContextTextMapPropagator` makes, into the same context, in less than half its
+    time; everything else is the propagator's own ``extract``.
+    """
+    global _checked
+    textmap = propagate.get_global_textmap()
+    checked, fast = _checked
+    if textmap is not checked:  # ``set_global_textmap`` may replace it at any time
+        props = getattr(textmap, "_propagators", None)
+        fast = isinstance(textmap, CompositePropagator) and tuple(map(type, props or ())) == _W3C_DEFAULT
+        _checked = (textmap, fast)
+    if fast:
+        parent = headers.get("traceparent")
+        if type(parent) is str and "tracestate" not in headers and "baggage" not in headers:
+            match = _TRACEPARENT.fullmatch(parent)
+            if match is not None:
+                trace_id, span_id, flags = match.groups()
+                span_context = SpanContext(int(trace_id, 16), int(span_id, 16), True, _FLAGS[flags])
+                if span_context.is_valid:
+                    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+            # anything else (all-zero ids, another version, spaces...): the propagator decides
+    return textmap.extract(headers, getter=_CARRIER)  # type: ignore[arg-type]
+
+
 def task_started(event: TaskEvent) -> None:
     """Start the run span as a child of the sender's context and make it current here."""
     sig = event.signature
-    parent = propagate.get_global_textmap().extract(sig.headers, getter=_CARRIER)  # type: ignore[arg-type]
-    attrs = _attributes(sig, "process")
-    attrs["machinery.worker"] = event.consumer_tag
-    span = tracer().start_span(f"run {sig.name}", context=parent, kind=SpanKind.CONSUMER, attributes=attrs)
+    retry_count = sig.retry_count
+    # all attributes in the one ``start_span`` call: each later ``set_attribute`` takes the
+    # span's lock and validates again
+    attrs: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.message.id": sig.uuid,
+        "machinery.task.name": sig.name,
+        "machinery.task.retry_count": retry_count,
+        "machinery.worker": event.consumer_tag,
+    }
+    if sig.routing_key:
+        attrs["messaging.destination.name"] = sig.routing_key
+    if sig.group_uuid:
+        attrs["machinery.group.uuid"] = sig.group_uuid
+    span = (_tracer or tracer()).start_span(
+        f"run {sig.name}", context=_parent_context(sig.headers), kind=SpanKind.CONSUMER, attributes=attrs
+    )
     # what the end hook compares with: only a changed retry count is written again there
-    _runs[sig.uuid] = (span, sig.retry_count)
-    # The previous task of this thread stays current until the next one starts, so the
-    # follow-ups its worker sends after the end hook (chain steps, chord callbacks) are its
-    # children; it is replaced here.
-    token = getattr(_local, "token", None)
-    if token is not None:
-        otel_context.detach(token)
-    _local.token = otel_context.attach(trace.set_span_in_context(span))
+    _runs[sig.uuid] = (span, retry_count)
+    # Current in this thread from here on, without a detach: the previous task of this thread
+    # stayed current until now, so the follow-ups its worker sent after the end hook (chain
+    # steps, chord callbacks) were its children; it is simply replaced.
+    otel_context.attach(trace.set_span_in_context(span))
 
 
 def task_ended(event: TaskEvent, state: str) -> None:
