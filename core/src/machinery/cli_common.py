@@ -119,14 +119,8 @@ def build_server(args: argparse.Namespace) -> Server:
     if not args.config and not overrides:
         return app
     config = Config.load(args.config, **overrides) if args.config else app.config.replace(**overrides)
-    server = Server(config, plugins=app.plugins)
-    for name in app.get_registered_task_names():
-        t = app.get_registered_task(name)
-        server.register_task(
-            name, t.fn, rate_limit=t.rate_limit, time_limit=t.time_limit, soft_time_limit=t.soft_time_limit
-        )
-    server._periodic = app.periodic_entries
-    server._pre_publish = app._pre_publish
+    server = Server(config, plugins=app.plugins, registry=app.registry)  # the app's tasks and periodic entries
+    server.set_pre_publish_handler(app.producer.pre_publish)
     app.close()
     return server
 

@@ -349,7 +349,7 @@ def child_died(worker: Worker, sig: Signature, exc: WorkerLostError) -> bool:
             worker.max_crashes,
         )
         sig.headers = {**sig.headers, CRASHES_HEADER: crashes}
-        worker.server._republish(sig)
+        worker.server.producer.republish(sig)
         return False
     log.error(
         "task %s (%s): %s; %d deaths, storing FAILURE (max_crashes %d)",
