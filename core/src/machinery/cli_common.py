@@ -1,7 +1,8 @@
-"""What :mod:`machinery.cli` and :mod:`machinery.cli_ops` share: the exit statuses,
-:class:`CLIError`, loading the ``--app`` (:func:`load_app`), the server a command works on
-(:func:`build_server`) and the argument types. Below both command modules, so neither imports
-the other; as light to import as :mod:`machinery.cli` (``--help`` loads no config or server).
+"""What :mod:`machinery.cli`, :mod:`machinery.cli_commands` and :mod:`machinery.cli_ops` share:
+the exit statuses, :class:`CLIError`, loading the ``--app`` (:func:`load_app`), the server a
+command works on (:func:`build_server`), the argument types and :func:`parse_arg` (a task
+argument typed on the command line). Below the command modules, so none imports another; as
+light to import as :mod:`machinery.cli` (``--help`` loads no config or server).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import math
 import os
 import sys
 
-from machinery.errors import MachineryError
+from machinery.errors import ArgumentTypeError, MachineryError
 
 # ``typing`` is not imported (see machinery.cli): type checkers treat ``TYPE_CHECKING`` as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import re
     from typing import Any
 
     from machinery.server import Server
+    from machinery.signature import Arg
 
 __all__ = [
     "EXIT_FAILED",
@@ -29,6 +32,7 @@ __all__ = [
     "CLIError",
     "build_server",
     "load_app",
+    "parse_arg",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 124, 130
@@ -123,6 +127,102 @@ def build_server(args: argparse.Namespace) -> Server:
     server.set_pre_publish_handler(app.producer.pre_publish)
     app.close()
     return server
+
+
+# -- typed arguments ---------------------------------------------------------------------------
+
+_numbers: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+
+
+def _number_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    global _numbers
+    if _numbers is None:
+        import re
+
+        _numbers = (re.compile(r"[+-]?\d+\Z"), re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)\Z"))
+    return _numbers
+
+
+def _infer(text: str) -> Any:
+    int_re, float_re = _number_patterns()
+    if int_re.match(text):
+        return int(text)
+    if float_re.match(text):
+        value = float(text)
+        return value if math.isfinite(value) else text
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def _candidates(text: str) -> list[Any]:
+    # A value as JSON (1, true, [1,2], "x"), then as the raw text.
+    import json
+
+    out: list[Any] = []
+    try:
+        out.append(json.loads(text))
+    except ValueError:
+        pass
+    out.append(text)
+    return out
+
+
+_GO_KINDS = ("int", "uint", "float", "complex", "bool", "string", "byte", "rune", "map[", "interface")
+
+
+def _looks_like_a_type(prefix: str, known: frozenset[str]) -> bool:
+    """True when ``prefix`` (the text before the first ``:``) was meant as a Go type name: it
+    starts like one (``int99``, ``[]x``, ``map[...]``) or is a near miss of a known one
+    (``strin``, ``bol``). Other prefixes (``http``, ``a``) are part of a plain string."""
+    import difflib
+
+    base = prefix.removeprefix("[]")
+    if prefix.startswith("[]") or base.startswith(_GO_KINDS):
+        return True
+    return bool(base.isalnum() and difflib.get_close_matches(base, known, n=1, cutoff=0.8))
+
+
+def parse_arg(text: str) -> Arg:
+    """A task argument from the command line.
+
+    ``TYPE:VALUE`` with a Go type name (``int64:1``, ``string:x``, ``bool:true``,
+    ``[]int64:1,2``, ``[]string:a,b``, ``float64:2.5``); a slice's value may also be JSON
+    (``[]int64:[1,2]``). Without a type prefix the type is inferred: ``1`` is ``int64``,
+    ``1.5`` is ``float64``, ``true``/``false`` are ``bool``, anything else is a ``string``
+    (``http://x``, ``a:b``). A prefix that looks like a Go type but is none (``int99:1``,
+    ``strin:x``) is an error, never silently a string: to send such a text as it is, prefix
+    it with ``string:`` (``string:int99:1`` sends ``"int99:1"``).
+
+    :raises ArgumentTypeError: an unknown type, or a value that does not fit the named type.
+    """
+    from machinery.signature import GO_TYPES, Arg
+
+    type_name, sep, value = text.partition(":")
+    if not sep or type_name not in GO_TYPES:
+        if sep and _looks_like_a_type(type_name, GO_TYPES):
+            raise ArgumentTypeError(
+                type_name,
+                value,
+                f"unknown Go type {type_name!r} in {text!r} (known: int, int8..int64, uint..uint64, float32, "
+                f"float64, bool, string, []byte and []T of those); to send the text as it is, write "
+                f"string:{text}",
+            )
+        return Arg.of(_infer(text))
+    # The most telling error wins: the value read as JSON (300 for int8: out of range), then
+    # the comma-separated list of a slice, then the raw text (abc for int64: not an integer).
+    errors: list[ArgumentTypeError] = []
+    tries = _candidates(value)
+    if type_name.startswith("[]"):
+        items = [v.strip() for v in value.split(",")] if value.strip() else []
+        tries.insert(len(tries) - 1, [_infer(v) for v in items])
+        tries.append(items)
+    for candidate in tries:
+        try:
+            return Arg(type_name, candidate)
+        except ArgumentTypeError as exc:
+            errors.append(exc)
+    raise ArgumentTypeError(type_name, value, f"cannot read {value!r} as {type_name}: {errors[0].reason}")
 
 
 # -- argument types ----------------------------------------------------------------------------
