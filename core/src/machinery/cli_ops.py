@@ -25,7 +25,7 @@ __all__ = ["add_commands", "cmd_dead", "cmd_watch"]
 
 def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """Add ``watch`` and ``dead`` to the parser (``command(name, help)`` makes a sub-parser)."""
-    from machinery.cli import _seconds
+    from machinery.cli_common import _seconds
 
     p = command("watch", "follow tasks (or groups) with a live progress bar until they end")
     p.add_argument("uuids", nargs="+", metavar="UUID", help="task UUIDs, or group UUIDs (one line per member)")
@@ -49,7 +49,7 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
 def cmd_watch(args: argparse.Namespace) -> int:
     """Draw the tasks' progress until they end; 0 when all succeeded, 1 otherwise, 124 on
     ``--timeout``."""
-    from machinery.cli import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError, build_server
+    from machinery.cli_common import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, CLIError, build_server
     from machinery.results import AsyncResult
     from machinery.watch import WatchTimeout, watch
 
@@ -97,7 +97,7 @@ def cmd_dead(args: argparse.Namespace) -> int:
     import json
 
     from machinery import deadletters as dl
-    from machinery.cli import EXIT_FAILED, EXIT_OK, CLIError, build_server
+    from machinery.cli_common import EXIT_FAILED, EXIT_OK, CLIError, build_server
 
     if args.action in ("show", "replay") and not args.ids:
         raise CLIError(f"dead {args.action}: give the id of a dead letter (see `machinery dead list`)")
@@ -151,7 +151,7 @@ def _replay(server: Any, args: argparse.Namespace, queue: str | None) -> int:
     import json
 
     from machinery import deadletters as dl
-    from machinery.cli import EXIT_FAILED, EXIT_OK
+    from machinery.cli_common import EXIT_FAILED, EXIT_OK
 
     code = EXIT_OK
     done = []
@@ -180,7 +180,7 @@ def _replay(server: Any, args: argparse.Namespace, queue: str | None) -> int:
 
 def _purge(broker: Any, args: argparse.Namespace, queue: str | None) -> int:
     from machinery import deadletters as dl
-    from machinery.cli import EXIT_FAILED, EXIT_OK
+    from machinery.cli_common import EXIT_FAILED, EXIT_OK
 
     where = f"queue {queue!r}" if queue else "every queue"
     if not args.yes:
@@ -200,4 +200,3 @@ def _purge(broker: Any, args: argparse.Namespace, queue: str | None) -> int:
     n = dl.purge(broker, queue)
     print(f"purged {n} dead letter{'s' if n != 1 else ''} from {where}")
     return EXIT_OK
-

@@ -132,7 +132,7 @@ def replay(server: Server, letter: DeadLetter, *, new_uuid: bool = False) -> Rep
         body = encode_signature(sig)
     else:
         body = letter.body
-    server._publish_one(body, sig)
+    server.producer.publish_one(body, sig)
     try:
         removed = server.broker.remove_dead_letter(letter)
     except MachineryError:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from machinery import wire
     from machinery._hookimpl import hookimpl
-    from machinery.cli import build_server
+    from machinery.cli_common import build_server
     from machinery.config import Config, parse_options, redact_url
     from machinery.consume import PollingBroker, eta_of
     from machinery.consume_adapters import AsyncPollingBroker, EventLoopThread, Inbox, PushBroker, Subscription
@@ -129,7 +129,7 @@ _LAZY = {
     "Revocation": "machinery.revoke",
     "WorkerInfo": "machinery.registry",
     "live_workers": "machinery.registry",
-    "build_server": "machinery.cli",
+    "build_server": "machinery.cli_common",
     **dict.fromkeys(
         (
             "ArgumentTypeError",

@@ -42,6 +42,7 @@ from machinery.workflow import Chain, Chord, Group
 if TYPE_CHECKING:
     from datetime import tzinfo
 
+    from machinery.producer import Producer
     from machinery.server import Server
 
 __all__ = ["NAME_HEADER", "TICK_HEADER", "PeriodicEntry", "Scheduler", "lock_key"]
@@ -214,19 +215,19 @@ class PeriodicEntry:
         _stamp([*sigs, callback], self.name, tick)
         return Chord(Group(sigs), callback)
 
-    def send(self, server: Server, tick: datetime) -> str:
-        """Send tick ``tick`` through ``server``; returns a description with the UUIDs sent."""
+    def send(self, producer: Producer, tick: datetime) -> str:
+        """Send tick ``tick`` through ``producer``; returns a description with the UUIDs sent."""
         item = self.build(tick)
         if isinstance(item, Signature):
-            server.send_task(item)
+            producer.send(item)
             return f"task {item.uuid}"
         if isinstance(item, Group):
-            server.send_group(item, self.send_concurrency)
+            producer.send_group(item, self.send_concurrency)
             return f"group {item.group_uuid} (tasks {', '.join(item.uuids())})"
         if isinstance(item, Chain):
-            server.send_chain(item)
+            producer.send_chain(item)
             return f"chain (tasks {', '.join(s.uuid for s in item.tasks)})"
-        server.send_chord(item, self.send_concurrency)
+        producer.send_chord(item, self.send_concurrency)
         return (
             f"chord group {item.group.group_uuid} (tasks {', '.join(item.group.uuids())}) callback {item.callback.uuid}"
         )
@@ -247,7 +248,8 @@ class Scheduler:
     the next tick and stops within moments of being asked. Entries registered on the server after
     it started are picked up within a minute.
 
-    :param server: the server whose entries, broker and lock are used.
+    :param server: the server whose parts are used: its registry's periodic entries, its
+        producer (which sends each tick) and its lock.
     :param grace: how late the most recent tick may still be sent (default 60 s); older ticks
         are skipped and logged.
     :param clock: returns the current time (for tests); default ``datetime.now(timezone.utc)``.
@@ -337,7 +339,7 @@ class Scheduler:
                 _running.discard(self._lock_id)
 
     def _loop(self, stop: threading.Event) -> None:
-        entries = self.server.periodic_entries
+        entries = self.server.registry.periodic_entries
         log.info(
             "scheduler started with %d periodic entr%s: %s",
             len(entries),
@@ -373,7 +375,7 @@ class Scheduler:
         """
         now = _utc(now if now is not None else self._clock())
         soonest: datetime | None = None
-        for entry in self.server.periodic_entries:
+        for entry in self.server.registry.periodic_entries:
             t = self._next.get(entry.name)
             if t is None:  # first look: only the most recent tick, if within the grace period
                 t = _utc(entry.schedule.next(now - self.grace - timedelta(microseconds=1)))
@@ -434,7 +436,7 @@ class Scheduler:
             log.debug("periodic %r: tick %s already taken by another scheduler", entry.name, when)
             return False
         try:
-            sent = entry.send(self.server, tick)
+            sent = entry.send(self.server.producer, tick)
         except Exception as exc:  # logged, not retried: a retry could send the tick twice
             log.error("periodic %r: tick %s not sent: %s", entry.name, when, exc, exc_info=True)
             return False

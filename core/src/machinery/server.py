@@ -1,19 +1,21 @@
-"""The :class:`Server`: registered tasks, a broker, a backend and a lock, and the ``send_*`` API."""
+"""The :class:`Server`: Go Machinery's façade over a task :class:`~machinery.task_registry.Registry`,
+a :class:`~machinery.producer.Producer` (the ``send_*`` API), a broker, a backend and a lock."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, overload
 
 from machinery.config import Config, redact_url
-from machinery.errors import ConfigError, MachineryError, TaskNotRegisteredError
+from machinery.errors import ConfigError, MachineryError
 from machinery.plugins import PluginHost, get_plugin_host
+from machinery.producer import Producer
 from machinery.results import AsyncResult, ChainAsyncResult, ChordAsyncResult, GroupResult
 from machinery.state import TaskState
 from machinery.task import Task
-from machinery.wire.codec import encode_signature
-from machinery.wire.model import NullHeaders, Signature, new_uuid, sent_headers
+from machinery.task_registry import F, Registry
+from machinery.wire.model import Signature, sent_headers
 from machinery.workflow import Chain, Chord, Group
 
 if TYPE_CHECKING:
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Server"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 class Server:
     """The main machinery object: configuration, registered tasks and transports.
@@ -37,6 +37,7 @@ class Server:
     :param backend: a ready backend instance instead of one built from ``config.result_backend``.
     :param lock: a ready lock instance instead of one built from ``config.lock``.
     :param plugins: the plugin host (default: the process-wide one).
+    :param registry: the task registry to use (default: a new, empty one); servers may share one.
     :raises UnknownSchemeError: a URL scheme no installed plugin serves.
     :raises ConfigError: a bad configuration value.
     """
@@ -49,11 +50,12 @@ class Server:
         backend: Backend | None = None,
         lock: Lock | None = None,
         plugins: PluginHost | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.config = config if config is not None else Config()
         self.plugins = plugins or get_plugin_host()
-        self._tasks: dict[str, Task] = {}
-        self._pre_publish: Callable[[Signature], None] | None = None
+        #: The registered tasks and periodic entries (what a worker looks tasks up in).
+        self.registry = registry if registry is not None else Registry()
         self._broker = broker or self._make("broker", self.broker_url)
         assign = getattr(self._broker, "assign_server", None)  # the eager broker runs our tasks
         if assign is not None:
@@ -61,9 +63,14 @@ class Server:
         self._backend = backend or self._make("backend", self.backend_url)
         self._lock_obj = lock
         self._lock_guard = threading.Lock()
-        self._periodic: list[PeriodicEntry] = []
-        #: Whether a plugin observes publishing (``machinery_before_publish``/``after_publish``).
-        self._publish_hooks = self.plugins.has_publish_observers()
+        #: Sends through this server's broker and backend (``send_*`` delegate to it).
+        self.producer = Producer(self._broker, self._backend, self.plugins)
+
+    def _bind(self, broker: Broker, backend: Backend, lock: Lock | None) -> None:
+        """Use these transports from now on (the producer follows; its pre-publish handler stays).
+        For :func:`machinery.testing.fixtures.use_transport`; not while a worker runs."""
+        self._broker, self._backend, self._lock_obj = broker, backend, lock
+        self.producer = Producer(broker, backend, self.plugins, self.producer.pre_publish)
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -181,14 +188,13 @@ class Server:
         :raises TypeError: ``fn`` cannot be called with arguments from a message.
         :raises ValueError: a malformed ``rate_limit``.
         """
-        task = Task(name, fn, rate_limit=rate_limit, time_limit=time_limit, soft_time_limit=soft_time_limit)
-        self._tasks[name] = task
-        return task
+        return self.registry.register_task(
+            name, fn, rate_limit=rate_limit, time_limit=time_limit, soft_time_limit=soft_time_limit
+        )
 
     def register_tasks(self, tasks: Mapping[str, Callable[..., Any]]) -> None:
         """Register several tasks at once; nothing is registered if one is invalid."""
-        built = {name: Task(name, fn) for name, fn in tasks.items()}
-        self._tasks.update(built)
+        self.registry.register_tasks(tasks)
 
     @overload
     def task(self, name: F) -> F: ...
@@ -218,54 +224,26 @@ class Server:
         ``@server.task("crunch", time_limit=30, soft_time_limit=25)`` sets the task's time limits.
         """
         if callable(name):
-            fn = name
-            self.register_task(fn.__name__, fn)
-            return fn
-
-        def deco(fn: F) -> F:
-            self.register_task(
-                name or fn.__name__,
-                fn,
-                rate_limit=rate_limit,
-                time_limit=time_limit,
-                soft_time_limit=soft_time_limit,
-            )
-            return fn
-
-        return deco
+            return self.registry.task(name)
+        return self.registry.task(name, rate_limit=rate_limit, time_limit=time_limit, soft_time_limit=soft_time_limit)
 
     def get_registered_task(self, name: str) -> Task:
         """The registered task. :raises TaskNotRegisteredError: when unknown."""
-        task = self._tasks.get(name)
-        if task is None:
-            raise TaskNotRegisteredError(name)
-        return task
+        return self.registry.get(name)
 
     def is_task_registered(self, name: str) -> bool:
         """True when ``name`` is registered."""
-        return name in self._tasks
+        return name in self.registry.tasks
 
     def get_registered_task_names(self) -> list[str]:
         """The registered task names, sorted."""
-        return sorted(self._tasks)
+        return self.registry.names()
 
     def set_pre_publish_handler(self, handler: Callable[[Signature], None] | None) -> None:
         """Call ``handler(signature)`` just before every publish (Go's ``SetPrePublishHandler``)."""
-        self._pre_publish = handler
+        self.producer.pre_publish = handler
 
-    # -- sending --------------------------------------------------------------------------------
-
-    def _prepare(self, sig: Signature) -> bytes:
-        if not sig.uuid:
-            sig.uuid = new_uuid("task_")
-        if type(sig.headers) is NullHeaders:  # Go's HeadersWithSpan: a nil map becomes {}
-            sig.headers = dict(sig.headers)
-        if self._pre_publish is not None:
-            self._pre_publish(sig)
-        if self._publish_hooks:
-            self.plugins.before_publish(sig)
-        self._broker.adjust_routing_key(sig)
-        return encode_signature(sig)
+    # -- sending (the producer's, under Go's names) ------------------------------------------------
 
     def send_task(self, signature: Signature) -> AsyncResult:
         """Store PENDING and publish one task.
@@ -273,51 +251,12 @@ class Server:
         :raises PublishError: the broker did not accept it.
         :raises BackendError: the PENDING state could not be stored.
         """
-        body = self._prepare(signature)
-        if self._publish_hooks:
-            self._published([signature], self._publish_one, body, signature)
-        else:
-            self._publish_one(body, signature)
-        return AsyncResult(signature, self._backend)
-
-    def _publish_one(self, body: bytes, signature: Signature) -> None:
-        # PENDING is stored before the message can be taken (a worker's STARTED must not be
-        # overwritten by it): in one round trip where the broker shares the backend's store.
-        if not self._broker.publish_pending(body, signature, self._backend):
-            self._backend.set_state_pending(signature)
-            self._broker.publish(body, signature)
-
-    def _published(self, sigs: Sequence[Signature], publish: Callable[..., None], *args: Any) -> None:
-        """Run ``publish(*args)``, then ``machinery_after_publish`` for each of ``sigs``."""
-        try:
-            publish(*args)
-        except BaseException as exc:
-            for s in sigs:
-                self._after_publish(s, exc)
-            raise
-        for s in sigs:
-            self._after_publish(s, None)
-
-    def _after_publish(self, sig: Signature, error: BaseException | None) -> None:
-        try:
-            self.plugins.after_publish(sig, error)
-        except Exception:  # an observer must not turn a send into a failure
-            import logging
-
-            logging.getLogger("machinery.server").exception("a plugin's machinery_after_publish raised")
+        return self.producer.send(signature)
 
     def send_task_with_context(self, context: Mapping[str, Any], signature: Signature) -> AsyncResult:
         """``send_task`` carrying ``context`` (tracing ids, request ids...) in the headers."""
         signature.headers = {**signature.headers, **context}
         return self.send_task(signature)
-
-    def _republish(self, signature: Signature) -> None:
-        """Publish without touching the stored state (retries keep RETRY visible)."""
-        body = self._prepare(signature)
-        if self._publish_hooks:
-            self._published([signature], self._broker.publish, body, signature)
-        else:
-            self._broker.publish(body, signature)
 
     def send_group(self, group: Group, send_concurrency: int = 0) -> GroupResult:
         """Record the group, store PENDING for each member and publish them all.
@@ -326,36 +265,7 @@ class Server:
             fastest for brokers that batch).
         :returns: one :class:`AsyncResult` per member, in order.
         """
-        self._backend.init_group(group.group_uuid, group.uuids())
-        self._backend.set_states_pending(group.tasks)
-        items = [(self._prepare(s), s) for s in group.tasks]
-        if self._publish_hooks:
-            self._published(group.tasks, self._publish_items, items, send_concurrency)
-        else:
-            self._publish_items(items, send_concurrency)
-        return GroupResult((AsyncResult(s, self._backend) for s in group.tasks), group.group_uuid)
-
-    def _publish_items(self, items: Sequence[tuple[bytes, Signature]], send_concurrency: int) -> None:
-        if send_concurrency <= 1 or len(items) <= 1:
-            self._broker.publish_many(items)
-        else:
-            n = min(send_concurrency, len(items))
-            chunks = [items[i::n] for i in range(n)]
-            errors: list[BaseException] = []
-
-            def run(chunk: Sequence[tuple[bytes, Signature]]) -> None:
-                try:
-                    self._broker.publish_many(chunk)
-                except BaseException as exc:  # noqa: BLE001 - reported below
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in chunks]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+        return self.producer.send_group(group, send_concurrency)
 
     def send_group_with_context(
         self, context: Mapping[str, Any], group: Group, send_concurrency: int = 0
@@ -368,7 +278,7 @@ class Server:
     def send_chord(self, chord: Chord, send_concurrency: int = 0) -> ChordAsyncResult:
         """Send the chord's group; the callback is sent by the worker that completes the group."""
         sent_headers(chord.callback)  # Go's SendChord gives the callback {} headers too
-        self.send_group(chord.group, send_concurrency)
+        self.send_group(chord.group, send_concurrency)  # through send_group, which a subclass may wrap
         return ChordAsyncResult(chord.group.tasks, chord.callback, self._backend)
 
     def send_chord_with_context(
@@ -382,7 +292,7 @@ class Server:
 
     def send_chain(self, chain: Chain) -> ChainAsyncResult:
         """Send the chain's first task; each next one is sent by the worker on success."""
-        self.send_task(chain.tasks[0])
+        self.send_task(chain.tasks[0])  # through send_task, which a subclass may wrap
         return ChainAsyncResult(chain.tasks, self._backend)
 
     def send_chain_with_context(self, context: Mapping[str, Any], chain: Chain) -> ChainAsyncResult:
@@ -447,11 +357,6 @@ class Server:
 
     # -- periodic ---------------------------------------------------------------------------------
 
-    def _add_periodic(self, entry: PeriodicEntry) -> None:
-        if any(e.name == entry.name for e in self._periodic):
-            raise ValueError(f"a periodic entry named {entry.name!r} is already registered (names key the tick lock)")
-        self._periodic.append(entry)
-
     def register_periodic_task(self, spec: str, name: str, signature: Signature) -> None:
         """Send ``signature`` on the cron ``spec``; one send per tick across all schedulers.
 
@@ -460,31 +365,35 @@ class Server:
         """
         from machinery.schedule import PeriodicEntry
 
-        self._add_periodic(PeriodicEntry.task(spec, name, signature, timezone=self.config.timezone))
+        self.registry.add_periodic(PeriodicEntry.task(spec, name, signature, timezone=self.config.timezone))
 
     def register_periodic_group(self, spec: str, name: str, group: Group, send_concurrency: int = 0) -> None:
         """Send a group on the cron ``spec`` (fresh UUIDs every tick)."""
         from machinery.schedule import PeriodicEntry
 
-        self._add_periodic(PeriodicEntry.group(spec, name, group, send_concurrency, timezone=self.config.timezone))
+        self.registry.add_periodic(
+            PeriodicEntry.group(spec, name, group, send_concurrency, timezone=self.config.timezone)
+        )
 
     def register_periodic_chain(self, spec: str, name: str, chain: Chain) -> None:
         """Send a chain on the cron ``spec`` (fresh UUIDs every tick)."""
         from machinery.schedule import PeriodicEntry
 
-        self._add_periodic(PeriodicEntry.chain(spec, name, chain, timezone=self.config.timezone))
+        self.registry.add_periodic(PeriodicEntry.chain(spec, name, chain, timezone=self.config.timezone))
 
     def register_periodic_chord(self, spec: str, name: str, chord: Chord, send_concurrency: int = 0) -> None:
         """Send a chord on the cron ``spec`` (fresh UUIDs every tick)."""
         from machinery.schedule import PeriodicEntry
 
-        self._add_periodic(PeriodicEntry.chord(spec, name, chord, send_concurrency, timezone=self.config.timezone))
+        self.registry.add_periodic(
+            PeriodicEntry.chord(spec, name, chord, send_concurrency, timezone=self.config.timezone)
+        )
 
     @property
     def periodic_entries(self) -> list[PeriodicEntry]:
         """The registered periodic entries."""
-        return list(self._periodic)
+        return self.registry.periodic_entries
 
     def __repr__(self) -> str:
         broker, backend = redact_url(self.broker_url), redact_url(self.backend_url)
-        return f"<Server broker={broker} backend={backend} tasks={len(self._tasks)}>"
+        return f"<Server broker={broker} backend={backend} tasks={len(self.registry)}>"

@@ -318,7 +318,7 @@ class Worker:
             self._revocations.start()  # loads every live revocation before the first message
         else:
             log.debug("the %s backend cannot store revocations; revoke() is not available", type(backend).__name__)
-        limited = [t.name for t in self.server._tasks.values() if t.rate_limit is not None]
+        limited = [t.name for t in self.server.registry.tasks.values() if t.rate_limit is not None]
         if limited and not self._limiter.shared:
             log.warning(
                 "the %s backend has no shared rate limiter: each worker enforces the rate limits of %s alone",
@@ -615,7 +615,7 @@ class Worker:
                 broker.nack(delivery, requeue=True, delay=early)
                 return
 
-        task = self.server._tasks.get(sig.name)
+        task = self.server.registry.tasks.get(sig.name)
         if task is None:
             if sig.ignore_when_task_not_registered:
                 log.warning("task %s (%s) is not registered here; dropping it as it asks", sig.name, sig.uuid)
@@ -964,4 +964,4 @@ class Worker:
             )
         else:
             log.warning("task %s (%s) failed: %s; retrying in %gs", sig.name, sig.uuid, _describe(exc), secs)
-        self.server._republish(sig)
+        self.server.producer.republish(sig)

@@ -1,4 +1,6 @@
-"""Shared plumbing of the embedded transport: URL and options, the schema, connections, errors.
+"""Shared plumbing of the embedded transport: the schema, connections, and the :class:`Transport`
+mixin (URL and options in :mod:`~machinery.default._options`, errors in
+:mod:`~machinery.default._errors`, both re-exported here).
 
 One database file can hold the queue, the results and the locks. Every process opens it in WAL
 mode (readers never block the writer), with ``busy_timeout`` so writers from several processes
@@ -30,12 +32,18 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-from machinery.config import parse_options
-from machinery.errors import BackendConnectionError, BrokerConnectionError, ConfigError, LockError
+from machinery.default._errors import (
+    PERMANENT_PROBLEMS,
+    SQLiteBackendError,
+    SQLiteBrokerError,
+    SQLiteLockError,
+    describe_error,
+    is_busy,
+)
+from machinery.default._options import SQLiteOptions, parse_url
+from machinery.errors import ConfigError
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -114,181 +122,6 @@ CREATE TABLE IF NOT EXISTS machinery_locks (
     expires_at  REAL NOT NULL
 ) WITHOUT ROWID;
 """
-
-_SYNCHRONOUS = ("off", "normal", "full", "extra")
-
-
-@dataclass(frozen=True)
-class SQLiteOptions:
-    """Options of the ``sqlite:`` config section (or the URL's query string).
-
-    :param visibility_timeout: seconds a claimed message stays leased; a live worker renews
-        the lease every third of it, so only a dead worker's messages come back, after at most
-        this long.
-    :param busy_timeout: seconds to wait for another process's write lock before failing.
-    :param poll_interval: longest wait, in seconds, between two cheap checks (``PRAGMA
-        data_version``) for messages published by *other* processes while idle (the first
-        check comes 0.5 ms after the queue went idle, each next one 1.25 times later);
-        same-process publishes wake at once.
-    :param synchronous: SQLite's ``synchronous`` pragma: ``normal`` (durable across process
-        crashes, the default), ``full`` (also across power loss), ``extra`` or ``off``.
-    :param heartbeat_interval: seconds between lease renewals (default: a third of the lease).
-    """
-
-    visibility_timeout: float = 30.0
-    busy_timeout: float = 5.0
-    poll_interval: float = 0.01
-    synchronous: str = "normal"
-    heartbeat_interval: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.visibility_timeout <= 0:
-            raise ConfigError("sqlite.visibility_timeout", "must be > 0 seconds")
-        if self.busy_timeout < 0:
-            raise ConfigError("sqlite.busy_timeout", "must be >= 0 seconds")
-        if not 0 < self.poll_interval <= 1:
-            raise ConfigError("sqlite.poll_interval", "must be > 0 and <= 1 second")
-        if self.synchronous.lower() not in _SYNCHRONOUS:
-            raise ConfigError("sqlite.synchronous", f"must be one of {', '.join(_SYNCHRONOUS)}")
-        if self.heartbeat_interval < 0 or self.heartbeat_interval >= self.visibility_timeout:
-            raise ConfigError("sqlite.heartbeat_interval", "must be >= 0 and shorter than visibility_timeout")
-
-    @property
-    def heartbeat(self) -> float:
-        """Seconds between lease renewals."""
-        return self.heartbeat_interval or self.visibility_timeout / 3
-
-
-def parse_url(url: str, config: Config) -> tuple[str, SQLiteOptions]:
-    """Split ``sqlite:///relative.db?opt=v`` or ``sqlite:////abs/path.db`` into an absolute path
-    and options (config section ``sqlite:`` < URL query).
-
-    :raises ConfigError: a malformed URL, an in-memory path or a bad option.
-    """
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "sqlite":
-        raise ConfigError("broker", f"not a sqlite:// URL: {url!r}")
-    if parts.netloc:
-        raise ConfigError(
-            "sqlite",
-            f"{url!r} has a host part ({parts.netloc!r}); use sqlite:///relative/path.db "
-            "or sqlite:////absolute/path.db",
-        )
-    raw = unquote(parts.path)
-    path = raw[1:] if raw.startswith("/") else raw
-    if not path:
-        raise ConfigError("sqlite", f"{url!r} names no database file; e.g. sqlite:///machinery.db")
-    if path == ":memory:" or path.startswith("file:"):
-        raise ConfigError(
-            "sqlite", f"{url!r}: in-memory and URI databases are not supported; use memory:// for in-process queues"
-        )
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    opts = parse_options(SQLiteOptions, "sqlite", config.section("sqlite"), query)
-    return os.path.abspath(os.path.expanduser(path)), opts
-
-
-# -- errors --------------------------------------------------------------------------------------
-
-_SQLITE_BUSY = 5
-
-
-def is_busy(exc: sqlite3.Error) -> bool:
-    """True for ``SQLITE_BUSY`` (and its extended codes): another connection holds a lock."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if isinstance(code, int):
-        return code & 0xFF == _SQLITE_BUSY
-    return "database is locked" in str(exc).lower()
-
-
-def describe_error(exc: sqlite3.Error, busy_timeout: float) -> tuple[str, str]:
-    """A short problem name and an explanation for a SQLite error.
-
-    Problems: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``too-big``,
-    ``cannot-open``, ``io``, ``schema`` and ``error``.
-    """
-    msg = str(exc)
-    low = msg.lower()
-    if "too big" in low:  # SQLITE_TOOBIG: a value beyond SQLite's length limit
-        return "too-big", f"the record is larger than SQLite accepts ({msg})"
-    if "locked" in low or "busy" in low:
-        return "locked", (
-            f"database is locked: another process held the write lock for longer than busy_timeout={busy_timeout:g}s"
-        )
-    if "not a database" in low or "malformed" in low or "corrupt" in low:
-        return "corrupt", f"the file is corrupted or is not a SQLite database ({msg})"
-    if "readonly" in low or "read-only" in low:
-        return "read-only", f"the database is read-only ({msg}); check the file's and directory's permissions"
-    if "disk is full" in low or "database or disk is full" in low:
-        return "disk-full", (
-            f"the disk is full ({msg}): free space on the file system holding the database; work "
-            "resumes by itself as soon as a write fits (the write-ahead log, the -wal file, is then "
-            "checkpointed into the database and truncated). If the disk has room, the database's "
-            "size limit (PRAGMA max_page_count) is reached"
-        )
-    if "unable to open" in low:
-        return "cannot-open", f"cannot open the file ({msg}); check that the directory exists and is writable"
-    if "disk i/o" in low:
-        return "io", f"disk I/O error ({msg})"
-    if "newer machinery" in low:
-        return "schema", msg
-    return "error", msg
-
-
-#: Problems that no retry fixes (the same write fails the same way).
-PERMANENT_PROBLEMS = frozenset({"too-big"})
-
-
-class _SQLiteErrorMixin:
-    """What every sqlite error carries: the file, a short problem name and the operation; and
-    ``retryable``, False for :data:`PERMANENT_PROBLEMS`."""
-
-    role = "database"
-    path: str
-    problem: str
-    operation: str
-    retryable: bool
-
-    def _init(self, path: str, problem: str, reason: str, operation: str) -> str:
-        self.path = path
-        self.problem = problem
-        self.operation = operation
-        self.retryable = problem not in PERMANENT_PROBLEMS
-        return f"sqlite {self.role} {path}: {reason} (during {operation})"
-
-
-class SQLiteBrokerError(_SQLiteErrorMixin, BrokerConnectionError):
-    """The embedded broker's database failed (locked, corrupted, read-only, full...).
-
-    :param path: the database file.
-    :param problem: ``locked``, ``corrupt``, ``read-only``, ``disk-full``, ``too-big``,
-        ``cannot-open``, ``io``, ``schema`` or ``error`` (``too-big`` is not ``retryable``).
-    :param reason: the explanation.
-    :param operation: what was being done (``publish``, ``claim``...).
-    """
-
-    role = "broker"
-
-    def __init__(self, path: str, problem: str, reason: str, operation: str) -> None:
-        super().__init__(self._init(path, problem, reason, operation))
-
-
-class SQLiteBackendError(_SQLiteErrorMixin, BackendConnectionError):
-    """The embedded result backend's database failed; same parameters as
-    :class:`SQLiteBrokerError`."""
-
-    role = "backend"
-
-    def __init__(self, path: str, problem: str, reason: str, operation: str) -> None:
-        super().__init__(self._init(path, problem, reason, operation))
-
-
-class SQLiteLockError(_SQLiteErrorMixin, LockError):
-    """The embedded lock's database failed; same parameters as :class:`SQLiteBrokerError`."""
-
-    role = "lock"
-
-    def __init__(self, path: str, problem: str, reason: str, operation: str) -> None:
-        super().__init__(self._init(path, problem, reason, operation))
 
 
 class Transport:

@@ -87,7 +87,7 @@ class SQLiteBroker(Transport, PollingBroker):
     """Broker on a SQLite file (``sqlite:///relative.db``, ``sqlite:////absolute/path.db``).
 
     Options come from the ``sqlite:`` config section, overridden by the URL's query string
-    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.default._db.SQLiteOptions`.
+    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.default._options.SQLiteOptions`.
 
     :param url: the ``sqlite://`` URL.
     :param config: the core configuration.

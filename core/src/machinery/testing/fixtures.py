@@ -79,14 +79,15 @@ def use_transport(server: Server, url: str = "", *, eager: bool = False) -> Iter
         if assign is not None:
             assign(server)
         backend = server._make("backend", server.backend_url)
-        server._broker, server._backend, server._lock_obj = broker, backend, None
+        server._bind(broker, backend, None)
         yield server
     finally:
         lock = server._lock_obj
         for t in (broker, backend, lock):
             if t is not None:
                 t.close()
-        server.config, server._broker, server._backend, server._lock_obj = saved
+        server.config = saved[0]
+        server._bind(*saved[1:])
         if own_store:
             name = memory._name(url)
             with memory._registry_lock:
