@@ -208,3 +208,24 @@ def test_a_wide_worker_runs_short_tasks_on_few_threads(concurrency: int) -> None
     finally:
         w.quit()
     assert len(threads) <= 3, sorted(threads)
+
+
+def test_in_flight_counts_handed_deliveries_not_the_consumers_reserved_slot() -> None:
+    """An idle worker's consumer holds a reserved slot while it waits for the broker: that is
+    not a task in flight (a warm shutdown said 'finishing 1 in-flight task(s)' with none)."""
+    d = Dispatcher(2, stall=30.0, eager=1)
+    stop = threading.Event()
+    assert d.reserve(stop)
+    assert d.in_flight == 0
+    d.unreserve()
+    assert d.in_flight == 0
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    _put(d, "x")
+    assert _until(lambda: a.got == ["x"])
+    assert d.reserve(stop)  # the consumer waits for the next one
+    assert d.in_flight == 1
+    a.finish.release()
+    assert _until(lambda: d.in_flight == 0)
+    d.unreserve()
+    d.stop()

@@ -869,3 +869,21 @@ def test_success_stores_then_fires_the_hook_then_sends_follow_ups(monkeypatch: p
         ]
     finally:
         w.quit(timeout=10)
+
+
+def test_an_idle_worker_has_nothing_in_flight_and_logs_its_stop_once(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer's slot reserved while it waits for the broker is no task in flight, and the
+    'stopped' line comes once (from the logging plugin's worker_stopped hook), not twice."""
+    caplog.set_level(logging.INFO, logger="machinery")
+    w = server.new_worker("idle", 2)
+    w.launch_in_background()
+    end = time.monotonic() + 5
+    while w._dispatch._reserved == 0 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert w._dispatch._reserved == 1, "the consumer never reserved a slot"
+    assert w._inflight == 0
+    w.quit(timeout=10)
+    stopped = [r for r in caplog.records if r.getMessage() == "worker idle stopped"]
+    assert len(stopped) == 1, [r.getMessage() for r in caplog.records]

@@ -91,6 +91,8 @@ class Dispatcher:
         self._ready: deque[Any] = deque()
         #: deliveries reserved by the consumer and not finished (waiting, handed or running)
         self._held = 0
+        #: of those, slots the consumer reserved and has not handed a delivery for yet
+        self._reserved = 0
         self._idle: list[Seat] = []  # a stack: the last parked is the first woken
         self._busy: dict[Seat, float] = {}  # seat -> monotonic start of its current task
         self._fresh_until = 0.0  # no busy task started later than this minus ``stall``
@@ -114,6 +116,7 @@ class Dispatcher:
             with self._lock:
                 if self._held < self.concurrency:
                     self._held += 1
+                    self._reserved += 1
                     return True
                 self._consumer_waiting = True
             self._consumer.acquire(timeout=0.1)
@@ -125,14 +128,23 @@ class Dispatcher:
         """Give back a slot taken with :meth:`reserve` for which no delivery came."""
         with self._lock:
             self._held -= 1
+            self._reserved -= 1
 
     def put(self, delivery: Any) -> None:
         """Hand in a delivery (its slot reserved): to a parked thread, or to wait for a running one."""
         with self._lock:
+            self._reserved -= 1
             self._ready.append(delivery)
             woken = self._wake(time.monotonic())
         for seat in woken:
             seat.lock.release()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries handed in and not finished (waiting for a thread or running); a slot the
+        consumer reserved while it waits for the broker is not one."""
+        with self._lock:
+            return self._held - self._reserved
 
     # -- task threads ----------------------------------------------------------------------------
 

@@ -454,7 +454,6 @@ class Worker:
             self._registry = None
         if self._revocations is not None:
             self._revocations.stop()
-        log.info("worker %s stopped", self.consumer_tag)
         self._safe_hook(self._hooks.worker_stopped, self._event())
         self._stopped.set()
 
@@ -545,7 +544,7 @@ class Worker:
     @property
     def _inflight(self) -> int:
         """Messages taken from the broker and not yet finished by a task thread."""
-        return self._dispatch._held
+        return self._dispatch.in_flight
 
     def _release_slot(self) -> None:
         """Free the slot of a delivery settled outside its task thread (the hard time limit)."""
