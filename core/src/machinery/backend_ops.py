@@ -14,7 +14,6 @@ writes may answer later, and the worker acknowledges a message only once it has.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     from machinery.signature import Signature
 
 __all__ = ["BackendOps", "Completion"]
-
-log = logging.getLogger("machinery.backend")
 
 #: Guards every :class:`Completion`'s hand-over between the storing and the waiting thread
 #: (held for a few instructions; one lock for all, so a completion costs no lock of its own).
@@ -121,11 +118,17 @@ class Completion:
         return f"<Completion {what}>"
 
 
+def _log() -> Any:
+    import logging  # here, not at import: a producer never loads logging (test_import)
+
+    return logging.getLogger("machinery.backend")
+
+
 def _call(fn: Callback, error: BaseException | None) -> None:
     try:
         fn(error)
-    except Exception:
-        log.exception("a store completion callback raised")
+    except Exception:  # noqa: BLE001 - logged with its traceback
+        _log().exception("a store completion callback raised")
 
 
 _STORED = Completion()
@@ -135,7 +138,7 @@ _STORED._done = True
 def _warn_unstored(error: BaseException | None) -> None:
     # (one function for every task: the store's error names the task)
     if error is not None:
-        log.warning("could not store a task's intermediate state: %s", error)
+        _log().warning("could not store a task's intermediate state: %s", error)
 
 
 #: The operations a backend may not override (see :meth:`BackendOps.__init_subclass__`).
