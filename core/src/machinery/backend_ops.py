@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BackendOps", "Completion"]
 
-#: Guards every :class:`Completion`'s hand-over between the storing and the waiting thread
-#: (held for a few instructions; one lock for all, so a completion costs no lock of its own).
-_LOCK = threading.Lock()
-
 Callback = Callable[["BaseException | None"], object]
 
 
@@ -46,10 +42,13 @@ class Completion:
 
     __slots__ = ("_callbacks", "_done", "_error")
 
+    # No lock: the hand-over between the storing and the waiting thread uses only single list
+    # operations (append, pop, remove), each atomic, so every callback runs exactly once.
+
     def __init__(self) -> None:
         self._done = False
         self._error: BaseException | None = None
-        self._callbacks: list[Callback] | None = None
+        self._callbacks: list[Callback] = []
 
     @staticmethod
     def stored() -> Completion:
@@ -65,15 +64,17 @@ class Completion:
 
     def resolve(self, error: BaseException | None = None) -> None:
         """Report the outcome (None: stored) and run the callbacks, on this thread. Once only."""
-        with _LOCK:
-            if self._done:
-                raise RuntimeError("this completion is already resolved")
-            self._error = error
-            self._done = True
-            callbacks, self._callbacks = self._callbacks, None
-        if callbacks:
-            for fn in callbacks:
-                _call(fn, error)
+        if self._done:
+            raise RuntimeError("this completion is already resolved")
+        self._error = error
+        self._done = True
+        callbacks = self._callbacks
+        while callbacks:
+            try:
+                fn = callbacks.pop(0)
+            except IndexError:  # taken by add_done_callback meanwhile
+                break
+            _call(fn, error)
 
     def done(self) -> bool:
         """True once the store has answered (stored or failed)."""
@@ -83,13 +84,14 @@ class Completion:
         """Call ``fn(error)`` once done (``error`` None when stored): at once, on this thread, if
         it is done; else on the thread that resolves it. An exception ``fn`` raises is logged."""
         if not self._done:
-            with _LOCK:
-                if not self._done:
-                    if self._callbacks is None:
-                        self._callbacks = [fn]
-                    else:
-                        self._callbacks.append(fn)
-                    return
+            callbacks = self._callbacks
+            callbacks.append(fn)
+            if not self._done:
+                return  # resolve() has not begun: it pops fn and runs it
+            try:  # resolved meanwhile: whoever removes fn from the list runs it
+                callbacks.remove(fn)
+            except ValueError:
+                return
         _call(fn, self._error)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
