@@ -280,13 +280,17 @@ class RedisBackend(Backend):
                 self.batcher.execute([self._set_command(st, ex) for st in states])
             return Completion.stored()
         uuid = states[0].task_uuid
-        what = f"store state of {uuid}"
         stored = Completion()
 
         def done(_replies: list[Any], error: BaseException | None) -> None:
-            stored.resolve(None if error is None else self._translate(what, error))
+            stored.resolve(None if error is None else self._translate(f"store state of {uuid}", error))
 
-        if states[0].is_completed if len(states) == 1 else any(st.is_completed for st in states):
+        final = False
+        for st in states:  # (a loop: cheaper than any() over one or two states)
+            if st.is_completed:
+                final = True
+                break
+        if final:
             commands = [self._set_command(st, ex) for st in states]
             self.batcher.submit(commands, done, supersedes=uuid if len(states) == 1 else None)
         else:
