@@ -1,10 +1,11 @@
 """The three transport contracts: :class:`Broker`, :class:`Backend` and :class:`Lock`.
 
 A plugin implements a handful of abstract methods; everything Go-visible (the six
-``set_state_*`` calls, ``group_completed``, ``trigger_chord``...) is concrete here and built on
-those primitives. Capabilities are declared as class attributes, never discovered by failure:
-the core reads them (for example to emulate ETA on a broker without native delay) and so does
-the conformance suite (to skip with a stated reason).
+``set_state_*`` calls, ``group_completed``, ``trigger_chord``...) is concrete and built on
+those primitives (the backend's are ``@final``, in :mod:`machinery.backend_ops`).
+Capabilities are declared as class attributes, never discovered by failure: the core reads
+them (for example to emulate ETA on a broker without native delay) and so does the
+conformance suite (to skip with a stated reason).
 
 Delivery is **at-least-once**: a broker must keep a delivered message until the worker calls
 :meth:`Broker.ack`, which it does only after the task's final state is stored; a worker that
@@ -14,21 +15,20 @@ dies before that must cause the message to be delivered again.
 from __future__ import annotations
 
 import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.state import GroupMeta, State, TaskResult, TaskState, results_lifetime
+from machinery.backend_ops import BackendOps, Completion
 
 if TYPE_CHECKING:
     from machinery.config import Config
     from machinery.revoke import Revocation
     from machinery.signature import Signature
 
-__all__ = ["Backend", "Broker", "DeadLetter", "Delivery", "Lock"]
+__all__ = ["Backend", "Broker", "Completion", "DeadLetter", "Delivery", "Lock"]
 
 
 @dataclass(slots=True)
@@ -208,13 +208,18 @@ class Broker(ABC):
         """Release connections. Idempotent."""
 
 
-class Backend(ABC):
+class Backend(BackendOps):
     """Stores task states, results and group metadata.
 
     A plugin implements six primitives (``_store_state``, ``_load_state``, ``_store_group``,
-    ``_load_group``, ``_mark_chord_triggered``, ``_delete``); the public operations below are
-    built on them. Override :meth:`_load_states` to read several states in one round trip and
-    :meth:`wait_for` where the store can block instead of being polled.
+    ``_load_group``, ``_mark_chord_triggered``, ``_delete``) and may override three more for
+    speed: :meth:`~machinery.backend_ops.BackendOps._store_states` (one round trip, or a
+    deferred, batched write answered through a :class:`~machinery.backend_ops.Completion`),
+    :meth:`~machinery.backend_ops.BackendOps._load_states` and :meth:`wait_for` (block instead
+    of polling). The Go-visible operations are defined once, ``@final``, in
+    :class:`~machinery.backend_ops.BackendOps`; where a store behaves differently it declares
+    a capability (:attr:`stores_ttl`, :attr:`counts_completed`...). The Python-only features
+    below (worker registry, revocations, rate limits) are implemented only where declared.
     """
 
     #: Stored records expire after ``config.results_expire_in`` seconds.
@@ -240,65 +245,7 @@ class Backend(ABC):
         self.url = url
         self.config = config
 
-    @property
-    def expires_in(self) -> timedelta | None:
-        """Result lifetime from ``results_expire_in`` (None: keep forever); see :meth:`lifetime`."""
-        secs = self.lifetime()
-        return timedelta(seconds=secs) if secs is not None else None
-
-    def lifetime(self) -> int | None:
-        """Seconds a stored record lives, from ``results_expire_in`` as Go reads it: 0 means Go's
-        default 3600 (``getExpiration``, ``config.DefaultResultsExpireIn``); a negative value
-        (Python only) keeps records forever and gives None."""
-        return results_lifetime(self.config.results_expire_in)
-
-    # -- primitives ---------------------------------------------------------------------------
-
-    @abstractmethod
-    def _store_state(self, state: TaskState) -> None:
-        """Write (replace) the state record of ``state.task_uuid``, with expiry if supported."""
-
-    @abstractmethod
-    def _load_state(self, task_uuid: str) -> TaskState | None:
-        """Read a state record; None when there is none (or it has expired)."""
-
-    @abstractmethod
-    def _store_group(self, meta: GroupMeta) -> None:
-        """Write the metadata of a new group."""
-
-    @abstractmethod
-    def _load_group(self, group_uuid: str) -> GroupMeta | None:
-        """Read group metadata; None when unknown or expired."""
-
-    @abstractmethod
-    def _mark_chord_triggered(self, group_uuid: str) -> bool:
-        """Atomically set the group's ``chord_triggered`` flag.
-
-        Must return True to exactly one caller however many call at once, across threads,
-        processes and machines, and False to all others (and when the group is unknown).
-        """
-
-    @abstractmethod
-    def _delete(self, uuid: str) -> None:
-        """Delete a task state or group record. Deleting what is absent is not an error."""
-
-    def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
-        """Read several states; override to do it in one round trip."""
-        return [self._load_state(u) for u in task_uuids]
-
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        """Write several states; override to do it in one round trip."""
-        for st in states:
-            self._store_state(st)
-
-    def _store_states_unconfirmed(self, states: Sequence[TaskState]) -> None:
-        """Write a task's intermediate states (RECEIVED, STARTED) without waiting for the store's
-        reply, where it guarantees they land before any later write of this process (a queue of
-        ordered pipelines, for instance); a write that fails is logged, and the task's final
-        state, written and confirmed later, is what counts. Default: :meth:`_store_states`."""
-        self._store_states(states)
-
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections. Idempotent."""
 
     # -- worker registry (Python-only; declared by :attr:`supports_worker_registry`) -------------
@@ -357,167 +304,6 @@ class Backend(ABC):
         :param max_wait: the furthest slot, in seconds from now, that may be reserved.
         """
         raise NotImplementedError(f"{type(self).__name__} has no shared rate limiter")
-
-    # -- Go-visible operations (template methods) ---------------------------------------------
-
-    def _ttl(self) -> int:
-        """The ``TTL`` field of stored states and groups: 0, as Go's Redis, AMQP, memcache and
-        Mongo backends leave it (only Go's DynamoDB backend sets it, to the absolute expiry;
-        a backend that does so overrides this)."""
-        return 0
-
-    def _state(self, signature: Signature, state: str, **fields: Any) -> TaskState:
-        return TaskState(
-            task_uuid=signature.uuid,
-            state=state,
-            task_name=signature.name,
-            created_at=datetime.now(timezone.utc),
-            ttl=self._ttl(),
-            **fields,
-        )
-
-    def _set(self, signature: Signature, state: str, **fields: Any) -> TaskState:
-        ts = self._state(signature, state, **fields)
-        self._store_state(ts)
-        return ts
-
-    def set_state_pending(self, signature: Signature) -> None:
-        """Store PENDING (called by the producer before publishing)."""
-        self._set(signature, State.PENDING.value)
-
-    def pending_state(self, signature: Signature) -> TaskState:
-        """The PENDING record :meth:`set_state_pending` would store (for
-        :meth:`Broker.publish_pending`, which stores it along with the message)."""
-        return self._state(signature, State.PENDING.value)
-
-    def set_states_pending(self, signatures: Sequence[Signature]) -> None:
-        """Store PENDING for several tasks (groups), in one round trip where the store allows."""
-        now = datetime.now(timezone.utc)
-        ttl = self._ttl()
-        self._store_states(
-            [
-                TaskState(task_uuid=s.uuid, state=State.PENDING.value, task_name=s.name, created_at=now, ttl=ttl)
-                for s in signatures
-            ]
-        )
-
-    def set_state_received(self, signature: Signature) -> None:
-        """Store RECEIVED (the worker took the message)."""
-        self._set(signature, State.RECEIVED.value)
-
-    def set_state_started(self, signature: Signature) -> None:
-        """Store STARTED (the task function is about to run)."""
-        self._set(signature, State.STARTED.value)
-
-    def set_state_received_started(self, signature: Signature) -> None:
-        """Store RECEIVED then STARTED, in one round trip where the store batches (see
-        :meth:`_store_states_unconfirmed`)."""
-        now = datetime.now(timezone.utc)
-        ttl = self._ttl()
-        uuid, name = signature.uuid, signature.name
-        self._store_states_unconfirmed(
-            [
-                TaskState(task_uuid=uuid, state=State.RECEIVED.value, task_name=name, created_at=now, ttl=ttl),
-                TaskState(task_uuid=uuid, state=State.STARTED.value, task_name=name, created_at=now, ttl=ttl),
-            ]
-        )
-
-    def set_state_retry(self, signature: Signature) -> None:
-        """Store RETRY (the task failed and was re-sent for later)."""
-        self._set(signature, State.RETRY.value)
-
-    def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
-        """Store SUCCESS with the task's typed results."""
-        self._set(signature, State.SUCCESS.value, results=results)
-
-    def set_state_success_then(
-        self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
-    ) -> None:
-        """Store SUCCESS, then report the outcome: ``then(None)`` once it is stored, or
-        ``then(error)`` when it could not be. The worker acknowledges the message from ``then``,
-        so the acknowledgement still follows the store. The default stores synchronously
-        (:meth:`set_state_success`) and calls ``then`` before returning; stores that batch writes
-        override it to call ``then`` later, from the thread that sent the batch, once the store
-        has confirmed the write, so the task thread does not wait for it."""
-        try:
-            self.set_state_success(signature, results)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller through ``then``
-            then(exc)
-            return
-        then(None)
-
-    def set_state_failure(self, signature: Signature, error: str) -> None:
-        """Store FAILURE with the error string."""
-        self._set(signature, State.FAILURE.value, error=error)
-
-    def get_state(self, task_uuid: str) -> TaskState | None:
-        """The stored state, or None when nothing is stored (unknown, expired or evicted)."""
-        return self._load_state(task_uuid)
-
-    def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
-        """Record a new group and its member tasks, in order."""
-        self._store_group(
-            GroupMeta(
-                group_uuid=group_uuid,
-                task_uuids=list(task_uuids),
-                created_at=datetime.now(timezone.utc),
-                ttl=self._ttl(),
-            )
-        )
-
-    def group_task_states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
-        """The states of the group's tasks in group order (missing ones as PENDING)."""
-        meta = self._load_group(group_uuid)
-        if meta is None:
-            return []
-        states = self._load_states(meta.task_uuids)
-        return [
-            s if s is not None else TaskState(task_uuid=u, state=State.PENDING.value)
-            for u, s in zip(meta.task_uuids, states)
-        ]
-
-    def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
-        """True when every task of the group is SUCCESS or FAILURE."""
-        meta = self._load_group(group_uuid)
-        if meta is None:
-            return False
-        states = self._load_states(meta.task_uuids)
-        done = sum(1 for s in states if s is not None and s.is_completed)
-        return done == group_task_count or (done == len(meta.task_uuids) and done > 0)
-
-    def trigger_chord(self, group_uuid: str) -> bool:
-        """True exactly once per group: the caller that gets True sends the chord callback."""
-        return self._mark_chord_triggered(group_uuid)
-
-    def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
-        """The group's metadata, or None."""
-        return self._load_group(group_uuid)
-
-    def purge_state(self, task_uuid: str) -> None:
-        """Delete a task's state."""
-        self._delete(task_uuid)
-
-    def purge_group_meta(self, group_uuid: str) -> None:
-        """Delete a group's metadata."""
-        self._delete(group_uuid)
-
-    def wait_for(self, task_uuid: str, timeout: float, poll_interval: float = 0.05) -> TaskState | None:
-        """Block until the task's state is SUCCESS or FAILURE or ``timeout`` passes.
-
-        Returns the last state seen (None if none). The default polls, starting at 0.2 ms and
-        backing off to ``poll_interval``; stores that can block (pub/sub, conditions) override it.
-        """
-        deadline = time.monotonic() + timeout
-        delay = 0.0002
-        state = self._load_state(task_uuid)
-        while state is None or not state.is_completed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, poll_interval)
-            state = self._load_state(task_uuid)
-        return state
 
 
 class Lock(ABC):

@@ -11,7 +11,8 @@ What is here:
 - the contracts: :class:`Broker`, :class:`Backend`, :class:`Lock`, :class:`Delivery`, and the
   consume template: :class:`PollingBroker`, :class:`AsyncPollingBroker` (asyncio clients),
   :class:`EventLoopThread`, :class:`PushBroker` (clients that push to a callback) with its
-  :class:`Inbox` and :class:`Subscription`; :func:`describe_capabilities`;
+  :class:`Inbox` and :class:`Subscription`; :func:`describe_capabilities`; :class:`Completion`
+  (what a backend's deferred ``_store_states`` returns);
 - configuration: :class:`Config`, :func:`parse_options`, :func:`redact_url`;
 - the error tree: :class:`MachineryError` and every subclass a transport raises or translates to;
 - what optional capabilities exchange: :class:`Revocation` (revoke), :class:`TaskEvent` and
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from machinery import wire
     from machinery._hookimpl import hookimpl
+    from machinery.backend_ops import Completion
     from machinery.cli_common import build_server
     from machinery.config import Config, parse_options, redact_url
     from machinery.consume import PollingBroker, eta_of
@@ -114,6 +116,7 @@ _LAZY = {
     "Subscription": "machinery.consume_adapters",
     "eta_of": "machinery.consume",
     "Backend": "machinery.interfaces",
+    "Completion": "machinery.backend_ops",
     "Broker": "machinery.interfaces",
     "DeadLetter": "machinery.interfaces",
     "Delivery": "machinery.interfaces",
@@ -203,6 +206,7 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "BrokerOracle",
+    "Completion",
     "Config",
     "ConfigError",
     "ControlConformance",

@@ -637,8 +637,8 @@ class Worker:
             nonlocal settled
             settled = True
             if error is not None and _permanent(error):
-                # This may run on the thread a backend sends its batched writes from (see
-                # ``Backend.set_state_success_then``), where a blocking store could wait for
+                # This may run on the thread a backend sends its batched writes from (a store's
+                # ``Completion`` resolved there), where a blocking store could wait for
                 # itself: the FAILURE is stored from another thread.
                 self._settle_permanent_in_background(sig, delivery, error)
             elif error is not None:  # a state could not be stored: redeliver
@@ -768,10 +768,10 @@ class Worker:
     def _process(
         self, sig: Signature, task: Task, settle: Callable[[bool, BaseException | None], None] | None
     ) -> bool | None:
-        # With ``settle``, a success without follow-ups (callbacks, chord) is stored through
-        # ``Backend.set_state_success_then``: this returns None at once and ``settle`` runs once
-        # the state is stored (possibly on another thread), so a store that batches writes
-        # acknowledges after the store without making this task thread wait for it.
+        # With ``settle``, a success without follow-ups (callbacks, chord) is stored without
+        # waiting (``set_state_success(..., wait=False)``, see ``_succeeded``): this returns None
+        # and ``settle`` runs once the state is stored (possibly on another thread), so a store
+        # that batches writes acknowledges after the store without making this thread wait.
         backend = self.server.backend
         try:
             values = task.bind([a.value for a in sig.args])
@@ -869,32 +869,46 @@ class Worker:
         runtime: float,
         settle: Callable[[bool, BaseException | None], None] | None,
     ) -> bool | None:
-        """Store SUCCESS, then fire ``task_succeeded``, then send the follow-ups (``on_success``
-        callbacks, the chord callback): nothing after the store happens unless it is stored.
+        """The one success path: store SUCCESS; once it is stored, count it, fire
+        ``task_succeeded``, send the follow-ups (``on_success`` callbacks, the chord callback),
+        then settle (acknowledge): nothing after the store happens unless it is stored.
 
-        With ``settle`` and no follow-ups, the store goes through
-        ``Backend.set_state_success_then``: this returns None at once, and the hook fires and
-        ``settle`` runs once SUCCESS is stored (possibly on the backend's sending thread).
-        Otherwise the store is synchronous, its errors propagate, and this returns False.
+        The store may answer later (``wait=False``, a backend that batches writes) only when
+        the message is settled through ``settle`` and there are no follow-ups, which are sent
+        from this task thread: the rest then runs on the thread the store answers on, and this
+        returns None. Otherwise the store is confirmed before it returns, its errors
+        propagate, and this returns False (the message is acknowledged, nothing kept).
         """
         no_chord = not sig.group_uuid or sig.chord_callback is None
-        if settle is not None and no_chord and not sig.on_success:
-            # the hot path: one closure per task, no other work until the store reports
-            def stored(error: BaseException | None) -> None:
+        defer = settle is not None and no_chord and not sig.on_success
+        stored = self.server.backend.set_state_success(sig, results, wait=not defer)
+        if not stored.done():
+            assert settle is not None
+
+            def on_stored(error: BaseException | None) -> None:
                 if error is None:
-                    self._count(False)
-                    if self._obs_succeeded:
-                        self._fire_succeeded(sig, results, runtime)
+                    try:
+                        self._after_success(sig, results, runtime, True)
+                    except Exception:  # the state is stored: the message is settled all the same
+                        log.exception("task %s (%s): after its success was stored", sig.name, sig.uuid)
                 settle(False, error)
 
-            self.server.backend.set_state_success_then(sig, results, stored)
+            stored.add_done_callback(on_stored)
             return None
-        self.server.backend.set_state_success(sig, results)
+        stored.result()  # a deferred store that answered at once may have failed
+        self._after_success(sig, results, runtime, no_chord)
+        if defer:
+            assert settle is not None
+            settle(False, None)
+            return None
+        return False
+
+    def _after_success(self, sig: Signature, results: list[TaskResult], runtime: float, no_chord: bool) -> None:
         self._count(False)
         if self._obs_succeeded:
             self._fire_succeeded(sig, results, runtime)
-        self._send_follow_ups(sig, results, no_chord)
-        return False
+        if sig.on_success or not no_chord:
+            self._send_follow_ups(sig, results, no_chord)
 
     def _fire_succeeded(self, sig: Signature, results: list[TaskResult], runtime: float) -> None:
         """The ``task_succeeded`` hook (callers check ``_obs_succeeded``, so a worker without

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from machinery.backend_ops import Completion
 from machinery.default._db import SQLiteBackendError, Transport, rows_by_chunks
 from machinery.errors import DecodeError
 from machinery.interfaces import Backend
@@ -107,15 +108,16 @@ class SQLiteBackend(Transport, Backend):
         self._db.notify_states()
         self._sweep()
 
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        """Write several states in one transaction."""
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """Write several states in one transaction (``wait`` makes no difference)."""
         if not states:
-            return
+            return Completion.stored()
         expires = self._expires_at(time.time())
         rows = [(st.task_uuid, encode_task_state(st), expires) for st in states]
         with self._guard("store states"), self._db.write() as conn:
             conn.executemany(_UPSERT_STATE, rows)
         self._db.notify_states()
+        return Completion.stored()
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         """Read a live (unexpired) state."""

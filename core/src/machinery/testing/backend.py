@@ -99,7 +99,7 @@ class BackendConformance(SuiteBase):
         """PENDING, RECEIVED, STARTED, RETRY, SUCCESS and FAILURE are each stored and read back,
         through the plugin and straight from the store."""
         sig = self.signature()
-        steps: list[tuple[str, Callable[[], None]]] = [
+        steps: list[tuple[str, Callable[[], object]]] = [
             (State.PENDING.value, lambda: backend.set_state_pending(sig)),
             (State.RECEIVED.value, lambda: backend.set_state_received(sig)),
             (State.STARTED.value, lambda: backend.set_state_started(sig)),
@@ -159,6 +159,28 @@ class BackendConformance(SuiteBase):
         assert loaded[1] is None
         assert [s.task_uuid if s else None for s in loaded[:1] + loaded[2:]] == uuids
         assert all(s is not None and s.state == "PENDING" for s in loaded[:1] + loaded[2:])
+
+    def test_deferred_stores(self, backend: Backend, new_backend: Callable[..., Backend]) -> None:
+        """``_store_states(..., wait=False)``: RECEIVED/STARTED then the final state, neither
+        waited for; once the final state's completion is done it is what every instance reads
+        (the intermediate states never land after it), and every completion gets done."""
+        for final in ("SUCCESS", "FAILURE"):
+            sigs = [self.signature() for _ in range(20)]
+            completions = []
+            for sig in sigs:
+                backend.set_state_received_started(sig)
+                if final == "SUCCESS":
+                    completions.append(backend.set_state_success(sig, results_for(7), wait=False))
+                else:
+                    completions.append(backend.set_state_failure(sig, "ValueError: no", wait=False))
+            for c in completions:
+                c.result(timeout=10)
+            other = new_backend()
+            for sig in sigs:
+                st = other.get_state(sig.uuid)
+                assert st is not None and st.state == final, f"{sig.uuid}: {st and st.state}, not {final}"
+            time.sleep(0.05)  # a late intermediate write would land by now
+            assert all(other.get_state(s.uuid).state == final for s in sigs)  # type: ignore[union-attr]
 
     def test_group_meta(self, backend: Backend, new_backend: Callable[..., Backend]) -> None:
         """``init_group`` stores the member UUIDs in order, not yet triggered."""

@@ -2,9 +2,16 @@
 
 TEMPLATE: a working example whose store lives in this process (:class:`_ExampleStore`). For a
 real store, replace it with your client and keep the six primitives' contracts (read
-:class:`machinery.interfaces.Backend`). Store records as Go Machinery does, with the core codec
+:class:`machinery.plugin.Backend`). Store records as Go Machinery does, with the core codec
 (``encode_task_state``/``decode_task_state``, ``encode_group_meta``/``decode_group_meta``):
 Go field and type names are written nowhere else.
+
+The Go-visible operations (``set_state_*``, ``group_completed``, ``trigger_chord``...) are
+``@final`` in the core and built on these primitives: never override one (the class statement
+raises ``TypeError``). Where your store behaves differently, declare a capability
+(``stores_ttl``, ``counts_completed``). Optional, for speed: ``_load_states`` (one round trip),
+``_store_states`` (one round trip, or deferred: see its docstring and the ``Completion`` it
+returns) and ``wait_for`` (block instead of polling).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from machinery.plugin import Backend
+from machinery.plugin import Backend, Completion
 from machinery.plugin import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
 from machinery.plugin import GroupMeta, TaskState
 from machinery_template.broker import server_name
@@ -78,6 +85,19 @@ class TemplateBackend(Backend):
     def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         """Read several records (TEMPLATE: one round trip: MGET, ``$in``, batch get...)."""
         return [self._load_state(u) for u in task_uuids]
+
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """Write several records (TEMPLATE: one round trip: MSET, a bulk write, a pipeline...).
+
+        With ``wait=False`` a store that batches writes of many threads may return before they
+        are stored, with a pending ``Completion()`` it resolves (``completion.resolve(error)``)
+        from whatever thread learns the outcome; the worker acknowledges the task's message
+        only then. This example writes at once, so ``wait`` makes no difference."""
+        deadline = self._deadline()
+        with self._store.lock:
+            for st in states:
+                self._store.items[st.task_uuid] = (deadline, encode_task_state(st))
+        return Completion.stored()
 
     def _store_group(self, meta: GroupMeta) -> None:
         """Write the group's record."""

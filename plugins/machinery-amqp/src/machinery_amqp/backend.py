@@ -35,6 +35,7 @@ from machinery.plugin import (
     Backend,
     BackendConnectionError,
     BackendError,
+    Completion,
     DecodeError,
     State,
     decode_group_meta,
@@ -49,7 +50,7 @@ from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, descr
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-    from machinery.plugin import Config, GroupMeta, Signature, TaskResult, TaskState
+    from machinery.plugin import Config, GroupMeta, TaskState
 
 __all__ = ["AMQPBackend"]
 
@@ -98,6 +99,7 @@ class AMQPBackend(Backend):
     config_section: ClassVar[str | None] = "amqp"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     needs_group_record: ClassVar[bool] = False  # Go's groups have none: the group queue counts
+    counts_completed: ClassVar[bool] = True  # Go's group queue (markTaskCompleted)
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -235,8 +237,8 @@ class AMQPBackend(Backend):
         body = _go_body(state)
         self._run(lambda ch: self._put(ch, state.task_uuid, body), f"store the state of {state.task_uuid}")
 
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        """Publish several states on one channel."""
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """Publish several states on one channel (confirmed: ``wait`` makes no difference)."""
 
         def go(ch: BlockingChannel) -> None:
             for st in states:
@@ -244,6 +246,7 @@ class AMQPBackend(Backend):
 
         if states:
             self._run(go, "store task states")
+        return Completion.stored()
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         """The newest state message of the task's queue, left in place."""
@@ -297,9 +300,10 @@ class AMQPBackend(Backend):
 
         return self._run(go, f"trigger the chord of {group_uuid}")
 
-    def _completions(self, group_uuid: str) -> list[TaskState]:
+    def _completed_states(self, group_uuid: str) -> list[TaskState]:
         """The completion states in Go's group queue, oldest first, one per task (the newest of
-        duplicates), read without consuming them."""
+        duplicates), read without consuming them (for a group without a record, as a Go
+        producer sends them: in completion order, as Go's ``GroupTaskStates`` returns them)."""
 
         def go(ch: BlockingChannel) -> list[bytes]:
             bodies: list[bytes] = []
@@ -330,19 +334,7 @@ class AMQPBackend(Backend):
             by_task[st.task_uuid] = st
         return list(by_task.values())
 
-    def group_task_states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
-        """In group order when a Python producer recorded the group; otherwise (a Go producer,
-        no record) the completion messages of Go's group queue, in completion order as Go's
-        ``GroupTaskStates`` returns them (not consumed here)."""
-        if self._load_group(group_uuid) is not None:
-            states = super().group_task_states(group_uuid, group_task_count)
-        else:
-            states = self._completions(group_uuid)
-        if states:
-            self._purge_group_queues(group_uuid)
-        return states
-
-    def _purge_group_queues(self, group_uuid: str) -> None:
+    def _purge_completed(self, group_uuid: str) -> None:
         """Go's worker purges a completed group on the AMQP backend (``PurgeGroupMeta``): the
         group queue goes (and ``<group>_meta``); the trigger marker stays until it expires, so
         neither a Go nor a Python worker can fire the chord again."""
@@ -378,45 +370,23 @@ class AMQPBackend(Backend):
             return False
         return True
 
-    def _mark_completed(self, signature: Signature, state: TaskState) -> None:
-        if not signature.group_uuid or not signature.group_task_count:
-            return
+    def _mark_completed(self, group_uuid: str, state: TaskState) -> None:
+        """Publish a member's final state to the group's queue (Go's ``markTaskCompleted``)."""
         body = _go_body(state)
-        self._run(lambda ch: self._put(ch, signature.group_uuid, body), f"mark {signature.uuid} completed")
+        self._run(lambda ch: self._put(ch, group_uuid, body), f"mark {state.task_uuid} completed")
 
-    def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
-        """Publish SUCCESS to the group's queue (Go's ``markTaskCompleted``), then store it.
-
-        Go stores first; here the completion goes first so that whoever sees the final state
-        also sees the group's count include it (a duplicate after a failed store is harmless)."""
-        state = self._state(signature, State.SUCCESS.value, results=results)
-        self._mark_completed(signature, state)
-        self._store_state(state)
-
-    def set_state_failure(self, signature: Signature, error: str) -> None:
-        """Publish FAILURE to the group's queue (Go's ``markTaskCompleted``), then store it."""
-        state = self._state(signature, State.FAILURE.value, error=error)
-        self._mark_completed(signature, state)
-        self._store_state(state)
-
-    def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
-        """Go's test: the group queue holds ``group_task_count`` completion messages (fewer:
-        "not yet", one round trip). With a Python producer's group record every member's state
-        is then checked, so a duplicate completion (a redelivered member) cannot fake it;
-        without one (a Go producer) the count decides, as in Go. (The messages are not read
-        here: a reader holds them unacknowledged for a moment, and a concurrent count would
-        miss them, so two last members could each see the group incomplete.)"""
+    def _completed_count(self, group_uuid: str) -> int | None:
+        """The number of messages in Go's group queue (Go's ``GroupCompleted`` test), None when
+        there is no queue (no completion yet, or members sent without their group fields). The
+        messages are not read: a reader holds them unacknowledged for a moment, and a
+        concurrent count would miss them, so two last members could each see it incomplete."""
         try:
-            count = self._run(
+            count: int = self._run(
                 lambda ch: ch.queue_declare(group_uuid, passive=True).method.message_count, f"inspect {group_uuid!r}"
             )
-        except _Missing:  # no completion yet, or members sent without their group fields
-            count = None
-        if count is not None and count < group_task_count:
-            return False
-        if self._load_group(group_uuid) is not None:
-            return super().group_completed(group_uuid, group_task_count)
-        return count is not None
+        except _Missing:
+            return None
+        return count
 
     def close(self) -> None:
         """Close the pooled connections. Idempotent."""

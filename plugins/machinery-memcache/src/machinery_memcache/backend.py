@@ -27,6 +27,7 @@ from machinery.plugin import (
     Backend,
     BackendConnectionError,
     BackendError,
+    Completion,
     ConfigError,
     GroupMeta,
     State,
@@ -201,8 +202,8 @@ class MemcacheBackend(Backend):
             found.update(self._call(client, keys[0], "get_many", keys))
         return [decode_task_state(found[u]) if u in found else None for u in task_uuids]
 
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        """Write several states with one ``set_many`` per server."""
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """Write several states with one ``set_many`` per server (``wait`` makes no difference)."""
         batches: dict[PooledClient, dict[str, bytes]] = defaultdict(dict)
         for st in states:
             batches[self._client(st.task_uuid)][st.task_uuid] = encode_task_state(st)
@@ -210,6 +211,7 @@ class MemcacheBackend(Backend):
             failed = self._call(client, next(iter(values)), "set_many", values, self._expire())
             if failed:
                 raise BackendError(f"memcached at {_name(client)} did not store the states of {failed}")
+        return Completion.stored()
 
     def _store_group(self, meta: GroupMeta) -> None:
         """Write the group meta's Go JSON under the group UUID."""

@@ -38,9 +38,9 @@ from machinery.plugin import (
     Backend,
     BackendConnectionError,
     BackendError,
+    Completion,
     ConfigError,
     GroupMeta,
-    State,
     TaskState,
     encode_group_meta,
     encode_task_state,
@@ -77,7 +77,6 @@ RATE_LIMIT_TRIES = 100
 REVOCATION_GAP_GRACE = 5.0
 TTL_INDEX = "expires_at_ttl"
 
-_COMPLETED = [State.SUCCESS.value, State.FAILURE.value]
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
@@ -362,8 +361,9 @@ class MongoBackend(Backend):
         with self._errors(f"task {state.task_uuid}"):
             tasks.replace_one({"_id": state.task_uuid}, doc, upsert=True)
 
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        """Upsert several task documents in one unordered bulk write."""
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """Upsert several task documents in one unordered bulk write (``wait`` makes no
+        difference)."""
         tasks, _ = self._collections()
         expires_at = self._expires_at()
         ops = [
@@ -373,6 +373,7 @@ class MongoBackend(Backend):
         if ops:
             with self._errors(f"{len(ops)} task states"):
                 tasks.bulk_write(ops, ordered=False)
+        return Completion.stored()
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         """Read a task's document; None when absent or expired."""
@@ -401,17 +402,6 @@ class MongoBackend(Backend):
         with self._errors(f"group {group_uuid}"):
             doc = groups.find_one({"_id": group_uuid, **self._live()})
         return None if doc is None else group_meta_from_mapping(doc)
-
-    def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
-        """True when every task of the group is SUCCESS or FAILURE, counted by the server."""
-        meta = self._load_group(group_uuid)
-        if meta is None or not meta.task_uuids:
-            return False
-        tasks, _ = self._collections()
-        query = {"_id": {"$in": meta.task_uuids}, "state": {"$in": _COMPLETED}, **self._live()}
-        with self._errors(f"group {group_uuid}"):
-            done = tasks.count_documents(query)
-        return done in (group_task_count, len(meta.task_uuids))
 
     def _mark_chord_triggered(self, group_uuid: str) -> bool:
         """Flip ``chord_triggered`` from false to true in one atomic ``find_one_and_update``."""

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
@@ -24,9 +24,8 @@ from machinery.plugin import (
     Backend,
     BackendConnectionError,
     BackendError,
+    Completion,
     GroupMeta,
-    State,
-    TaskResult,
     TaskState,
     decode_group_meta,
     decode_task_state,
@@ -263,46 +262,44 @@ class RedisBackend(Backend):
         with self._errors(f"store state of {state.task_uuid}"):
             self.batcher.execute([self._set_command(state, self._ex())], supersedes=state.task_uuid)
 
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        if not states:
-            return
-        ex = self._ex()
-        with self._errors(f"store {len(states)} states"):
-            self.batcher.execute([self._set_command(st, ex) for st in states])
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """Through the shared batcher. With ``wait``: one pipeline, confirmed before returning.
 
-    def _store_states_unconfirmed(self, states: Sequence[TaskState]) -> None:
-        """Queue RECEIVED/STARTED into the shared batcher without waiting: they ride in the next
-        pipeline, which is sent before any later write of this process (pipelines go out one
-        after the other, in order), so a task's final state is never overwritten by them. A
-        task that ends before they leave (within the batcher's linger, or while a pipeline is
-        on its way) drops them: its final state replaces them, unencoded and unsent."""
+        Without: queued to ride in the next pipeline, and the returned completion is resolved
+        from the thread that sends it, once Redis has answered (pipelines go out one after the
+        other, in order, so a later write of this process never lands first). A final state
+        drops the task's queued intermediate states (they would be overwritten at once); a
+        write of intermediate states only (RECEIVED, STARTED) waits for company as a
+        provisional unit, and is dropped, unencoded and unsent, if the task's final state is
+        queued before it leaves (its completion is then resolved as stored)."""
         if not states:
-            return
+            return Completion.stored()
         ex = self._ex()
+        if wait:
+            with self._errors(f"store {len(states)} states"):
+                self.batcher.execute([self._set_command(st, ex) for st in states])
+            return Completion.stored()
         uuid = states[0].task_uuid
-
-        def build() -> list[tuple[Any, ...]]:
-            return [self._set_command(st, ex) for st in states]
+        stored = Completion()
 
         def done(_replies: list[Any], error: BaseException | None) -> None:
-            if error is not None:
-                log.warning("could not store the intermediate state of %s: %s", uuid, redact_url(str(error)))
+            stored.resolve(None if error is None else self._translate(f"store state of {uuid}", error))
 
-        self.batcher.submit_provisional(uuid, build, done)
+        final = False
+        for st in states:  # (a loop: cheaper than any() over one or two states)
+            if st.is_completed:
+                final = True
+                break
+        if final:
+            commands = [self._set_command(st, ex) for st in states]
+            self.batcher.submit(commands, done, supersedes=uuid if len(states) == 1 else None)
+        else:
 
-    def set_state_success_then(
-        self, signature: Signature, results: list[TaskResult], then: Callable[[BaseException | None], None]
-    ) -> None:
-        """Queue SUCCESS in the shared batcher and call ``then`` from the thread that sends it,
-        once Redis has answered (``then(error)`` with a machinery error if it was not stored). The
-        worker acknowledges from ``then``: the ack rides in a later pipeline, after the state."""
-        state = self._state(signature, State.SUCCESS.value, results=results)
-        what = f"store state of {state.task_uuid}"
+            def build() -> list[tuple[Any, ...]]:
+                return [self._set_command(st, ex) for st in states]
 
-        def done(_replies: list[Any], error: BaseException | None) -> None:
-            then(None if error is None else self._translate(what, error))
-
-        self.batcher.submit([self._set_command(state, self._ex())], done, supersedes=state.task_uuid)
+            self.batcher.submit_provisional(uuid, build, done)
+        return stored
 
     def _translate(self, what: str, error: BaseException) -> BaseException:
         try:

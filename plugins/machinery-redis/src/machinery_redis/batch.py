@@ -120,9 +120,10 @@ class CommandBatcher:
         :raises redis.RedisError: the first error reply among these commands, or the connection
             error that failed their pipeline.
         """
+        dropped: list[_Unit] = []
         with self._lock:
             if supersedes is not None:
-                self._drop_provisional(supersedes)
+                dropped = self._drop_provisional(supersedes)
             alone = not self._busy and not self._queue
             if alone:
                 self._busy = True
@@ -131,6 +132,8 @@ class CommandBatcher:
                 self._queue.append(unit)
                 drive = not self._busy
                 self._busy = True
+        if dropped:
+            _dropped(dropped)
         if alone:  # nobody else is sending: no unit, no hand-over, straight to Redis
             return self._execute_alone(commands, raise_on_error)
         if not drive:
@@ -185,32 +188,40 @@ class CommandBatcher:
         STARTED, once its final state is on its way): they wait :attr:`linger` seconds like a
         non-urgent unit, and are dropped, unsent, if a unit that ``supersedes`` ``key`` is queued
         before they leave. ``build()`` makes the commands when they are sent, so a dropped unit
-        costs no encoding either. ``callback`` is not called for a dropped unit.
+        costs no encoding either. A dropped unit's ``callback`` gets ``([], None)`` (nothing to
+        store any more), on the thread that superseded it.
         """
         self._enqueue(_Unit((), callback, key, build), False, None)
 
-    def _drop_provisional(self, key: str) -> None:
-        # Under self._lock. Provisional units of ``key`` still queued are never sent.
+    def _drop_provisional(self, key: str) -> list[_Unit]:
+        # Under self._lock. Provisional units of ``key`` still queued are never sent; the caller
+        # reports them (:func:`_dropped`) once it has released the lock.
         stale = [u for u in self._queue if u.build is not None and u.key == key]
         for u in stale:
             self._queue.remove(u)
+        return stale
 
     def _enqueue(self, unit: _Unit, urgent: bool, supersedes: str | None) -> None:
-        with self._lock:
-            if supersedes is not None:
-                self._drop_provisional(supersedes)
-            self._queue.append(unit)
-            if self._busy:
-                return
-            if not urgent and not self._closed:
-                if self._flusher is None:
-                    self._flusher = threading.Thread(
-                        target=self._flush_loop, name="machinery-redis-batcher", daemon=True
-                    )
-                    self._flusher.start()
-                self._wake.set()
-                return
-            self._busy = True
+        dropped: list[_Unit] = []
+        try:
+            with self._lock:
+                if supersedes is not None:
+                    dropped = self._drop_provisional(supersedes)
+                self._queue.append(unit)
+                if self._busy:
+                    return
+                if not urgent and not self._closed:
+                    if self._flusher is None:
+                        self._flusher = threading.Thread(
+                            target=self._flush_loop, name="machinery-redis-batcher", daemon=True
+                        )
+                        self._flusher.start()
+                    self._wake.set()
+                    return
+                self._busy = True
+        finally:
+            if dropped:
+                _dropped(dropped)
         self._drive(unit)
 
     def _flush_loop(self) -> None:
@@ -325,6 +336,15 @@ class CommandBatcher:
         if conn is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 self.client.connection_pool.release(conn)
+
+
+def _dropped(units: list[_Unit]) -> None:
+    for unit in units:
+        if unit.callback is not None:
+            try:
+                unit.callback([], None)
+            except Exception:
+                log.exception("a redis batch callback failed")
 
 
 def _size(unit: _Unit) -> int:

@@ -25,6 +25,7 @@ from machinery.plugin import (
     Backend,
     BackendConnectionError,
     BackendError,
+    Completion,
     ConfigError,
     DecodeError,
     GroupMeta,
@@ -322,6 +323,9 @@ class DynamoDBBackend(Backend):
 
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
+    #: ``TTL`` holds the record's lifetime, written as the absolute expiry (Go's DynamoDB
+    #: backend sets ``TTL`` = now + ``results_expire_in``, 0 meaning 3600: ``getExpirationTime``).
+    stores_ttl: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "dynamodb"
     env_options: ClassVar[dict[str, str]] = DYNAMODB_ENV
 
@@ -348,11 +352,6 @@ class DynamoDBBackend(Backend):
             raise self.tables.error(exc, what, table[0]) from exc
         item = out.get("Item")
         return from_item(item, time.time()) if item else None
-
-    def _ttl(self) -> int:
-        """The record's lifetime, written as the absolute expiry ``TTL`` (Go's DynamoDB backend
-        sets ``TTL`` = now + ``results_expire_in``, 0 meaning 3600: ``getExpirationTime``)."""
-        return self.lifetime() or 0
 
     def _store_state(self, state: TaskState) -> None:
         """``PutItem`` the state (replacing the previous one) with its TTL."""
@@ -443,8 +442,9 @@ class DynamoDBBackend(Backend):
                 raise BackendError(f"DynamoDB left {len(request[table]['Keys'])} task states unread after retries")
         return [found.get(u) for u in task_uuids]
 
-    def _store_states(self, states: Sequence[TaskState]) -> None:
-        """``BatchWriteItem`` in chunks of 25, retrying unprocessed items."""
+    def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
+        """``BatchWriteItem`` in chunks of 25, retrying unprocessed items (``wait`` makes no
+        difference)."""
         table = self._states[0]
         now = time.time()
         latest = {st.task_uuid: st for st in states}  # a batch may not name a key twice
@@ -462,6 +462,7 @@ class DynamoDBBackend(Backend):
                 time.sleep(0.05 * 2**attempt)
             else:
                 raise BackendError(f"DynamoDB left {len(request[table])} task states unwritten after retries")
+        return Completion.stored()
 
 
 def _state(d: dict[str, Any]) -> TaskState:
