@@ -120,7 +120,11 @@ def test_restart_keeps_messages_and_reconnects(private_rabbit: PrivateRabbit, ca
         broker=private_rabbit.url,
         default_queue=queue,
         no_unix_signals=True,
-        transport_options={"amqp": {"binding_key": queue, "reconnect_max_delay": 1.0, "confirm_timeout": 5}},
+        # basic.qos 1 (not the default 4 x prefetch): the second message waits in RabbitMQ while
+        # the first is in flight
+        transport_options={
+            "amqp": {"binding_key": queue, "reconnect_max_delay": 1.0, "confirm_timeout": 5, "prefetch_count": 1}
+        },
     )
     broker = AMQPBroker(private_rabbit.url, cfg)
 

@@ -491,6 +491,46 @@ def test_consumer_reconnects_and_unacked_is_redelivered(
         proxy.close()
 
 
+def _wait_depth(queue: str, want: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    depth = queue_depth(queue)
+    while depth != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+        depth = queue_depth(queue)
+    return depth
+
+
+def test_qos_default_and_out_of_order_acks(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
+    """basic.qos defaults to 4 x prefetch; acknowledgements coalesced in the I/O thread (one
+    ``multiple`` ack for contiguous tags) settle exactly the messages acknowledged, never an
+    earlier one still running, and the unacknowledged come back when the consumer goes."""
+    b = make_broker()
+    for i in range(10):
+        _publish(b, Signature("add", [i]))
+    stop = threading.Event()
+    it = b.consume(queue, prefetch=2, stop=stop)
+    got = [next(it) for _ in range(8)]
+    deadline = time.monotonic() + 5
+    while ready_count(queue) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready_count(queue) == 2  # 8 = 4 x 2 delivered, unacknowledged
+    for i in (1, 2, 5):  # the first delivery is still running: no multiple ack may cover it
+        b.ack(got[i])
+    assert _wait_depth(queue, 7) == 7
+    for i in (0, 3, 4):
+        b.ack(got[i])
+    assert _wait_depth(queue, 4) == 4  # got[6], got[7] unacknowledged, 2 ready
+    stop.set()
+    with contextlib.suppress(StopIteration):
+        next(it)
+    it.close()  # type: ignore[attr-defined]
+    b.close()
+    deadline = time.monotonic() + 10
+    while ready_count(queue) != 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready_count(queue) == 4
+
+
 def test_stop_requeues_prefetched(queue: str, make_broker: Callable[..., AMQPBroker]) -> None:
     b = make_broker()
     for i in range(5):

@@ -60,7 +60,7 @@ class AMQPOptions:
     :param exchange_type: ``direct``, ``fanout``, ``topic`` or ``headers``.
     :param binding_key: key the default queue is bound with; also the default routing key for
         a direct exchange (Go default ``machinery_task``).
-    :param prefetch_count: unacknowledged messages per consumer; 0 = the worker's concurrency.
+    :param prefetch_count: unacknowledged messages per consumer; 0 = 4 x the worker's concurrency (``QOS_MULTIPLIER``).
     :param queue_declare_args: extra task-queue arguments (``x-max-priority``, ``x-queue-type``...).
     :param queue_binding_args: binding arguments (headers exchanges).
     :param auto_delete: Go's ``AutoDelete``: declare delay queues auto-delete.
