@@ -895,3 +895,15 @@ def test_an_idle_worker_has_nothing_in_flight_and_logs_its_stop_once(
     w.quit(timeout=10)
     stopped = [r for r in caplog.records if r.getMessage() == "worker idle stopped"]
     assert len(stopped) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_the_requeue_delay_of_an_unknown_task_is_jittered() -> None:
+    """Given back with a fixed delay, an unknown task came back at the same point of the idle
+    consumers' one-second blocking pops each time, and the same wrong worker won it again
+    (interop: a Go-only task never reached the idle Go worker in 20 s)."""
+    from machinery.worker import _jittered
+
+    delays = [_jittered(5.0) for _ in range(500)]
+    assert all(2.5 <= d < 7.5 for d in delays)
+    assert max(delays) - min(delays) > 2.0  # spread over more than a second
+    assert _jittered(0.0) == 0.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -620,13 +621,14 @@ class Worker:
                 log.warning("task %s (%s) is not registered here; dropping it as it asks", sig.name, sig.uuid)
                 broker.ack(delivery)
             else:
+                delay = _jittered(self.unregistered_requeue_delay)
                 log.warning(
-                    "task %s (%s) is not registered here; requeued for another worker in %.0fs",
+                    "task %s (%s) is not registered here; requeued for another worker in %.1fs",
                     sig.name,
                     sig.uuid,
-                    self.unregistered_requeue_delay,
+                    delay,
                 )
-                broker.nack(delivery, requeue=True, delay=self.unregistered_requeue_delay)
+                broker.nack(delivery, requeue=True, delay=delay)
             return
         if task.rate_limit is not None and not self._admit(sig, task, delivery):
             return
@@ -978,3 +980,15 @@ class Worker:
         else:
             log.warning("task %s (%s) failed: %s; retrying in %gs", sig.name, sig.uuid, _describe(exc), secs)
         self.server.producer.republish(sig)
+
+
+def _jittered(delay: float) -> float:
+    """``delay`` times a random factor in [0.5, 1.5).
+
+    A task given back for another worker comes back when the delay ends, and on a Redis list the
+    consumer that has waited longest in its blocking pop gets it. Python and Go consumers re-block
+    every second, so with a fixed delay the message came back at the same point of their cycles
+    every time and the same (wrong) worker took it again and again (a Go-only task bounced
+    between one Python worker and the delayed set for 20 s beside an idle Go worker). A delay
+    spread over more than a second lands anywhere in those cycles."""
+    return delay * (0.5 + random.random()) if delay > 0 else 0.0
