@@ -74,10 +74,7 @@ class Completion:
                 fn = callbacks.pop(0)
             except IndexError:  # taken by add_done_callback meanwhile
                 break
-            try:
-                fn(error)
-            except Exception:  # noqa: BLE001 - logged with its traceback
-                _log().exception("a store completion callback raised")
+            _call(fn, error)
 
     def done(self) -> bool:
         """True once the store has answered (stored or failed)."""
