@@ -491,6 +491,41 @@ def test_consumer_reconnects_and_unacked_is_redelivered(
         proxy.close()
 
 
+def test_connection_closed_inside_a_settlement_reconnects(
+    queue: str, make_broker: Callable[..., AMQPBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer's connection closes inside a callback of its own I/O thread (as when an
+    acknowledgement meets a socket RabbitMQ has just dropped, in a broker restart): pika then
+    fails the next ``process_data_events`` with a ValueError, not a connection error. The
+    consumer must reconnect and go on (it used to die, and the worker never ran another task),
+    and the unacknowledged message comes back."""
+    b = make_broker()
+    first = _publish(b, Signature("add", [1]))
+    stop = threading.Event()
+    it = b.consume(queue, prefetch=1, stop=stop)
+    d = next(it)
+    assert json.loads(d.body)["UUID"] == first.uuid
+    consumer = b._PushBroker__subs[queue][1]  # type: ignore[attr-defined]
+    consumer.settle(d.tag, "close", lambda ch: ch.connection.close())
+    second = _publish(b, Signature("add", [2]))
+    got: list[Delivery] = []
+    done = threading.Event()
+
+    def run() -> None:
+        for x in it:
+            got.append(x)
+            b.ack(x)
+            if len(got) == 2:
+                done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(15), f"the consumer did not carry on after its connection closed: {len(got)} received"
+    uuids = sorted(json.loads(x.body)["UUID"] for x in got)
+    assert uuids == sorted([first.uuid, second.uuid])
+    stop.set()
+    assert _wait_depth(queue, 0) == 0
+
+
 def _wait_depth(queue: str, want: int, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     depth = queue_depth(queue)

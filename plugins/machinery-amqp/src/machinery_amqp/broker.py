@@ -206,8 +206,26 @@ class _Consumer:
                         exc,
                         backoff,
                     )
-                    self.closing.wait(backoff)
-                    backoff = min(backoff * 2, self.b.options.reconnect_max_delay or 1.0)
+                except Exception as exc:  # this thread must not die while consuming
+                    # e.g. pika's ValueError("Timeout closed before call") from a connection
+                    # that closed inside a callback: start again on a new connection
+                    self._lost(exc)
+                    if self.closing.is_set() or self.b._closed:
+                        return
+                    log.warning(
+                        "consumer of %r: unexpected error on its connection (%r); reconnecting in %.1fs",
+                        self.queue,
+                        exc,
+                        backoff,
+                        exc_info=True,
+                    )
+                self.closing.wait(backoff)
+                backoff = min(backoff * 2, self.b.options.reconnect_max_delay or 1.0)
+        except BaseException as exc:
+            # never end silently: the core waits on the inbox, and re-subscribes when it fails
+            if self.fatal is None and not self.closing.is_set():
+                self.inbox.fail(BrokerConnectionError(f"the consumer of {self.queue!r} stopped: {exc!r}"))
+            raise
         finally:
             conn, self.conn, self.ch = self.conn, None, None
             if conn is not None and conn.is_open:
@@ -250,6 +268,10 @@ class _Consumer:
         cancelled = False
         assert self.conn is not None and self.ch is not None
         while not self.b._closed:
+            if not self.conn.is_open:
+                # closed inside a callback (a settlement that met a dead socket swallows the
+                # error): pika's process_data_events would fail with a ValueError now
+                raise pex.ConnectionWrongStateError("the consumer's connection closed")
             if self.closing.is_set():
                 if not cancelled:
                     for ctag in list(self.ch.consumer_tags):
