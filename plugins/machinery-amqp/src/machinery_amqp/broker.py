@@ -196,28 +196,20 @@ class _Consumer:
                     )
                     self.inbox.fail(self.fatal)
                     return
-                except (*CONNECTION_ERRORS, pex.ChannelClosed) as exc:
-                    self._lost(exc)
-                    if self.closing.is_set() or self.b._closed:
-                        return
-                    log.warning(
-                        "consumer of %r: connection to RabbitMQ lost or refused (%r); reconnecting in %.1fs",
-                        self.queue,
-                        exc,
-                        backoff,
-                    )
                 except Exception as exc:  # this thread must not die while consuming
-                    # e.g. pika's ValueError("Timeout closed before call") from a connection
-                    # that closed inside a callback: start again on a new connection
+                    # beside lost connections, e.g. pika's ValueError("Timeout closed before
+                    # call") from a connection that closed inside a callback: reconnect either way
                     self._lost(exc)
                     if self.closing.is_set() or self.b._closed:
                         return
+                    expected = isinstance(exc, (*CONNECTION_ERRORS, pex.ChannelClosed))
                     log.warning(
-                        "consumer of %r: unexpected error on its connection (%r); reconnecting in %.1fs",
+                        "consumer of %r: %s (%r); reconnecting in %.1fs",
                         self.queue,
+                        "connection to RabbitMQ lost or refused" if expected else "unexpected error on its connection",
                         exc,
                         backoff,
-                        exc_info=True,
+                        exc_info=not expected,
                     )
                 self.closing.wait(backoff)
                 backoff = min(backoff * 2, self.b.options.reconnect_max_delay or 1.0)
