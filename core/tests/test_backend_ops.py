@@ -182,3 +182,85 @@ def test_a_counting_backend_with_a_record_checks_every_member() -> None:
     # a member without its group fields is not counted
     b.set_state_success(Signature("add", uuid="loose"), [])
     assert "" not in b.counter
+
+
+# -- chord completion in one pass -----------------------------------------------------------------
+
+
+class Reads(MemoryBackend):
+    """Counts the primitive reads and triggers the chord operations make."""
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.calls: list[str] = []
+
+    def _load_group(self, group_uuid: str):  # type: ignore[no-untyped-def]
+        self.calls.append("group")
+        return super()._load_group(group_uuid)
+
+    def _load_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        self.calls.append("states")
+        return super()._load_states(task_uuids)
+
+    def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        before = len(self.calls)
+        won = super()._mark_chord_triggered(group_uuid)
+        del self.calls[before:]  # (the memory store reads the record inside its trigger)
+        self.calls.append("trigger")
+        return won
+
+
+def test_complete_chord_member_reads_the_group_and_its_states_once() -> None:
+    b = _backend(Reads)
+    assert isinstance(b, Reads)
+    a, c = _members("g_one", 2)
+    b.init_group("g_one", [a.uuid, c.uuid])
+    b.set_state_success(a, [TaskResult("int64", 1)])
+    b.calls.clear()
+    assert b.complete_chord_member("g_one", 2).kind == "not_done"
+    assert b.calls == ["group", "states"]  # the member that does not complete the group
+    b.set_state_success(c, [TaskResult("int64", 2)])
+    b.calls.clear()
+    out = b.complete_chord_member("g_one", 2)
+    assert out.kind == "fire"
+    assert [s.results for s in out.states] == [[TaskResult("int64", 1)], [TaskResult("int64", 2)]]
+    assert b.calls == ["group", "states", "trigger"]  # Go's three operations read it twice more
+    b.calls.clear()
+    assert b.complete_chord_member("g_one", 2).kind == "lost_race"
+    assert b.calls == ["group", "states", "trigger"]
+    b.calls.clear()
+    assert b.complete_chord_member("g_gone", 2).kind == "missing" and b.calls == ["group"]
+
+
+class CountingWithMarker(Counting):
+    """A counter plus a trigger marker that needs no group record (as AMQP's marker queue)."""
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.triggered: set[str] = set()
+
+    def _mark_chord_triggered(self, group_uuid: str) -> bool:
+        if group_uuid in self.triggered or (group_uuid not in self.counter and self._load_group(group_uuid) is None):
+            return False
+        self.triggered.add(group_uuid)
+        return True
+
+
+def test_complete_chord_member_with_a_counter_and_no_record_uses_the_counted_states() -> None:
+    b = _backend(CountingWithMarker)
+    assert isinstance(b, CountingWithMarker)
+    a, c = _members("g_cnt", 2)  # a Go producer's group: no record
+    assert b.complete_chord_member("g_cnt", 2).kind == "missing"  # no counter, no record
+    b.set_state_success(a, [TaskResult("int64", 1)])
+    assert b.complete_chord_member("g_cnt", 2).kind == "not_done"
+    b.set_state_failure(c, "boom")
+    out = b.complete_chord_member("g_cnt", 2)
+    assert out.kind == "member_failed" and out.failed is not None and out.failed.task_uuid == c.uuid
+    assert [s.task_uuid for s in out.states] == [a.uuid, c.uuid]  # completion order, as Go
+    assert b.purged == ["g_cnt"]
+    assert b.complete_chord_member("g_cnt", 2).kind in ("missing", "lost_race")  # counter purged
+    d, e = _members("g_cnt2", 2)
+    b.set_state_success(e, [TaskResult("int64", 2)])
+    b.set_state_success(d, [TaskResult("int64", 1)])
+    fired = b.complete_chord_member("g_cnt2", 2)
+    assert fired.kind == "fire" and [s.task_uuid for s in fired.states] == [e.uuid, d.uuid]

@@ -14,127 +14,47 @@ writes may answer later, and the worker acknowledges a message only once it has.
 
 from __future__ import annotations
 
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
+from machinery.completion import _STORED, Completion, _log
 from machinery.state import GroupMeta, State, TaskResult, TaskState, results_lifetime
 
 if TYPE_CHECKING:
     from machinery.config import Config
     from machinery.signature import Signature
 
-__all__ = ["BackendOps", "Completion"]
-
-Callback = Callable[["BaseException | None"], object]
+__all__ = ["BackendOps", "ChordOutcome", "Completion"]
 
 
-class Completion:
-    """The outcome of a store that may come later (a small future).
+@dataclass(frozen=True)
+class ChordOutcome:
+    """What :meth:`BackendOps.complete_chord_member` found, for the worker that stored a member.
 
-    A backend that writes at once returns :meth:`stored` (or :meth:`failed`); one that batches
-    writes returns a pending completion and calls :meth:`resolve` once the store has answered,
-    from whatever thread learns it.
+    ``kind`` is one of:
+
+    - ``"not_done"``: some member is not SUCCESS or FAILURE yet;
+    - ``"missing"``: the group has no record (expired, lost, never written) and no counter;
+    - ``"lost_race"``: the group is complete, but another caller triggered the chord;
+    - ``"member_failed"``: this caller triggered it, but ``failed`` (a member's state) is not
+      SUCCESS, so the callback is not sent;
+    - ``"fire"``: this caller triggered it and every member succeeded: send the callback with
+      ``states`` (group order; completion order for a Go producer's group without a record);
+    - ``"vanished"``: this caller triggered it, but the member states could not be read any more.
     """
 
-    __slots__ = ("_callbacks", "_done", "_error")
-
-    # No lock: the hand-over between the storing and the waiting thread uses only single list
-    # operations (append, pop, remove), each atomic, so every callback runs exactly once.
-
-    def __init__(self) -> None:
-        self._done = False
-        self._error: BaseException | None = None
-        self._callbacks: list[Callback] = []
-
-    @staticmethod
-    def stored() -> Completion:
-        """A completion that is done: the write is stored (a shared instance)."""
-        return _STORED
-
-    @staticmethod
-    def failed(error: BaseException) -> Completion:
-        """A completion that is done: the write failed with ``error``."""
-        c = Completion()
-        c._done, c._error = True, error
-        return c
-
-    def resolve(self, error: BaseException | None = None) -> None:
-        """Report the outcome (None: stored) and run the callbacks, on this thread. Once only."""
-        if self._done:
-            raise RuntimeError("this completion is already resolved")
-        self._error = error
-        self._done = True
-        callbacks = self._callbacks
-        while callbacks:
-            try:
-                fn = callbacks.pop(0)
-            except IndexError:  # taken by add_done_callback meanwhile
-                break
-            _call(fn, error)
-
-    def done(self) -> bool:
-        """True once the store has answered (stored or failed)."""
-        return self._done
-
-    def add_done_callback(self, fn: Callback) -> None:
-        """Call ``fn(error)`` once done (``error`` None when stored): at once, on this thread, if
-        it is done; else on the thread that resolves it. An exception ``fn`` raises is logged."""
-        if not self._done:
-            callbacks = self._callbacks
-            callbacks.append(fn)
-            if not self._done:
-                return  # resolve() has not begun: it pops fn and runs it
-            try:  # resolved meanwhile: whoever removes fn from the list runs it
-                callbacks.remove(fn)
-            except ValueError:
-                return
-        _call(fn, self._error)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Wait until done (at most ``timeout`` seconds) and return the error, None when stored.
-
-        :raises TimeoutError: not done in time.
-        """
-        if not self._done:
-            event = threading.Event()
-            self.add_done_callback(lambda _e: event.set())
-            if not event.wait(timeout):
-                raise TimeoutError("the store has not answered yet")
-        return self._error
-
-    def result(self, timeout: float | None = None) -> None:
-        """Wait until done (at most ``timeout`` seconds); raise the store's error if it failed.
-
-        :raises TimeoutError: not done in time.
-        """
-        error = self.exception(timeout)
-        if error is not None:
-            raise error
-
-    def __repr__(self) -> str:
-        what = "pending" if not self._done else ("stored" if self._error is None else f"failed: {self._error!r}")
-        return f"<Completion {what}>"
+    kind: Literal["not_done", "missing", "lost_race", "member_failed", "fire", "vanished"]
+    states: list[TaskState] = field(default_factory=list)
+    failed: TaskState | None = None
 
 
-def _log() -> Any:
-    import logging  # here, not at import: a producer never loads logging (test_import)
-
-    return logging.getLogger("machinery.backend")
-
-
-def _call(fn: Callback, error: BaseException | None) -> None:
-    try:
-        fn(error)
-    except Exception:  # noqa: BLE001 - logged with its traceback
-        _log().exception("a store completion callback raised")
-
-
-_STORED = Completion()
-_STORED._done = True
+_NOT_DONE = ChordOutcome("not_done")
+_MISSING = ChordOutcome("missing")
+_LOST_RACE = ChordOutcome("lost_race")
 
 
 def _warn_unstored(error: BaseException | None) -> None:
@@ -166,6 +86,7 @@ FINAL_OPERATIONS = frozenset(
         "group_task_states",
         "group_completed",
         "trigger_chord",
+        "complete_chord_member",
         "get_group_meta",
         "purge_state",
         "purge_group_meta",
@@ -465,6 +386,50 @@ class BackendOps(ABC):
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group: the caller that gets True sends the chord callback."""
         return self._mark_chord_triggered(group_uuid)
+
+    @final
+    def complete_chord_member(self, group_uuid: str, group_task_count: int) -> ChordOutcome:
+        """After a chord member's final state is stored: Go's ``GroupCompleted``, ``TriggerChord``
+        and ``GroupTaskStates`` in one pass that reads the group record and its states once.
+
+        The same primitives in the same order as the three operations (so the same answers, and
+        the chord is triggered exactly once however many members finish at once), minus the
+        repeated reads: a member that does not complete the group costs one read of the record
+        and one of the states (a counter read first with :attr:`counts_completed`); the member
+        that completes it adds the trigger, and the states it already read are the ones sent (a
+        completed state is final).
+        """
+        count = None
+        if self.counts_completed:
+            count = self._completed_count(group_uuid)
+            if count is not None and count < group_task_count:
+                return _NOT_DONE
+        meta = self._load_group(group_uuid)
+        if meta is None:
+            if count is None:
+                return _MISSING
+            states: list[TaskState] | None = None  # a Go producer's group: the counter decides
+        else:
+            loaded = self._load_states(meta.task_uuids)
+            done = sum(1 for s in loaded if s is not None and s.is_completed)
+            if not (done == group_task_count or (done == len(meta.task_uuids) and done > 0)):
+                return _NOT_DONE
+            states = [
+                s if s is not None else TaskState(task_uuid=u, state=State.PENDING.value)
+                for u, s in zip(meta.task_uuids, loaded)
+            ]
+        if not self._mark_chord_triggered(group_uuid):
+            return _LOST_RACE
+        if states is None:
+            states = self._completed_states(group_uuid)
+        if states and self.counts_completed:
+            self._purge_completed(group_uuid)
+        if not states:
+            return ChordOutcome("vanished")
+        for st in states:
+            if not st.is_success:
+                return ChordOutcome("member_failed", states, st)
+        return ChordOutcome("fire", states)
 
     @final
     def get_group_meta(self, group_uuid: str) -> GroupMeta | None:

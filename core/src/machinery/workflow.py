@@ -144,27 +144,21 @@ def chord_callback_to_send(backend: Backend, member: Signature) -> Signature | N
     member's results appended (unless it is immutable), when this call is the one that completes
     the group and wins the trigger; else None.
 
-    A missing group record is logged as a WARNING naming the group and the callback (it costs
-    one more read of the group record for a member that does not complete the group). A group
-    with a failed member is logged too; its callback is not sent either.
+    One backend call (:meth:`~machinery.backend_ops.BackendOps.complete_chord_member`) reads the
+    group once. A missing group record is logged as a WARNING naming the group and the callback
+    (once per group); a group with a failed member is logged too, its callback is not sent.
     """
     group_uuid, count, callback = member.group_uuid, member.group_task_count, member.chord_callback
     if not group_uuid or callback is None:
         return None
-    if not backend.group_completed(group_uuid, count):
-        if backend.needs_group_record and backend.get_group_meta(group_uuid) is None:
-            _warn_group_missing(group_uuid, callback)
-        return None
-    if not backend.trigger_chord(group_uuid):
-        return None
-    states = backend.group_task_states(group_uuid, count)
-    if not states:  # the record went away between the trigger and this read
-        _warn_group_missing(group_uuid, callback)
-        return None
-    for st in states:
-        if not st.is_success:
-            _warn("chord of group %s not sent: task %s is %s", group_uuid, st.task_uuid, st.state)
-            return None
+    outcome = backend.complete_chord_member(group_uuid, count)
+    kind = outcome.kind
+    if kind == "fire":
         if not callback.immutable:
-            callback.args.extend(Arg._trusted(r.type, r.value) for r in st.results or ())
-    return callback
+            callback.args.extend(Arg._trusted(r.type, r.value) for st in outcome.states for r in st.results or ())
+        return callback
+    if kind == "member_failed" and outcome.failed is not None:
+        _warn("chord of group %s not sent: task %s is %s", group_uuid, outcome.failed.task_uuid, outcome.failed.state)
+    elif kind == "vanished" or (kind == "missing" and backend.needs_group_record):
+        _warn_group_missing(group_uuid, callback)
+    return None

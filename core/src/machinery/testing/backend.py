@@ -11,11 +11,12 @@ import pytest
 
 from machinery.interfaces import Backend
 from machinery.plugins import get_plugin_host, scheme_of
-from machinery.signature import Signature, args_of, new_uuid, results_for, task_state_from_mapping
+from machinery.signature import new_uuid, results_for, task_state_from_mapping
 from machinery.state import State, TaskResult, TaskState
 from machinery.testing._guard import SuiteBase
 from machinery.testing._support import wait_until
 from machinery.testing._values import EVERY_RESULT, TRICKY_TEXT
+from machinery.testing.backend_groups import GroupConformance
 from machinery.testing.broker import require_capability
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def _pairs(results: list[TaskResult] | None) -> list[tuple[str, Any]]:
     return [(r.type, r.value) for r in results or ()]
 
 
-class BackendConformance(SuiteBase):
+class BackendConformance(GroupConformance, SuiteBase):
     """The result backend contract. Subclass it in your plugin's tests.
 
     Needs the fixtures ``url`` and ``backend_oracle`` (a :class:`~machinery.testing.BackendOracle`).
@@ -38,8 +39,6 @@ class BackendConformance(SuiteBase):
 
     _machinery_suite = True
 
-    #: Concurrent callers of ``trigger_chord`` in the exactly-once test.
-    chord_callers: ClassVar[int] = 50
     #: Seconds an expired record may still be visible after ``results_expire_in`` (clock slack).
     expiry_tolerance: ClassVar[float] = 2.5
 
@@ -73,11 +72,6 @@ class BackendConformance(SuiteBase):
         return new_backend()
 
     # -- helpers --------------------------------------------------------------------------------
-
-    @staticmethod
-    def signature(name: str = "add") -> Signature:
-        """A signature with a fresh UUID."""
-        return Signature(name, args=args_of([1, 2]), uuid=new_uuid())
 
     @staticmethod
     def raw(oracle: BackendOracle, task_uuid: str) -> TaskState:
@@ -192,68 +186,6 @@ class BackendConformance(SuiteBase):
             assert meta is not None
             assert meta.group_uuid == group and meta.task_uuids == uuids and not meta.chord_triggered
         assert backend.get_group_meta(new_uuid("group_")) is None
-
-    def test_group_completion(self, backend: Backend) -> None:
-        """A group is completed once every member is SUCCESS or FAILURE; states come in group order."""
-        group = new_uuid("group_")
-        sigs = [self.signature() for _ in range(3)]
-        backend.init_group(group, [s.uuid for s in sigs])
-        backend.set_states_pending(sigs)
-        assert not backend.group_completed(group, 3)
-        backend.set_state_success(sigs[0], results_for(1))
-        backend.set_state_started(sigs[1])
-        assert not backend.group_completed(group, 3)
-        backend.set_state_failure(sigs[1], "RuntimeError: no")
-        assert not backend.group_completed(group, 3)
-        backend.set_state_success(sigs[2], results_for(3))
-        assert backend.group_completed(group, 3)
-        states = backend.group_task_states(group, 3)
-        assert [(s.task_uuid, s.state) for s in states] == [
-            (sigs[0].uuid, "SUCCESS"),
-            (sigs[1].uuid, "FAILURE"),
-            (sigs[2].uuid, "SUCCESS"),
-        ]
-        assert not backend.group_completed(new_uuid("group_"), 3)
-
-    def test_chord_trigger_exactly_once_concurrently(self, new_backend: Callable[..., Backend]) -> None:
-        """``trigger_chord`` returns True to exactly one of many concurrent callers (threads with
-        their own instances and connections), three groups in a row."""
-        callers = self.chord_callers
-        instances = [new_backend() for _ in range(min(10, callers))]
-        for _round in range(3):
-            group = new_uuid("group_")
-            instances[0].init_group(group, [new_uuid() for _ in range(3)])
-            barrier = threading.Barrier(callers)
-            wins: list[bool] = []
-            errors: list[BaseException] = []
-
-            def call(
-                b: Backend, group: str, barrier: threading.Barrier, wins: list[bool], errors: list[BaseException]
-            ) -> None:
-                try:
-                    barrier.wait(10)
-                    wins.append(b.trigger_chord(group))  # list.append is atomic
-                except BaseException as exc:  # noqa: BLE001 - reported below
-                    errors.append(exc)
-
-            threads = [
-                threading.Thread(target=call, args=(instances[i % len(instances)], group, barrier, wins, errors))
-                for i in range(callers)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            assert not errors, f"trigger_chord raised: {errors[0]!r}"
-            assert len(wins) == callers
-            assert wins.count(True) == 1, f"trigger_chord returned True {wins.count(True)} times out of {callers}"
-            assert not instances[-1].trigger_chord(group), "a later caller also got True"
-            meta = instances[-1].get_group_meta(group)
-            assert meta is not None and meta.chord_triggered
-
-    def test_chord_trigger_unknown_group(self, backend: Backend) -> None:
-        """``trigger_chord`` on a group that was never recorded returns False."""
-        assert backend.trigger_chord(new_uuid("group_")) is False
 
     def test_wait_for(self, backend: Backend, new_backend: Callable[..., Backend]) -> None:
         """``wait_for`` returns once another instance stores the final state, and gives up on time."""
