@@ -103,8 +103,8 @@ class GroupConformance(SuiteBase):
 
     def test_complete_chord_member(self, backend: Backend) -> None:
         """``complete_chord_member``: not done until every member is final, then "fire" with the
-        states in group order to exactly one caller, "lost_race" to the next; a failed member
-        gives "member_failed" naming it; an unknown group gives "missing"."""
+        states in group order to exactly one caller, "lost_race" (or "missing") to the next; a
+        failed member gives "member_failed" naming it; an unknown group gives "missing"."""
         group, sigs = self._chord_group(backend, 3)
         backend.set_state_success(sigs[0], results_for(1))
         assert backend.complete_chord_member(group, 3).kind == "not_done"
@@ -119,9 +119,9 @@ class GroupConformance(SuiteBase):
             (sigs[1].uuid, "SUCCESS", [("int64", 2)]),
             (sigs[2].uuid, "SUCCESS", [("int64", 3)]),
         ]
-        assert backend.complete_chord_member(group, 3).kind == "lost_race"
-        meta = backend.get_group_meta(group)
-        assert meta is not None and meta.chord_triggered
+        # the next caller: the race is lost (or, on a store that purges a fired group as Go's
+        # AMQP backend does, the group is gone)
+        assert backend.complete_chord_member(group, 3).kind in ("lost_race", "missing")
 
         group, sigs = self._chord_group(backend, 2)
         backend.set_state_success(sigs[0], results_for(1))
@@ -129,7 +129,7 @@ class GroupConformance(SuiteBase):
         failed = backend.complete_chord_member(group, 2)
         assert failed.kind == "member_failed" and failed.failed is not None
         assert (failed.failed.task_uuid, failed.failed.state) == (sigs[1].uuid, "FAILURE")
-        assert backend.complete_chord_member(group, 2).kind == "lost_race"
+        assert backend.complete_chord_member(group, 2).kind in ("lost_race", "missing")
 
         assert backend.complete_chord_member(new_uuid("group_"), 3).kind == "missing"
 
@@ -157,7 +157,10 @@ class GroupConformance(SuiteBase):
         for t in threads:
             t.join(30)
         assert not errors, f"complete_chord_member raised: {errors[0]!r}"
-        assert sorted(kinds) == ["fire"] + ["lost_race"] * (callers - 1), kinds
+        assert len(kinds) == callers and kinds.count("fire") == 1, kinds
+        # the others lost the race, or (a store that purges a fired group, as Go's AMQP backend
+        # does) found it gone or, reading its counter while the winner purges it, not complete
+        assert set(kinds) - {"fire"} <= {"lost_race", "missing", "not_done"}, kinds
 
     def test_chord_trigger_unknown_group(self, backend: Backend) -> None:
         """``trigger_chord`` on a group that was never recorded returns False."""
