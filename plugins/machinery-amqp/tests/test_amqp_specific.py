@@ -625,6 +625,43 @@ def test_backend_go_layout_and_group_queue(queue: str) -> None:
         be.close()
 
 
+def test_concurrent_readers_never_see_an_older_state(queue: str) -> None:
+    # A task's queue holds every state written since the last read (PENDING ... SUCCESS). Readers
+    # take messages from the head, unacknowledged: one that found the queue dry before the
+    # newest used to answer with an older state (a chord's last members then both saw the group
+    # unfinished and nobody sent the callback). Each round: five states, then 8 readers at once.
+    cfg = _config(queue)
+    readers = [AMQPBackend(amqp_url(), cfg) for _ in range(8)]
+    writer = AMQPBackend(amqp_url(), cfg)
+    stale: list[str] = []
+    try:
+        for _round in range(15):
+            sig = Signature("add", uuid=new_uuid())
+            writer.set_state_pending(sig)
+            writer.set_state_received(sig)
+            writer.set_state_started(sig)
+            writer.set_state_retry(sig)
+            writer.set_state_success(sig, results_for(1))
+            barrier = threading.Barrier(len(readers))
+
+            def read(be: AMQPBackend, uuid: str = sig.uuid, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait(10)
+                st = be.get_state(uuid)
+                if st is None or not st.is_success:
+                    stale.append(st.state if st is not None else "none")
+
+            threads = [threading.Thread(target=read, args=(be,)) for be in readers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            writer.purge_state(sig.uuid)
+        assert not stale, f"{len(stale)} reads of 120 saw an older state: {sorted(set(stale))}"
+    finally:
+        for be in (*readers, writer):
+            be.close()
+
+
 _GO_MEMBER = (
     '{"UUID":"%(uuid)s","Name":"add","RoutingKey":"%(queue)s","ETA":null,"GroupUUID":"%(group)s",'
     '"GroupTaskCount":%(count)d,"Args":[{"Name":"","Type":"int64","Value":%(a)d},'

@@ -58,8 +58,18 @@ log = logging.getLogger("machinery.amqp")
 T = TypeVar("T")
 
 _PROPS = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-# A second reader may hold the state message for one round trip; look again before saying "none".
-_EMPTY_RETRIES = (0.002, 0.01)
+# Another reader may hold the state message for a round trip (longer on a loaded machine); look
+# again before saying "none" (~0.2 s in all; only an existing, empty queue waits that long).
+_EMPTY_RETRIES = (0.002, 0.01, 0.05, 0.15)
+#: Seconds a read keeps trying while other readers hold a queue's newer messages (then, as empty).
+_BUSY_PATIENCE = 5.0
+
+
+class _Busy:
+    """:meth:`AMQPBackend._newest` found newer messages held by another reader."""
+
+
+_BUSY = _Busy()
 
 
 def _go_body(state: TaskState) -> bytes:
@@ -202,33 +212,48 @@ class AMQPBackend(Backend):
             ch.basic_publish(self._exchange, name, body, _PROPS, mandatory=True)
 
     @staticmethod
-    def _newest(ch: BlockingChannel, name: str) -> bytes | None:
-        """The newest message of ``name``, leaving only it in the queue."""
-        prev = last = 0
-        body: bytes | None = None
+    def _newest(ch: BlockingChannel, name: str) -> bytes | _Busy | None:
+        """The newest message of ``name``, leaving only it in the queue.
+
+        A message with others behind it (``message_count`` > 0) is older than they are: it is
+        acknowledged (dropped) at once, never given back, so the queue's ready messages stay the
+        newest ones in order. The one with none behind it is the answer, given back. When the
+        queue runs dry after older messages, another reader holds the newest for a moment:
+        :data:`_BUSY` tells the caller to read again (answering with an older state would make
+        a finished task look unfinished, and a chord's last members could all conclude that the
+        group is not complete).
+        """
+        passed = False
         while True:
             method, _props, payload = ch.basic_get(name, auto_ack=False)
             if method is None:
-                break
-            prev, last, body = last, method.delivery_tag, payload
-            if method.message_count == 0:
-                break
-        if prev:
-            ch.basic_ack(prev, multiple=True)
-        if last:
-            ch.basic_nack(last, requeue=True)
-        return body
+                return _BUSY if passed else None
+            if method.message_count > 0:
+                ch.basic_ack(method.delivery_tag)
+                passed = True
+                continue
+            ch.basic_nack(method.delivery_tag, requeue=True)
+            return bytes(payload)
 
     def _read(self, name: str) -> bytes | None:
-        for pause in (*_EMPTY_RETRIES, None):
+        empty = iter(_EMPTY_RETRIES)
+        busy_until = time.monotonic() + _BUSY_PATIENCE
+        pause = 0.001
+        while True:
             try:
                 body = self._run(lambda ch: self._newest(ch, name), f"read {name!r}")
             except _Missing:
                 return None
-            if body is not None or pause is None:
+            if isinstance(body, bytes):
                 return body
-            time.sleep(pause)
-        return None
+            if body is _BUSY and time.monotonic() < busy_until:
+                time.sleep(pause)  # another reader holds the newest: it gives it back at once
+                pause = min(pause * 2, 0.05)
+                continue
+            wait = next(empty, None)  # empty: perhaps another reader holds its only message
+            if wait is None:
+                return None
+            time.sleep(wait)
 
     # -- primitives -------------------------------------------------------------------------------
 
