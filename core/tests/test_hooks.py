@@ -8,13 +8,16 @@ import re
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from machinery import Config, Server, Signature, hookimpl, hookspecs
+from machinery import Arg, Config, Server, Signature, hookimpl, hookspecs
 from machinery.events import TaskEvent, WorkerEvent
+from machinery.interfaces import Backend, Broker
+from machinery.memory import MemoryBackend, MemoryBroker
 from machinery.plugins import PluginHost
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
@@ -248,10 +251,52 @@ def test_hook_machinery_after_publish() -> None:
         raise PublishError("refused")
 
     srv.broker.publish = refuse  # type: ignore[method-assign]
-    srv.broker.publish_pending = lambda *a: False  # type: ignore[method-assign]
     with pytest.raises(PublishError):
         srv.send_task(Signature("anything"))
     assert isinstance(pub.after[-1][1], PublishError) and len(pub.after) == 2
+    srv.close()
+
+
+class FusingPlugin:
+    """Answers ``machinery_fused_publisher`` for the memory pair, counting the questions."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.fused: list[str] = []
+
+    @hookimpl
+    def machinery_fused_publisher(self, broker: Broker, backend: Backend) -> Callable[[bytes, Signature], None] | None:
+        self.asked += 1
+        if not isinstance(broker, MemoryBroker) or not isinstance(backend, MemoryBackend):
+            return None
+
+        def send(body: bytes, sig: Signature) -> None:
+            self.fused.append(sig.uuid)
+            backend._store_state(backend.pending_state(sig))
+            broker.publish(body, sig)
+
+        return send
+
+
+def test_hook_machinery_fused_publisher() -> None:
+    """A plugin that fuses the pair stores PENDING and publishes in its own function, asked
+    once per producer; the backend's separate PENDING write is not made."""
+    host = PluginHost(load_entry_points=False)
+    plugin = FusingPlugin()
+    host.pm.register(plugin, name="fusing")
+    name = uuid.uuid4().hex
+    srv = Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}"), plugins=host)
+
+    def separate(sig: Signature) -> None:
+        raise AssertionError("PENDING stored separately although a plugin fused the pair")
+
+    srv.backend.set_state_pending = separate  # type: ignore[method-assign]
+    first = srv.send_task(Signature("add", args=[Arg("int64", 2), Arg("int64", 3)]))
+    second = srv.send_task(Signature("add", args=[Arg("int64", 1), Arg("int64", 1)]))
+    assert plugin.fused == [first.task_uuid, second.task_uuid]
+    assert plugin.asked == 1, "the producer asks once, on its first send"
+    assert first.status == "PENDING" and second.status == "PENDING"
+    assert [s.uuid for s in srv.get_pending_tasks()] == [first.task_uuid, second.task_uuid]
     srv.close()
 
 

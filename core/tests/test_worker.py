@@ -29,7 +29,7 @@ from machinery import (
     Worker,
 )
 from machinery.errors import BackendConnectionError, BackendError
-from machinery.interfaces import Backend, Completion, Delivery
+from machinery.interfaces import Completion, Delivery
 from machinery.memory import MemoryBackend, MemoryBroker
 from machinery.signature import encode_signature, encode_task_state
 from machinery.state import TaskResult, TaskState
@@ -746,40 +746,13 @@ def test_the_failure_is_not_stored_from_the_backends_sending_thread() -> None:
         w.quit(timeout=10)
 
 
-def test_send_stores_and_publishes_in_one_step_where_the_broker_offers_it(
-    server: Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    broker, backend = server.broker, server.backend
-    fused: list[str] = []
-
-    def publish_pending(body: bytes, sig: Signature, be: Backend) -> bool:
-        fused.append(sig.uuid)
-        be._store_state(be.pending_state(sig))
-        broker.publish(body, sig)
-        return True
-
-    def separate(sig: Signature) -> None:
-        raise AssertionError("PENDING stored separately although the broker stored it")
-
-    monkeypatch.setattr(broker, "publish_pending", publish_pending)
-    monkeypatch.setattr(backend, "set_state_pending", separate)
-    result = server.send_task(Signature("add", args=[Arg("int64", 2), Arg("int64", 3)]))
-    assert fused == [result.task_uuid]
-    assert result.status == "PENDING"
-    w = server.new_worker("fused", 1).launch_in_background()
-    try:
-        assert result.get(timeout=5) == 5
-    finally:
-        w.quit(timeout=10)
-
-
 def test_send_stores_pending_then_publishes_by_default(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
     backend, broker = server.backend, server.broker
     store, publish = backend.set_state_pending, broker.publish
     monkeypatch.setattr(backend, "set_state_pending", lambda sig: (order.append("pending"), store(sig))[1])
     monkeypatch.setattr(broker, "publish", lambda body, sig: (order.append("publish"), publish(body, sig))[1])
-    assert broker.publish_pending(b"{}", Signature("add"), backend) is False
+    assert server.plugins.fused_publisher(broker, backend) is None
     server.send_task(Signature("add", args=[Arg("int64", 1)]))
     assert order == ["pending", "publish"]
 

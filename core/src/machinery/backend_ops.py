@@ -244,7 +244,7 @@ class BackendOps(ABC):
     @final
     def pending_state(self, signature: Signature) -> TaskState:
         """The PENDING record :meth:`set_state_pending` would store (for a broker that stores it
-        along with the message, ``Broker.publish_pending``)."""
+        along with the message: see the ``machinery_fused_publisher`` hook)."""
         return self._state(signature, State.PENDING.value)
 
     @final

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from machinery.events import TaskEvent, WorkerEvent
+    from machinery.interfaces import Backend, Broker
     from machinery.plugins import Register
     from machinery.signature import Signature
 
@@ -58,6 +59,23 @@ def machinery_register_locks(register: Register) -> None:
     :class:`~machinery.interfaces.Lock` subclass or a ``"module:Class"`` string.
 
     :param register: the registration callback.
+    """
+
+
+@hookspec(firstresult=True)
+def machinery_fused_publisher(broker: Broker, backend: Backend) -> Callable[[bytes, Signature], None] | None:
+    """A function that stores a task's PENDING state in ``backend`` and publishes its message
+    through ``broker`` in one round trip, for a broker and a backend of this plugin that share
+    a connection (the same Redis server and database, say); None for any other pair.
+
+    Asked once per producer, on its first send; the first non-None answer wins. Without one,
+    the producer stores PENDING, then publishes. The function is called with the encoded
+    message and its signature; it must store PENDING before any worker can take the message,
+    and raise :class:`~machinery.errors.BackendError` when PENDING was refused and
+    :class:`~machinery.errors.PublishError` when the message was.
+
+    :param broker: the producer's broker.
+    :param backend: the producer's result backend.
     """
 
 

@@ -138,19 +138,6 @@ class Broker(ABC):
         for body, sig in items:
             self.publish(body, sig)
 
-    def publish_pending(self, body: bytes, signature: Signature, backend: Backend) -> bool:
-        """Store the task's PENDING state in ``backend`` and publish it, in one round trip.
-
-        A broker that shares its store with ``backend`` (the same Redis server, say) overrides
-        this to send both writes together, PENDING first; both must be confirmed before it
-        returns True. The default returns False without doing anything, and the producer then
-        stores PENDING and publishes one after the other.
-
-        :raises machinery.errors.BackendError: PENDING was not stored.
-        :raises machinery.errors.PublishError: the message was not accepted.
-        """
-        return False
-
     @abstractmethod
     def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
         """Yield deliveries from ``queue`` until ``stop`` is set.

@@ -361,6 +361,14 @@ class PluginHost:
         """Broadcast ``machinery_after_publish``."""
         self.pm.hook.machinery_after_publish(signature=signature, error=error)
 
+    def fused_publisher(self, broker: Broker, backend: Backend) -> Callable[[bytes, Signature], None] | None:
+        """The first ``machinery_fused_publisher`` answer for this pair, or None."""
+        self.load()
+        fused: Callable[[bytes, Signature], None] | None = self.pm.hook.machinery_fused_publisher(
+            broker=broker, backend=backend
+        )
+        return fused
+
     def has_publish_observers(self) -> bool:
         """True when a plugin implements ``machinery_before_publish`` or ``machinery_after_publish``
         (the server skips both calls otherwise)."""

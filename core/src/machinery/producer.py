@@ -48,6 +48,11 @@ class Producer:
         self.pre_publish = pre_publish
         #: The host when a plugin observes publishing, else None (read once: hooks are registered by then).
         self._hooks = plugins if plugins is not None and plugins.has_publish_observers() else None
+        self._plugins = plugins
+        #: PENDING and the message in one round trip (``machinery_fused_publisher``), asked on the
+        #: first send; None when no plugin fuses this pair.
+        self._fused: Callable[[bytes, Signature], None] | None = None
+        self._fused_asked = False
 
     def prepare(self, sig: Signature) -> bytes:
         """Give ``sig`` a UUID and ``{}`` headers when it has none, run the pre-publish handler,
@@ -79,10 +84,17 @@ class Producer:
     def publish_one(self, body: bytes, signature: Signature) -> None:
         """Store PENDING, then publish ``body`` (the encoded ``signature``), with no hook."""
         # PENDING is stored before the message can be taken (a worker's STARTED must not be
-        # overwritten by it): in one round trip where the broker shares the backend's store.
-        if not self.broker.publish_pending(body, signature, self.backend):
-            self.backend.set_state_pending(signature)
-            self.broker.publish(body, signature)
+        # overwritten by it): in one round trip where a plugin fuses the broker and the backend.
+        if not self._fused_asked:
+            plugins = self._plugins
+            self._fused = plugins.fused_publisher(self.broker, self.backend) if plugins is not None else None
+            self._fused_asked = True
+        fused = self._fused
+        if fused is not None:
+            fused(body, signature)
+            return
+        self.backend.set_state_pending(signature)
+        self.broker.publish(body, signature)
 
     def republish(self, signature: Signature) -> None:
         """Publish without touching the stored state (retries keep RETRY visible)."""

@@ -756,7 +756,7 @@ def test_send_to_another_database_stores_and_publishes_separately(url: str, queu
     srv = Server(Config(broker=url, result_backend=backend_url, default_queue=queue, no_unix_signals=True))
     other = redis.Redis.from_url(backend_url)
     try:
-        assert srv.broker.publish_pending(b"{}", Signature("add", [1, 2]), srv.backend) is False
+        assert srv.plugins.fused_publisher(srv.broker, srv.backend) is None
         sig = Signature("add", [1, 2])
         srv.send_task(sig)
         assert json.loads(other.get(sig.uuid))["State"] == "PENDING"

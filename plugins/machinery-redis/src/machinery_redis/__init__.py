@@ -6,12 +6,14 @@ The classes are imported lazily, so loading the plugin does not import redis-py.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugin import Register
+    from machinery.plugin import Backend, Broker, Register, Signature
     from machinery_redis.backend import RedisBackend
     from machinery_redis.broker import RedisBroker
     from machinery_redis.lock import RedisLock
@@ -60,6 +62,20 @@ def machinery_register_locks(register: Register) -> None:
     """``redis://``, ``rediss://`` and ``redis+socket://`` locks."""
     for scheme in SCHEMES:
         register(scheme, "machinery_redis.lock:RedisLock", section="redis", env=ENV_OPTIONS)
+
+
+@hookimpl
+def machinery_fused_publisher(broker: Broker, backend: Backend) -> Callable[[bytes, Signature], None] | None:
+    """PENDING and the message in one pipeline, for a Redis broker and backend sharing a client."""
+    # Neither class can be in use unless its module was imported: no redis-py import here.
+    if "machinery_redis.broker" not in sys.modules or "machinery_redis.backend" not in sys.modules:
+        return None
+    from machinery_redis.backend import RedisBackend
+    from machinery_redis.broker import RedisBroker
+
+    if type(broker) is not RedisBroker or type(backend) is not RedisBackend:
+        return None
+    return broker.fused_publisher(backend)
 
 
 def __getattr__(name: str) -> Any:

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import redis
 
 from machinery.plugin import (
-    Backend,
     BackendError,
     Broker,
     BrokerAuthenticationError,
@@ -67,6 +66,7 @@ from machinery_redis.connection import (
 
 if TYPE_CHECKING:
     from machinery.plugin import Config
+    from machinery_redis.backend import RedisBackend
 
 __all__ = ["RedisBroker", "consumers_key", "dead_key", "eta_score", "processing_key"]
 
@@ -239,7 +239,6 @@ class RedisBroker(Broker):
         self._closing = threading.Event()
         self._closed = False
         self._scripts: dict[str, Any] = {}
-        self._fused_backend: Backend | None = None  # the last backend found to share our client
         track(self)
 
     def _after_fork_in_child(self) -> None:
@@ -310,22 +309,22 @@ class RedisBroker(Broker):
             else:
                 self.client.zadd(self.options.delayed_tasks_key, {body: score})
 
-    def publish_pending(self, body: bytes, signature: Signature, backend: Backend) -> bool:
-        """PENDING (``SET``) and the message (``RPUSH``, or ``ZADD`` for a later ETA) in one
-        pipeline, when ``backend`` is a Redis backend on the same server and database (it then
-        shares this broker's connections). Redis runs a connection's commands in order, so the
-        state is written before any worker can take the message. Not on a cluster, where the two
-        keys may live on different nodes.
+    def fused_publisher(self, backend: RedisBackend) -> Callable[[bytes, Signature], None] | None:
+        """The plugin's ``machinery_fused_publisher`` answer: a function that stores PENDING
+        (``SET``) and publishes (``RPUSH``, or ``ZADD`` for a later ETA) in one pipeline, when
+        ``backend`` shares this broker's connections (the same server, database and options);
+        None otherwise, and on a cluster, where the two keys may live on different nodes."""
+        if self._cluster:
+            return None
+        self.client  # noqa: B018 - creates the shared client on first use
+        if backend.shared is not self._shared:
+            return None
+        return functools.partial(self._publish_with_pending, backend)
 
-        :raises machinery.errors.BackendError: the state was refused.
-        :raises machinery.errors.PublishError: the message was refused (or, when the error is a
-            ``ConnectionError`` too, Redis could not be reached within ``redis.retries``).
-        """
-        if backend is not self._fused_backend:
-            if not self._shares_connections(backend):
-                return False
-            self._fused_backend = backend
-        state_cmd = backend.pending_command(signature)  # type: ignore[attr-defined]
+    def _publish_with_pending(self, backend: RedisBackend, body: bytes, signature: Signature) -> None:
+        # Redis runs a connection's commands in order: the state is written before any worker
+        # can take the message.
+        state_cmd = backend.pending_command(signature)
         score = self._delay_score(signature)
         if score is None:
             msg_cmd: tuple[Any, ...] = ("RPUSH", self.queue_for(signature), body)
@@ -344,15 +343,6 @@ class RedisBroker(Broker):
             err = PublishError(f"publish {signature.uuid}: redis at {redact_url(self.url)} failed: {msg_reply}")
             err.task_uuid = signature.uuid
             raise err from msg_reply
-        return True
-
-    def _shares_connections(self, backend: Backend) -> bool:
-        from machinery_redis.backend import RedisBackend
-
-        if type(backend) is not RedisBackend or self._cluster:
-            return False
-        self.client  # noqa: B018 - creates the shared client on first use
-        return backend.shared is self._shared  # else another server, database or options
 
     def _publish_errors(self, what: str, task_uuid: str) -> Any:
         return translate_errors(what, self.url, PublishError, _PublishConnectionError, task_uuid=task_uuid)
