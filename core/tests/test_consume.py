@@ -110,6 +110,52 @@ def test_stop_noticed_within_fetch_wait_and_unyielded_released() -> None:
     assert b.acked == [first.body]
 
 
+def test_give_back_on_stop_is_its_own_primitive() -> None:
+    # A broker may put what consume never handed out back otherwise than a nack's release
+    # (Redis: the queue head, in order, where a requeue goes to the tail).
+    class GivingBack(ListBroker):
+        given: list[list[bytes]] = []
+        released: list[list[bytes]] = []
+
+        def _release(self, deliveries: Sequence[Delivery]) -> None:
+            self.released.append([d.body for d in deliveries])
+            super()._release(deliveries)
+
+        def _give_back(self, deliveries: Sequence[Delivery]) -> None:
+            self.given.append([d.body for d in deliveries])
+            super()._release(deliveries)
+
+    b = GivingBack()
+    for i in range(4):
+        b.publish(body(i), Signature("add"))
+    stop, it = run(b, prefetch=4)
+    first = next(it)
+    b.nack(first)
+    assert b.released == [[body(0)]] and b.given == []
+    stop.set()
+    assert list(it) == []
+    assert b.given == [[body(1), body(2), body(3)]]  # in the order fetched
+    assert b.released == [[body(0)]]
+
+
+def test_prefetch_counts_handed_out_messages_unless_read_ahead() -> None:
+    for read_ahead, asked in ((False, [4, 1]), (True, [4, 4])):
+
+        class B(ListBroker):
+            prefetch_read_ahead = read_ahead
+
+        b = B()
+        for i in range(8):
+            b.publish(body(i), Signature("add"))
+        stop, it = run(b, prefetch=4)
+        handed = [next(it) for _ in range(5)]  # none acknowledged: the fifth needs a second fetch
+        assert b.asked == asked, read_ahead
+        stop.set()
+        assert list(it) == []
+        for d in handed:
+            b.ack(d)
+
+
 def test_idle_stop_prompt() -> None:
     b = ListBroker()
     stop, it = run(b)

@@ -14,8 +14,9 @@ implements a few primitives instead:
 - :meth:`PollingBroker._release` gives messages back at once;
 - :meth:`PollingBroker._dead_letter` drops one (to the dead letters, where the broker has them);
 - optionally :meth:`PollingBroker._defer` (give back, deliverable after a delay),
-  :meth:`PollingBroker._extend` (keep the messages a live consumer holds from coming back) and
-  :meth:`PollingBroker._reconnect`.
+  :meth:`PollingBroker._extend` (keep the messages a live consumer holds from coming back),
+  :meth:`PollingBroker._give_back` (what ``consume`` fetched and did not hand out, when that is
+  not a plain :meth:`PollingBroker._release`) and :meth:`PollingBroker._reconnect`.
 
 A client library that pushes messages to a callback instead (AMQP's ``basic_consume``) uses
 :class:`~machinery.consume_adapters.PushBroker`, which implements ``_fetch`` over a
@@ -24,7 +25,8 @@ subscription the plugin opens and an inbox the core reads.
 The core then owns ``consume``, ``ack`` and ``nack``:
 
 - ``consume`` notices ``stop`` within :attr:`PollingBroker.fetch_wait` (1 s), never holds more
-  than ``prefetch`` messages (handed out and unacknowledged, plus fetched and waiting), backs
+  than ``prefetch`` messages (handed out and unacknowledged, plus fetched and waiting; only
+  those waiting where the broker sets :attr:`PollingBroker.prefetch_read_ahead`), backs
   off from 0.1 s to 10 s on :class:`~machinery.errors.BrokerConnectionError` (or one of the
   client's :attr:`PollingBroker.connection_errors`) and calls :meth:`PollingBroker._reconnect`,
   and gives back every message it fetched but did not hand out when it ends;
@@ -113,6 +115,12 @@ class PollingBroker(Broker):
     #: None: when the broker has no native delay. True for a broker that declares native delay
     #: but meets it in the consumer (SQS hides an early message again until its ETA).
     eta_in_consumer: ClassVar[bool | None] = None
+    #: Whether ``prefetch`` bounds only the messages fetched and waiting in the consumer (a
+    #: read-ahead; the caller bounds what it has been handed, as the worker does with its task
+    #: slots) instead of those plus the ones handed out and unacknowledged. Set by a broker whose
+    #: fetch is a round trip it wants to share: counting handed-out messages makes most fetches
+    #: of a busy worker take one message (Redis: up to ``prefetch`` per ``LMOVE`` script).
+    prefetch_read_ahead: ClassVar[bool] = False
     #: Client-library exceptions that mean "connection trouble": ``consume`` backs off and
     #: reconnects on them, and :meth:`translate_errors` turns them into
     #: :class:`~machinery.errors.BrokerConnectionError`.
@@ -157,13 +165,23 @@ class PollingBroker(Broker):
     def _release(self, deliveries: Sequence[Delivery]) -> None:
         """Give messages back at once, deliverable to any consumer (order need not be kept).
 
-        Called for ``nack(requeue=True)`` and for what ``consume`` fetched but did not hand out.
+        Called for ``nack(requeue=True)`` and, unless :meth:`_give_back` says otherwise, for what
+        ``consume`` fetched but did not hand out.
         """
 
     @abstractmethod
     def _dead_letter(self, delivery: Delivery) -> None:
         """Take a message out of its queue for good (``nack(requeue=False)``): move it to the
         broker's dead letters where there are any, else drop it."""
+
+    def _give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back, when ``consume`` ends, the messages it fetched and did not hand out (in the
+        order fetched, those held for their ETA last). Optional: :meth:`_release` by default.
+
+        For a broker whose :meth:`_release` puts a message behind the others (Redis requeues at
+        the queue's tail, as Go does) while messages never handed out should keep their place.
+        """
+        self._release(deliveries)
 
     def _defer(self, delivery: Delivery, delay: float) -> None:
         """Give a message back, deliverable only after ``delay`` seconds (> 0).
@@ -312,8 +330,10 @@ class PollingBroker(Broker):
                         if sum(1 for h in self.__held.values() if h.queue == queue) >= cap:
                             self.__settled.wait(self.fetch_wait)
                             continue
-                # Held: handed out and not settled, plus fetched and waiting here.
-                want = max(1, cap - self._held_count(queue))
+                # Held: handed out and not settled, plus fetched and waiting here (or, for a
+                # read-ahead, only those waiting: the buffer is empty here but for ordering keys).
+                held = len(buffer) + len(due) if self.prefetch_read_ahead else self._held_count(queue)
+                want = max(1, cap - held)
                 wait = self.fetch_wait if not due else max(0.0, min(self.fetch_wait, due[0][0] - now))
                 try:
                     got = self._fetch(queue, want, wait)
@@ -348,7 +368,7 @@ class PollingBroker(Broker):
                 for d in rest:
                     self.__settling(d)
                 try:
-                    self._release(rest)
+                    self._give_back(rest)
                 except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
                     log.warning("could not give back %d message(s) on stop: %s", len(rest), exc)
             try:

@@ -330,6 +330,31 @@ def test_nack_requeue_dead_letter_and_delay(url: str, queue: str, raw: redis.Red
         broker.close()
 
 
+def test_requeue_goes_to_the_tail_and_what_was_not_handed_out_to_the_head(
+    url: str, queue: str, raw: redis.Redis
+) -> None:
+    broker = RedisBroker(url, config(url, queue))
+    try:
+        bodies = [go_message(queue, task_uuid()) for _ in range(6)]
+        raw.rpush(queue, *bodies[:5])
+        stop = threading.Event()
+        gen = broker.consume(queue, prefetch=5, stop=stop)
+        d1, d2 = next(gen), next(gen)
+        assert raw.llen(queue) == 0  # one fetch took all five
+        raw.rpush(queue, bodies[5])
+        broker.nack(d2, requeue=True)  # Go's requeue: behind what is waiting
+        assert raw.lrange(queue, 0, -1) == [bodies[5], d2.body]
+        stop.set()
+        gen.close()  # the three taken and not handed out keep their place, in order
+        assert raw.lrange(queue, 0, -1) == [*bodies[2:5], bodies[5], bodies[1]]
+        assert raw.lrange(processing_key(queue, d1.tag.cid), 0, -1) == [bodies[0]]
+        broker.ack(d1)
+        assert raw.llen(processing_key(queue, d1.tag.cid)) == 0
+        assert not raw.sismember(consumers_key(queue), d1.tag.cid)  # left with its last settle
+    finally:
+        broker.close()
+
+
 def test_stop_is_noticed_within_a_second(url: str, queue: str) -> None:
     broker = RedisBroker(url, config(url, queue))
     try:
@@ -453,8 +478,9 @@ def test_worker_survives_a_redis_restart(private_redis: Any, caplog: pytest.LogC
     finally:
         worker.quit()
         srv.close()
-    messages = [r.getMessage() for r in caplog.records if r.name == "machinery.redis"]
-    assert any("cannot reach" in m and "retrying in" in m for m in messages)  # one line per back-off step
+    # One line per back-off step (the core's consume loop logs the plugin's error), no traceback.
+    messages = [r.getMessage() for r in caplog.records if r.name in ("machinery.redis", "machinery.consume")]
+    assert any("cannot reach redis://" in m and "again in" in m for m in messages)
     assert any("restored" in m for m in messages)
 
 
@@ -1038,7 +1064,7 @@ def test_server_down_at_start_is_one_clear_line_per_back_off_step(caplog: pytest
     assert 3 <= len(steps) <= 8, [r.getMessage() for r in records]
     for r in steps:
         text = r.getMessage()
-        assert f"redis://:***@127.0.0.1:{port}/0" in text and "Connection refused" in text and "retrying in" in text
+        assert f"redis://:***@127.0.0.1:{port}/0" in text and "Connection refused" in text and "again in" in text
     assert len(records) <= 15, "\n".join(r.getMessage() for r in records)
 
 

@@ -9,12 +9,21 @@ Keys shared with Go Machinery (a Go producer or worker on the same server sees t
 Keys of this plugin only (the ``{queue}`` hash tag keeps them in the queue's cluster slot):
 
 - ``{<queue>}:processing:<consumer>``: what one consumer has taken and not yet acknowledged.
-  ``BLMOVE`` moves a message there atomically; ``ack`` removes it (after the state is stored).
+  ``LMOVE`` (a Lua loop, up to the prefetch in one round trip) or ``BLMOVE`` moves a message
+  there atomically; ``ack`` removes it (after the state is stored).
 - ``{<queue>}:consumer:<consumer>``: the consumer's heartbeat, renewed every third of
   ``visibility_timeout`` by a background thread (so long tasks are fine).
 - ``{<queue>}:consumers``: the set of consumer ids. Any live consumer of the queue returns the
   processing list of a consumer whose heartbeat expired (kill -9, lost host) to the queue head.
 - ``{<queue>}:dead``: messages rejected with ``nack(requeue=False)`` (bounded list).
+
+Consuming is the core's consume template (:class:`~machinery.plugin.PollingBroker`: stop within
+a second, prefetch, back-off, giving back on stop); this module supplies its primitives. A
+``consume`` has a consumer id, processing list and connection of its own; ``nack(requeue=True)``
+puts the message at the queue's tail (Go's requeue), ``nack(delay=...)`` in the delayed set,
+``nack(requeue=False)`` in ``{<queue>}:dead``; what ``consume`` took and did not hand out goes
+back to the queue head, in order. A background thread renews heartbeats, moves due delayed
+tasks, returns dead consumers' messages and retries settlements that met a lost connection.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,13 +45,13 @@ import redis
 
 from machinery.plugin import (
     BackendError,
-    Broker,
     BrokerAuthenticationError,
     BrokerConnectionError,
     BrokerError,
     DeadLetter,
     DecodeError,
     Delivery,
+    PollingBroker,
     PublishError,
     Signature,
     decode_signature,
@@ -189,7 +198,8 @@ def _take(conn: Any, script: Any, queue: str, processing: str, n: int) -> list[b
 
 
 class _Consumer:
-    """One ``consume`` call: its keys, and the bodies it has yielded and not yet settled."""
+    """One ``consume`` call: its keys, its own connection, and the bodies it has fetched and not
+    yet settled (handed out, or waiting in the core's consume loop)."""
 
     def __init__(self, queue: str, cid: str) -> None:
         self.queue = queue
@@ -200,10 +210,27 @@ class _Consumer:
         self.active = True
         self.inflight: Counter[bytes] = Counter()
         self.lock = threading.Lock()
+        # Used by the consuming thread only: the take script, a client of its own (retries off)
+        # and, outside a cluster, one connection of that client written to directly.
+        self.take: Any = None
+        self.blocking: Any = None
+        self.cluster = False
+        self.conn: Any = None
+        #: Register (again) and give back what the processing list holds unknown, before the
+        #: next fetch: at the start and after a lost connection.
+        self.recover = True
+        #: Whether the consumer was once registered on the server (it then has keys to undo).
+        self.registered = False
+        #: Whether the last fetch failed (the next one that works logs the connection restored).
+        self.failing = False
 
 
-class RedisBroker(Broker):
+class RedisBroker(PollingBroker):
     """Broker on Redis lists, wire- and key-compatible with Go Machinery, at-least-once.
+
+    Consuming is the core's template (:class:`~machinery.plugin.PollingBroker`): this class
+    fetches (a Lua loop of ``LMOVE``, then ``BLMOVE`` when the queue is empty), acknowledges
+    (``LREM`` through the shared command batcher), requeues, delays and dead-letters.
 
     :param url: ``redis://``, ``rediss://`` or ``redis+socket://`` (see :mod:`machinery_redis`).
     :param config: the core config; its ``redis`` section is parsed into
@@ -223,6 +250,11 @@ class RedisBroker(Broker):
     supports_dead_letters: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "redis"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
+    #: Back-off of the consume loop after a lost connection: 0.1 s doubling to 5 s.
+    backoff_max: ClassVar[float] = 5.0
+    #: ``prefetch`` is how many one fetch takes in one round trip (the worker's task slots bound
+    #: what it holds): counting unacknowledged messages would make most fetches take one.
+    prefetch_read_ahead: ClassVar[bool] = True
 
     def __init__(self, url: str, config: Config) -> None:
         super().__init__(url, config)
@@ -234,6 +266,9 @@ class RedisBroker(Broker):
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
         self._consumers: dict[str, _Consumer] = {}
+        #: The running ``consume`` calls: (thread, queue) -> consumer (the core's primitives
+        #: name the queue only; a consume runs in one thread).
+        self._consuming: dict[tuple[int, str], _Consumer] = {}
         self._deferred: deque[tuple[str, Callable[[], None]]] = deque()
         self._maint: threading.Thread | None = None
         self._closing = threading.Event()
@@ -248,9 +283,13 @@ class RedisBroker(Broker):
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
         self._consumers = {}
+        self._consuming = {}
         self._deferred = deque()
         self._maint = None
         self._closing = threading.Event()
+        # The core's consume state (its locks, the messages it holds) starts afresh too; its
+        # constructor only sets that state (and the url and config, unchanged).
+        PollingBroker.__init__(self, self.url, self.config)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -368,108 +407,119 @@ class RedisBroker(Broker):
                 pipe.zadd(self.options.delayed_tasks_key, delayed)
             pipe.execute()
 
-    # -- consuming ----------------------------------------------------------------------------
+    # -- consuming (the core's consume template) ----------------------------------------------
 
-    def consume(self, queue: str, *, prefetch: int, stop: threading.Event) -> Iterator[Delivery]:
-        """Yield messages of ``queue``, each moved atomically into this consumer's processing list.
-
-        Takes up to ``prefetch`` messages per round trip (a Lua loop of ``LMOVE``) and, when the
-        queue is empty, blocks in ``BLMOVE`` for at most a second at a time, so ``stop`` is
-        noticed within a second; messages taken but not yet yielded when ``stop`` is set (or the
-        generator is closed) go back to the queue head, in order. Lost connections are logged
-        and retried with back-off (0.1 s doubling to 5 s).
-        """
+    def _consume_started(self, queue: str, prefetch: int) -> None:
+        """Register a consumer of ``queue`` for the ``consume`` starting in this thread: its id,
+        processing list and a connection of its own (opened by the first fetch, so that a server
+        down at start is retried like one lost later)."""
         cid = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         consumer = _Consumer(queue, cid)
+        consumer.take = self._script("take", _TAKE)
+        consumer.blocking = build_client(self.target, self.options, retries=0)
+        # A cluster client routes each command to its node instead of one connection.
+        consumer.cluster = is_cluster(consumer.blocking)
         with self._lock:
             self._consumers[cid] = consumer
+            self._consuming[(threading.get_ident(), queue)] = consumer
         self._ensure_maintenance()
-        blocking = build_client(self.target, self.options, retries=0)
-        block = self.options.block_timeout
-        take = self._script("take", _TAKE)
-        # One connection of its own, written to directly (no pool hand-out per call), opened in
-        # the loop below so that a server down at start is retried like one lost later; a
-        # cluster client routes each command to its node instead.
-        cluster = is_cluster(blocking)
-        conn = None
-        batch = max(1, prefetch)
-        ready: deque[bytes] = deque()  # taken into the processing list, not yielded yet
-        recover, failing, backoff = True, False, 0.1
-        registered = False  # False until the consumer has once been registered on the server
+
+    def _consumer_of(self, queue: str) -> _Consumer:
+        consumer = self._consuming.get((threading.get_ident(), queue))
+        if consumer is None:  # a generator resumed by another thread than the one that started it
+            with self._lock:
+                consumer = next(c for (_, q), c in self._consuming.items() if q == queue)
+        return consumer
+
+    def _fetch(self, queue: str, max_n: int, wait: float) -> Sequence[Delivery]:
+        """Up to ``max_n`` messages moved atomically into this consumer's processing list: one
+        Lua loop of ``LMOVE`` in one round trip, then, only when the queue is empty, one
+        ``BLMOVE`` blocking at most ``wait`` seconds (and the poll period)."""
+        consumer = self._consumer_of(queue)
+        if self._closing.is_set():  # close() gave this consumer's messages back: take no more
+            time.sleep(wait)
+            return ()
+        processing = consumer.processing
+        block = min(wait, self.options.block_timeout)
         try:
-            while not stop.is_set() and not self._closing.is_set():
-                if ready:
-                    yield Delivery(body=ready.popleft(), queue=queue, tag=consumer)
-                    continue
-                try:
-                    if conn is None and not cluster:
-                        conn = blocking.connection_pool.get_connection()
-                    if recover:
-                        self._recover(consumer)
-                        recover, registered = False, True
-                    # Up to ``prefetch`` at once; block only when the queue is empty.
-                    if cluster:
-                        bodies = take(keys=[queue, consumer.processing], args=[batch], client=blocking)
-                        if not bodies:
-                            body = blocking.blmove(queue, consumer.processing, block, "LEFT", "RIGHT")
-                            bodies = [] if body is None else [body]
-                    else:
-                        bodies = _take(conn, take, queue, consumer.processing, batch)
-                        if not bodies:
-                            body = _call(conn, "BLMOVE", queue, consumer.processing, "LEFT", "RIGHT", block)
-                            bodies = [] if body is None else [body]
-                except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-                    # Not transient: the worker says so and waits long before trying again.
-                    raise BrokerAuthenticationError(
-                        f"redis consumer of {queue!r}: {redact_url(self.url)} refused the credentials "
-                        f"({type(exc).__name__}: {redact_url(str(exc))})"
-                    ) from None
-                except redis.RedisError as exc:
-                    recover = True
-                    failing = True
-                    # One line per back-off step (at most one every 5 s), no traceback.
-                    log.warning(
-                        "redis consumer of %r: cannot reach %s (%s: %s); retrying in %.1fs",
-                        queue,
-                        redact_url(self.url),
-                        type(exc).__name__,
-                        redact_url(str(exc)),
-                        backoff,
-                    )
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                if failing:
-                    log.info("redis consumer of %r: connection to %s restored", queue, redact_url(self.url))
-                    failing, backoff = False, 0.1
-                if not bodies:
-                    continue
-                with consumer.lock:
-                    for body in bodies:
-                        consumer.inflight[body] += 1
-                ready.extend(bodies)
-        finally:
-            # What was taken but not yielded goes back to the queue head, in order.
-            while ready:
-                body = ready.pop()
-                self._settle(
-                    consumer, body, "give back", functools.partial(self._to_list, consumer, body, queue, "head")
-                )
-            with consumer.lock:
-                consumer.active = False
-                idle = not consumer.inflight
-            if idle and not self._closed and registered:
-                self._leave(consumer)
-            elif idle:  # never registered (server down, credentials refused): nothing to undo there
-                with self._lock:
-                    self._consumers.pop(consumer.cid, None)
-            if conn is not None:
-                conn.disconnect()
-            blocking.close()
+            if consumer.recover:
+                self._recover(consumer)
+                consumer.recover, consumer.registered = False, True
+            if consumer.cluster:
+                bodies = consumer.take(keys=[queue, processing], args=[max_n], client=consumer.blocking)
+                if not bodies and block > 0:
+                    body = consumer.blocking.blmove(queue, processing, block, "LEFT", "RIGHT")
+                    bodies = [] if body is None else [body]
+            else:
+                conn = consumer.conn
+                if conn is None:
+                    conn = consumer.conn = consumer.blocking.connection_pool.get_connection()
+                bodies = _take(conn, consumer.take, queue, processing, max_n)
+                if not bodies and block > 0:
+                    body = _call(conn, "BLMOVE", queue, processing, "LEFT", "RIGHT", block)
+                    bodies = [] if body is None else [body]
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+            # Not transient: the worker says so and waits long before trying again.
+            raise BrokerAuthenticationError(
+                f"redis consumer of {queue!r}: {redact_url(self.url)} refused the credentials "
+                f"({type(exc).__name__}: {redact_url(str(exc))})"
+            ) from None
+        except redis.RedisError as exc:
+            # The core logs one line per back-off step (no traceback), then calls _reconnect.
+            consumer.recover = consumer.failing = True
+            raise BrokerConnectionError(
+                f"cannot reach {redact_url(self.url)} ({type(exc).__name__}: {redact_url(str(exc))})"
+            ) from None
+        if consumer.failing:
+            log.info("redis consumer of %r: connection to %s restored", queue, redact_url(self.url))
+            consumer.failing = False
+        if not bodies:
+            return ()
+        with consumer.lock:
+            inflight = consumer.inflight
+            for body in bodies:
+                inflight[body] += 1
+        return [Delivery(body=body, queue=queue, tag=consumer) for body in bodies]
+
+    def _reconnect(self) -> None:
+        """After a lost connection: the consumers of this thread register again, and give back
+        what their processing lists hold that was never handed out (a ``BLMOVE`` whose reply was
+        lost with the connection), before their next fetch."""
+        me = threading.get_ident()
+        with self._lock:
+            for (thread, _), consumer in self._consuming.items():
+                if thread == me:
+                    consumer.recover = True
+
+    def _consume_ended(self, queue: str) -> None:
+        """Close the consumer's connection; it leaves (unregisters, its processing list goes
+        back to the queue head) now when nothing it handed out is unsettled, else with the last
+        settle."""
+        with self._lock:
+            consumer = self._consuming.pop((threading.get_ident(), queue), None)
+            if consumer is None:  # ended by another thread than the one that started it
+                key = next((k for k, c in self._consuming.items() if c.queue == queue), None)
+                consumer = self._consuming.pop(key) if key is not None else None
+        if consumer is None:
+            return
+        with consumer.lock:
+            consumer.active = False
+            idle = not consumer.inflight
+        if idle and not self._closed and consumer.registered:
+            self._leave(consumer)
+        elif idle:  # never registered (server down, credentials refused): nothing to undo there
+            with self._lock:
+                self._consumers.pop(consumer.cid, None)
+        if consumer.conn is not None:
+            consumer.conn.disconnect()
+            consumer.conn = None
+        if consumer.blocking is not None:
+            consumer.blocking.close()
+            consumer.blocking = None
 
     def _recover(self, consumer: _Consumer) -> None:
-        # (Re-)register, then give back anything in our processing list that was never yielded
-        # (a BLMOVE whose reply was lost with the connection).
+        # (Re-)register, then give back anything in our processing list that was never fetched
+        # as far as we know (a BLMOVE whose reply was lost with the connection).
         self._beat([consumer])
         with consumer.lock:
             known = Counter(consumer.inflight)
@@ -479,7 +529,7 @@ class RedisBroker(Broker):
             else:
                 self._to_list(consumer, body, consumer.queue, "head")
 
-    def ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery) -> None:
         """Remove the message from this consumer's processing list (the state is stored)."""
         consumer: _Consumer = delivery.tag
         body = delivery.body
@@ -494,23 +544,44 @@ class RedisBroker(Broker):
         # sent at once when none is on its way. The state was stored before this is called.
         self.batcher.submit([("LREM", consumer.processing, 1, body)], done)
 
-    def nack(self, delivery: Delivery, *, requeue: bool = True, delay: float = 0.0) -> None:
-        """Requeue at the queue's tail (Go's requeue), into the delayed set, or dead-letter it."""
+    def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """``nack(requeue=True)``: back to the queue's tail (Go's requeue)."""
+        for d in deliveries:
+            consumer: _Consumer = d.tag
+            body = d.body
+            op = functools.partial(self._to_list, consumer, body, consumer.queue, "tail")
+            self._settle(consumer, body, "requeue", op)
+
+    def _give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """What ``consume`` took and did not hand out goes back to the queue head, in order (the
+        oldest messages of the queue: they keep their place)."""
+        for d in reversed(deliveries):
+            consumer: _Consumer = d.tag
+            body = d.body
+            if self._closed:  # close() returned the processing lists to the queue heads already
+                self._settled(consumer, body)
+                continue
+            op = functools.partial(self._to_list, consumer, body, consumer.queue, "head")
+            self._settle(consumer, body, "give back", op)
+
+    def _defer(self, delivery: Delivery, delay: float) -> None:
+        """``nack(delay=...)``: into Go's delayed set, scored ``delay`` seconds from now."""
+        consumer: _Consumer = delivery.tag
+        body = delivery.body
+        member = self._for_queue(body, delivery.queue)
+        score = time.time_ns() + int(delay * 1e9)
+        self._settle(consumer, body, "delay", lambda: self._to_delayed(consumer, body, member, score))
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        """``nack(requeue=False)``: to ``{queue}:dead`` (dropped when ``dead_letter_limit`` is 0)."""
         consumer: _Consumer = delivery.tag
         body = delivery.body
         op: Callable[[], Any]
-        if not requeue:
-            if self.options.dead_letter_limit > 0:
-                op = lambda: self._to_list(consumer, body, dead_key(consumer.queue), "tail")  # noqa: E731
-            else:
-                op = lambda: self.client.lrem(consumer.processing, 1, body)  # noqa: E731
-            self._settle(consumer, body, "dead-letter", op)
-        elif delay > 0:
-            member = self._for_queue(body, delivery.queue)
-            score = time.time_ns() + int(delay * 1e9)
-            self._settle(consumer, body, "delay", lambda: self._to_delayed(consumer, body, member, score))
+        if self.options.dead_letter_limit > 0:
+            op = functools.partial(self._to_list, consumer, body, dead_key(consumer.queue), "tail")
         else:
-            self._settle(consumer, body, "requeue", lambda: self._to_list(consumer, body, consumer.queue, "tail"))
+            op = lambda: self.client.lrem(consumer.processing, 1, body)  # noqa: E731
+        self._settle(consumer, body, "dead-letter", op)
 
     def _for_queue(self, body: bytes, queue: str) -> bytes:
         # A delayed member goes where its routing key says: make that the queue it came from.
@@ -757,6 +828,7 @@ class RedisBroker(Broker):
         maint = self._maint
         if maint is not None and maint is not threading.current_thread():
             maint.join(timeout=5)
+        super().close()
         with self._lock:
             consumers = list(self._consumers.values())
         if self._shared is not None:
