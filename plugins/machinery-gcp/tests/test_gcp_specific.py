@@ -509,10 +509,12 @@ def test_purge_drops_ready_and_delayed(broker: GCPPubSubBroker, queue: str, raw_
         # The consumer pulled the ETA message too and gave it back until due (leased, out of
         # sight): it is not handed out early.
         assert pump.take(1.0) is None
-        for d in taken:
-            broker.nack(d, requeue=True)  # type: ignore[arg-type]
     finally:
         pump.close()
+    # Given back once the consumer has stopped: a consumer still running would take them again
+    # (and hold them, leased, where purge cannot count them).
+    for d in taken:
+        broker.nack(d, requeue=True)  # type: ignore[arg-type]
     assert broker.purge() == 3
     time.sleep(max(0.0, eta.timestamp() - time.time()) + 0.5)  # the delayed one would be back by now
     assert raw_pull(raw_clients[1], broker.subscription_path(queue)) == []
