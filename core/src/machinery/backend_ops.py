@@ -87,6 +87,8 @@ FINAL_OPERATIONS = frozenset(
         "group_completed",
         "trigger_chord",
         "complete_chord_member",
+        "_member_states",
+        "_read_group",
         "get_group_meta",
         "purge_state",
         "purge_group_meta",
@@ -349,11 +351,7 @@ class BackendOps(ABC):
         counted states, in completion order as Go returns them; the counter is then purged."""
         meta = self._load_group(group_uuid)
         if meta is not None:
-            loaded = self._load_states(meta.task_uuids)
-            states = [
-                s if s is not None else TaskState(task_uuid=u, state=State.PENDING.value)
-                for u, s in zip(meta.task_uuids, loaded)
-            ]
+            states = self._member_states(meta)
         elif self.counts_completed:
             states = self._completed_states(group_uuid)
         else:
@@ -370,17 +368,34 @@ class BackendOps(ABC):
         ``group_task_count``: not yet, one round trip); with a group record every member's state
         is then checked (a duplicate completion cannot fake it), without one (a Go producer's
         group) the count decides, as in Go."""
+        return self._read_group(group_uuid, group_task_count)[0]
+
+    @final
+    def _member_states(self, meta: GroupMeta) -> list[TaskState]:
+        """The states of the group's members in group order, a missing one as PENDING."""
+        loaded = self._load_states(meta.task_uuids)
+        return [
+            s if s is not None else TaskState(task_uuid=u, state=State.PENDING.value)
+            for u, s in zip(meta.task_uuids, loaded)
+        ]
+
+    @final
+    def _read_group(
+        self, group_uuid: str, group_task_count: int
+    ) -> tuple[bool, GroupMeta | None, list[TaskState] | None, int | None]:
+        """Go's ``GroupCompleted`` test, reading each thing once: (complete, the record or None,
+        the members' states in group order or None when not read, the counter or None)."""
         count = None
         if self.counts_completed:
             count = self._completed_count(group_uuid)
             if count is not None and count < group_task_count:
-                return False
+                return False, None, None, count
         meta = self._load_group(group_uuid)
         if meta is None:
-            return count is not None
-        states = self._load_states(meta.task_uuids)
-        done = sum(1 for s in states if s is not None and s.is_completed)
-        return done == group_task_count or (done == len(meta.task_uuids) and done > 0)
+            return count is not None, None, None, count
+        states = self._member_states(meta)
+        done = sum(1 for s in states if s.is_completed)
+        return done == group_task_count or (done == len(meta.task_uuids) and done > 0), meta, states, count
 
     @final
     def trigger_chord(self, group_uuid: str) -> bool:
@@ -399,25 +414,9 @@ class BackendOps(ABC):
         that completes it adds the trigger, and the states it already read are the ones sent (a
         completed state is final).
         """
-        count = None
-        if self.counts_completed:
-            count = self._completed_count(group_uuid)
-            if count is not None and count < group_task_count:
-                return _NOT_DONE
-        meta = self._load_group(group_uuid)
-        if meta is None:
-            if count is None:
-                return _MISSING
-            states: list[TaskState] | None = None  # a Go producer's group: the counter decides
-        else:
-            loaded = self._load_states(meta.task_uuids)
-            done = sum(1 for s in loaded if s is not None and s.is_completed)
-            if not (done == group_task_count or (done == len(meta.task_uuids) and done > 0)):
-                return _NOT_DONE
-            states = [
-                s if s is not None else TaskState(task_uuid=u, state=State.PENDING.value)
-                for u, s in zip(meta.task_uuids, loaded)
-            ]
+        complete, meta, states, count = self._read_group(group_uuid, group_task_count)
+        if not complete:
+            return _MISSING if meta is None and count is None else _NOT_DONE
         if not self._mark_chord_triggered(group_uuid):
             return _LOST_RACE
         if states is None:
