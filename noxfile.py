@@ -62,7 +62,8 @@ def types(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin (plugins/*/src, the template included)."""
     plugins = [str(p) for p in sorted((ROOT / "plugins").glob("*/pyproject.toml"))]
     editable = [arg for p in plugins for arg in ("-e", str(Path(p).parent))]
-    session.install("mypy>=1.10", "-e", "core[testing]", *editable, "types-PyYAML")
+    # hiredis: machinery-redis packs commands with it when it is installed (typed package)
+    session.install("mypy>=1.10", "-e", "core[testing]", *editable, "types-PyYAML", "hiredis>=2")
     session.run("mypy", "--config-file", "pyproject.toml")
 
 

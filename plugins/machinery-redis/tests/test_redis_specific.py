@@ -1086,3 +1086,29 @@ def test_refused_credentials_are_said_once_and_not_retried_quickly(
     assert "not a transient fault" in text and f"127.0.0.1:{private_redis.port}" in text
     assert "trying again in 60s" in text
     assert not [r for r in records if "cannot reach" in r.getMessage()], "an auth error was retried as transient"
+
+
+def test_commands_are_packed_as_redis_py_packs_them(url: str, raw: redis.Redis) -> None:
+    from machinery_redis.batch import _pack, round_trip
+
+    key = f"k_{uuid.uuid4().hex}"
+    conn = raw.connection_pool.get_connection()
+    try:
+        # the same bytes as redis-py's own packing, whichever path ``_pack`` takes
+        same = [
+            [("SET", key, b"\x00bytes\xff", "EX", 60), ("RPUSH", key + "l", "é", 5, 1.5)],
+            [("ZADD", key + "z", 1700000000000000000, b"member")],
+            [("SET", key, bytearray(b"array"))],  # hiredis takes no bytearray: redis-py packs it
+            [("CONFIG GET", "maxmemory")],  # a two-word name: redis-py splits it
+        ]
+        for commands in same:
+            assert b"".join(_pack(conn, commands)) == b"".join(conn.pack_commands(commands))
+        # and Redis understands them
+        replies = round_trip(conn, [("SET", key, bytearray(b"array")), ("GET", key), ("CONFIG GET", "maxmemory")])
+        assert replies[:2] == [b"OK", b"array"] and b"maxmemory" in replies[2]
+        with pytest.raises(redis.DataError):  # what redis-py says of a bool, not hiredis's TypeError
+            _pack(conn, [("SET", key, True)])
+        assert round_trip(conn, [("GET", key)]) == [b"array"]  # the connection is in step
+    finally:
+        raw.connection_pool.release(conn)
+        raw.delete(key, key + "l", key + "z")

@@ -31,6 +31,12 @@ from redis.cluster import RedisCluster
 
 from machinery_redis._fork import track
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # redis-py's optional C extension (``machinery-redis[hiredis]``)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - without hiredis, redis-py packs
+    _hiredis_pack = None
+
 __all__ = ["CommandBatcher", "round_trip"]
 
 log = logging.getLogger("machinery.redis")
@@ -351,12 +357,37 @@ def _size(unit: _Unit) -> int:
     return len(unit.commands) if unit.build is None else 2
 
 
+def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The commands in the Redis protocol, as redis-py would write them.
+
+    Where redis-py itself packs with hiredis (its ``HiredisRespSerializer``, UTF-8 strict),
+    ``hiredis.pack_command`` is called directly: redis-py first runs every argument through its
+    Python encoder in a generator, about 3 µs a command, more than the rest of the packing.
+    Anything that path does not cover (a command name of two words, ``bytearray``, ``None``,
+    ``bool``...) goes to redis-py, which encodes it or raises its own ``DataError``.
+    """
+    if _hiredis_pack is not None and type(getattr(conn, "_command_packer", None)).__name__ == "HiredisRespSerializer":
+        encoder = conn.encoder
+        if encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
+            try:
+                packed = []
+                for command in commands:
+                    head = command[0]
+                    if type(head) is not str or " " in head:
+                        raise TypeError(head)
+                    packed.append(_hiredis_pack(command))
+                return [b"".join(packed)]
+            except TypeError:
+                pass
+    return conn.pack_commands(commands)
+
+
 def round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Write ``commands`` on ``conn`` in one go and read one reply per command (error replies
     are returned as exceptions). Any other failure leaves unread replies behind: the connection
     is closed then, so the next use starts clean."""
     try:
-        conn.send_packed_command(conn.pack_commands(commands))
+        conn.send_packed_command(_pack(conn, commands))
         replies: list[Any] = []
         for _ in commands:
             try:
