@@ -132,3 +132,36 @@ def test_trace_id_from_a_w3c_traceparent_header() -> None:
     (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert line["task_uuid"] == "task_1" and line["state"] == "SUCCESS" and line["duration"] == 0.5
+
+
+def test_successes_are_logged_at_info_and_cost_no_event_above_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the built-in logging plugin as the only observer of successes, a worker builds and
+    fires the success event only while ``machinery.task`` logs at INFO (its one use)."""
+    from machinery import Signature
+    from machinery.events import TaskEvent
+    from machinery.plugins import PluginHost
+
+    host = PluginHost(load_entry_points=False)
+    assert host.has_task_observers()["succeeded"]  # the logging plugin
+    assert not host.has_task_observers(besides=("machinery.logging_plugin",))["succeeded"]
+    name = f"succ_{time.time_ns()}"
+    srv = Server(Config(broker=f"memory://{name}", result_backend=f"memory://{name}"), plugins=host)
+    srv.register_task("ok", lambda x: x)
+    fired: list[TaskEvent] = []
+    monkeypatch.setattr(host, "task_succeeded", fired.append)
+    task_log = logging.getLogger("machinery.task")
+    before = task_log.level
+    w = srv.new_worker("succ", 1).launch_in_background()
+    try:
+        task_log.setLevel(logging.WARNING)
+        assert srv.send_task(Signature("ok", args=[1])).get(timeout=10) == 1
+        assert fired == []
+        task_log.setLevel(logging.INFO)  # read per task: a level changed at run time counts
+        assert srv.send_task(Signature("ok", args=[2])).get(timeout=10) == 2
+        deadline = time.monotonic() + 5
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [e.signature.args[0].value for e in fired] == [2]
+    finally:
+        w.quit()
+        task_log.setLevel(before)

@@ -390,11 +390,15 @@ class PluginHost:
         """Broadcast ``machinery_cli_started``."""
         self.pm.hook.machinery_cli_started(command=command, args=args)
 
-    def has_task_observers(self) -> Mapping[str, bool]:
-        """Which task hooks have implementations (the worker skips building unused events)."""
+    def has_task_observers(self, *, besides: tuple[str, ...] = ()) -> Mapping[str, bool]:
+        """Which task hooks have implementations (the worker skips building unused events),
+        not counting those of the plugins named in ``besides``."""
         self.load()
         names = ("received", "started", "succeeded", "failed", "retried")
-        return {n: bool(getattr(self.pm.hook, f"machinery_task_{n}").get_hookimpls()) for n in names}
+        return {
+            n: any(i.plugin_name not in besides for i in getattr(self.pm.hook, f"machinery_task_{n}").get_hookimpls())
+            for n in names
+        }
 
 
 _host: PluginHost | None = None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from machinery import logging_plugin as _logging_plugin
 from machinery import worker_control as _control
 from machinery import worker_tasks as _tasks
 from machinery.config import redact_url
@@ -129,6 +130,10 @@ class Worker:
         self._obs_received = obs["received"]
         self._obs_started = obs["started"]
         self._obs_succeeded = obs["succeeded"]
+        #: Whether a plugin other than the built-in logging one observes successes; when none
+        #: does, the event is built only while ``machinery.task`` logs at INFO (its one use).
+        self._obs_succeeded_beyond_log = hooks.has_task_observers(besides=(_logging_plugin.__name__,))["succeeded"]
+        self._task_log = _logging_plugin.task_log
         self._obs_failed = obs["failed"]
         self._obs_retried = obs["retried"]
         # -- pools and time limits (docs/pools.md) --

@@ -421,7 +421,7 @@ def _succeeded(
 
 def _after_success(self: Worker, sig: Signature, results: list[TaskResult], runtime: float, no_chord: bool) -> None:
     self._count(False)
-    if self._obs_succeeded:
+    if self._obs_succeeded and (self._obs_succeeded_beyond_log or self._task_log.isEnabledFor(logging.INFO)):
         self._fire_succeeded(sig, results, runtime)
     if sig.on_success or not no_chord:
         self._send_follow_ups(sig, results, no_chord)
