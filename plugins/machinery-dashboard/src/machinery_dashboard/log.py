@@ -96,8 +96,9 @@ class SQLiteLog(EventLog):
     :param path: the database file.
     """
 
-    def __init__(self, path: str, retention: float = DEFAULT_LOG_RETENTION,
-                 max_events: int = DEFAULT_LOG_MAX_EVENTS) -> None:
+    def __init__(
+        self, path: str, retention: float = DEFAULT_LOG_RETENTION, max_events: int = DEFAULT_LOG_MAX_EVENTS
+    ) -> None:
         super().__init__(retention, max_events)
         self.path = path
         self._local = threading.local()
@@ -122,9 +123,14 @@ class SQLiteLog(EventLog):
 
     def read(self, cursor: str, limit: int = 100) -> list[tuple[str, bytes]]:
         """By row id."""
-        rows = self._conn().execute(
-            "SELECT id, data FROM machinery_dashboard_log WHERE id > ? ORDER BY id LIMIT ?", (int(cursor or 0), limit)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, data FROM machinery_dashboard_log WHERE id > ? ORDER BY id LIMIT ?",
+                (int(cursor or 0), limit),
+            )
+            .fetchall()
+        )
         return [(str(i), bytes(d)) for i, d in rows]
 
     def trim(self, now: float) -> None:
@@ -163,8 +169,9 @@ class RedisLog(EventLog):
     :param client: a redis-py client (the ``redis://`` backend's own).
     """
 
-    def __init__(self, client: Any, retention: float = DEFAULT_LOG_RETENTION,
-                 max_events: int = DEFAULT_LOG_MAX_EVENTS) -> None:
+    def __init__(
+        self, client: Any, retention: float = DEFAULT_LOG_RETENTION, max_events: int = DEFAULT_LOG_MAX_EVENTS
+    ) -> None:
         super().__init__(retention, max_events)
         self.client = client
 
@@ -218,7 +225,7 @@ def log_for(backend: Backend) -> EventLog | None:
     """The event log kept in ``backend``'s store, or None where there is none (only
     ``sqlite://`` and ``redis://`` backends have one)."""
     retention, max_events = _settings()
-    if type(backend).__module__ == "machinery.default.backend":  # the embedded sqlite:// backend
+    if type(backend).__module__ == "machinery.builtin.sqlite.backend":  # the embedded sqlite:// backend
         return SQLiteLog(backend.path, retention, max_events)  # type: ignore[attr-defined]
     if type(backend).__module__.startswith("machinery_redis."):
         return RedisLog(backend.client, retention, max_events)  # type: ignore[attr-defined]
