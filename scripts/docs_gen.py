@@ -227,7 +227,7 @@ def configuration_page() -> str:
         "a transport owns (the dataclass its options are parsed into, the environment variables its "
         "classes declare in `env_options`). *Go* gives Go Machinery's struct field, YAML key and "
         "environment variable for the same setting (from Go Machinery v2's `config/config.go`); "
-        '"—" means Go has no such setting.\n\n'
+        "\"—\" means Go has no such setting.\n\n"
         "Precedence: YAML file (`Config.load(path)`, `--config`) < environment < keyword arguments "
         "(`--broker`/`--backend` on the command line). For the transports with URL options "
         "(sqlite, redis, sqs, dynamodb, gcp_pubsub) the URL's query string wins over the section. "
@@ -256,7 +256,7 @@ def configuration_page() -> str:
     w("## Transport sections\n\n")
     w(
         "Each section is a mapping under its name in the YAML file (`redis:`), or "
-        '`Config(transport_options={"redis": {...}})`. A section is only read when its transport '
+        "`Config(transport_options={\"redis\": {...}})`. A section is only read when its transport "
         "is installed and used.\n\n"
     )
     for section, target in OPTION_CLASSES.items():

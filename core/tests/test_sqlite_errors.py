@@ -293,9 +293,8 @@ def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
     # failed and what happens next; no "unexpected error" with a traceback.
     path = tmp_path / "ack.db"
     url = f"sqlite:///{path}"
-    cfg = Config(
-        broker=url, result_backend=url, no_unix_signals=True, transport_options={"sqlite": {"visibility_timeout": 1.0}}
-    )
+    cfg = Config(broker=url, result_backend=url, no_unix_signals=True,
+                 transport_options={"sqlite": {"visibility_timeout": 1.0}})
     server = Server(cfg)
     runs: list[int] = []
 
@@ -326,7 +325,6 @@ def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
         assert not [r for r in caplog.records if "unexpected error" in r.getMessage() or r.exc_info]
         conn.execute("DROP TRIGGER full_disk")
         deadline = time.monotonic() + 10
-
         def left() -> int:
             return int(conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0])
 
@@ -389,29 +387,16 @@ def test_a_full_disk_recovers_as_soon_as_a_write_fits(tmp_path: Path) -> None:
     unshare = shutil.which("unshare")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if (
-        unshare is None
-        or subprocess.run(
-            [unshare, "-rm", "sh", "-c", f"mount -t tmpfs -o size=4m tmpfs {mnt}"], capture_output=True
-        ).returncode
-    ):
+    if unshare is None or subprocess.run(
+        [unshare, "-rm", "sh", "-c", f"mount -t tmpfs -o size=4m tmpfs {mnt}"], capture_output=True
+    ).returncode:
         pytest.skip("needs unshare -rm and tmpfs mounts (user and mount namespaces)")
     script = tmp_path / "full.py"
     script.write_text(_FULL_DISK_SCRIPT)
     res = subprocess.run(
-        [
-            unshare,
-            "-rm",
-            "sh",
-            "-c",
-            f'mount -t tmpfs -o size=4m tmpfs {mnt} && exec "$0" "$@"',
-            sys.executable,
-            str(script),
-            str(mnt),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [unshare, "-rm", "sh", "-c", f'mount -t tmpfs -o size=4m tmpfs {mnt} && exec "$0" "$@"', sys.executable,
+         str(script), str(mnt)],
+        capture_output=True, text=True, timeout=120,
     )
     out = res.stdout
     assert "RESULT" in out, res.stderr[-3000:]

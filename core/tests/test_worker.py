@@ -165,9 +165,9 @@ def test_task_error_is_failure_and_on_error_gets_the_error_first(
     assert info.value.error == "bad 7"
     assert server.async_result(cb.uuid).get(timeout=5) == "ok"
     assert seen == [["bad 7", "extra"]]
-    assert any("Traceback" in rec.getMessage() and "ValueError: bad 7" in rec.getMessage() for rec in caplog.records), (
-        "the log line keeps the exception class and the traceback"
-    )
+    assert any(
+        "Traceback" in rec.getMessage() and "ValueError: bad 7" in rec.getMessage() for rec in caplog.records
+    ), "the log line keeps the exception class and the traceback"
     # the worker is still alive
     assert server.send_task(Signature("add", args=[1])).get(timeout=5) == 1
 
@@ -537,7 +537,6 @@ def test_a_chord_whose_group_record_is_gone_logs_a_warning(server: Server, caplo
     server.backend.purge_group_meta(group_uuid)  # as if it had expired, or the store restarted
     w = server.new_worker("c", 2).launch_in_background()
     try:
-
         def states() -> list[str | None]:
             return [getattr(server.get_state(t.uuid), "state", None) for t in chord.group.tasks]
 

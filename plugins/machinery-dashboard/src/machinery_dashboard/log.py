@@ -96,9 +96,8 @@ class SQLiteLog(EventLog):
     :param path: the database file.
     """
 
-    def __init__(
-        self, path: str, retention: float = DEFAULT_LOG_RETENTION, max_events: int = DEFAULT_LOG_MAX_EVENTS
-    ) -> None:
+    def __init__(self, path: str, retention: float = DEFAULT_LOG_RETENTION,
+                 max_events: int = DEFAULT_LOG_MAX_EVENTS) -> None:
         super().__init__(retention, max_events)
         self.path = path
         self._local = threading.local()
@@ -123,14 +122,9 @@ class SQLiteLog(EventLog):
 
     def read(self, cursor: str, limit: int = 100) -> list[tuple[str, bytes]]:
         """By row id."""
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT id, data FROM machinery_dashboard_log WHERE id > ? ORDER BY id LIMIT ?",
-                (int(cursor or 0), limit),
-            )
-            .fetchall()
-        )
+        rows = self._conn().execute(
+            "SELECT id, data FROM machinery_dashboard_log WHERE id > ? ORDER BY id LIMIT ?", (int(cursor or 0), limit)
+        ).fetchall()
         return [(str(i), bytes(d)) for i, d in rows]
 
     def trim(self, now: float) -> None:
@@ -169,9 +163,8 @@ class RedisLog(EventLog):
     :param client: a redis-py client (the ``redis://`` backend's own).
     """
 
-    def __init__(
-        self, client: Any, retention: float = DEFAULT_LOG_RETENTION, max_events: int = DEFAULT_LOG_MAX_EVENTS
-    ) -> None:
+    def __init__(self, client: Any, retention: float = DEFAULT_LOG_RETENTION,
+                 max_events: int = DEFAULT_LOG_MAX_EVENTS) -> None:
         super().__init__(retention, max_events)
         self.client = client
 
