@@ -25,6 +25,8 @@ at c = 1, 8, 32, 64 for machinery, Go Machinery v2 and the Python peers with a c
 Go Machinery v2 itself (interop/go/cmd/gobench, built by interop/go/build.sh) on Redis and
 RabbitMQ; Celery and Dramatiq on RabbitMQ and Huey's SQLite storage beside machinery's amqp and
 sqlite:// transports; one vs two worker processes; with ``--scale``, a 1,000,000-task backlog.
+Last, plugin discovery at start-up: the plugin host's load with ``machinery._entrypoints`` against
+``importlib.metadata``, in fresh interpreters, alternated (docs/performance.md).
 
 A system that cannot do a scenario gets "n/a" with the reason; a failure is reported as one.
 """
@@ -73,6 +75,19 @@ SQLITE_ROWS = ["machinery-sqlite", "huey-sqlite"]
 SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "arq", "machinery-amqp", "go-machinery-amqp"]
 SWEEP_C = [1, 8, 32, 64]
 SWEEP_TASKS = {"count": "no-op", "sleep_count": "I/O-bound (10 ms sleep)"}
+#: The plugin discovery section: the plugin host's load with machinery._entrypoints (as shipped),
+#: with importlib.metadata's reader swapped in, and the module import alone.
+_LOAD = "from machinery.plugins import get_plugin_host; get_plugin_host().load()"
+STARTUP_CODES = [
+    ("entrypoints", _LOAD),
+    ("importlib", "import machinery._entrypoints as e; e.entry_points = e._with_importlib_metadata; " + _LOAD),
+    ("floor", "import machinery.plugins"),
+]
+STARTUP_LABELS = {
+    "entrypoints": "plugin host loaded, entry points read by `machinery._entrypoints`",
+    "importlib": "plugin host loaded, entry points read by `importlib.metadata.entry_points(group=...)`",
+    "floor": "`import machinery.plugins` alone (no plugin loaded)",
+}
 #: machinery (redis) with one observability plugin enabled: the drain is compared with "machinery".
 OBSERVABILITY = {
     "machinery-otel": "opentelemetry",
@@ -330,6 +345,8 @@ class Bench:
         self.sweep: dict[tuple[str, str], dict[int, tuple[float, float | None, int] | NA]] = {}
         self.procs: dict[str, float | NA] = {}  # one vs two worker processes
         self.scale: dict[str, Any] = {}  # the --scale run
+        #: plugin discovery at start-up: reader -> sorted seconds of fresh interpreters
+        self.startup: dict[str, list[float]] | NA = {}
 
     # environment -----------------------------------------------------------------------------
 
@@ -763,6 +780,28 @@ class Bench:
             except Exception as exc:
                 self.scale[str(n)] = failed(str(exc))
             print(f"   scale {n:,}: {self.scale[str(n)]}", flush=True)
+
+    def run_startup(self, runs: int) -> None:
+        """Plugin discovery at start-up: a fresh interpreter that loads the plugin host (every
+        installed plugin's hook module), with ``machinery._entrypoints`` reading the entry points
+        and with ``importlib.metadata.entry_points(group=...)`` instead, alternated, ``runs`` each;
+        and ``import machinery.plugins`` alone (the floor). Keeps ``_entrypoints.py`` honest."""
+        codes = dict(STARTUP_CODES)
+        out: dict[str, list[float]] = {name: [] for name in codes}
+        try:
+            for code in codes.values():  # warm the byte-code caches
+                subprocess.run([sys.executable, "-c", code], check=True, cwd=self.tmp)
+            for i in range(runs):
+                for name, code in (STARTUP_CODES if i % 2 == 0 else STARTUP_CODES[::-1]):
+                    t0 = time.perf_counter()
+                    subprocess.run([sys.executable, "-c", code], check=True, cwd=self.tmp)
+                    out[name].append(time.perf_counter() - t0)
+        except Exception as exc:
+            self.startup = failed(str(exc))
+            print(f"   start-up: {self.startup}", flush=True)
+            return
+        self.startup = {name: sorted(v) for name, v in out.items()}
+        print("   start-up: " + ", ".join(f"{n} {pct(v, 50) * 1000:.1f} ms" for n, v in self.startup.items()), flush=True)
 
     def close(self) -> None:
         self.redis.stop()
@@ -1236,6 +1275,19 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
                 lines.append(f"- backlog of {int(n):,}: {cell}")
         if not bench.scale:
             lines.append("- the 1,000,000-task backlog runs with `--scale` (3 to 4 minutes more on this machine): not run here.")
+    if isinstance(bench.startup, NA):
+        lines += ["", "## Plugin discovery at start-up", "", f"- {bench.startup}"]
+    elif bench.startup:
+        med = {n: pct(v, 50) * 1000 for n, v in bench.startup.items()}
+        runs = len(next(iter(bench.startup.values())))
+        lines += ["", "## Plugin discovery at start-up (fresh interpreter, this environment's plugins)", "",
+                  "| process | median ms | p10 ms | p90 ms |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {label} | {med[n]:.1f} | {pct(bench.startup[n], 10) * 1000:.1f} | {pct(bench.startup[n], 90) * 1000:.1f} |"
+                  for n, label in STARTUP_LABELS.items()]
+        lines += ["", f"{runs} runs of each, alternated. `machinery._entrypoints` saves "
+                  f"{med['importlib'] - med['entrypoints']:.1f} ms per process that resolves a URL, as long as nothing "
+                  "else imports `importlib.metadata` (redis-py, boto3, pymongo, nats-py and google-cloud-pubsub do; "
+                  "pika, pymemcache and the sqlite:// and memory:// transports do not). See docs/performance.md."]
     tg = issue23_targets(bench, rows)
     if tg:
         lines += ["", "## Targets of issue 23 (ratios from this run)", "", "| target | measured | |", "| --- | --- | --- |"]
@@ -1395,6 +1447,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra drains without/with each observability plugin, alternated, for its overhead target (0: none)")
     p.add_argument("--drain-cap", type=float, default=45.0,
                    help="seconds after which a drain is measured over the tasks done so far (0: never)")
+    p.add_argument("--startup-runs", type=int, default=40,
+                   help="fresh interpreters per reader for the plugin discovery section (--smoke/--quick: 3)")
     p.add_argument("--arq-python", default=os.environ.get("BENCH_ARQ_PYTHON", sys.executable),
                    help="interpreter of an environment with arq (arq 0.28 needs redis-py < 6)")
     args = p.parse_args(argv)
@@ -1447,6 +1501,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_procs and not args.smoke:
             print("== one vs two worker processes", flush=True)
             bench.run_procs()
+        print("== plugin discovery at start-up: machinery._entrypoints vs importlib.metadata", flush=True)
+        bench.run_startup(3 if (args.smoke or args.quick) else args.startup_runs)
         if args.scale:
             print(f"== scale: 10,000 and {args.scale_n:,} queued tasks", flush=True)
             bench.run_scale(args.scale_n)
@@ -1463,12 +1519,14 @@ def main(argv: list[str] | None = None) -> int:
             raw["_sweep"] = {f"{s} {t}": {str(c): (list(x) if isinstance(x, tuple) else str(x)) for c, x in cells.items()}
                              for (s, t), cells in bench.sweep.items()}
             raw["_procs"] = {k: (x if isinstance(x, float) else str(x)) for k, x in bench.procs.items()}
+            raw["_startup"] = bench.startup if isinstance(bench.startup, dict) else str(bench.startup)
             raw["_scale"] = {k: (x if isinstance(x, dict) else str(x)) for k, x in bench.scale.items()}
             Path(args.json).write_text(json.dumps(raw, indent=2))
         print(text)
         bad = [r.variant.name for r in rows if any(isinstance(v, NA) and v.startswith("FAILED") for v in r.cells.values())]
         bad += [f"sweep {s} {t}" for (s, t), cells in bench.sweep.items() if any(isinstance(c, NA) and c.startswith("FAILED") for c in cells.values())]
         bad += [f"{k} worker process(es)" for k, c in bench.procs.items() if isinstance(c, NA)]
+        bad += ["plugin discovery at start-up"] if isinstance(bench.startup, NA) else []
         if (args.smoke or args.quick) and bad:
             print(f"FAILED: {', '.join(bad)}", file=sys.stderr)
             return 1

@@ -42,6 +42,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
         for cell in cells:
             assert re.fullmatch(r"-?[\d,]+(\.\d+)?", cell), f"{name}: {cell!r} in {line}"
     assert re.search(r"Machine: .+ cores", text)
+    # the plugin discovery section that keeps machinery._entrypoints honest (docs/performance.md)
+    assert re.search(r"\| plugin host loaded, entry points read by `machinery._entrypoints` \| [\d.]+ \|", text), text
+    assert "`machinery._entrypoints` saves" in text, text
 
 
 @pytest.mark.skipif(

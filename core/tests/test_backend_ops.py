@@ -11,7 +11,7 @@ import pytest
 
 from machinery import Config, Signature
 from machinery.backend_ops import FINAL_OPERATIONS, Completion
-from machinery.memory import MemoryBackend
+from machinery.builtin.memory import MemoryBackend
 from machinery.state import TaskResult, TaskState
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from machinery import memory
+from machinery.builtin.memory import _store as memory
 from machinery.signature import encode_task_state
 from machinery.state import TaskState
 from machinery.testing import (

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from machinery import Arg, Config, Server, Signature, hookimpl, hookspecs
+from machinery.builtin.memory import MemoryBackend, MemoryBroker
 from machinery.events import TaskEvent, WorkerEvent
 from machinery.interfaces import Backend, Broker
-from machinery.memory import MemoryBackend, MemoryBroker
 from machinery.plugins import PluginHost
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"

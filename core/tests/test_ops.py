@@ -128,8 +128,8 @@ def test_plugins_lists_dead_letter_brokers(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["plugins", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["machinery.default"]["dead_letters"] == ["sqlite"]
-    assert rows["machinery.memory"]["dead_letters"] == ["memory"]
+    assert rows["machinery.builtin.sqlite"]["dead_letters"] == ["sqlite"]
+    assert rows["machinery.builtin.memory"]["dead_letters"] == ["memory"]
     assert main(["plugins"]) == 0
     assert "dead letters  sqlite" in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from machinery import Config, MachineryError, Server, UnknownSchemeError, hookimpl
-from machinery.memory import MemoryBroker
+from machinery.builtin.memory import MemoryBroker
 from machinery.plugins import PluginHost, get_plugin_host, scheme_of
 
 
@@ -21,8 +21,8 @@ def test_builtin_transports_register_through_the_same_hooks() -> None:
     assert {"memory", "sqlite"} <= set(host.schemes("lock"))
     assert host.broker_class("memory://") is MemoryBroker
     infos = {i.name: i for i in host.infos()}
-    assert infos["machinery.memory"].distribution == "machinery-core"
-    assert "machinery_register_brokers" in infos["machinery.memory"].hooks
+    assert infos["machinery.builtin.memory"].distribution == "machinery-core"
+    assert "machinery_register_brokers" in infos["machinery.builtin.memory"].hooks
 
 
 def test_missing_plugin_error_names_the_package_to_install() -> None:
@@ -104,7 +104,7 @@ def test_disable_plugins_env(tmp_path: Any) -> None:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-plugin\nVersion: 2.0\n")
     (dist / "entry_points.txt").write_text("[machinery]\nextra = extra_plugin_mod\n")
     (tmp_path / "extra_plugin_mod.py").write_text(
-        "from machinery import hookimpl\nfrom machinery.memory import MemoryBroker\n"
+        "from machinery import hookimpl\nfrom machinery.builtin.memory.broker import MemoryBroker\n"
         "@hookimpl\ndef machinery_register_brokers(register):\n    register('extra', MemoryBroker)\n"
     )
     code = (

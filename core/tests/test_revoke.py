@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import pytest
 
 from machinery import Config, Server, Signature
+from machinery.builtin.memory import MemoryBackend
 from machinery.errors import TaskFailedError
 from machinery.interfaces import Backend
-from machinery.memory import MemoryBackend
 from machinery.ratelimit import LocalRateLimiter, RateLimit
 from machinery.revoke import REVOKED, RevocationWatcher, revoke
 
@@ -244,7 +244,7 @@ def test_cli_revoke_usage(env: dict[str, str]) -> None:
     plugins = run(env, "plugins")
     assert "control  revoke: yes; rate limits: shared by all workers" in plugins.stdout
     data = json.loads(run(env, "plugins", "--json").stdout)
-    default = next(p for p in data if p["name"] == "machinery.default")
+    default = next(p for p in data if p["name"] == "machinery.builtin.sqlite")
     assert default["control"] == {"revoke": True, "rate_limits": "shared"}
     assert "control" not in next(p for p in data if p["name"] == "machinery.logging_plugin")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from machinery import Config, Signature
-from machinery.default.backend import SQLiteBackend, SQLiteBackendError
-from machinery.default.lock import SQLiteLock
+from machinery.builtin.sqlite.backend import SQLiteBackend, SQLiteBackendError
+from machinery.builtin.sqlite.lock import SQLiteLock
 from machinery.signature import encode_task_state
 from machinery.state import TaskResult, TaskState
 
@@ -163,7 +163,7 @@ def test_chord_triggers_once_across_processes(make: Callable[..., SQLiteBackend]
         f"""
         import time
         from machinery import Config
-        from machinery.default.backend import SQLiteBackend
+        from machinery.builtin.sqlite.backend import SQLiteBackend
         b = SQLiteBackend({f"sqlite:///{db_path}"!r}, Config())
         b.get_group_meta("group_p")
         time.sleep(max(0.0, {go} - time.time()))
@@ -275,7 +275,7 @@ def test_a_new_database_file_is_private_and_an_existing_one_keeps_its_mode(tmp_p
     import os
     import stat
 
-    from machinery.default.backend import SQLiteBackend as _Backend
+    from machinery.builtin.sqlite.backend import SQLiteBackend as _Backend
 
     def modes(db: Path) -> dict[str, int]:
         return {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir() if p.name.startswith(db.name)}

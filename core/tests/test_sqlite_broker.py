@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from machinery import Arg, Config, ConfigError, Server, Signature
+from machinery.builtin.sqlite import _db
+from machinery.builtin.sqlite.backend import SQLiteBackend
+from machinery.builtin.sqlite.broker import SQLiteBroker
+from machinery.builtin.sqlite.lock import SQLiteLock
 from machinery.config import default_url
-from machinery.default import _db
-from machinery.default.backend import SQLiteBackend
-from machinery.default.broker import SQLiteBroker
-from machinery.default.lock import SQLiteLock
 from machinery.interfaces import Delivery
 from machinery.signature import decode_signature, encode_signature
 
@@ -274,7 +274,7 @@ def test_killed_consumer_message_comes_back_after_the_lease(db_path: Path, make:
         f"""
         import os, threading
         from machinery import Config
-        from machinery.default.broker import SQLiteBroker
+        from machinery.builtin.sqlite.broker import SQLiteBroker
         b = SQLiteBroker({url!r}, Config())
         d = next(b.consume("machinery_tasks", prefetch=1, stop=threading.Event()))
         print("claimed", flush=True)
@@ -316,7 +316,7 @@ def test_publish_from_another_process_wakes_an_idle_consumer(db_path: Path, make
         f"""
         import time
         from machinery import Arg, Config, Signature
-        from machinery.default.broker import SQLiteBroker
+        from machinery.builtin.sqlite.broker import SQLiteBroker
         from machinery.signature import encode_signature
         b = SQLiteBroker({url!r}, Config())
         time.sleep(0.5)
@@ -361,7 +361,7 @@ def test_threads_and_processes_each_message_delivered_once(
         f"""
         import os, threading, sys, time
         from machinery import Config
-        from machinery.default.broker import SQLiteBroker
+        from machinery.builtin.sqlite.broker import SQLiteBroker
         b = SQLiteBroker({url!r}, Config())
         stop = threading.Event()
         def watch():

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from machinery import Arg, BackendError, BrokerError, Config, Server, Signature, TaskFailedError
-from machinery.default._db import Database, SQLiteBackendError, SQLiteBrokerError, SQLiteLockError
-from machinery.default.backend import SQLiteBackend
-from machinery.default.broker import SQLiteBroker
-from machinery.default.lock import SQLiteLock
+from machinery.builtin.sqlite._db import Database, SQLiteBackendError, SQLiteBrokerError, SQLiteLockError
+from machinery.builtin.sqlite.backend import SQLiteBackend
+from machinery.builtin.sqlite.broker import SQLiteBroker
+from machinery.builtin.sqlite.lock import SQLiteLock
 from machinery.errors import LockError
 from machinery.signature import encode_signature
 from machinery.state import TaskResult
@@ -223,7 +223,7 @@ _OPEN_TOGETHER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from machinery import Config, Signature
-    from machinery.default.backend import SQLiteBackend
+    from machinery.builtin.sqlite.backend import SQLiteBackend
     base, me, rounds, period = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     (base / f"ready{me}").touch()
     while not (base / "go").exists():

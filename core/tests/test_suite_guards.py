@@ -27,7 +27,7 @@ import time
 from datetime import timedelta
 
 from machinery import hookimpl
-from machinery.memory import MemoryBackend, MemoryBroker, MemoryLock
+from machinery.builtin.memory import MemoryBackend, MemoryBroker, MemoryLock
 
 
 class AckEarlyBroker(MemoryBroker):
@@ -131,7 +131,7 @@ import json
 
 import pytest
 
-from machinery import memory
+from machinery.builtin.memory import _store as memory
 from machinery.signature import encode_task_state
 from machinery.state import TaskState
 from machinery.testing import BackendOracle, BrokerOracle

@@ -28,9 +28,9 @@ from machinery import (
     TaskFailedError,
     Worker,
 )
+from machinery.builtin.memory import MemoryBackend, MemoryBroker
 from machinery.errors import BackendConnectionError, BackendError
 from machinery.interfaces import Completion, Delivery
-from machinery.memory import MemoryBackend, MemoryBroker
 from machinery.signature import encode_signature, encode_task_state
 from machinery.state import TaskResult, TaskState
 from machinery.workflow import chord_callback_to_send

@@ -1,8 +1,9 @@
 """Entry points of one group, read without importing :mod:`importlib.metadata` where possible.
 
 ``importlib.metadata`` imports ``email.message``, ``zipfile``, ``csv``, ``tempfile``, ``socket``
-and more on every Python up to 3.13: about 25 ms and 2.5 MB in every process that resolves a URL
-(each producer and each worker), to read a few small text files. This module reads the same
+and more on every Python up to 3.13: about 22 ms and 2.5 MB in every process that resolves a URL
+(each producer and each worker), to read a few small text files (measured by the "Plugin
+discovery at start-up" section of ``benchmarks/run.py``; figures in docs/performance.md). This module reads the same
 files the way ``importlib.metadata.entry_points(group=...)`` does (the ``*.dist-info`` and
 ``*.egg-info`` directories of each ``sys.path`` entry, in path order, the first distribution of a
 name winning), and hands over to ``importlib.metadata`` itself whenever the environment holds

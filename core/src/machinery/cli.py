@@ -12,8 +12,8 @@
     machinery dead list|show|replay|purge [ID ...] [-Q Q] [--json] [--new-uuid] [--yes]
     machinery plugins
     machinery beat --app MODULE[:ATTR]
-    machinery demo
 
+Plugins add commands (``machinery dashboard``; ``machinery demo`` from machinery-demo).
 Every command takes ``--config FILE`` (Go Machinery's YAML keys), ``--broker URL``,
 ``--backend URL`` and ``--loglevel``; the environment (``BROKER``, ``RESULT_BACKEND``...) sits
 between the file and the flags. Exit status: 0 success, 1 failure (a task failed, nothing
@@ -111,7 +111,6 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
     from machinery import __version__
     from machinery.cli_commands import (
         cmd_beat,
-        cmd_demo,
         cmd_inspect,
         cmd_ping,
         cmd_plugins,
@@ -145,7 +144,7 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
         prog="machinery",
         formatter_class=_HelpFormatter,
         description="Distributed task queue, wire-compatible with Go Machinery.",
-        epilog="Quick start: machinery demo",
+        epilog="Quick start: bash scripts/demo.sh in a checkout (installs machinery-demo: `machinery demo`)",
     )
     parser.add_argument("--version", action="version", version=f"machinery {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -253,12 +252,6 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
     p = command("beat", "run only the periodic task scheduler")
     p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="module holding the Server")
     p.set_defaults(func=cmd_beat, default_level="info")
-
-    p = command("demo", "see machinery work: a worker and the seed examples")
-    p.add_argument("--plain", action="store_true", help="line output even on a terminal")
-    p.add_argument("--keep", action="store_true", help="keep the demo's database and worker log")
-    p.add_argument("--timeout", type=_seconds, default=20.0, help="seconds to wait for every result (default 20)")
-    p.set_defaults(func=cmd_demo)
 
     from machinery.cli_ops import add_commands
 

@@ -1,5 +1,5 @@
 """The commands of :mod:`machinery.cli` (``worker``, ``beat``, ``send``, ``status``, ``revoke``,
-``inspect``, ``ping``, ``purge``, ``plugins``, ``demo``): each takes the parsed arguments and
+``inspect``, ``ping``, ``purge``, ``plugins``): each takes the parsed arguments and
 returns the exit status. ``watch`` and ``dead`` are in :mod:`machinery.cli_ops`.
 
 Like :mod:`machinery.cli`, this module imports only the standard library's ``argparse``,
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cmd_beat",
-    "cmd_demo",
     "cmd_inspect",
     "cmd_inspect_workers",
     "cmd_ping",
@@ -457,10 +456,3 @@ def _control_capabilities(host: Any, scheme: str) -> str:
     revoke = "revoke: yes" if cls.supports_revocation else "revoke: no"
     rate = "rate limits: shared by all workers" if cls.supports_rate_limit else "rate limits: per worker (fallback)"
     return f"{revoke}; {rate}"
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the guided demo on a fresh embedded queue."""
-    from machinery.demo import run_demo
-
-    return run_demo(keep=args.keep, plain=args.plain, timeout=args.timeout)

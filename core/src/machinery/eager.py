@@ -29,9 +29,10 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
+from machinery.builtin.memory.backend import MemoryBackend
+from machinery.builtin.memory.lock import MemoryLock
 from machinery.errors import PublishError, TaskNotRegisteredError
 from machinery.interfaces import Broker, Delivery
-from machinery.memory import MemoryBackend, MemoryLock
 
 if TYPE_CHECKING:
     from machinery.config import Config
@@ -118,7 +119,7 @@ class EagerBackend(MemoryBackend):
     """``eager://`` results: the in-process memory backend, in its own namespace."""
 
     def __init__(self, url: str, config: Config) -> None:
-        from machinery.memory import _backends, _BackendStore, _name, _store
+        from machinery.builtin.memory._store import _backends, _BackendStore, _name, _store
 
         super().__init__(url, config)
         self._s = _store(_backends, "memory://\x00eager/" + _name(url), _BackendStore)

@@ -41,8 +41,8 @@ NAME = "machinery"
 
 #: Modules registered before any entry point: the built-in transports and the logging plugin.
 DEFAULT_PLUGINS = (
-    "machinery.memory",
-    "machinery.default",
+    "machinery.builtin.memory",
+    "machinery.builtin.sqlite",
     "machinery.logging_plugin",
 )
 

@@ -59,7 +59,7 @@ def use_transport(server: Server, url: str = "", *, eager: bool = False) -> Iter
     The same object is re-bound (not a copy), so application code that imports the server
     sends through the test transport. Not for a server that a running worker uses.
     """
-    from machinery import memory
+    from machinery.builtin.memory import _store as memory
 
     own_store = not url and not eager
     if own_store:

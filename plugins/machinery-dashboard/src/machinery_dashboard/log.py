@@ -218,7 +218,7 @@ def log_for(backend: Backend) -> EventLog | None:
     """The event log kept in ``backend``'s store, or None where there is none (only
     ``sqlite://`` and ``redis://`` backends have one)."""
     retention, max_events = _settings()
-    if type(backend).__module__ == "machinery.default.backend":  # the embedded sqlite:// backend
+    if type(backend).__module__ == "machinery.builtin.sqlite.backend":  # the embedded sqlite:// backend
         return SQLiteLog(backend.path, retention, max_events)  # type: ignore[attr-defined]
     if type(backend).__module__.startswith("machinery_redis."):
         return RedisLog(backend.client, retention, max_events)  # type: ignore[attr-defined]

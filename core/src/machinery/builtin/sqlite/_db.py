@@ -1,6 +1,6 @@
 """Shared plumbing of the embedded transport: the schema, connections, and the :class:`Transport`
-mixin (URL and options in :mod:`~machinery.default._options`, errors in
-:mod:`~machinery.default._errors`, both re-exported here).
+mixin (URL and options in :mod:`~machinery.builtin.sqlite._options`, errors in
+:mod:`~machinery.builtin.sqlite._errors`, both re-exported here).
 
 One database file can hold the queue, the results and the locks. Every process opens it in WAL
 mode (readers never block the writer), with ``busy_timeout`` so writers from several processes
@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.default._errors import (
+from machinery.builtin.sqlite._errors import (
     PERMANENT_PROBLEMS,
     SQLiteBackendError,
     SQLiteBrokerError,
@@ -42,7 +42,7 @@ from machinery.default._errors import (
     describe_error,
     is_busy,
 )
-from machinery.default._options import SQLiteOptions, parse_url
+from machinery.builtin.sqlite._options import SQLiteOptions, parse_url
 from machinery.errors import ConfigError
 
 if TYPE_CHECKING:

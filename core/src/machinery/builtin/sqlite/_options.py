@@ -1,6 +1,6 @@
 """The embedded transport's URL and options: :class:`SQLiteOptions` (the ``sqlite:`` config
 section or the URL's query string) and :func:`parse_url`. Re-exported by
-:mod:`machinery.default._db`."""
+:mod:`machinery.builtin.sqlite._db`."""
 
 from __future__ import annotations
 

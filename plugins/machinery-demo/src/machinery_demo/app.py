@@ -1,6 +1,6 @@
 """The tasks of ``machinery demo``, and a small example app to read.
 
-Run a worker for it with ``machinery worker --app machinery.demo_app``; it uses the embedded
+Run a worker for it with ``machinery worker --app machinery_demo.app``; it uses the embedded
 default transport (``sqlite:///machinery.db``, or ``$MACHINERY_DEFAULT_URL``).
 """
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.backend_ops import Completion
-from machinery.default._db import SQLiteBackendError, Transport, rows_by_chunks
+from machinery.builtin.sqlite._db import SQLiteBackendError, Transport, rows_by_chunks
 from machinery.errors import DecodeError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state

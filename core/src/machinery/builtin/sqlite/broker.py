@@ -22,9 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.consume import PollingBroker
-from machinery.default import ENV_OPTIONS
-from machinery.default._db import (
+from machinery.builtin.sqlite import ENV_OPTIONS
+from machinery.builtin.sqlite._db import (
     DELAYED,
     HAS_RETURNING,
     READY,
@@ -34,6 +33,7 @@ from machinery.default._db import (
     SQLiteOptions,
     Transport,
 )
+from machinery.consume import PollingBroker
 from machinery.interfaces import DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature
 
@@ -87,7 +87,7 @@ class SQLiteBroker(Transport, PollingBroker):
     """Broker on a SQLite file (``sqlite:///relative.db``, ``sqlite:////absolute/path.db``).
 
     Options come from the ``sqlite:`` config section, overridden by the URL's query string
-    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.default._options.SQLiteOptions`.
+    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.builtin.sqlite._options.SQLiteOptions`.
 
     :param url: the ``sqlite://`` URL.
     :param config: the core configuration.

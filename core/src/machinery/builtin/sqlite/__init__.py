@@ -26,16 +26,16 @@ ENV_OPTIONS: dict[str, str] = {
 @hookimpl
 def machinery_register_brokers(register: Register) -> None:
     """``sqlite://`` broker."""
-    register("sqlite", "machinery.default.broker:SQLiteBroker", section="sqlite", env=ENV_OPTIONS)
+    register("sqlite", "machinery.builtin.sqlite.broker:SQLiteBroker", section="sqlite", env=ENV_OPTIONS)
 
 
 @hookimpl
 def machinery_register_backends(register: Register) -> None:
     """``sqlite://`` backend."""
-    register("sqlite", "machinery.default.backend:SQLiteBackend", section="sqlite")
+    register("sqlite", "machinery.builtin.sqlite.backend:SQLiteBackend", section="sqlite")
 
 
 @hookimpl
 def machinery_register_locks(register: Register) -> None:
     """``sqlite://`` lock."""
-    register("sqlite", "machinery.default.lock:SQLiteLock", section="sqlite")
+    register("sqlite", "machinery.builtin.sqlite.lock:SQLiteLock", section="sqlite")

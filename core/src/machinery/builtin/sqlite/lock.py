@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from machinery.default._db import SQLiteLockError, Transport
+from machinery.builtin.sqlite._db import SQLiteLockError, Transport
 from machinery.interfaces import Lock
 
 if TYPE_CHECKING:

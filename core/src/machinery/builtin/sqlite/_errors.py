@@ -1,6 +1,6 @@
 """The embedded transport's errors: what a :class:`sqlite3.Error` means (:func:`describe_error`,
 :func:`is_busy`) and the broker, backend and lock errors naming the file. Re-exported by
-:mod:`machinery.default._db`."""
+:mod:`machinery.builtin.sqlite._db`."""
 
 from __future__ import annotations
 

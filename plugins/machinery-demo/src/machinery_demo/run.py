@@ -16,17 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from machinery.config import Config
-from machinery.server import Server
-from machinery.signature import Arg, Signature, new_uuid
-from machinery.state import TaskState
-from machinery.workflow import Chain, Chord, Group
+from machinery import Arg, Chain, Chord, Config, Group, Server, Signature, TaskState
 
 __all__ = ["run_demo"]
 
@@ -265,7 +262,7 @@ def send_examples(server: Server) -> list[Row]:
     r = server.send_task(sig("flaky_add", 3, 4, retry_count=1))
     rows.append(RetryRow("retry: flaky_add(3, 4), retry_count=1", r.task_uuid, 7))
 
-    callback = sig("report_error", uuid=new_uuid("task_"))
+    callback = sig("report_error", uuid=f"task_{uuid.uuid4()}")
     r = server.send_task(sig("divide", 1, 0, on_error=[callback]))
     rows.append(ErrorRow("failure: divide(1, 0) + on_error", r.task_uuid, callback.uuid, "division by zero"))
     return rows
@@ -391,7 +388,7 @@ def run_demo(*, keep: bool = False, plain: bool = False, timeout: float = 20.0, 
         "machinery",
         "worker",
         "--app",
-        "machinery.demo_app",
+        "machinery_demo.app",
         "--concurrency",
         "8",
         "--loglevel",
@@ -411,10 +408,11 @@ def run_demo(*, keep: bool = False, plain: bool = False, timeout: float = 20.0, 
         rows = send_examples(server)
         interactive = not plain and out.isatty() and os.environ.get("TERM") != "dumb"
         view = (TerminalView if interactive else LineView)(out, rows, t0)
-        uuids = [u for row in rows for u in row.uuids()]
+        states: dict[str, TaskState | None] = {}
         deadline = time.monotonic() + timeout
         while True:
-            states = dict(zip(uuids, server.backend._load_states(uuids)))
+            # only the rows still moving are read again (through the public backend API)
+            states.update((u, server.backend.get_state(u)) for r in rows if not r.done for u in r.uuids())
             now = time.monotonic()
             for row in rows:
                 if not row.done:
@@ -458,7 +456,7 @@ def run_demo(*, keep: bool = False, plain: bool = False, timeout: float = 20.0, 
             shutil.rmtree(tmp, ignore_errors=True)
     if ok:
         print(
-            "\nNext: write your own tasks (see machinery/demo_app.py), run "
+            "\nNext: write your own tasks (see machinery_demo/app.py), run "
             "`machinery worker --app yourmodule`, and `machinery send add 1 2 --wait`.",
             file=out,
         )

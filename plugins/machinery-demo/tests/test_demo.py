@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from machinery.demo import ChainRow, ErrorRow, GroupRow, TaskRow
-from machinery.state import TaskResult, TaskState
+from machinery import TaskResult, TaskState
+from machinery_demo.run import ChainRow, ErrorRow, GroupRow, TaskRow
 
 
 @pytest.mark.slow
