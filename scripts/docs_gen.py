@@ -50,7 +50,7 @@ except ImportError:  # run as a script
 #: found on a registered transport and missing from it is a build warning).
 OPTION_CLASSES = {
     "sqlite": "machinery.default._options:SQLiteOptions",
-    "redis": "machinery_redis.connection:RedisOptions",
+    "redis": "machinery_redis.transport:RedisOptions",
     "amqp": "machinery_amqp._common:AMQPOptions",
     "sqs": "machinery_sqs.broker:SQSOptions",
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",

@@ -176,7 +176,9 @@ def test_producer_fuses_through_the_transport_capability(host: PluginHost) -> No
 def test_concurrent_roles_open_one_connection(host: PluginHost) -> None:
     cfg = Config(broker="counting://h")
     made: list[Any] = []
-    threads = [threading.Thread(target=lambda: made.append(host.make("backend", "counting://h", cfg))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: made.append(host.make("backend", "counting://h", cfg))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -213,7 +215,7 @@ def test_old_style_role_registration_still_works(host: PluginHost) -> None:
     assert type(server.broker) is MemoryBroker and server.broker.transport is None
     FUSED.clear()
     sent = server.send_task(Signature("add", args=[]))
-    assert FUSED == [sent.signature.uuid]  # the hook still fuses role classes registered alone
+    assert [sent.signature.uuid] == FUSED  # the hook still fuses role classes registered alone
     server.close()
 
 

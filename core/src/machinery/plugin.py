@@ -73,7 +73,6 @@ if TYPE_CHECKING:
     from machinery.registry import WorkerInfo, live_workers
     from machinery.revoke import Revocation
     from machinery.state import ZERO_TIME, GroupMeta, State, TaskResult, TaskState
-    from machinery.transport import Transport, TransportRegistry
     from machinery.testing import (
         BackendConformance,
         BackendOracle,
@@ -86,6 +85,7 @@ if TYPE_CHECKING:
         require_capability,
         require_server,
     )
+    from machinery.transport import Transport, TransportRegistry
     from machinery.wire import (
         Signature,
         decode_group_meta,

@@ -233,7 +233,9 @@ class Transport:
         return cast(TransportT, found)
 
     @classmethod
-    def attach(cls: type[TransportT], role: object, url: str, config: Config, transport: TransportT | None = None) -> TransportT:
+    def attach(
+        cls: type[TransportT], role: object, url: str, config: Config, transport: TransportT | None = None
+    ) -> TransportT:
         """For a role's constructor: ``transport`` (or the shared one for ``url`` and
         ``config``), holding it open for ``role`` until :meth:`release`."""
         found = transport if transport is not None else cls.shared(url, config)
