@@ -59,12 +59,11 @@ def test_declared_metadata_matches_the_classes() -> None:
         assert getattr(cls, "config_section", None) == section, (kind, scheme)
         assert dict(getattr(cls, "env_options", None) or {}) == dict(env), (kind, scheme)
         checked += 1
-    for scheme, spec in host._transports.items():
-        for kind in spec.roles:
-            cls = host._class(kind, f"{scheme}://", object)  # type: ignore[arg-type]
-            assert getattr(cls, "config_section", None) == spec.section, (kind, scheme)
-            assert dict(getattr(cls, "env_options", None) or {}) == dict(spec.env), (kind, scheme)
-            checked += 1
+    for (kind, scheme), spec in host._transports.items():
+        cls = host._class(kind, f"{scheme}://", object)  # type: ignore[arg-type]
+        assert getattr(cls, "config_section", None) == spec.section, (kind, scheme)
+        assert dict(getattr(cls, "env_options", None) or {}) == dict(spec.env), (kind, scheme)
+        checked += 1
     undeclared = [
         (kind, scheme)
         for kind, table in host._registry.items()

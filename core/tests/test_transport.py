@@ -104,7 +104,7 @@ def host() -> PluginHost:
 def test_hook_machinery_register_transports(host: PluginHost) -> None:
     for kind in ("broker", "backend", "lock"):
         assert {"counting", "counting+tls"} <= set(host.schemes(kind))  # type: ignore[arg-type]
-    assert host.transport_class("counting+tls://h") is CountingTransport
+    assert host.transport_class("counting+tls://h", "lock") is CountingTransport
     assert host.broker_class("counting://h") is TBroker
     assert host.backend_class("counting://h") is TBackend
     assert host.lock_class("counting://h") is TLock

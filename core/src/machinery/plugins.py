@@ -148,8 +148,8 @@ class PluginHost:
             "lock": {},
         }
         self._resolved: dict[tuple[str, str], type[Any]] = {}
-        #: scheme (and alias) -> the transport declared for it (``machinery_register_transports``).
-        self._transports: dict[str, TransportSpec] = {}
+        #: (role, scheme or alias) -> the transport declared for it (``machinery_register_transports``).
+        self._transports: dict[tuple[str, str], TransportSpec] = {}
         #: (kind, scheme) -> (config section, env variables), as declared at registration.
         self._meta: dict[tuple[str, str], tuple[str | None, Mapping[str, str]]] = {}
         self.failures: list[PluginLoadError] = []
@@ -225,17 +225,17 @@ class PluginHost:
 
     def _transport_adder(self, plugin_name: str) -> Callable[[TransportSpec], None]:
         def add(spec: TransportSpec) -> None:
+            info = self._infos.get(plugin_name)
             for scheme in spec.schemes:
-                other = self._transports.get(scheme)
-                if other is not None and other.distribution != spec.distribution:
-                    raise MachineryError(
-                        f"transport scheme {scheme!r} is claimed by both {other.distribution} and "
-                        f"{spec.distribution}; uninstall one or block it with MACHINERY_DISABLE_PLUGINS"
-                    )
-                self._transports[scheme] = spec
-                info = self._infos.get(plugin_name)
-                if info is not None:
-                    for kind in sorted(spec.roles):
+                for kind in sorted(spec.roles):
+                    other = self._transports.get((kind, scheme))
+                    if other is not None and other.distribution != spec.distribution:
+                        raise MachineryError(
+                            f"{kind} scheme {scheme!r} is claimed by both {other.distribution} and "
+                            f"{spec.distribution}; uninstall one or block it with MACHINERY_DISABLE_PLUGINS"
+                        )
+                    self._transports[(kind, scheme)] = spec
+                    if info is not None:
                         info.schemes.setdefault(kind, []).append(scheme)
 
         return add
@@ -246,8 +246,8 @@ class PluginHost:
         ) -> None:
             scheme = scheme.lower()
             table = self._registry[kind]
-            spec = self._transports.get(scheme)
-            owner = spec.distribution if spec is not None and kind in spec.roles else None
+            spec = self._transports.get((kind, scheme))
+            owner = spec.distribution if spec is not None else None
             if owner is None and scheme in table:
                 owner = table[scheme][1]
             if owner is not None and owner != dist:
@@ -270,14 +270,14 @@ class PluginHost:
     def schemes(self, kind: Kind) -> list[str]:
         """The URL schemes registered for ``kind``."""
         self.load()
-        served = {s for s, spec in self._transports.items() if kind in spec.roles}
+        served = {s for k, s in self._transports if k == kind}
         return sorted(served | set(self._registry[kind]))
 
-    def transport_class(self, url: str) -> type[Transport] | None:
-        """The :class:`~machinery.transport.Transport` serving ``url``'s scheme, or None when
-        the scheme is registered role by role (``machinery_register_brokers``...) or not at all."""
+    def transport_class(self, url: str, kind: Kind = "broker") -> type[Transport] | None:
+        """The :class:`~machinery.transport.Transport` serving ``kind`` for ``url``'s scheme, or
+        None when that is a class registered alone (``machinery_register_brokers``...) or nothing."""
         self.load()
-        spec = self._transports.get(scheme_of(url))
+        spec = self._transports.get((kind, scheme_of(url)))
         return spec.resolve() if spec is not None else None
 
     def make(self, kind: Kind, url: str, config: Config) -> Any:
@@ -289,11 +289,12 @@ class PluginHost:
             that does not translate its own).
         """
         self.load()
-        spec = self._transports.get(scheme_of(url))
-        if spec is not None and kind in spec.roles:
+        spec = self._transports.get((kind, scheme_of(url)))
+        if spec is not None:
             transport = spec.resolve().shared(url, config)
             return getattr(transport, kind)()
-        return self._class(kind, url, object)(url, config)
+        cls: type[Any] = self._class(kind, url, object)
+        return cls(url, config)
 
     def _class(self, kind: Kind, url: str, base: type[T]) -> type[T]:
         self.load()
@@ -302,8 +303,8 @@ class PluginHost:
         cls = self._resolved.get(key)
         if cls is not None:
             return cls
-        spec = self._transports.get(scheme)
-        if spec is not None and kind in spec.roles:
+        spec = self._transports.get(key)
+        if spec is not None:
             role_cls = spec.resolve().role_class(kind)
             if not (isinstance(role_cls, type) and issubclass(role_cls, base)):
                 raise PluginLoadError(scheme, spec.distribution, f"{role_cls!r} is not a {base.__name__} subclass")
@@ -345,8 +346,8 @@ class PluginHost:
     def _declared(self, kind: Kind, scheme: str) -> tuple[str | None, Mapping[str, str]]:
         """The section and environment variables of a registered class: as declared at
         registration, else read from the class (which imports it)."""
-        spec = self._transports.get(scheme)
-        if spec is not None and kind in spec.roles:
+        spec = self._transports.get((kind, scheme))
+        if spec is not None:
             return spec.section, spec.env
         meta = self._meta.get((kind, scheme))
         if meta is not None:
