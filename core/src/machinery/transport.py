@@ -288,6 +288,13 @@ class Transport:
                 self._opened = True
             return self._connection
 
+    def connection_for(self, role: object) -> Any:
+        """:attr:`connection`, for ``role``: a role used again after its ``close()`` holds the
+        transport again (so the connection it reopens is closed with the last role, as ever)."""
+        if id(role) not in self._holders:
+            self.retain(role)
+        return self.connection
+
     @property
     def is_open(self) -> bool:
         """True once :attr:`connection` was opened (and until the last role closes)."""
