@@ -51,7 +51,7 @@ except ImportError:  # run as a script
 OPTION_CLASSES = {
     "sqlite": "machinery.default._options:SQLiteOptions",
     "redis": "machinery_redis.transport:RedisOptions",
-    "amqp": "machinery_amqp._common:AMQPOptions",
+    "amqp": "machinery_amqp.transport:AMQPOptions",
     "sqs": "machinery_sqs.broker:SQSOptions",
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",
     "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",
