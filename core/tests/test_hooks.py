@@ -143,6 +143,7 @@ def test_hook_machinery_register_transports() -> None:
     host.pm.register(_TransportPlugin(), name="hooktest")
     assert "hooktest" in host.schemes("broker") and "hooktest" not in host.schemes("backend")
     assert host.env_options()["HT_X"] == ("hooktest", "x")  # plain data: nothing imported
+    assert "hooktest" in host.config_sections()
 
 
 def test_hook_machinery_register_brokers() -> None:

@@ -146,6 +146,20 @@ def test_direct_construction_finds_the_shared_transport(host: PluginHost) -> Non
     assert CLOSED == ["counting://h"]
 
 
+def test_a_role_used_after_close_holds_the_transport_again(host: PluginHost) -> None:
+    cfg = Config(broker="counting://h")
+    backend = TBackend("counting://h", cfg)
+    transport = backend.transport
+    assert transport is not None
+    backend.close()
+    assert CLOSED == ["counting://h"] and transport.holders == 0
+    transport.connection_for(backend)  # what a role reads when it is used again
+    assert transport.holders == 1 and transport.is_open and len(OPENED) == 2
+    assert CountingTransport.shared("counting://h", cfg) is transport  # back in the cache
+    backend.close()
+    assert CLOSED == ["counting://h", "counting://h"]
+
+
 def test_different_urls_or_configs_are_not_shared(host: PluginHost) -> None:
     cfg = Config(broker="counting://a")
     a = Server(cfg, plugins=host)

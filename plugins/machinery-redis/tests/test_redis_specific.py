@@ -763,6 +763,8 @@ def test_send_stores_pending_and_publishes_in_one_round_trip(private_redis: Any)
         srv.send_task(sig)
         later = Signature("add", [0, 0], eta=datetime.now(timezone.utc) + timedelta(days=1))
         srv.send_task(later)
+        fused = srv.producer._fused  # the transport's capability, asked on the first send
+        assert fused is not None and getattr(fused, "func", None) == srv.broker.transport.publish_with_state
         stats = raw.info("commandstats")
         assert stats["cmdstat_set"]["calls"] == 2
         assert stats["cmdstat_rpush"]["calls"] == 1
