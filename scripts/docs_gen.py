@@ -50,8 +50,8 @@ except ImportError:  # run as a script
 #: found on a registered transport and missing from it is a build warning).
 OPTION_CLASSES = {
     "sqlite": "machinery.builtin.sqlite._options:SQLiteOptions",
-    "redis": "machinery_redis.connection:RedisOptions",
-    "amqp": "machinery_amqp._common:AMQPOptions",
+    "redis": "machinery_redis.transport:RedisOptions",
+    "amqp": "machinery_amqp.transport:AMQPOptions",
     "sqs": "machinery_sqs.broker:SQSOptions",
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",
     "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",

@@ -1,7 +1,8 @@
 """Reading a configuration imports no client library, with every plugin installed.
 
 The plugins declare their config section and environment variables as plain data when they
-register (``register(scheme, "module:Class", section=..., env=...)``), so ``Config`` validates
+register (``registry.add(scheme, "module:Transport", roles=..., section=..., env=...)``, or the
+older ``register(scheme, "module:Class", section=..., env=...)``), so ``Config`` validates
 sections and reads environment variables without importing the transport classes, and with
 them redis-py, boto3, pika, google-cloud-pubsub, pymongo, pymemcache or nats-py.
 """
@@ -57,6 +58,11 @@ def test_declared_metadata_matches_the_classes() -> None:
         cls = host._class(kind, f"{scheme}://", object)  # type: ignore[arg-type]
         assert getattr(cls, "config_section", None) == section, (kind, scheme)
         assert dict(getattr(cls, "env_options", None) or {}) == dict(env), (kind, scheme)
+        checked += 1
+    for (kind, scheme), spec in host._transports.items():
+        cls = host._class(kind, f"{scheme}://", object)  # type: ignore[arg-type]
+        assert getattr(cls, "config_section", None) == spec.section, (kind, scheme)
+        assert dict(getattr(cls, "env_options", None) or {}) == dict(spec.env), (kind, scheme)
         checked += 1
     undeclared = [
         (kind, scheme)

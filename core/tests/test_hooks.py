@@ -132,6 +132,20 @@ def _events(rec: Recorder, name: str) -> list[Any]:
     return [e for n, e in rec.calls if n == name]
 
 
+class _TransportPlugin:
+    @hookimpl
+    def machinery_register_transports(self, registry: Any) -> None:
+        registry.add("hooktest", "nowhere:Transport", roles={"broker"}, section="hooktest", env={"HT_X": "x"})
+
+
+def test_hook_machinery_register_transports() -> None:
+    host = PluginHost(load_entry_points=False)
+    host.pm.register(_TransportPlugin(), name="hooktest")
+    assert "hooktest" in host.schemes("broker") and "hooktest" not in host.schemes("backend")
+    assert host.env_options()["HT_X"] == ("hooktest", "x")  # plain data: nothing imported
+    assert "hooktest" in host.config_sections()
+
+
 def test_hook_machinery_register_brokers() -> None:
     host = PluginHost(load_entry_points=False)
     assert "memory" in host.schemes("broker")

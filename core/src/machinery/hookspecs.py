@@ -1,6 +1,8 @@
 """Every hook a machinery plugin can implement.
 
-Transport hooks *register* classes (1:1 per URL scheme); behaviour lives in the ABCs of
+Transport hooks *register*, as plain data, a :class:`~machinery.transport.Transport` per URL
+scheme (``machinery_register_transports``), or role classes one by one (the older
+``machinery_register_brokers/backends/locks``, still served); behaviour lives in the ABCs of
 :mod:`machinery.interfaces`. Lifecycle hooks are broadcast observers that return None.
 """
 
@@ -18,10 +20,27 @@ if TYPE_CHECKING:
     from machinery.interfaces import Backend, Broker
     from machinery.plugins import Register
     from machinery.signature import Signature
+    from machinery.transport import TransportRegistry
 
 __all__ = ["hookspec"]
 
 hookspec = pluggy.HookspecMarker("machinery")
+
+
+@hookspec
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """Declare transports: one :class:`~machinery.transport.Transport` per URL scheme, serving
+    some of the broker, backend and lock roles.
+
+    Called once per process, on the first URL resolution, for every plugin. Call
+    ``registry.add(scheme, "module:Class", roles={...}, section=..., env={...}, aliases=(...))``
+    once per transport: everything but the class is plain data, so reading a configuration
+    (its sections, its environment variables) imports nothing of the plugin. The class is
+    imported when a URL with one of its schemes is used. A scheme claimed by two distributions
+    is an error naming both.
+
+    :param registry: the registry to add transports to.
+    """
 
 
 @hookspec
@@ -67,6 +86,11 @@ def machinery_fused_publisher(broker: Broker, backend: Backend) -> Callable[[byt
     """A function that stores a task's PENDING state in ``backend`` and publishes its message
     through ``broker`` in one round trip, for a broker and a backend of this plugin that share
     a connection (the same Redis server and database, say); None for any other pair.
+
+    For plugins that register role classes one by one: a plugin registering a
+    :class:`~machinery.transport.Transport` declares this as the transport's
+    ``publish_with_state`` capability instead, which the producer asks first when its broker
+    and backend come from the same transport.
 
     Asked once per producer, on its first send; the first non-None answer wins. Without one,
     the producer stores PENDING, then publishes. The function is called with the encoded

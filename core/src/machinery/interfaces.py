@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from machinery.config import Config
     from machinery.revoke import Revocation
     from machinery.signature import Signature
+    from machinery.transport import Transport
 
 __all__ = ["Backend", "Broker", "Completion", "DeadLetter", "Delivery", "Lock"]
 
@@ -96,6 +97,10 @@ class Broker(ABC):
     #: The broker keeps the messages dropped with ``nack(requeue=False)``, and
     #: :meth:`list_dead_letters` and :meth:`remove_dead_letter` work (``machinery dead``).
     supports_dead_letters: ClassVar[bool] = False
+
+    #: The :class:`~machinery.transport.Transport` that handed this role out (None for a role
+    #: registered alone); a broker and a backend with the same one may fuse sends.
+    transport: Transport | None = None
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
@@ -228,6 +233,10 @@ class Backend(BackendOps):
     #: each worker enforces task rate limits alone; see :mod:`machinery.ratelimit`).
     supports_rate_limit: ClassVar[bool] = False
 
+    #: The :class:`~machinery.transport.Transport` that handed this role out (None for a role
+    #: registered alone); a broker and a backend with the same one may fuse sends.
+    transport: Transport | None = None
+
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
         self.config = config
@@ -302,6 +311,10 @@ class Lock(ABC):
 
     #: Config section (YAML mapping) this transport owns.
     config_section: ClassVar[str | None] = None
+
+    #: The :class:`~machinery.transport.Transport` that handed this role out (None for a role
+    #: registered alone); a broker and a backend with the same one may fuse sends.
+    transport: Transport | None = None
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url

@@ -7,7 +7,9 @@ core's other modules, whose layout may change::
 
 What is here:
 
-- the hook marker and the registration callable: :data:`hookimpl`, :data:`Register`;
+- the hook marker and registration: :data:`hookimpl`, :class:`TransportRegistry` (what
+  ``machinery_register_transports`` receives) and :class:`Transport` (one URL's connection,
+  options and roles), and :data:`Register` (the older role-by-role registration);
 - the contracts: :class:`Broker`, :class:`Backend`, :class:`Lock`, :class:`Delivery`, and the
   consume template: :class:`PollingBroker`, :class:`AsyncPollingBroker` (asyncio clients),
   :class:`EventLoopThread`, :class:`PushBroker` (clients that push to a callback) with its
@@ -83,6 +85,7 @@ if TYPE_CHECKING:
         require_capability,
         require_server,
     )
+    from machinery.transport import Transport, TransportRegistry
     from machinery.wire import (
         Signature,
         decode_group_meta,
@@ -105,6 +108,8 @@ _LAZY = {
     "hookimpl": "machinery._hookimpl",
     "wire": "machinery",
     "Register": "machinery.plugins",
+    "Transport": "machinery.transport",
+    "TransportRegistry": "machinery.transport",
     "Config": "machinery.config",
     "parse_options": "machinery.config",
     "redact_url": "machinery.config",
@@ -235,6 +240,8 @@ __all__ = [
     "TaskEvent",
     "TaskResult",
     "TaskState",
+    "Transport",
+    "TransportRegistry",
     "UnknownSchemeError",
     "WorkerEvent",
     "WorkflowConformance",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from machinery.errors import MachineryError, PluginLoadError, UnknownSchemeError
 from machinery.interfaces import Backend, Broker, Lock
+from machinery.transport import Transport, TransportRegistry, TransportSpec
 
 if TYPE_CHECKING:
     import argparse
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     import pluggy
 
+    from machinery.config import Config
     from machinery.events import TaskEvent, WorkerEvent
     from machinery.signature import Signature
 
@@ -146,6 +148,8 @@ class PluginHost:
             "lock": {},
         }
         self._resolved: dict[tuple[str, str], type[Any]] = {}
+        #: (role, scheme or alias) -> the transport declared for it (``machinery_register_transports``).
+        self._transports: dict[tuple[str, str], TransportSpec] = {}
         #: (kind, scheme) -> (config section, env variables), as declared at registration.
         self._meta: dict[tuple[str, str], tuple[str | None, Mapping[str, str]]] = {}
         self.failures: list[PluginLoadError] = []
@@ -198,6 +202,10 @@ class PluginHost:
             self._infos[ep.name] = PluginInfo(ep.name, dist_name, version)
 
     def _collect(self) -> None:
+        for impl in self.pm.hook.machinery_register_transports.get_hookimpls():
+            info = self._infos.get(impl.plugin_name)
+            dist = info.distribution if info else impl.plugin_name
+            impl.function(registry=TransportRegistry(dist, self._transport_adder(impl.plugin_name)))
         hooks = {
             "broker": self.pm.hook.machinery_register_brokers,
             "backend": self.pm.hook.machinery_register_backends,
@@ -215,15 +223,36 @@ class PluginHost:
                     h.name for h in self.pm.get_hookcallers(plugin) or [] if h.name.startswith("machinery_")
                 )
 
+    def _transport_adder(self, plugin_name: str) -> Callable[[TransportSpec], None]:
+        def add(spec: TransportSpec) -> None:
+            info = self._infos.get(plugin_name)
+            for scheme in spec.schemes:
+                for kind in sorted(spec.roles):
+                    other = self._transports.get((kind, scheme))
+                    if other is not None and other.distribution != spec.distribution:
+                        raise MachineryError(
+                            f"{kind} scheme {scheme!r} is claimed by both {other.distribution} and "
+                            f"{spec.distribution}; uninstall one or block it with MACHINERY_DISABLE_PLUGINS"
+                        )
+                    self._transports[(kind, scheme)] = spec
+                    if info is not None:
+                        info.schemes.setdefault(kind, []).append(scheme)
+
+        return add
+
     def _registrar(self, kind: Kind, dist: str, plugin_name: str) -> Register:
         def register(
             scheme: str, cls: type[Any] | str, /, *, section: str | None = None, env: Mapping[str, str] | None = None
         ) -> None:
             scheme = scheme.lower()
             table = self._registry[kind]
-            if scheme in table and table[scheme][1] != dist:
+            spec = self._transports.get((kind, scheme))
+            owner = spec.distribution if spec is not None else None
+            if owner is None and scheme in table:
+                owner = table[scheme][1]
+            if owner is not None and owner != dist:
                 raise MachineryError(
-                    f"{kind} scheme {scheme!r} is claimed by both {table[scheme][1]} and {dist}; "
+                    f"{kind} scheme {scheme!r} is claimed by both {owner} and {dist}; "
                     f"uninstall one or block it with MACHINERY_DISABLE_PLUGINS"
                 )
             table[scheme] = (cls, dist)
@@ -241,7 +270,31 @@ class PluginHost:
     def schemes(self, kind: Kind) -> list[str]:
         """The URL schemes registered for ``kind``."""
         self.load()
-        return sorted(self._registry[kind])
+        served = {s for k, s in self._transports if k == kind}
+        return sorted(served | set(self._registry[kind]))
+
+    def transport_class(self, url: str, kind: Kind = "broker") -> type[Transport] | None:
+        """The :class:`~machinery.transport.Transport` serving ``kind`` for ``url``'s scheme, or
+        None when that is a class registered alone (``machinery_register_brokers``...) or nothing."""
+        self.load()
+        spec = self._transports.get((kind, scheme_of(url)))
+        return spec.resolve() if spec is not None else None
+
+    def make(self, kind: Kind, url: str, config: Config) -> Any:
+        """A ``kind`` role for ``url``: handed out by the shared transport of ``url`` and
+        ``config`` when one serves the scheme, else built from its registered class.
+
+        :raises UnknownSchemeError: no plugin serves the scheme for ``kind``.
+        :raises ConfigError: a bad URL or option (``TypeError``/``ValueError`` from a role class
+            that does not translate its own).
+        """
+        self.load()
+        spec = self._transports.get((kind, scheme_of(url)))
+        if spec is not None:
+            transport = spec.resolve().shared(url, config)
+            return getattr(transport, kind)()
+        cls: type[Any] = self._class(kind, url, object)
+        return cls(url, config)
 
     def _class(self, kind: Kind, url: str, base: type[T]) -> type[T]:
         self.load()
@@ -250,6 +303,13 @@ class PluginHost:
         cls = self._resolved.get(key)
         if cls is not None:
             return cls
+        spec = self._transports.get(key)
+        if spec is not None:
+            role_cls = spec.resolve().role_class(kind)
+            if not (isinstance(role_cls, type) and issubclass(role_cls, base)):
+                raise PluginLoadError(scheme, spec.distribution, f"{role_cls!r} is not a {base.__name__} subclass")
+            self._resolved[key] = role_cls
+            return role_cls
         entry = self._registry[kind].get(scheme)
         if entry is None:
             hint = KNOWN_SCHEMES.get(scheme)
@@ -286,6 +346,9 @@ class PluginHost:
     def _declared(self, kind: Kind, scheme: str) -> tuple[str | None, Mapping[str, str]]:
         """The section and environment variables of a registered class: as declared at
         registration, else read from the class (which imports it)."""
+        spec = self._transports.get((kind, scheme))
+        if spec is not None:
+            return spec.section, spec.env
         meta = self._meta.get((kind, scheme))
         if meta is not None:
             return meta
@@ -299,6 +362,7 @@ class PluginHost:
         """Config sections owned by any registered transport (for unknown-key errors)."""
         self.load()
         sections: set[str] = set()
+        sections.update(spec.section for spec in self._transports.values() if spec.section)
         for kind, table in self._registry.items():
             for scheme in table:
                 section, _ = self._declared(cast(Kind, kind), scheme)
@@ -310,6 +374,9 @@ class PluginHost:
         """Environment variable -> (config section, option) for every registered transport."""
         self.load()
         out: dict[str, tuple[str, str]] = {}
+        for spec in self._transports.values():
+            for var, key in spec.env.items():
+                out[var] = (cast(str, spec.section), key)
         for kind, table in self._registry.items():
             for scheme in table:
                 section, env = self._declared(cast(Kind, kind), scheme)

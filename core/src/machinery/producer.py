@@ -8,6 +8,7 @@ through it. It knows no registered task and no configuration.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -86,8 +87,7 @@ class Producer:
         # PENDING is stored before the message can be taken (a worker's STARTED must not be
         # overwritten by it): in one round trip where a plugin fuses the broker and the backend.
         if not self._fused_asked:
-            plugins = self._plugins
-            self._fused = plugins.fused_publisher(self.broker, self.backend) if plugins is not None else None
+            self._fused = self._fused_publisher()
             self._fused_asked = True
         fused = self._fused
         if fused is not None:
@@ -95,6 +95,18 @@ class Producer:
             return
         self.backend.set_state_pending(signature)
         self.broker.publish(body, signature)
+
+    def _fused_publisher(self) -> Callable[[bytes, Signature], None] | None:
+        # The transport's capability when the broker and the backend come from the same one,
+        # else a plugin's ``machinery_fused_publisher`` (role classes registered one by one).
+        broker, backend = self.broker, self.backend
+        transport = broker.transport
+        if transport is not None and transport is backend.transport:
+            if transport.supports_publish_with_state(broker, backend):
+                return functools.partial(transport.publish_with_state, broker, backend)
+            return None
+        plugins = self._plugins
+        return plugins.fused_publisher(broker, backend) if plugins is not None else None
 
     def republish(self, signature: Signature) -> None:
         """Publish without touching the stored state (retries keep RETRY visible)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from machinery.config import Config, redact_url
 from machinery.errors import ConfigError, MachineryError
@@ -109,15 +109,10 @@ class Server:
 
         return default_url()
 
-    def _make(self, kind: str, url: str) -> Any:
-        if kind == "broker":
-            cls: type[Any] = self.plugins.broker_class(url)
-        elif kind == "backend":
-            cls = self.plugins.backend_class(url)
-        else:
-            cls = self.plugins.lock_class(url)
+    def _make(self, kind: Literal["broker", "backend", "lock"], url: str) -> Any:
+        # the shared transport of (url, config) hands the role out, or its registered class builds it
         try:
-            return cls(url, self.config)
+            return self.plugins.make(kind, url, self.config)
         except MachineryError:
             raise
         except (TypeError, ValueError) as exc:

@@ -756,3 +756,19 @@ def test_chord_trigger_is_first_wins_without_a_group_record(queue: str) -> None:
         be.purge_group_meta(group)
         be.purge_state(member.uuid)
         be.close()
+
+
+def test_broker_and_backend_share_one_transport() -> None:
+    """The URL and the ``amqp:`` section are parsed once, by the transport both roles come from;
+    each role's connections still carry its own name (pika connections stay per role)."""
+    from machinery_amqp.transport import AMQPTransport
+
+    url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    server = Server(Config(broker=url, transport_options={"amqp": {"exchange": "shared_x"}}))
+    transport = server.broker.transport
+    assert isinstance(transport, AMQPTransport) and server.backend.transport is transport
+    assert server.broker.options is server.backend.options is transport.options
+    names = [p.client_properties["connection_name"] for p in transport.params_for("backend")]
+    assert names and all(n.startswith("machinery-amqp backend") for n in names)
+    server.close()
+    assert transport.holders == 0

@@ -27,8 +27,8 @@ from machinery.signature import Signature, encode_signature
 from machinery.workflow import Chord, Group
 from machinery_redis.backend import RedisBackend
 from machinery_redis.broker import RedisBroker, consumers_key, dead_key, eta_score, processing_key
-from machinery_redis.connection import RedisOptions, load_options, parse_url
 from machinery_redis.lock import RedisLock
+from machinery_redis.transport import RedisOptions, load_options, parse_url
 
 # -- Go fixtures, written from Go Machinery's tasks.Signature / tasks.TaskState -----------------
 
@@ -763,6 +763,8 @@ def test_send_stores_pending_and_publishes_in_one_round_trip(private_redis: Any)
         srv.send_task(sig)
         later = Signature("add", [0, 0], eta=datetime.now(timezone.utc) + timedelta(days=1))
         srv.send_task(later)
+        fused = srv.producer._fused  # the transport's capability, asked on the first send
+        assert fused is not None and getattr(fused, "func", None) == srv.broker.transport.publish_with_state
         stats = raw.info("commandstats")
         assert stats["cmdstat_set"]["calls"] == 2
         assert stats["cmdstat_rpush"]["calls"] == 1
@@ -778,12 +780,38 @@ def test_send_stores_pending_and_publishes_in_one_round_trip(private_redis: Any)
         srv.close()
 
 
+def test_broker_backend_and_lock_share_one_transport_closed_with_the_last(url: str, queue: str) -> None:
+    from machinery_redis.transport import RedisTransport
+
+    cfg = Config(broker=url, default_queue=queue, no_unix_signals=True)
+    srv = Server(cfg)
+    transport = srv.broker.transport
+    assert isinstance(transport, RedisTransport)
+    assert srv.backend.transport is transport and srv.lock.transport is transport  # by construction
+    assert srv.broker.options is transport.options  # parsed once
+    srv.backend.set_state_pending(Signature("add", [1]))  # opens the one pool
+    assert srv.broker.client is srv.backend.client is transport.client
+    # built directly (as the conformance suite does) with an equal config: the same transport
+    direct = RedisBackend(url, Config(broker=url, default_queue=queue, no_unix_signals=True))
+    assert direct.transport is transport
+    direct.close()
+    srv.broker.close()
+    srv.backend.close()
+    assert transport.is_open  # the lock still holds it
+    srv.lock.close()
+    assert not transport.is_open and transport.holders == 0
+    # another database, or another config: another transport
+    other = Server(cfg.replace(broker=url.rsplit("/", 1)[0] + "/5"))
+    assert other.broker.transport is not transport
+    other.close()
+
+
 def test_send_to_another_database_stores_and_publishes_separately(url: str, queue: str, raw: redis.Redis) -> None:
     backend_url = url.rsplit("/", 1)[0] + "/5"
     srv = Server(Config(broker=url, result_backend=backend_url, default_queue=queue, no_unix_signals=True))
     other = redis.Redis.from_url(backend_url)
     try:
-        assert srv.plugins.fused_publisher(srv.broker, srv.backend) is None
+        assert srv.broker.transport is not srv.backend.transport  # two transports: nothing to fuse
         sig = Signature("add", [1, 2])
         srv.send_task(sig)
         assert json.loads(other.get(sig.uuid))["State"] == "PENDING"

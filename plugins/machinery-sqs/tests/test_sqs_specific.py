@@ -119,7 +119,7 @@ def test_url_forms_and_registration() -> None:
     vpc = SQSBroker("https://vpce-1.sqs.us-east-1.vpce.amazonaws.com/123456789012", Config())
     assert vpc.target.endpoint_url == "https://vpce-1.sqs.us-east-1.vpce.amazonaws.com"
     be = DynamoDBBackend("https://dynamodb.eu-west-1.amazonaws.com", Config())
-    assert be.tables.target.region == "eu-west-1"
+    assert be.transport.target.region == "eu-west-1"
     assert (be.options.task_states_table, be.options.group_metas_table) == ("task_states", "group_metas")
 
 
@@ -494,3 +494,19 @@ def test_worker_on_sqs_and_dynamodb(queue: str) -> None:
     finally:
         worker.quit(timeout=10)
         server.close()
+
+
+def test_backend_and_lock_share_one_dynamodb_transport() -> None:
+    """One transport per service, URL and configuration: the lock and the backend on one
+    DynamoDB share its client and tables; the SQS broker has its own; the last close frees them."""
+    from machinery_sqs.transport import DynamoDBTransport, SQSTransport
+
+    cfg = Config(broker=GO_SQS, result_backend="dynamodb://us-east-1", lock="dynamodb://us-east-1")
+    server = Server(cfg)
+    assert isinstance(server.broker.transport, SQSTransport)
+    assert isinstance(server.backend.transport, DynamoDBTransport)
+    assert server.lock.transport is server.backend.transport  # by construction
+    transport = server.backend.transport
+    assert transport.holders == 2
+    server.close()
+    assert transport.holders == 0 and not transport.is_open

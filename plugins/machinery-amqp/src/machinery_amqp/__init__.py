@@ -1,7 +1,7 @@
 """machinery-amqp: RabbitMQ broker and AMQP result backend for machinery (``amqp://``, ``amqps://``).
 
-Importing this module registers nothing heavy: the classes are registered by their
-``"module:Class"`` names and pika is imported only when a URL is resolved.
+Importing this module registers nothing heavy: the transport is registered by its
+``"module:Class"`` name and pika is imported only when a URL is resolved.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugin import Register
+    from machinery.plugin import TransportRegistry
 
-__all__ = ["machinery_register_backends", "machinery_register_brokers"]
+__all__ = ["machinery_register_transports"]
 
-_SCHEMES = ("amqp", "amqps")
 #: Environment variables of the ``amqp:`` section.
 ENV_OPTIONS: dict[str, str] = {
     "AMQP_EXCHANGE": "exchange",
@@ -34,14 +33,14 @@ ENV_OPTIONS: dict[str, str] = {
 
 
 @hookimpl
-def machinery_register_brokers(register: Register) -> None:
-    """``amqp://`` and ``amqps://`` brokers (RabbitMQ)."""
-    for scheme in _SCHEMES:
-        register(scheme, "machinery_amqp.broker:AMQPBroker", section="amqp", env=ENV_OPTIONS)
-
-
-@hookimpl
-def machinery_register_backends(register: Register) -> None:
-    """``amqp://`` and ``amqps://`` result backends (Go Machinery's AMQP backend layout)."""
-    for scheme in _SCHEMES:
-        register(scheme, "machinery_amqp.backend:AMQPBackend", section="amqp", env=ENV_OPTIONS)
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """``amqp://`` and ``amqps://``: broker (RabbitMQ) and result backend (Go Machinery's AMQP
+    backend layout)."""
+    registry.add(
+        "amqp",
+        "machinery_amqp.transport:AMQPTransport",
+        roles={"broker", "backend"},
+        section="amqp",
+        env=ENV_OPTIONS,
+        aliases=("amqps",),
+    )

@@ -21,7 +21,7 @@ from pika.adapters.select_connection import IOLoop, SelectConnection
 
 from machinery.plugin import BrokerConnectionError, BrokerError, PublishError
 
-from ._common import CONNECTION_ERRORS, describe
+from .transport import CONNECTION_ERRORS, describe
 
 if TYPE_CHECKING:
     from pika.channel import Channel

@@ -45,7 +45,7 @@ from machinery.plugin import (
     redact_url,
 )
 
-from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
+from .transport import CONNECTION_ERRORS, ENV_OPTIONS, AMQPTransport, connect, describe
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
@@ -111,10 +111,12 @@ class AMQPBackend(Backend):
     needs_group_record: ClassVar[bool] = False  # Go's groups have none: the group queue counts
     counts_completed: ClassVar[bool] = True  # Go's group queue (markTaskCompleted)
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: AMQPTransport | None = None) -> None:
         super().__init__(url, config)
-        self.options = AMQPOptions.from_config(config)
-        self._params = parse_amqp_urls(url, config, self.options, "backend")
+        #: The transport: the URLs and the ``amqp:`` section, parsed once.
+        self.transport: AMQPTransport = AMQPTransport.attach(self, url, config, transport)
+        self.options = self.transport.options
+        self._params = self.transport.params_for("backend")
         self._pool: list[_Session] = []
         self._lock = threading.Lock()
         self._declared: OrderedDict[str, None] = OrderedDict()
@@ -423,6 +425,7 @@ class AMQPBackend(Backend):
                 s.conn.close()
             except Exception:  # noqa: BLE001
                 pass
+        self.transport.release(self)
 
 
 def _meta_queue(group_uuid: str) -> str:

@@ -42,8 +42,8 @@ from machinery.plugin import (
     redact_url,
 )
 
-from ._common import CONNECTION_ERRORS, ENV_OPTIONS, AMQPOptions, connect, describe, parse_amqp_urls
 from ._publisher import Outgoing, Publisher, Unroutable
+from .transport import CONNECTION_ERRORS, ENV_OPTIONS, AMQPTransport, connect, describe
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
@@ -446,10 +446,12 @@ class AMQPBroker(PushBroker):
     #: Stop is noticed within 0.25 s.
     fetch_wait: ClassVar[float] = 0.25
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: AMQPTransport | None = None) -> None:
         super().__init__(url, config)
-        self.options = AMQPOptions.from_config(config)
-        self._params = parse_amqp_urls(url, config, self.options, "broker")
+        #: The transport: the URLs and the ``amqp:`` section, parsed once.
+        self.transport: AMQPTransport = AMQPTransport.attach(self, url, config, transport)
+        self.options = self.transport.options
+        self._params = self.transport.params_for("broker")
         self._publisher = Publisher(self._params)
         self._declarer = _Declarer(self)
         self._consumers: set[_Consumer] = set()
@@ -743,3 +745,4 @@ class AMQPBroker(PushBroker):
             c.done.wait(max(0.0, deadline - time.monotonic()))
         self._publisher.close()
         self._declarer.close()
+        self.transport.release(self)

@@ -1,24 +1,25 @@
 """Redis transport for machinery: broker, result backend and lock (``redis://``, ``rediss://``,
 ``redis+socket://``), wire- and key-compatible with Go Machinery.
 
-The classes are imported lazily, so loading the plugin does not import redis-py.
+One :class:`~machinery_redis.transport.RedisTransport` per URL and configuration owns the
+options and the connection pool its roles share. The classes are imported lazily, so loading the
+plugin does not import redis-py.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugin import Backend, Broker, Register, Signature
+    from machinery.plugin import TransportRegistry
     from machinery_redis.backend import RedisBackend
     from machinery_redis.broker import RedisBroker
     from machinery_redis.lock import RedisLock
+    from machinery_redis.transport import RedisTransport
 
-__all__ = ["RedisBackend", "RedisBroker", "RedisLock"]
+__all__ = ["RedisBackend", "RedisBroker", "RedisLock", "RedisTransport"]
 
 SCHEMES = ("redis", "rediss", "redis+socket")
 #: Environment variables of the ``redis:`` section (Go Machinery's names where it has them).
@@ -40,42 +41,20 @@ ENV_OPTIONS: dict[str, str] = {
     "REDIS_VISIBILITY_TIMEOUT": "visibility_timeout",
     "REDIS_RETRIES": "retries",
 }
-_LAZY = {"RedisBroker": "broker", "RedisBackend": "backend", "RedisLock": "lock"}
+_LAZY = {"RedisBroker": "broker", "RedisBackend": "backend", "RedisLock": "lock", "RedisTransport": "transport"}
 
 
 @hookimpl
-def machinery_register_brokers(register: Register) -> None:
-    """``redis://``, ``rediss://`` and ``redis+socket://`` brokers."""
-    for scheme in SCHEMES:
-        register(scheme, "machinery_redis.broker:RedisBroker", section="redis", env=ENV_OPTIONS)
-
-
-@hookimpl
-def machinery_register_backends(register: Register) -> None:
-    """``redis://``, ``rediss://`` and ``redis+socket://`` result backends."""
-    for scheme in SCHEMES:
-        register(scheme, "machinery_redis.backend:RedisBackend", section="redis", env=ENV_OPTIONS)
-
-
-@hookimpl
-def machinery_register_locks(register: Register) -> None:
-    """``redis://``, ``rediss://`` and ``redis+socket://`` locks."""
-    for scheme in SCHEMES:
-        register(scheme, "machinery_redis.lock:RedisLock", section="redis", env=ENV_OPTIONS)
-
-
-@hookimpl
-def machinery_fused_publisher(broker: Broker, backend: Backend) -> Callable[[bytes, Signature], None] | None:
-    """PENDING and the message in one pipeline, for a Redis broker and backend sharing a client."""
-    # Neither class can be in use unless its module was imported: no redis-py import here.
-    if "machinery_redis.broker" not in sys.modules or "machinery_redis.backend" not in sys.modules:
-        return None
-    from machinery_redis.backend import RedisBackend
-    from machinery_redis.broker import RedisBroker
-
-    if type(broker) is not RedisBroker or type(backend) is not RedisBackend:
-        return None
-    return broker.fused_publisher(backend)
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """``redis://``, ``rediss://`` and ``redis+socket://``: broker, result backend and lock."""
+    registry.add(
+        "redis",
+        "machinery_redis.transport:RedisTransport",
+        roles={"broker", "backend", "lock"},
+        section="redis",
+        env=ENV_OPTIONS,
+        aliases=SCHEMES[1:],
+    )
 
 
 def __getattr__(name: str) -> Any:

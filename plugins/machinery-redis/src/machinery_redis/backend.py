@@ -36,17 +36,8 @@ from machinery.plugin import (
 )
 from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher
-from machinery_redis.connection import (
-    ENV_OPTIONS,
-    SharedClient,
-    acquire_client,
-    is_cluster,
-    load_options,
-    parse_url,
-    release_client,
-    translate_errors,
-)
 from machinery_redis.tracking import StateWatcher, wait_completed
+from machinery_redis.transport import ENV_OPTIONS, RedisTransport, is_cluster, translate_errors
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -196,6 +187,8 @@ class RedisBackend(Backend):
 
     :param url: ``redis://``, ``rediss://`` or ``redis+socket://`` (see :mod:`machinery_redis`).
     :param config: the core config; ``results_expire_in`` sets the expiry.
+    :param transport: the transport handing this backend out (default: the process's shared one
+        for ``url`` and ``config``).
     """
 
     supports_expiry: ClassVar[bool] = True
@@ -206,11 +199,14 @@ class RedisBackend(Backend):
     config_section: ClassVar[str | None] = "redis"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: RedisTransport | None = None) -> None:
         super().__init__(url, config)
-        self.target = parse_url(url)
-        self.options = load_options(self.target, config)
-        self._shared: SharedClient | None = None
+        #: The transport whose pool and batcher this backend uses (a broker on the same URL and
+        #: configuration has the same one).
+        self.transport: RedisTransport = RedisTransport.attach(self, url, config, transport)
+        self.target = self.transport.target
+        self.options = self.transport.options
+        self._released = False
         self._trigger: Any = None
         self._unlock: Any = None
         self._watcher: StateWatcher | None = None
@@ -225,22 +221,21 @@ class RedisBackend(Backend):
         self._watcher = None
         self._watcher_retry_at = 0.0
 
-    @property
-    def shared(self) -> SharedClient:
-        """The process-wide client this backend uses (a broker on the same server shares it)."""
-        if self._shared is None:
-            self._shared = acquire_client(self.target, self.options)
-        return self._shared
+    def _held(self) -> RedisTransport:
+        if self._released:  # used again after close: hold the transport again
+            self._released = False
+            self.transport.retain(self)
+        return self.transport
 
     @property
     def client(self) -> Any:
-        """The shared redis-py client (created on first use)."""
-        return self.shared.client
+        """The transport's redis-py client (its pool opens on first use)."""
+        return self._held().client
 
     @property
     def batcher(self) -> CommandBatcher:
-        """The shared client's command batcher (group commit of state writes)."""
-        return self.shared.batcher
+        """The transport's command batcher (group commit of state writes)."""
+        return self._held().batcher
 
     def _errors(self, what: str) -> Any:
         return translate_errors(what, self.url, BackendError, BackendConnectionError)
@@ -253,8 +248,8 @@ class RedisBackend(Backend):
         return ("SET", state.task_uuid, body) if ex is None else ("SET", state.task_uuid, body, "EX", ex)
 
     def pending_command(self, signature: Signature) -> tuple[Any, ...]:
-        """The ``SET`` that stores the PENDING state of ``signature`` (sent by the broker in the
-        pipeline that publishes it)."""
+        """The ``SET`` that stores the PENDING state of ``signature`` (sent by the transport's
+        ``publish_with_state`` in the pipeline that publishes it)."""
         return self._set_command(self.pending_state(signature), self._ex())
 
     def _store_state(self, state: TaskState) -> None:
@@ -491,6 +486,5 @@ class RedisBackend(Backend):
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.close()
-        if self._shared is not None:
-            release_client(self._shared)
-            self._shared = None
+        self._released = True
+        self.transport.release(self)

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import redis
 
 from machinery.plugin import (
-    BackendError,
     BrokerAuthenticationError,
     BrokerConnectionError,
     BrokerError,
@@ -61,21 +60,10 @@ from machinery.plugin import (
 )
 from machinery_redis._fork import track
 from machinery_redis.batch import CommandBatcher, round_trip
-from machinery_redis.connection import (
-    ENV_OPTIONS,
-    SharedClient,
-    acquire_client,
-    build_client,
-    is_cluster,
-    load_options,
-    parse_url,
-    release_client,
-    translate_errors,
-)
+from machinery_redis.transport import ENV_OPTIONS, RedisTransport, build_client, is_cluster, translate_errors
 
 if TYPE_CHECKING:
     from machinery.plugin import Config
-    from machinery_redis.backend import RedisBackend
 
 __all__ = ["RedisBroker", "consumers_key", "dead_key", "eta_score", "processing_key"]
 
@@ -234,7 +222,9 @@ class RedisBroker(PollingBroker):
 
     :param url: ``redis://``, ``rediss://`` or ``redis+socket://`` (see :mod:`machinery_redis`).
     :param config: the core config; its ``redis`` section is parsed into
-        :class:`~machinery_redis.connection.RedisOptions`.
+        :class:`~machinery_redis.transport.RedisOptions`.
+    :param transport: the transport handing this broker out (default: the process's shared one
+        for ``url`` and ``config``).
     """
 
     supports_native_delay: ClassVar[bool] = True
@@ -256,13 +246,15 @@ class RedisBroker(PollingBroker):
     #: what it holds): counting unacknowledged messages would make most fetches take one.
     prefetch_read_ahead: ClassVar[bool] = True
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: RedisTransport | None = None) -> None:
         super().__init__(url, config)
-        self.target = parse_url(url)
-        self.options = load_options(self.target, config)
+        #: The transport whose pool and batcher this broker uses.
+        self.transport: RedisTransport = RedisTransport.attach(self, url, config, transport)
+        self.target = self.transport.target
+        self.options = self.transport.options
+        self._released = False
         vt = self.options.visibility_timeout
         self._reap_every = min(max(vt / 3, 1.0), 5.0)
-        self._shared: SharedClient | None = None
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
         self._consumers: dict[str, _Consumer] = {}
@@ -295,23 +287,15 @@ class RedisBroker(PollingBroker):
 
     @property
     def client(self) -> Any:
-        """The shared redis-py client (created on first use)."""
-        shared = self._shared
-        if shared is None:
-            with self._lock:
-                if self._closed:
-                    raise BrokerError(f"the redis broker for {redact_url(self.url)} is closed")
-                if self._shared is None:
-                    self._shared = acquire_client(self.target, self.options)
-                shared = self._shared
-        return shared.client
+        """The transport's redis-py client (its pool opens on first use)."""
+        if self._released:
+            raise BrokerError(f"the redis broker for {redact_url(self.url)} is closed")
+        return self.transport.client
 
     @property
     def batcher(self) -> CommandBatcher:
-        """The shared client's command batcher (acknowledgements share round trips)."""
-        self.client  # noqa: B018 - creates the shared client on first use
-        assert self._shared is not None
-        return self._shared.batcher
+        """The transport's command batcher (acknowledgements share round trips)."""
+        return self.transport.batcher
 
     def _script(self, name: str, text: str) -> Any:
         script = self._scripts.get(name)
@@ -342,48 +326,21 @@ class RedisBroker(PollingBroker):
         """
         queue = self.queue_for(signature)
         score = self._delay_score(signature)
-        with self._publish_errors(f"publish {signature.uuid}", signature.uuid):
+        with self.publish_errors(f"publish {signature.uuid}", signature.uuid):
             if score is None:
                 self.client.rpush(queue, body)
             else:
                 self.client.zadd(self.options.delayed_tasks_key, {body: score})
 
-    def fused_publisher(self, backend: RedisBackend) -> Callable[[bytes, Signature], None] | None:
-        """The plugin's ``machinery_fused_publisher`` answer: a function that stores PENDING
-        (``SET``) and publishes (``RPUSH``, or ``ZADD`` for a later ETA) in one pipeline, when
-        ``backend`` shares this broker's connections (the same server, database and options);
-        None otherwise, and on a cluster, where the two keys may live on different nodes."""
-        if self._cluster:
-            return None
-        self.client  # noqa: B018 - creates the shared client on first use
-        if backend.shared is not self._shared:
-            return None
-        return functools.partial(self._publish_with_pending, backend)
-
-    def _publish_with_pending(self, backend: RedisBackend, body: bytes, signature: Signature) -> None:
-        # Redis runs a connection's commands in order: the state is written before any worker
-        # can take the message.
-        state_cmd = backend.pending_command(signature)
+    def publish_command(self, signature: Signature, body: bytes) -> tuple[Any, ...]:
+        """The command :meth:`publish` sends (for the transport's ``publish_with_state``)."""
         score = self._delay_score(signature)
         if score is None:
-            msg_cmd: tuple[Any, ...] = ("RPUSH", self.queue_for(signature), body)
-        else:
-            msg_cmd = ("ZADD", self.options.delayed_tasks_key, score, body)
-        try:
-            state_reply, msg_reply = self.batcher.execute([state_cmd, msg_cmd], raise_on_error=False)
-        except redis.RedisError as exc:
-            with self._publish_errors(f"publish {signature.uuid}", signature.uuid):
-                raise exc  # translated: PublishError (and ConnectionError when unreachable)
-        if isinstance(state_reply, Exception):
-            raise BackendError(
-                f"store PENDING of {signature.uuid}: redis at {redact_url(self.url)} failed: {state_reply}"
-            ) from state_reply
-        if isinstance(msg_reply, Exception):
-            err = PublishError(f"publish {signature.uuid}: redis at {redact_url(self.url)} failed: {msg_reply}")
-            err.task_uuid = signature.uuid
-            raise err from msg_reply
+            return ("RPUSH", self.queue_for(signature), body)
+        return ("ZADD", self.options.delayed_tasks_key, score, body)
 
-    def _publish_errors(self, what: str, task_uuid: str) -> Any:
+    def publish_errors(self, what: str, task_uuid: str) -> Any:
+        """Translates redis-py's errors into :class:`~machinery.errors.PublishError`."""
         return translate_errors(what, self.url, PublishError, _PublishConnectionError, task_uuid=task_uuid)
 
     def publish_many(self, items: Sequence[tuple[bytes, Signature]]) -> None:
@@ -399,7 +356,7 @@ class RedisBroker(PollingBroker):
             else:
                 delayed[body] = score
         first = items[0][1].uuid
-        with self._publish_errors(f"publish {len(items)} tasks (first {first})", first):
+        with self.publish_errors(f"publish {len(items)} tasks (first {first})", first):
             pipe = self.client.pipeline(transaction=False)
             for queue, bodies in lists.items():
                 pipe.rpush(queue, *bodies)
@@ -831,11 +788,11 @@ class RedisBroker(PollingBroker):
         super().close()
         with self._lock:
             consumers = list(self._consumers.values())
-        if self._shared is not None:
+        if self.transport.is_open:
             for c in consumers:  # messages still unacknowledged go back to their queue now
                 self._leave(c)
-            release_client(self._shared)
-            self._shared = None
+        self._released = True
+        self.transport.release(self)
 
 
 class _PublishConnectionError(PublishError, BrokerConnectionError):

@@ -9,15 +9,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.plugin import Lock, LockError
-from machinery_redis.connection import (
-    ENV_OPTIONS,
-    SharedClient,
-    acquire_client,
-    load_options,
-    parse_url,
-    release_client,
-    translate_errors,
-)
+from machinery_redis.transport import ENV_OPTIONS, RedisTransport, translate_errors
 
 if TYPE_CHECKING:
     from machinery.plugin import Config
@@ -50,25 +42,27 @@ class RedisLock(Lock):
 
     :param url: ``redis://``, ``rediss://`` or ``redis+socket://`` (see :mod:`machinery_redis`).
     :param config: the core config.
+    :param transport: the transport handing this lock out (default: the shared one).
     """
 
     config_section: ClassVar[str | None] = "redis"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: RedisTransport | None = None) -> None:
         super().__init__(url, config)
-        self.target = parse_url(url)
-        self.options = load_options(self.target, config)
-        self._shared: SharedClient | None = None
+        #: The transport whose pool this lock uses.
+        self.transport: RedisTransport = RedisTransport.attach(self, url, config, transport)
+        self._released = False
         self._scripts: dict[str, Any] = {}
 
     def _run(self, what: str, text: str, key: str, *args: Any) -> bool:
-        if self._shared is None:
-            self._shared = acquire_client(self.target, self.options)
+        if self._released:  # used again after close: hold the transport again
+            self._released = False
+            self.transport.retain(self)
         with translate_errors(f"{what} lock {key!r}", self.url, LockError, LockError):
             script = self._scripts.get(what)
             if script is None:
-                script = self._scripts[what] = self._shared.client.register_script(text)
+                script = self._scripts[what] = self.transport.client.register_script(text)
             return bool(script(keys=[key], args=[self.owner, *args]))
 
     @staticmethod
@@ -92,6 +86,5 @@ class RedisLock(Lock):
 
     def close(self) -> None:
         """Release this lock's share of the connection pool. Idempotent."""
-        if self._shared is not None:
-            release_client(self._shared)
-            self._shared = None
+        self._released = True
+        self.transport.release(self)

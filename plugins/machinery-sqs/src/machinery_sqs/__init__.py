@@ -2,8 +2,8 @@
 
 Schemes: ``https://sqs.<region>.amazonaws.com/<account>`` and ``sqs://`` (broker),
 ``https://dynamodb.<region>.amazonaws.com`` and ``dynamodb://`` (backend and lock); ``http://``
-for local servers (moto, ElasticMQ, DynamoDB Local). Registered
-lazily by name, so boto3 is imported only when one of these URLs is used.
+for local servers (moto, ElasticMQ, DynamoDB Local). Two transports (one per service) are
+registered lazily by name, so boto3 is imported only when one of these URLs is used.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugin import Register
+    from machinery.plugin import TransportRegistry
     from machinery_sqs.backend import DynamoDBBackend, DynamoDBOptions
     from machinery_sqs.broker import SQSBroker, SQSOptions
     from machinery_sqs.lock import DynamoDBLock
@@ -40,27 +40,26 @@ DYNAMODB_ENV: dict[str, str] = {
 
 
 @hookimpl
-def machinery_register_brokers(register: Register) -> None:
-    """``sqs://`` and Go's ``https://sqs.<region>.amazonaws.com/<account>`` brokers."""
-    register("sqs", "machinery_sqs.broker:SQSBroker", section="sqs", env=SQS_ENV)
-    register("https", "machinery_sqs.broker:SQSBroker", section="sqs", env=SQS_ENV)
-    register("http", "machinery_sqs.broker:SQSBroker", section="sqs", env=SQS_ENV)
-
-
-@hookimpl
-def machinery_register_backends(register: Register) -> None:
-    """``dynamodb://`` and Go's ``https://dynamodb.<region>.amazonaws.com`` result backends."""
-    register("dynamodb", "machinery_sqs.backend:DynamoDBBackend", section="dynamodb", env=DYNAMODB_ENV)
-    register("https", "machinery_sqs.backend:DynamoDBBackend", section="dynamodb", env=DYNAMODB_ENV)
-    register("http", "machinery_sqs.backend:DynamoDBBackend", section="dynamodb", env=DYNAMODB_ENV)
-
-
-@hookimpl
-def machinery_register_locks(register: Register) -> None:
-    """``dynamodb://`` (and ``https://``, ``http://``) locks for periodic tasks."""
-    register("dynamodb", "machinery_sqs.lock:DynamoDBLock", section="dynamodb", env=DYNAMODB_ENV)
-    register("https", "machinery_sqs.lock:DynamoDBLock", section="dynamodb", env=DYNAMODB_ENV)
-    register("http", "machinery_sqs.lock:DynamoDBLock", section="dynamodb", env=DYNAMODB_ENV)
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """SQS (``sqs://``, Go's ``https://sqs.<region>.amazonaws.com/<account>``) for brokers;
+    DynamoDB (``dynamodb://``, ``https://dynamodb.<region>.amazonaws.com``) for result backends
+    and locks; ``http://`` for local servers."""
+    registry.add(
+        "sqs",
+        "machinery_sqs.transport:SQSTransport",
+        roles={"broker"},
+        section="sqs",
+        env=SQS_ENV,
+        aliases=("https", "http"),
+    )
+    registry.add(
+        "dynamodb",
+        "machinery_sqs.transport:DynamoDBTransport",
+        roles={"backend", "lock"},
+        section="dynamodb",
+        env=DYNAMODB_ENV,
+        aliases=("https", "http"),
+    )
 
 
 def __getattr__(name: str) -> object:

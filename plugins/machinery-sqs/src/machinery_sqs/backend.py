@@ -39,10 +39,11 @@ from machinery.plugin import (
     wire,
 )
 from machinery_sqs import DYNAMODB_ENV
-from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
+from machinery_sqs.transport import DynamoDBTransport, error_code, translate
 
 if TYPE_CHECKING:
     from machinery.plugin import Config
+    from machinery_sqs.transport import AwsTarget
 
 __all__ = ["DynamoDBBackend", "DynamoDBOptions", "from_item", "to_item"]
 
@@ -107,24 +108,17 @@ class DynamoDBOptions:
 
 
 class DynamoDBTables:
-    """The client, the table names and the error translation shared by backend and lock.
+    """What a :class:`~machinery_sqs.transport.DynamoDBTransport` opens for its backend and
+    lock: the client, the tables known to exist, and the error translation.
 
-    :param url: the backend (or lock) URL.
-    :param config: the configuration.
-    :param key: the config key of the URL, for error messages.
+    :param options: the ``dynamodb:`` options.
+    :param client: the boto3 DynamoDB client.
     """
 
-    def __init__(self, url: str, config: Config, key: str) -> None:
-        self.target = parse_aws_url(url, key=key, own_scheme="dynamodb")
-        self.options = DynamoDBOptions.load(self.target, config)
-        o = self.options
-        self.client = LazyClient(
-            "dynamodb",
-            client=o.client,
-            session=o.session,
-            region=o.region or self.target.region,
-            endpoint_url=o.endpoint_url or self.target.endpoint_url,
-        )
+    def __init__(self, options: DynamoDBOptions, client: Any) -> None:
+        self.options = options
+        #: The boto3 client.
+        self.client = client
         self._ready: set[str] = set()
         self._lock = threading.Lock()
 
@@ -134,13 +128,13 @@ class DynamoDBTables:
             for table, key in tables:
                 if table not in self._ready:
                     self._create(table, key)
-        return self.client.get()
+        return self.client
 
     def _create(self, table: str, key: str) -> None:
         with self._lock:
             if table in self._ready:
                 return
-            db = self.client.get()
+            db = self.client
             try:
                 try:
                     status = db.describe_table(TableName=table)["Table"]["TableStatus"]
@@ -182,7 +176,7 @@ class DynamoDBTables:
                 key = "LockKey"
             return BackendError(
                 f"cannot {what}: DynamoDB table {table!r} does not exist "
-                f"(at {redact_url(self.client.get().meta.endpoint_url)}); create it with the string hash key "
+                f"(at {redact_url(self.client.meta.endpoint_url)}); create it with the string hash key "
                 f"{key!r} and TTL on {TTL_ATTR!r}, or set dynamodb.create_tables: true for development"
             )
         return translate(exc, what, BackendError, BackendConnectionError)
@@ -329,12 +323,23 @@ class DynamoDBBackend(Backend):
     config_section: ClassVar[str | None] = "dynamodb"
     env_options: ClassVar[dict[str, str]] = DYNAMODB_ENV
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: DynamoDBTransport | None = None) -> None:
         super().__init__(url, config)
-        self.tables = DynamoDBTables(url, config, "result_backend")
-        self.options = self.tables.options
+        #: The transport: the URL and options parsed once, the client and tables shared with a lock.
+        self.transport: DynamoDBTransport = DynamoDBTransport.attach(self, url, config, transport)
+        self.options = self.transport.options
         self._states = (self.options.task_states_table, TASK_KEY)
         self._groups = (self.options.group_metas_table, GROUP_KEY)
+
+    @property
+    def tables(self) -> DynamoDBTables:
+        """The transport's client and tables (opened on first use)."""
+        tables: DynamoDBTables = self.transport.connection_for(self)
+        return tables
+
+    def close(self) -> None:
+        """Release the transport (its client is closed with the last role). Idempotent."""
+        self.transport.release(self)
 
     def _key(self, table: tuple[str, str], uuid: str) -> dict[str, Any]:
         return {table[1]: {"S": uuid}}

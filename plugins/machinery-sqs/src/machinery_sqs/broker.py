@@ -37,11 +37,9 @@ from machinery.plugin import (
     PollingBroker,
     PublishError,
     decode_signature,
-    parse_options,
-    redact_url,
 )
 from machinery_sqs import SQS_ENV
-from machinery_sqs._aws import AwsTarget, LazyClient, error_code, parse_aws_url, translate
+from machinery_sqs.transport import SQSTransport, error_code, translate
 
 if TYPE_CHECKING:
     from machinery.plugin import Config, Signature
@@ -154,24 +152,12 @@ class SQSBroker(PollingBroker):
     fetch_max: ClassVar[int] = MAX_BATCH
     backoff_initial: ClassVar[float] = 0.5
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: SQSTransport | None = None) -> None:
         super().__init__(url, config)
-        self.target: AwsTarget = parse_aws_url(url, key="broker", own_scheme="sqs")
-        if self.target.base and not self.target.path:
-            raise ConfigError(
-                "broker", f"{redact_url(url)!r}: expected https://sqs.<region>.amazonaws.com/<account-id>"
-            )
-        self.options: SQSOptions = parse_options(
-            SQSOptions, "sqs", _aliased(config.section("sqs")), _aliased(self.target.query)
-        )
-        o = self.options
-        self._client = LazyClient(
-            "sqs",
-            client=o.client,
-            session=o.session,
-            region=o.region or self.target.region,
-            endpoint_url=o.endpoint_url or self.target.endpoint_url,
-        )
+        #: The transport: the URL and options parsed once, and the boto3 client.
+        self.transport: SQSTransport = SQSTransport.attach(self, url, config, transport)
+        self.target = self.transport.target
+        self.options = self.transport.options
         self._lock = threading.Lock()
         self._urls: dict[str, str] = {}
         self._visibility: dict[str, int] = {}
@@ -180,7 +166,7 @@ class SQSBroker(PollingBroker):
     # -- queues -----------------------------------------------------------------------------------
 
     def _sqs(self) -> Any:
-        return self._client.get()
+        return self.transport.connection_for(self)
 
     def _queue_url(self, queue: str) -> str:
         url = self._urls.get(queue)
@@ -513,14 +499,15 @@ class SQSBroker(PollingBroker):
             removed += len(entries) - len(res.get("Failed") or ())
 
     def close(self) -> None:
-        """Stop the heartbeat. Idempotent. (The boto3 client is shared in the process.)
-
-        Messages still held come back after their visibility timeout.
+        """Stop the heartbeat and release the transport (its client is closed with the last
+        role). Idempotent. Messages still held come back after their visibility timeout.
         """
         super().close()
+        self.transport.release(self)
 
 
-def _aliased(opts: Mapping[str, Any]) -> dict[str, Any]:
+def aliased(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``opts`` with Go's spellings of option names replaced by this plugin's."""
     return {_ALIASES.get(k.lower(), k): v for k, v in opts.items()}
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.plugin import Lock, LockError
 from machinery_sqs import DYNAMODB_ENV
-from machinery_sqs._aws import error_code
 from machinery_sqs.backend import TTL_ATTR, DynamoDBTables
+from machinery_sqs.transport import DynamoDBTransport, error_code
 
 if TYPE_CHECKING:
     from machinery.plugin import Config
@@ -38,10 +38,21 @@ class DynamoDBLock(Lock):
     config_section: ClassVar[str | None] = "dynamodb"
     env_options: ClassVar[dict[str, str]] = DYNAMODB_ENV
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: DynamoDBTransport | None = None) -> None:
         super().__init__(url, config)
-        self.tables = DynamoDBTables(url, config, "lock")
-        self._table = (self.tables.options.lock_table, LOCK_KEY)
+        #: The transport: the URL and options parsed once, the client and tables shared with a backend.
+        self.transport: DynamoDBTransport = DynamoDBTransport.attach(self, url, config, transport)
+        self._table = (self.transport.options.lock_table, LOCK_KEY)
+
+    @property
+    def tables(self) -> DynamoDBTables:
+        """The transport's client and tables (opened on first use)."""
+        tables: DynamoDBTables = self.transport.connection_for(self)
+        return tables
+
+    def close(self) -> None:
+        """Release the transport (its client is closed with the last role). Idempotent."""
+        self.transport.release(self)
 
     def _write(self, op: str, what: str, params: Callable[[], dict[str, Any]]) -> bool:
         # params() runs once the client (and, with create_tables, the table) is ready, so the

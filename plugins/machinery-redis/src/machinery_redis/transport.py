@@ -1,4 +1,5 @@
-"""URL parsing, options and the per-process connection pools shared by broker, backend and lock.
+"""The Redis transport: URL parsing, options (parsed once), the connection pool and command
+batcher the broker, backend and lock of one URL share, and error translation.
 
 URL forms (those Go Machinery accepts, plus ``user:password`` for Redis ACLs):
 
@@ -9,16 +10,15 @@ URL forms (those Go Machinery accepts, plus ``user:password`` for Redis ACLs):
   (or, with ``master_name`` set, the Sentinels of that master), as in Go's ``NewGR``
 
 A query string sets options (``redis://h/0?visibility_timeout=30``); they override the YAML
-``redis:`` section. Every client for the same server and options shares one pool per process.
+``redis:`` section. The core keeps one :class:`RedisTransport` per URL and configuration: a
+broker, backend and lock built from them share its pool, closed with the last of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import astuple, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, unquote
 
@@ -27,26 +27,33 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from machinery.plugin import ConfigError, MachineryError, parse_options, redact_url
+from machinery.plugin import (
+    BackendError,
+    ConfigError,
+    MachineryError,
+    PublishError,
+    Transport,
+    parse_options,
+    redact_url,
+)
 from machinery_redis import ENV_OPTIONS
 from machinery_redis.batch import CommandBatcher
 
 if TYPE_CHECKING:
-    from machinery.plugin import Config
+    from machinery.plugin import Backend, Broker, Config, Signature
 
 __all__ = [
     "ENV_OPTIONS",
+    "RedisConnection",
     "RedisOptions",
     "RedisTarget",
-    "SharedClient",
-    "acquire_client",
+    "RedisTransport",
     "parse_url",
     "translate_errors",
 ]
 
 SCHEMES = ("redis", "rediss", "redis+socket")
 DEFAULT_PORT = 6379
-
 
 
 @dataclass(frozen=True)
@@ -156,12 +163,6 @@ class RedisOptions:
     def delayed_poll(self) -> float:
         """Seconds between looks at the delayed set when nothing is known to be due sooner."""
         return max(0.001, self.delayed_tasks_poll_period / 1000) if self.delayed_tasks_poll_period else 0.02
-
-    def connection_key(self) -> tuple[Any, ...]:
-        """The options that shape connections (clients with equal keys share a pool)."""
-        skip = {"max_idle_timeout", "normal_tasks_poll_period", "delayed_tasks_poll_period", "delayed_tasks_key",
-                "visibility_timeout", "dead_letter_limit", "track_states"}
-        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in skip)
 
 
 @dataclass(frozen=True)
@@ -337,51 +338,101 @@ def _pool(opts: RedisOptions, max_conn: int | None, **kw: Any) -> redis.Connecti
     return redis.ConnectionPool(max_connections=max_conn, **kw)
 
 
-class SharedClient:
-    """A reference-counted client: one pool per process per server and connection options."""
+class RedisConnection:
+    """What a :class:`RedisTransport` opens: one client (one pool) and its command batcher."""
 
-    def __init__(self, key: tuple[Any, ...], client: Any) -> None:
-        self.key = key
+    def __init__(self, client: Any) -> None:
+        #: The redis-py client (``Redis`` or ``RedisCluster``).
         self.client = client
-        self.refs = 0
         #: Shares round trips between the threads writing states and acknowledging messages.
         self.batcher = CommandBatcher(client)
 
 
-_shared: dict[tuple[Any, ...], SharedClient] = {}
-_shared_lock = threading.Lock()
+class RedisTransport(Transport):
+    """One Redis URL and ``redis:`` section: parsed once, one pool for the broker, backend and
+    lock handed out (see :class:`machinery.plugin.Transport`).
 
+    :param url: ``redis://``, ``rediss://`` or ``redis+socket://``.
+    :param config: the core config; its ``redis`` section and the URL's query string are parsed
+        into :attr:`options`.
+    :raises machinery.errors.ConfigError: a bad URL or option.
+    """
 
-def _reinit_after_fork() -> None:  # a lock held by another thread at fork would never be released
-    global _shared_lock
-    _shared_lock = threading.Lock()
+    role_classes: ClassVar[Mapping[str, type[Any] | str]] = {
+        "broker": "machinery_redis.broker:RedisBroker",
+        "backend": "machinery_redis.backend:RedisBackend",
+        "lock": "machinery_redis.lock:RedisLock",
+    }
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = (redis.ConnectionError, redis.TimeoutError)
 
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        #: Where to connect.
+        self.target = parse_url(url)
+        #: The ``redis:`` section and the URL's query string.
+        self.options = load_options(self.target, config)
 
-os.register_at_fork(after_in_child=_reinit_after_fork)
+    @classmethod
+    def normalize_url(cls, url: str) -> str:
+        """Equal for URLs naming the same server, database, credentials and query options."""
+        return repr(astuple(parse_url(url)))  # in memory only: it holds the credentials
 
+    def open(self) -> RedisConnection:
+        """A new client with its own pool, and its command batcher."""
+        return RedisConnection(build_client(self.target, self.options))
 
-def acquire_client(target: RedisTarget, opts: RedisOptions) -> SharedClient:
-    """The process-wide client for ``target`` and ``opts`` (created on first use)."""
-    key = (target.scheme, target.hosts, target.socket_path, target.db, target.username, target.password,
-           opts.connection_key())
-    with _shared_lock:
-        shared = _shared.get(key)
-        if shared is None:
-            shared = _shared[key] = SharedClient(key, build_client(target, opts))
-        shared.refs += 1
-        return shared
+    def close_connection(self, connection: RedisConnection) -> None:
+        """Send what the batcher still holds (its units report their own errors), close the pool."""
+        connection.batcher.close()
+        with contextlib.suppress(redis.RedisError, OSError):
+            connection.client.close()
 
+    @property
+    def client(self) -> Any:
+        """The shared redis-py client (the pool opens on first use)."""
+        return self.connection.client
 
-def release_client(shared: SharedClient) -> None:
-    """Drop one reference; the pool is closed when nobody uses it any more."""
-    with _shared_lock:
-        shared.refs -= 1
-        if shared.refs > 0 or _shared.get(shared.key) is not shared:
-            return
-        del _shared[shared.key]
-    shared.batcher.close()  # sends what is still queued (its units report their own errors)
-    with contextlib.suppress(redis.RedisError, OSError):
-        shared.client.close()
+    @property
+    def batcher(self) -> CommandBatcher:
+        """The shared command batcher."""
+        batcher: CommandBatcher = self.connection.batcher
+        return batcher
+
+    def supports_publish_with_state(self, broker: Broker, backend: Backend) -> bool:
+        """A Redis broker and backend of this transport, outside a cluster (where the state and
+        the queue may live on different nodes)."""
+        from machinery_redis.backend import RedisBackend
+        from machinery_redis.broker import RedisBroker
+
+        return isinstance(broker, RedisBroker) and isinstance(backend, RedisBackend) and not is_cluster(self.client)
+
+    def publish_with_state(self, broker: Broker, backend: Backend, body: bytes, signature: Signature) -> None:
+        """``SET`` the PENDING state and ``RPUSH`` the message (``ZADD`` for a later ETA) in one
+        pipeline: Redis runs a connection's commands in order, so the state is written before
+        any worker can take the message.
+
+        :raises machinery.errors.BackendError: Redis refused the ``SET``.
+        :raises machinery.errors.PublishError: Redis refused the message, or could not be reached.
+        """
+        from machinery_redis.backend import RedisBackend
+        from machinery_redis.broker import RedisBroker
+
+        assert isinstance(broker, RedisBroker) and isinstance(backend, RedisBackend)
+        state_cmd = backend.pending_command(signature)
+        msg_cmd = broker.publish_command(signature, body)
+        try:
+            state_reply, msg_reply = self.batcher.execute([state_cmd, msg_cmd], raise_on_error=False)
+        except redis.RedisError as exc:
+            with broker.publish_errors(f"publish {signature.uuid}", signature.uuid):
+                raise exc  # translated: PublishError (and ConnectionError when unreachable)
+        if isinstance(state_reply, Exception):
+            raise BackendError(
+                f"store PENDING of {signature.uuid}: redis at {redact_url(self.url)} failed: {state_reply}"
+            ) from state_reply
+        if isinstance(msg_reply, Exception):
+            err = PublishError(f"publish {signature.uuid}: redis at {redact_url(self.url)} failed: {msg_reply}")
+            err.task_uuid = signature.uuid
+            raise err from msg_reply
 
 
 def is_cluster(client: Any) -> bool:

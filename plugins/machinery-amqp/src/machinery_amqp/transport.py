@@ -1,23 +1,30 @@
-"""Options, URL parsing and connection set-up shared by the AMQP broker and backend."""
+"""The AMQP transport: options, URL parsing (once, for the broker and backend of a URL) and
+connection set-up.
+
+pika's blocking connections belong to one thread, so the transport opens no connection to share:
+the broker keeps its publisher and consumers, the backend its pool of sessions, each made from
+:meth:`AMQPTransport.params_for`.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pika
 import pika.exceptions as pex
 
-from machinery.plugin import ConfigError, parse_options, redact_url
+from machinery.plugin import ConfigError, Transport, parse_options, redact_url
 from machinery_amqp import ENV_OPTIONS
 
 if TYPE_CHECKING:
     from machinery.plugin import Config
 
-__all__ = ["CONNECTION_ERRORS", "ENV_OPTIONS", "AMQPOptions", "connect", "parse_amqp_urls"]
+__all__ = ["CONNECTION_ERRORS", "ENV_OPTIONS", "AMQPOptions", "AMQPTransport", "connect", "parse_amqp_urls"]
 
 log = logging.getLogger("machinery.amqp")
 
@@ -178,3 +185,34 @@ def connect(params: list[pika.URLParameters]) -> pika.BlockingConnection:
 def describe(params: list[pika.URLParameters]) -> str:
     """``host:port/vhost`` of each URL, without credentials, for error messages."""
     return ", ".join(f"{p.host}:{p.port}/{p.virtual_host}" for p in params)
+
+
+class AMQPTransport(Transport):
+    """An AMQP URL (or several, with Go's ``multiple_broker_separator``) and the ``amqp:``
+    section, parsed once for the broker and backend handed out.
+
+    :param url: ``amqp://`` or ``amqps://``.
+    :param config: the core config.
+    :raises machinery.errors.ConfigError: a bad URL or option.
+    """
+
+    role_classes: ClassVar[Mapping[str, type[Any] | str]] = {
+        "broker": "machinery_amqp.broker:AMQPBroker",
+        "backend": "machinery_amqp.backend:AMQPBackend",
+    }
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = CONNECTION_ERRORS
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        #: The ``amqp:`` section.
+        self.options = AMQPOptions.from_config(config)
+        self._params = parse_amqp_urls(url, config, self.options, "broker")
+
+    def params_for(self, role: str) -> list[pika.URLParameters]:
+        """Connection parameters for each URL, naming ``role`` in the connection's name."""
+        out = []
+        for p in self._params:
+            mine = copy.copy(p)
+            mine.client_properties = {"connection_name": f"machinery-amqp {role} pid={os.getpid()}"}
+            out.append(mine)
+        return out
