@@ -10,7 +10,7 @@ import pytest
 
 from machinery import Config, Server, Signature, hookimpl
 from machinery.errors import MachineryError, PluginLoadError
-from machinery.memory import MemoryBackend, MemoryBroker, MemoryLock
+from machinery.builtin.memory import MemoryBackend, MemoryBroker, MemoryLock
 from machinery.plugin import Transport, TransportRegistry
 from machinery.plugins import PluginHost
 from machinery.producer import Producer
@@ -210,7 +210,7 @@ class _OldStylePlugin:
 
     @hookimpl
     def machinery_register_backends(self, register: Any) -> None:
-        register("oldstyle", "machinery.memory:MemoryBackend", section="")
+        register("oldstyle", "machinery.builtin.memory.backend:MemoryBackend", section="")
 
     @hookimpl
     def machinery_fused_publisher(self, broker: Any, backend: Any) -> Any:
@@ -255,7 +255,7 @@ def test_registry_rejects_unknown_roles_and_bad_targets(host: PluginHost) -> Non
     class Bad:
         @hookimpl
         def machinery_register_transports(self, registry: TransportRegistry) -> None:
-            registry.add("bad", "machinery.memory:MemoryBroker", roles={"broker"})
+            registry.add("bad", "machinery.builtin.memory.broker:MemoryBroker", roles={"broker"})
             registry.add("missing", f"{__name__}:CountingTransport", roles={"broker"})
 
     host.pm.register(Bad(), name="bad")
