@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import pytest
 
 from machinery import Config, Server, Signature, hookimpl
-from machinery.errors import MachineryError, PluginLoadError
 from machinery.builtin.memory import MemoryBackend, MemoryBroker, MemoryLock
+from machinery.errors import MachineryError, PluginLoadError
 from machinery.plugin import Transport, TransportRegistry
 from machinery.plugins import PluginHost
 from machinery.producer import Producer
