@@ -57,7 +57,7 @@ OPTION_CLASSES = {
     "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",
     "mongodb": "machinery_mongo.backend:MongoOptions",
     "memcache": "machinery_memcache.backend:MemcacheOptions",
-    "nats": "machinery_nats.broker:NatsOptions",
+    "nats": "machinery_nats.transport:NatsOptions",
 }
 
 #: Go Machinery's struct for each section ("" = the top-level Config).
