@@ -55,7 +55,7 @@ OPTION_CLASSES = {
     "sqs": "machinery_sqs.broker:SQSOptions",
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",
     "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",
-    "mongodb": "machinery_mongo.backend:MongoOptions",
+    "mongodb": "machinery_mongo.transport:MongoOptions",
     "memcache": "machinery_memcache.backend:MemcacheOptions",
     "nats": "machinery_nats.transport:NatsOptions",
 }
