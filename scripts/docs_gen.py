@@ -56,7 +56,7 @@ OPTION_CLASSES = {
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",
     "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",
     "mongodb": "machinery_mongo.transport:MongoOptions",
-    "memcache": "machinery_memcache.backend:MemcacheOptions",
+    "memcache": "machinery_memcache.transport:MemcacheOptions",
     "nats": "machinery_nats.transport:NatsOptions",
 }
 
