@@ -54,7 +54,7 @@ OPTION_CLASSES = {
     "amqp": "machinery_amqp.transport:AMQPOptions",
     "sqs": "machinery_sqs.broker:SQSOptions",
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",
-    "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",
+    "gcp_pubsub": "machinery_gcp.transport:GCPPubSubOptions",
     "mongodb": "machinery_mongo.transport:MongoOptions",
     "memcache": "machinery_memcache.transport:MemcacheOptions",
     "nats": "machinery_nats.transport:NatsOptions",
