@@ -54,10 +54,10 @@ OPTION_CLASSES = {
     "amqp": "machinery_amqp.transport:AMQPOptions",
     "sqs": "machinery_sqs.broker:SQSOptions",
     "dynamodb": "machinery_sqs.backend:DynamoDBOptions",
-    "gcp_pubsub": "machinery_gcp.broker:GCPPubSubOptions",
-    "mongodb": "machinery_mongo.backend:MongoOptions",
-    "memcache": "machinery_memcache.backend:MemcacheOptions",
-    "nats": "machinery_nats.broker:NatsOptions",
+    "gcp_pubsub": "machinery_gcp.transport:GCPPubSubOptions",
+    "mongodb": "machinery_mongo.transport:MongoOptions",
+    "memcache": "machinery_memcache.transport:MemcacheOptions",
+    "nats": "machinery_nats.transport:NatsOptions",
 }
 
 #: Go Machinery's struct for each section ("" = the top-level Config).

@@ -26,7 +26,8 @@ from machinery.errors import BrokerConnectionError, BrokerError, ConfigError, Pu
 from machinery.interfaces import Delivery
 from machinery.plugins import get_plugin_host
 from machinery.signature import decode_signature, encode_signature
-from machinery_gcp.broker import GCPPubSubBroker, GCPPubSubError, GCPPubSubOptions, _translate, parse_url
+from machinery_gcp.broker import GCPPubSubBroker, GCPPubSubError, GCPPubSubOptions, parse_url
+from machinery_gcp.transport import translate
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -253,11 +254,11 @@ def test_api_errors_become_machinery_errors(broker: GCPPubSubBroker, queue: str)
         broker._call("create topic", topic, broker._pub().create_topic, name=topic)
     assert ei.value.code == "ALREADY_EXISTS" and ei.value.resource == topic
     # The emulator has no IAM: check the translation of PermissionDenied on its own.
-    err = _translate(gexc.PermissionDenied("caller lacks pubsub.topics.publish"), "publish to topic", topic)
+    err = translate(gexc.PermissionDenied("caller lacks pubsub.topics.publish"), "publish to topic", topic)
     assert isinstance(err, GCPPubSubError) and err.code == "PERMISSION_DENIED"
     assert topic in str(err) and "permission denied" in str(err)
-    assert isinstance(_translate(gexc.DeadlineExceeded("slow"), "pull from", "s"), BrokerConnectionError)
-    assert isinstance(_translate(gexc.ServiceUnavailable("down"), "pull from", "s"), BrokerConnectionError)
+    assert isinstance(translate(gexc.DeadlineExceeded("slow"), "pull from", "s"), BrokerConnectionError)
+    assert isinstance(translate(gexc.ServiceUnavailable("down"), "pull from", "s"), BrokerConnectionError)
 
 
 def test_unreachable_server_on_publish(url: str, queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -571,3 +572,25 @@ def test_publisher_client_type_is_gapic() -> None:
     from google.cloud import pubsub_v1
 
     assert issubclass(pubsub_v1.PublisherClient, PublisherClient)
+
+
+def test_brokers_on_one_url_share_one_transport(url: str, queue: str) -> None:
+    """Brokers on one URL and configuration share the transport (the URL and options parsed
+    once, one publisher and one subscriber client); the clients close with the last of them."""
+    from machinery_gcp.transport import GCPPubSubTransport
+
+    a, b, other = make_broker(url, queue), make_broker(url, queue), make_broker(url, queue, ack_deadline=11)
+    transport = a.transport
+    assert isinstance(transport, GCPPubSubTransport) and b.transport is transport and other.transport is not transport
+    assert a.options is b.options is transport.options
+    try:
+        publish(a, sig())
+        assert a._pub() is b._pub() and a._sub() is b._sub()
+        a.close()
+        assert transport.holders == 1 and transport.is_open
+        publish(b, sig())  # a's close left b's clients open
+    finally:
+        a.close()
+        b.close()
+        other.close()
+    assert transport.holders == 0 and not transport.is_open

@@ -327,3 +327,28 @@ def test_raw_json_is_what_the_suite_oracle_reads(url: str) -> None:
     b.set_state_failure(s, "boom")
     obj = json.loads(raw(url).get(s.uuid))
     assert decode_task_state(json.dumps(obj)).error == "boom"
+
+
+def test_backends_on_one_url_share_one_transport(url: str) -> None:
+    """Backends on one URL and configuration share the transport (the servers and options
+    parsed once, one set of pooled clients); the pools close with the last of them."""
+    from machinery_memcache.transport import MemcacheTransport
+
+    a, b, other = backend(url, expire=7), backend(url, expire=7), backend(url, expire=8)
+    transport = a.transport
+    assert isinstance(transport, MemcacheTransport) and b.transport is transport and other.transport is not transport
+    assert a.options is b.options is transport.options
+    opts: dict[str, dict[str, object]] = {"memcache": {}}
+    server = Server(Config(broker="memory://", result_backend=url, results_expire_in=7, transport_options=opts))
+    assert server.backend.transport is transport  # resolved through the plugin host: the same one
+    first = sig()
+    a.set_state_pending(first)
+    assert b.get_state(first.uuid) is not None
+    assert a._client(first.uuid) is b._client(first.uuid)  # one pool per server
+    server.close()
+    a.close()
+    assert transport.holders == 1 and transport.is_open
+    assert b.get_state(first.uuid) is not None  # a's close left b's pools open
+    b.close()
+    other.close()
+    assert transport.holders == 0 and not transport.is_open

@@ -252,3 +252,35 @@ def test_worker_and_backend_survive_a_restart(private_secantus: Secantus, caplog
     finally:
         worker.quit(wait=True, timeout=10)
         srv.close()
+
+
+def test_backends_on_one_url_share_one_transport(url: str, test_database: str) -> None:
+    """Backends on one URL and configuration share the transport (the options parsed once, one
+    MongoClient, the indexes made once); the client is closed with the last of them."""
+    from machinery_mongo.transport import MongoTransport
+
+    a, b = backend(url, test_database, expire=7), backend(url, test_database, expire=7)
+    other = backend(url, test_database, expire=8)
+    transport = a.transport
+    assert isinstance(transport, MongoTransport) and b.transport is transport and other.transport is not transport
+    assert a.options is b.options is transport.options
+    server = Server(
+        Config(
+            broker="memory://",
+            result_backend=url,
+            results_expire_in=7,
+            transport_options={"mongodb": {"database": test_database}},
+        )
+    )
+    assert server.backend.transport is transport  # resolved through the plugin host: the same one
+    first = sig()
+    a.set_state_pending(first)
+    assert b.get_state(first.uuid).state == "PENDING"
+    assert a._coll("tasks") is b._coll("tasks")  # one client, one set-up
+    server.close()
+    a.close()
+    assert transport.holders == 1 and transport.is_open
+    assert b.get_state(first.uuid).state == "PENDING"  # a's close left b's client open
+    b.close()
+    other.close()
+    assert transport.holders == 0 and not transport.is_open

@@ -193,3 +193,24 @@ def test_consumer_survives_a_server_restart(private_nats: tuple[str, Any], machi
         assert all(any(u.encode() in x for x in got) for u in before + after)
     finally:
         b.close()
+
+
+def test_brokers_on_one_url_share_one_transport(url: str, machinery_queue: str) -> None:
+    """Brokers on one URL and configuration share the transport (the options parsed once, one
+    event loop, one connection); closing one leaves the others working, the last closes it."""
+    a, b = make(url, machinery_queue), make(url, machinery_queue)
+    other = make(url, machinery_queue, ack_wait=7)
+    transport = a.transport
+    assert b.transport is transport and other.transport is not transport
+    assert a.options is b.options is transport.options and a.loop is b.loop is transport.loop
+    try:
+        send(a)
+        a.close()
+        assert transport.holders == 1 and transport.is_open
+        send(b)  # the connection a used is still b's
+        assert len(b.pending_tasks()) == 2
+    finally:
+        b.purge()
+        b.close()
+        other.close()
+    assert transport.holders == 0 and not transport.is_open

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pymemcache.client.base import PooledClient
-from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError, MemcacheServerError, MemcacheUnexpectedCloseError
 
 from machinery.plugin import (
@@ -28,7 +24,6 @@ from machinery.plugin import (
     BackendConnectionError,
     BackendError,
     Completion,
-    ConfigError,
     GroupMeta,
     State,
     TaskState,
@@ -36,38 +31,18 @@ from machinery.plugin import (
     decode_task_state,
     encode_group_meta,
     encode_task_state,
-    parse_options,
-    redact_url,
 )
+from machinery_memcache.transport import MemcacheOptions, MemcacheTransport, parse_servers, server_name
 
 if TYPE_CHECKING:
+    from pymemcache.client.base import PooledClient
+
     from machinery.plugin import Config
 
 __all__ = ["ItemTooLargeError", "MemcacheBackend", "MemcacheOptions", "parse_servers"]
 
 #: memcached reads an expiry above 30 days as an absolute Unix time, not as seconds from now.
 MAX_RELATIVE_EXPIRY = 30 * 24 * 3600
-DEFAULT_PORT = 11211
-
-
-@dataclass(frozen=True)
-class MemcacheOptions:
-    """The ``memcache:`` config section.
-
-    :param hashing: ``go`` (default) picks a key's server as Go's gomemcache does (CRC-32 of the
-        key modulo the number of servers, in URL order), so Go and Python find the same item;
-        ``consistent`` uses rendezvous hashing, which moves fewer keys when servers change.
-    :param connect_timeout: seconds to wait for a connection.
-    :param timeout: seconds to wait for a reply.
-    """
-
-    hashing: str = "go"
-    connect_timeout: float = 5.0
-    timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.hashing not in ("go", "consistent"):
-            raise ConfigError("memcache.hashing", f"expected 'go' or 'consistent', got {self.hashing!r}")
 
 
 class ItemTooLargeError(BackendError):
@@ -89,56 +64,21 @@ class ItemTooLargeError(BackendError):
         )
 
 
-def parse_servers(url: str) -> list[tuple[str, int] | str]:
-    """The servers of ``memcache://host1[:port1][,host2[:port2],...]``, in order.
-
-    Each is a ``(host, port)`` pair (port 11211 when omitted; IPv6 hosts in brackets) or, as
-    gomemcache accepts, a Unix socket path (``memcache:///run/memcached.sock``).
-
-    :raises ConfigError: when the list is empty or a server is malformed.
-    """
-    servers: list[tuple[str, int] | str] = []
-    for item in url.partition("://")[2].split(","):
-        item = item.strip()
-        if item.startswith("/"):
-            servers.append(item)
-            continue
-        item = item.rstrip("/")
-        if item.startswith("["):  # [IPv6 address]:port
-            host, _, port = item[1:].partition("]")
-            port = port.removeprefix(":")
-        else:
-            host, _, port = item.partition(":")
-        if not host or not (port or "1").isdigit() or not 0 < int(port or DEFAULT_PORT) < 65536:
-            raise ConfigError("result_backend", f"bad memcached server {item!r} in {redact_url(url)!r}")
-        servers.append((host, int(port or DEFAULT_PORT)))
-    return servers
-
-
-def _name(client: PooledClient) -> str:
-    server = client.server
-    return server if isinstance(server, str) else f"{server[0]}:{server[1]}"
-
-
 class MemcacheBackend(Backend):
     """Result backend on one or more memcached servers (``memcache://h1:11211,h2:11211``)."""
 
     persistent: ClassVar[bool] = False
     config_section: ClassVar[str | None] = "memcache"
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: MemcacheTransport | None = None) -> None:
         super().__init__(url, config)
-        opts = parse_options(MemcacheOptions, "memcache", config.section("memcache"))
-        servers = parse_servers(url)
-        kwargs = {"connect_timeout": opts.connect_timeout, "timeout": opts.timeout, "default_noreply": False}
-        self._clients = [PooledClient(s, **kwargs) for s in servers]  # each connects on first use
-        self._by_name = {_name(c): c for c in self._clients}
-        self._ring = RendezvousHash(list(self._by_name)) if opts.hashing == "consistent" else None
+        #: The transport: the servers and options parsed once, the pooled clients shared by
+        #: backends on this URL.
+        self.transport: MemcacheTransport = MemcacheTransport.attach(self, url, config, transport)
+        self.options: MemcacheOptions = self.transport.options
 
     def _client(self, key: str) -> PooledClient:
-        if self._ring is not None:
-            return self._by_name[self._ring.get_node(key)]
-        return self._clients[zlib.crc32(key.encode()) % len(self._clients)]
+        return self.transport.connection_for(self).client(key)
 
     def _expire(self) -> int:
         secs = self.lifetime()  # Go's getExpirationTimestamp: 0 means 3600 s
@@ -163,11 +103,11 @@ class MemcacheBackend(Backend):
             return getattr(client, op)(*args)
         except (OSError, MemcacheUnexpectedCloseError) as exc:
             reason = str(exc) or "connection closed"
-            raise BackendConnectionError(f"memcached at {_name(client)} is unreachable: {reason}") from exc
+            raise BackendConnectionError(f"memcached at {server_name(client)} is unreachable: {reason}") from exc
         except MemcacheServerError as exc:
             if "too large" in str(exc):
                 raise ItemTooLargeError(key, size) from exc
-            raise BackendError(f"memcached at {_name(client)} refused {op} of {key!r}: {exc}") from exc
+            raise BackendError(f"memcached at {server_name(client)} refused {op} of {key!r}: {exc}") from exc
         except MemcacheError as exc:
             raise BackendError(f"memcached {op} of {key!r} failed: {exc}") from exc
 
@@ -210,7 +150,7 @@ class MemcacheBackend(Backend):
         for client, values in batches.items():
             failed = self._call(client, next(iter(values)), "set_many", values, self._expire())
             if failed:
-                raise BackendError(f"memcached at {_name(client)} did not store the states of {failed}")
+                raise BackendError(f"memcached at {server_name(client)} did not store the states of {failed}")
         return Completion.stored()
 
     def _store_group(self, meta: GroupMeta) -> None:
@@ -247,6 +187,5 @@ class MemcacheBackend(Backend):
         self._call(self._client(uuid), uuid, "delete", uuid)
 
     def close(self) -> None:
-        """Close every pooled connection."""
-        for client in self._clients:
-            client.close()
+        """Release the transport (the pooled connections close with the last backend on it)."""
+        self.transport.release(self)

@@ -1,6 +1,6 @@
 """MongoDB result backend for machinery: ``mongodb://`` and ``mongodb+srv://`` URLs.
 
-Registered lazily by name, so pymongo is imported only when a MongoDB URL is used.
+The transport is registered lazily by name, so pymongo is imported only when a MongoDB URL is used.
 """
 
 from __future__ import annotations
@@ -10,23 +10,30 @@ from typing import TYPE_CHECKING
 from machinery import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugin import Register
-    from machinery_mongo.backend import MongoBackend, MongoOptions
+    from machinery.plugin import TransportRegistry
+    from machinery_mongo.backend import MongoBackend
+    from machinery_mongo.transport import MongoOptions, MongoTransport
 
-__all__ = ["MongoBackend", "MongoOptions"]
+__all__ = ["MongoBackend", "MongoOptions", "MongoTransport"]
+_MODULES = {"MongoBackend": "backend", "MongoOptions": "transport", "MongoTransport": "transport"}
 
 
 @hookimpl
-def machinery_register_backends(register: Register) -> None:
+def machinery_register_transports(registry: TransportRegistry) -> None:
     """``mongodb://`` and ``mongodb+srv://`` result backend."""
-    register("mongodb", "machinery_mongo.backend:MongoBackend", section="mongodb")
-    register("mongodb+srv", "machinery_mongo.backend:MongoBackend", section="mongodb")
+    registry.add(
+        "mongodb",
+        "machinery_mongo.transport:MongoTransport",
+        roles={"backend"},
+        section="mongodb",
+        aliases=("mongodb+srv",),
+    )
 
 
 def __getattr__(name: str) -> object:
     # Re-export the classes without importing pymongo when the plugin is merely registered.
-    if name in __all__:
-        from machinery_mongo import backend
+    if name in _MODULES:
+        import importlib
 
-        return getattr(backend, name)
+        return getattr(importlib.import_module(f"machinery_mongo.{_MODULES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,36 +20,26 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import unquote
 
 from bson.decimal128 import Decimal128
-from bson.errors import InvalidDocument
-from pymongo import MongoClient, ReplaceOne
-from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
-from pymongo.uri_parser import parse_uri
+from pymongo import ReplaceOne
 
 from machinery.plugin import (
     Backend,
-    BackendConnectionError,
     BackendError,
     Completion,
-    ConfigError,
     GroupMeta,
     TaskState,
     encode_group_meta,
     encode_task_state,
     group_meta_from_mapping,
-    parse_options,
     parse_time,
-    redact_url,
     task_state_from_mapping,
 )
+from machinery_mongo.transport import DEFAULT_DATABASE, MongoOptions, MongoTransport
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -58,8 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_DATABASE", "MongoBackend", "MongoOptions", "from_document", "to_document"]
 
-#: Go Machinery's database when none is configured.
-DEFAULT_DATABASE = "machinery"
 TASKS = "tasks"
 GROUP_METAS = "group_metas"
 #: The worker registry's collection (Python-only: Go's backend never opens it).
@@ -79,21 +67,6 @@ TTL_INDEX = "expires_at_ttl"
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-
-
-@dataclass(frozen=True)
-class MongoOptions:
-    """The ``mongodb:`` config section.
-
-    :param database: the database (Go's ``MongoDB.Database``); default: the URL path, else
-        ``machinery``.
-    :param server_selection_timeout: seconds an operation waits for a reachable server before
-        failing with :class:`~machinery.errors.BackendConnectionError` (the URL's
-        ``serverSelectionTimeoutMS`` wins when present).
-    """
-
-    database: str = ""
-    server_selection_timeout: float = 5.0
 
 
 def _bson_name(go_name: str) -> str:
@@ -149,10 +122,19 @@ def from_document(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _url_database(url: str) -> str:
-    # mongodb://user:pass@h1,h2/db?options: the path after the host list names the database.
-    path = url.partition("://")[2].rpartition("@")[2].partition("/")[2]
-    return unquote(path.partition("?")[0])
+def _ttl_index(coll: Collection[dict[str, Any]]) -> None:
+    coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)  # a no-op when it exists
+
+
+def _revocation_indexes(coll: Collection[dict[str, Any]]) -> None:
+    # no TTL index: a record deleted right after it expires would leave a hole just behind the
+    # readers' cursors; expired records are deleted an hour later instead
+    coll.create_index("expires_at", name="expires_at")
+    coll.create_index("uuid", name="uuid")
+
+
+#: The indexes a collection gets on its first use (once per connection).
+_SETUP = {TASKS: _ttl_index, GROUP_METAS: _ttl_index, WORKERS: _ttl_index, REVOCATIONS: _revocation_indexes}
 
 
 class MongoBackend(Backend):
@@ -163,88 +145,33 @@ class MongoBackend(Backend):
     supports_revocation: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: MongoTransport | None = None) -> None:
         super().__init__(url, config)
-        self.options = parse_options(MongoOptions, "mongodb", config.section("mongodb"))
-        if url.startswith("mongodb://"):  # mongodb+srv:// needs DNS: it is checked on first use
-            try:
-                parse_uri(url)
-            except (InvalidURI, ConfigurationError, ValueError) as exc:
-                raise ConfigError("result_backend", f"bad MongoDB URL {redact_url(url)!r}: {exc}") from None
+        #: The transport: the options parsed once, the client shared by backends on this URL.
+        self.transport: MongoTransport = MongoTransport.attach(self, url, config, transport)
+        self.options: MongoOptions = self.transport.options
         #: The database holding the ``tasks`` and ``group_metas`` collections.
-        self.database = self.options.database or _url_database(url) or DEFAULT_DATABASE
-        self._client: MongoClient[dict[str, Any]] | None = None
-        self._colls: tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]] | None = None
-        self._connect_lock = threading.Lock()
-        self._workers_coll: Collection[dict[str, Any]] | None = None
-        self._revocations_coll: Collection[dict[str, Any]] | None = None
+        self.database: str = self.transport.database
+        self._errors = self.transport.errors
         #: (cursor, monotonic time) when a hole after that cursor was first seen.
         self._gap_seen: tuple[int, float] | None = None
 
-    @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except ConnectionFailure as exc:
-            raise BackendConnectionError(f"MongoDB at {redact_url(self.url)} is unreachable ({what}): {exc}") from exc
-        except (InvalidDocument, OverflowError) as exc:
-            raise BackendError(f"{what}: MongoDB cannot store it: {exc}") from exc
-        except PyMongoError as exc:
-            raise BackendError(f"MongoDB failed ({what}): {exc}") from exc
-
-    def _new_client(self) -> MongoClient[dict[str, Any]]:
-        if "serverselectiontimeoutms" in self.url.lower():  # the URL's setting wins
-            return MongoClient(self.url)
-        return MongoClient(self.url, serverSelectionTimeoutMS=int(self.options.server_selection_timeout * 1000))
+    def _coll(self, name: str) -> Collection[dict[str, Any]]:
+        """Collection ``name`` on the transport's client, made ready (its indexes) on first use."""
+        return self.transport.collection(self, name, _SETUP.get(name))
 
     def _collections(self) -> tuple[Collection[dict[str, Any]], Collection[dict[str, Any]]]:
-        """The ``tasks`` and ``group_metas`` collections; connects and creates the TTL indexes once."""
-        if self._colls is None:
-            with self._connect_lock, self._errors("connecting"):
-                if self._colls is None:
-                    if self._client is None:
-                        self._client = self._new_client()
-                    db = self._client[self.database]
-                    colls = (db[TASKS], db[GROUP_METAS])
-                    for coll in colls:  # idempotent: a no-op when the index exists
-                        coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)
-                    self._colls = colls
-        return self._colls
-
-    def _workers(self) -> Collection[dict[str, Any]]:
-        """The worker registry's collection (with its TTL index, created once)."""
-        if self._workers_coll is None:
-            self._collections()
-            assert self._client is not None
-            with self._connect_lock, self._errors("connecting"):
-                coll = self._client[self.database][WORKERS]
-                coll.create_index("expires_at", name=TTL_INDEX, expireAfterSeconds=0)
-                self._workers_coll = coll
-        return self._workers_coll
+        """The ``tasks`` and ``group_metas`` collections (with their TTL index)."""
+        return self._coll(TASKS), self._coll(GROUP_METAS)
 
     # -- revocations: an append-only log numbered by a counter (Go never reads either) -----------
-
-    def _revocations(self) -> Collection[dict[str, Any]]:
-        if self._revocations_coll is None:
-            self._collections()
-            assert self._client is not None
-            with self._connect_lock, self._errors("connecting"):
-                coll = self._client[self.database][REVOCATIONS]
-                # no TTL index: a record deleted right after it expires would leave a hole just
-                # behind the readers' cursors; expired records are deleted an hour later instead
-                coll.create_index("expires_at", name="expires_at")
-                coll.create_index("uuid", name="uuid")
-                self._revocations_coll = coll
-        return self._revocations_coll
 
     def revoke(self, task_uuids: Sequence[str], *, terminate: bool, ttl: timedelta | None) -> None:
         """Append one record per UUID, numbered by ``$inc`` on the counter (``terminate`` kept
         from a live earlier record of the UUID)."""
         from pymongo import ReturnDocument
 
-        coll = self._revocations()
-        assert self._client is not None
-        counters = self._client[self.database][COUNTERS]
+        coll, counters = self._coll(REVOCATIONS), self._coll(COUNTERS)
         now = datetime.now(timezone.utc)
         expires = now + ttl if ttl is not None else None
         with self._errors(f"revoke {len(task_uuids)} task(s)"):
@@ -269,10 +196,9 @@ class MongoBackend(Backend):
 
         from machinery.plugin import Revocation
 
-        coll = self._revocations()
-        assert self._client is not None
+        coll, counters = self._coll(REVOCATIONS), self._coll(COUNTERS)
         with self._errors("read revocations"):
-            head_doc = self._client[self.database][COUNTERS].find_one({"_id": "revocations"})
+            head_doc = counters.find_one({"_id": "revocations"})
             head = int(head_doc["seq"]) if head_doc else 0
             if head < cursor:  # the counter was reset: start again
                 cursor = 0
@@ -307,8 +233,7 @@ class MongoBackend(Backend):
         from pymongo.errors import DuplicateKeyError
 
         self._collections()
-        assert self._client is not None
-        coll = self._client[self.database][RATE_LIMITS]
+        coll = self._coll(RATE_LIMITS)
         with self._errors(f"rate limit {key}"):
             for _ in range(RATE_LIMIT_TRIES):
                 now = time.time()
@@ -332,17 +257,17 @@ class MongoBackend(Backend):
         """Upsert ``{_id: worker_id, record, expires_at}`` (the TTL index deletes it later)."""
         doc = {"_id": worker_id, "record": bytes(record), "expires_at": datetime.now(timezone.utc) + ttl}
         with self._errors(f"register worker {worker_id}"):
-            self._workers().replace_one({"_id": worker_id}, doc, upsert=True)
+            self._coll(WORKERS).replace_one({"_id": worker_id}, doc, upsert=True)
 
     def unregister_worker(self, worker_id: str) -> None:
         """Delete the worker's document."""
         with self._errors(f"unregister worker {worker_id}"):
-            self._workers().delete_one({"_id": worker_id})
+            self._coll(WORKERS).delete_one({"_id": worker_id})
 
     def list_workers(self) -> list[bytes]:
         """The records whose ``expires_at`` is in the future (the TTL sweep is lazy)."""
         with self._errors("list workers"):
-            docs = list(self._workers().find({"expires_at": {"$gt": datetime.now(timezone.utc)}}))
+            docs = list(self._coll(WORKERS).find({"expires_at": {"$gt": datetime.now(timezone.utc)}}))
         return [bytes(d["record"]) for d in docs]
 
     def _expires_at(self) -> datetime | None:
@@ -422,10 +347,5 @@ class MongoBackend(Backend):
             groups.delete_one({"_id": uuid})
 
     def close(self) -> None:
-        """Close the client's connections."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-            self._colls = None
-            self._workers_coll = None
-            self._revocations_coll = None
+        """Release the transport (the client is closed with the last backend on it). Idempotent."""
+        self.transport.release(self)

@@ -15,12 +15,9 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.js import api
@@ -31,17 +28,17 @@ from machinery.plugin import (
     ConfigError,
     DeadLetter,
     Delivery,
+    PollingBroker,
     PublishError,
     Signature,
     decode_signature,
     eta_of,
-    parse_options,
     redact_url,
 )
 from machinery_nats import ENV_OPTIONS
+from machinery_nats.transport import BAD_TOKEN, NatsOptions, NatsTransport
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
@@ -50,47 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["NatsBroker", "NatsOptions"]
 
 log = logging.getLogger("machinery.nats")
-
-_BAD_TOKEN = re.compile(r"[\s*>]|^\.|\.$|\.\.")
-
-
-@dataclass(frozen=True)
-class NatsOptions:
-    """Options of the ``nats:`` section (or the URL's query string, which overrides it).
-
-    :param stream: the JetStream stream holding every queue (created when missing).
-    :param subject_prefix: first token of the subjects (``<prefix>.q.<queue>``).
-    :param ack_wait: seconds before an unacknowledged message is delivered again (the
-        redelivery timeout after a worker dies).
-    :param max_deliveries: a message delivered more than this many times goes to the dead
-        letters instead (0: no limit). Every delivery counts, including the core's delayed
-        give-backs for an ETA and for unknown task names.
-    :param max_ack_pending: most messages of one queue delivered and not yet acknowledged.
-    :param storage: ``file`` or ``memory`` (when the stream is created).
-    :param replicas: stream replicas (when it is created).
-    :param connect_timeout: seconds to connect.
-    """
-
-    stream: str = "MACHINERY"
-    subject_prefix: str = "machinery"
-    ack_wait: float = 30.0
-    max_deliveries: int = 0
-    max_ack_pending: int = 20000
-    storage: str = "file"
-    replicas: int = 1
-    connect_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.stream):
-            raise ConfigError("nats.stream", f"not a stream name: {self.stream!r}")
-        if _BAD_TOKEN.search(self.subject_prefix) or not self.subject_prefix:
-            raise ConfigError("nats.subject_prefix", f"not a subject prefix: {self.subject_prefix!r}")
-        if self.ack_wait <= 0:
-            raise ConfigError("nats.ack_wait", "must be > 0")
-        if self.max_deliveries < 0:
-            raise ConfigError("nats.max_deliveries", "must be >= 0")
-        if self.storage not in ("file", "memory"):
-            raise ConfigError("nats.storage", "must be file or memory")
+T = TypeVar("T")
 
 
 class NatsBroker(AsyncPollingBroker):
@@ -106,29 +63,16 @@ class NatsBroker(AsyncPollingBroker):
     redelivery_timeout: ClassVar[float] = NatsOptions.ack_wait
     config_section: ClassVar[str | None] = "nats"
     env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
-    connection_errors: ClassVar[tuple[type[BaseException], ...]] = (
-        nats.errors.ConnectionClosedError,
-        nats.errors.NoServersError,
-        nats.errors.TimeoutError,
-        nats.errors.StaleConnectionError,
-        nats.errors.OutboundBufferLimitError,
-        nats.js.errors.ServiceUnavailableError,
-        OSError,
-    )
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = NatsTransport.connection_errors
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: NatsTransport | None = None) -> None:
         super().__init__(url, config)
-        parts = urlsplit(url)
-        self.options = parse_options(NatsOptions, "nats", config.section("nats"), dict(parse_qsl(parts.query)))
+        #: The transport: the options, and the loop and connection shared by brokers on this URL.
+        self.transport: NatsTransport = NatsTransport.attach(self, url, config, transport)
+        self.options = self.transport.options
         self.extend_interval = self.options.ack_wait / 3
-        netloc = parts.netloc.rpartition("@")
-        self._servers = [f"{parts.scheme}://{h}" for h in netloc[2].split(",")]
-        user, _, password = netloc[0].partition(":")
-        self._auth = {"user": unquote(user), "password": unquote(password)} if user else {}
-        self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
+        self.loop = self.transport.loop
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
-        self._stream_ready = False
 
     @property
     def lease(self) -> float:
@@ -139,7 +83,7 @@ class NatsBroker(AsyncPollingBroker):
 
     def subject(self, queue: str, kind: str = "q") -> str:
         """The subject of ``queue`` (``kind`` ``q``) or of its dead letters (``dead``)."""
-        if not queue or _BAD_TOKEN.search(queue):
+        if not queue or BAD_TOKEN.search(queue):
             raise ConfigError("queue", f"{queue!r} cannot be a NATS subject (no spaces, '*', '>' or empty tokens)")
         return f"{self.options.subject_prefix}.{kind}.{queue}"
 
@@ -152,38 +96,14 @@ class NatsBroker(AsyncPollingBroker):
 
     # -- connection (runs on the loop) ------------------------------------------------------
 
-    async def _jetstream(self) -> JetStreamContext:
-        if self._js is None or self._nc is None or self._nc.is_closed:
-            self._nc = await nats.connect(
-                self._servers,
-                connect_timeout=self.options.connect_timeout,
-                max_reconnect_attempts=-1,
-                **self._auth,
-            )
-            self._js = self._nc.jetstream()
-            self._subs.clear()
-        if not self._stream_ready:
-            await self._ensure_stream(self._js)
-        return self._js
-
-    async def _ensure_stream(self, js: JetStreamContext) -> None:
-        o = self.options
-        try:
-            await js.stream_info(o.stream)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(
-                name=o.stream,
-                subjects=[f"{o.subject_prefix}.q.>", f"{o.subject_prefix}.dead.>"],
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                storage=api.StorageType.FILE if o.storage == "file" else api.StorageType.MEMORY,
-                num_replicas=o.replicas,
-            )
-        self._stream_ready = True
+    def _call(self, coro: Coroutine[Any, Any, T], what: str, timeout: float | None = None) -> T:
+        self.transport.connection_for(self)  # used again after close(): hold the transport again
+        return super()._call(coro, what, timeout)
 
     async def _sub(self, queue: str) -> JetStreamContext.PullSubscription:
         sub = self._subs.get(queue)
         if sub is None:
-            js = await self._jetstream()
+            js = await self.transport.jetstream()
             name, o = self.durable(queue), self.options
             try:
                 await js.consumer_info(o.stream, name)
@@ -200,11 +120,20 @@ class NatsBroker(AsyncPollingBroker):
             sub = self._subs[queue] = await js.pull_subscribe_bind(durable=name, stream=o.stream)
         return sub
 
-    async def _aclose(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
-        self._subs.clear()
-        if nc is not None and not nc.is_closed:
-            await nc.close()
+    async def _unsubscribe(self) -> None:
+        subs, self._subs = list(self._subs.values()), {}
+        await asyncio.gather(*(sub.unsubscribe() for sub in subs), return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop the template's threads and drop this broker's subscriptions; the last broker of
+        the transport closes the connection and its loop."""
+        PollingBroker.close(self)  # not AsyncPollingBroker.close: the loop is the transport's
+        if self._subs and self.transport.is_open:
+            try:
+                self.loop.run(self._unsubscribe(), self.call_timeout)
+            except Exception as exc:  # noqa: BLE001 - closing must not raise
+                log.warning("NatsBroker: close failed: %s", exc)
+        self.transport.release(self)
 
     def _reconnect(self) -> None:
         self._subs.clear()  # bound again on the next fetch (the consumer may have been lost)
@@ -212,7 +141,7 @@ class NatsBroker(AsyncPollingBroker):
     # -- publishing -------------------------------------------------------------------------
 
     async def _publish(self, items: Sequence[tuple[bytes, Signature]]) -> None:
-        js = await self._jetstream()
+        js = await self.transport.jetstream()
         subjects = [self.subject(self.queue_for(sig)) for _, sig in items]
         acks = await asyncio.gather(
             *(js.publish(s, body, stream=self.options.stream) for s, (body, _) in zip(subjects, items)),
@@ -267,14 +196,14 @@ class NatsBroker(AsyncPollingBroker):
             await _msg(d).in_progress()
 
     async def _adead_letter(self, delivery: Delivery) -> None:
-        js = await self._jetstream()
+        js = await self.transport.jetstream()
         await js.publish(self.subject(delivery.queue, "dead"), delivery.body, stream=self.options.stream)
         await _msg(delivery).term()
 
     # -- inspection -------------------------------------------------------------------------
 
     async def _messages(self, subject: str, limit: int = 10000) -> list[api.RawStreamMsg]:
-        js = await self._jetstream()
+        js = await self.transport.jetstream()
         out: list[api.RawStreamMsg] = []
         seq = 1
         while len(out) < limit:
@@ -314,7 +243,7 @@ class NatsBroker(AsyncPollingBroker):
         """Delete one dead letter by its sequence number; False when it was already gone."""
 
         async def remove() -> bool:
-            js = await self._jetstream()
+            js = await self.transport.jetstream()
             try:
                 return bool(await js.delete_msg(self.options.stream, int(letter.id)))
             except nats.js.errors.APIError as exc:  # 10043/10057: no message with that sequence
@@ -325,7 +254,7 @@ class NatsBroker(AsyncPollingBroker):
         return bool(self._call(remove(), "remove a dead letter"))
 
     async def _purge(self, subject: str) -> int:
-        js = await self._jetstream()
+        js = await self.transport.jetstream()
         info = await js.stream_info(self.options.stream, subjects_filter=subject)
         await js.purge_stream(self.options.stream, subject=subject)
         return int((info.state.subjects or {}).get(subject, 0))
