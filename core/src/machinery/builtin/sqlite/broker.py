@@ -80,7 +80,7 @@ class SQLiteBroker(SQLiteRole, PollingBroker):
     """Broker on a SQLite file (``sqlite:///relative.db``, ``sqlite:////absolute/path.db``).
 
     Options come from the ``sqlite:`` config section, overridden by the URL's query string
-    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.builtin.sqlite._options.SQLiteOptions`.
+    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.builtin.sqlite.transport.SQLiteOptions`.
 
     :param url: the ``sqlite://`` URL.
     :param config: the core configuration.
