@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.backend_ops import Completion
+from machinery.builtin.sqlite import ENV_OPTIONS
 from machinery.builtin.sqlite._db import rows_by_chunks
 from machinery.builtin.sqlite._errors import SQLiteBackendError
 from machinery.builtin.sqlite.transport import SQLiteRole, SQLiteTransport
@@ -63,6 +64,7 @@ class SQLiteBackend(SQLiteRole, Backend):
     supports_revocation: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "sqlite"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     error_class = SQLiteBackendError
 
     def __init__(self, url: str, config: Config, *, transport: SQLiteTransport | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, ClassVar
 
+from machinery.builtin.sqlite import ENV_OPTIONS
 from machinery.builtin.sqlite._errors import SQLiteLockError
 from machinery.builtin.sqlite.transport import SQLiteRole, SQLiteTransport
 from machinery.interfaces import Lock
@@ -32,6 +33,7 @@ class SQLiteLock(SQLiteRole, Lock):
     """
 
     config_section: ClassVar[str | None] = "sqlite"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     error_class = SQLiteLockError
 
     def __init__(self, url: str, config: Config, *, transport: SQLiteTransport | None = None) -> None:
