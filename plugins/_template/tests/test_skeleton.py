@@ -13,6 +13,7 @@ import pytest
 
 from machinery import Server
 from machinery.plugin import Config, ConfigError
+from machinery_template import ENV_OPTIONS
 from machinery_template.backend import TemplateBackend
 from machinery_template.broker import TemplateBroker
 from machinery_template.lock import TemplateLock
@@ -24,6 +25,8 @@ def test_registered_with_its_section_and_environment_variables() -> None:
     assert config.section("template") == {"visibility_timeout": 60}  # a known section
     env = Config.from_env({"TEMPLATE_CONNECT_TIMEOUT": "2.5"}, config)
     assert TemplateTransport("template://h", env).options.connect_timeout == 2.5
+    for role in (TemplateBroker, TemplateBackend, TemplateLock):  # what the registration declares
+        assert (role.config_section, role.env_options) == ("template", ENV_OPTIONS), role
 
 
 def test_url_forms() -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["TemplateBackend", "TemplateBroker", "TemplateLock", "TemplateOptions", "TemplateTransport"]
 
 #: Environment variables of the ``template:`` section -> option keys (Go Machinery's names where
-#: Go has the option). TEMPLATE: keep it equal to the broker's ``env_options``.
+#: Go has the option). TEMPLATE: keep it equal to the roles' ``env_options``.
 ENV_OPTIONS: dict[str, str] = {
     "TEMPLATE_CONNECT_TIMEOUT": "connect_timeout",
     "TEMPLATE_VISIBILITY_TIMEOUT": "visibility_timeout",

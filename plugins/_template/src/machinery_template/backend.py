@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.plugin import Backend
+from machinery_template import ENV_OPTIONS
 from machinery_template.transport import TemplateTransport
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class TemplateBackend(Backend):
     supports_expiry: ClassVar[bool] = True
     persistent: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "template"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
     def __init__(self, url: str, config: Config, *, transport: TemplateTransport | None = None) -> None:
         super().__init__(url, config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.plugin import Lock
+from machinery_template import ENV_OPTIONS
 from machinery_template.transport import TemplateTransport
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class TemplateLock(Lock):
     """
 
     config_section: ClassVar[str | None] = "template"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
 
     def __init__(self, url: str, config: Config, *, transport: TemplateTransport | None = None) -> None:
         super().__init__(url, config)
