@@ -2,7 +2,7 @@
 
     nox -s lint types tests_core          # the core
     nox -s "tests(plugin='redis')"        # one plugin against its real server
-    nox -t plugins                        # every plugin
+    nox -t plugins                        # every plugin (and plugins/_template's tests)
     nox -s e2e                            # cross-plugin and end-to-end tests (tests/)
     nox -s docs                           # the documentation site, every example in it run
     nox -s go_interop                     # against the real Go Machinery (builds it with Debian's Go)
@@ -79,6 +79,15 @@ def tests_core(session: nox.Session) -> None:
 def tests(session: nox.Session, plugin: str) -> None:
     """A plugin's own tests and the conformance suite, against its real server."""
     path = ROOT / "plugins" / f"machinery-{plugin}"
+    session.install("-e", "core[testing]", "-e", str(path), *_test_group(path), TIMEOUT_PLUGIN)
+    session.run(*PYTEST, str(path / "tests"), *_pytest_args(session))
+
+
+@nox.session(tags=["plugins"])
+def template(session: nox.Session) -> None:
+    """plugins/_template's tests: its skeleton's own tests, and the conformance suite on the
+    memory:// reference (the template's tests run there until an author switches the URL)."""
+    path = ROOT / "plugins" / "_template"
     session.install("-e", "core[testing]", "-e", str(path), *_test_group(path), TIMEOUT_PLUGIN)
     session.run(*PYTEST, str(path / "tests"), *_pytest_args(session))
 

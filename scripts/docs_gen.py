@@ -49,7 +49,7 @@ except ImportError:  # run as a script
 #: The dataclass each config section is parsed into (the one hand-kept table here: a section
 #: found on a registered transport and missing from it is a build warning).
 OPTION_CLASSES = {
-    "sqlite": "machinery.builtin.sqlite._options:SQLiteOptions",
+    "sqlite": "machinery.builtin.sqlite.transport:SQLiteOptions",
     "redis": "machinery_redis.transport:RedisOptions",
     "amqp": "machinery_amqp.transport:AMQPOptions",
     "sqs": "machinery_sqs.broker:SQSOptions",

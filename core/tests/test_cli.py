@@ -294,7 +294,7 @@ def test_plugins_lists_builtins_and_failures(env: dict[str, str], tmp_path: Path
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "machinery.builtin.sqlite  (machinery-core" in out
-    assert "broker: sqlite" in out and "machinery_register_brokers" in out
+    assert "broker: sqlite" in out and "machinery_register_transports" in out
     assert "brokenplug  (machinery-brokenplug 0.3)  [FAILED]" in out
     assert "ImportError: needs libfoo" in out
     data = json.loads(run({**env, "PYTHONPATH": f"{site}{os.pathsep}{env['PYTHONPATH']}"}, "plugins", "--json").stdout)

@@ -4,15 +4,8 @@ workers run as threads and the cross-process tests skip with that reason."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
-
 import pytest
 
-from machinery.builtin.memory import _store as memory
-from machinery.signature import encode_task_state
-from machinery.state import TaskState
 from machinery.testing import (
     BackendConformance,
     BackendOracle,
@@ -20,6 +13,8 @@ from machinery.testing import (
     BrokerOracle,
     ControlConformance,
     LockConformance,
+    MemoryBackendOracle,
+    MemoryBrokerOracle,
     WorkflowConformance,
 )
 
@@ -31,38 +26,12 @@ def url() -> str:
     return URL
 
 
-class MemoryBrokerOracle(BrokerOracle):
-    """Reads the memory broker's store directly."""
-
-    def message_count(self, queue: str) -> int:
-        store = memory._brokers.get(URL.partition("://")[2])
-        if store is None:
-            return 0
-        with store.cond:
-            q = store.queues.get(queue)
-            ready = len(q.ready) if q else 0
-            unacked = sum(1 for (qname, _, _) in store.unacked.values() if qname == queue)
-        return ready + unacked
-
-
-class MemoryBackendOracle(BackendOracle):
-    """Reads the memory backend's store directly, as Go's JSON."""
-
-    def raw_state(self, task_uuid: str) -> Mapping[str, Any] | None:
-        store = memory._backends.get(URL.partition("://")[2])
-        entry = store.records.get(task_uuid) if store else None
-        if entry is None or not isinstance(entry[1], TaskState):
-            return None
-        result: dict[str, Any] = json.loads(encode_task_state(entry[1]))
-        return result
-
-
 class TestMemoryBroker(BrokerConformance):
     process_local = True
 
     @pytest.fixture
     def broker_oracle(self) -> BrokerOracle:
-        return MemoryBrokerOracle()
+        return MemoryBrokerOracle(URL)
 
 
 class TestMemoryBackend(BackendConformance):
@@ -70,7 +39,7 @@ class TestMemoryBackend(BackendConformance):
 
     @pytest.fixture
     def backend_oracle(self) -> BackendOracle:
-        return MemoryBackendOracle()
+        return MemoryBackendOracle(URL)
 
 
 class TestMemoryLock(LockConformance):

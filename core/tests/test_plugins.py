@@ -22,7 +22,7 @@ def test_builtin_transports_register_through_the_same_hooks() -> None:
     assert host.broker_class("memory://") is MemoryBroker
     infos = {i.name: i for i in host.infos()}
     assert infos["machinery.builtin.memory"].distribution == "machinery-core"
-    assert "machinery_register_brokers" in infos["machinery.builtin.memory"].hooks
+    assert "machinery_register_transports" in infos["machinery.builtin.memory"].hooks
 
 
 def test_missing_plugin_error_names_the_package_to_install() -> None:

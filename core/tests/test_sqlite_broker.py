@@ -23,6 +23,7 @@ from machinery.builtin.sqlite import _db
 from machinery.builtin.sqlite.backend import SQLiteBackend
 from machinery.builtin.sqlite.broker import SQLiteBroker
 from machinery.builtin.sqlite.lock import SQLiteLock
+from machinery.builtin.sqlite.transport import SQLiteOptions
 from machinery.config import default_url
 from machinery.interfaces import Delivery
 from machinery.signature import decode_signature, encode_signature
@@ -140,7 +141,7 @@ def test_capabilities() -> None:
     assert SQLiteBroker.supports_native_delay and SQLiteBroker.supports_priority
     assert SQLiteBroker.supports_pending_listing and SQLiteBroker.supports_delayed_listing
     assert SQLiteBroker.redelivers_unacked
-    assert SQLiteBroker.redelivery_timeout == _db.SQLiteOptions().visibility_timeout
+    assert SQLiteBroker.redelivery_timeout == SQLiteOptions().visibility_timeout
 
 
 # -- messages ---------------------------------------------------------------------------------

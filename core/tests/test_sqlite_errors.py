@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from machinery import Arg, BackendError, BrokerError, Config, Server, Signature, TaskFailedError
-from machinery.builtin.sqlite._db import Database, SQLiteBackendError, SQLiteBrokerError, SQLiteLockError
+from machinery.builtin.sqlite._db import Database
 from machinery.builtin.sqlite.backend import SQLiteBackend
-from machinery.builtin.sqlite.broker import SQLiteBroker
+from machinery.builtin.sqlite.broker import SQLiteBackendError, SQLiteBroker, SQLiteBrokerError, SQLiteLockError
 from machinery.builtin.sqlite.lock import SQLiteLock
 from machinery.errors import LockError
 from machinery.signature import encode_signature
@@ -293,8 +293,9 @@ def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
     # failed and what happens next; no "unexpected error" with a traceback.
     path = tmp_path / "ack.db"
     url = f"sqlite:///{path}"
-    cfg = Config(broker=url, result_backend=url, no_unix_signals=True,
-                 transport_options={"sqlite": {"visibility_timeout": 1.0}})
+    cfg = Config(
+        broker=url, result_backend=url, no_unix_signals=True, transport_options={"sqlite": {"visibility_timeout": 1.0}}
+    )
     server = Server(cfg)
     runs: list[int] = []
 
@@ -325,6 +326,7 @@ def test_a_failed_ack_is_logged_as_such_and_the_task_runs_again(
         assert not [r for r in caplog.records if "unexpected error" in r.getMessage() or r.exc_info]
         conn.execute("DROP TRIGGER full_disk")
         deadline = time.monotonic() + 10
+
         def left() -> int:
             return int(conn.execute("SELECT count(*) FROM machinery_messages").fetchone()[0])
 
@@ -387,16 +389,29 @@ def test_a_full_disk_recovers_as_soon_as_a_write_fits(tmp_path: Path) -> None:
     unshare = shutil.which("unshare")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if unshare is None or subprocess.run(
-        [unshare, "-rm", "sh", "-c", f"mount -t tmpfs -o size=4m tmpfs {mnt}"], capture_output=True
-    ).returncode:
+    if (
+        unshare is None
+        or subprocess.run(
+            [unshare, "-rm", "sh", "-c", f"mount -t tmpfs -o size=4m tmpfs {mnt}"], capture_output=True
+        ).returncode
+    ):
         pytest.skip("needs unshare -rm and tmpfs mounts (user and mount namespaces)")
     script = tmp_path / "full.py"
     script.write_text(_FULL_DISK_SCRIPT)
     res = subprocess.run(
-        [unshare, "-rm", "sh", "-c", f'mount -t tmpfs -o size=4m tmpfs {mnt} && exec "$0" "$@"', sys.executable,
-         str(script), str(mnt)],
-        capture_output=True, text=True, timeout=120,
+        [
+            unshare,
+            "-rm",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=4m tmpfs {mnt} && exec "$0" "$@"',
+            sys.executable,
+            str(script),
+            str(mnt),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     out = res.stdout
     assert "RESULT" in out, res.stderr[-3000:]

@@ -203,18 +203,32 @@ def test_concurrent_roles_open_one_connection(host: PluginHost) -> None:
     assert CLOSED == ["counting://h"]
 
 
+class AloneBroker(MemoryBroker):
+    """A broker registered alone, holding no transport (the memory ones hold theirs)."""
+
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.transport = None
+
+
+class AloneBackend(MemoryBackend):
+    def __init__(self, url: str, config: Config) -> None:
+        super().__init__(url, config)
+        self.transport = None
+
+
 class _OldStylePlugin:
     @hookimpl
     def machinery_register_brokers(self, register: Any) -> None:
-        register("oldstyle", MemoryBroker, section="", env={})
+        register("oldstyle", AloneBroker, section="", env={})
 
     @hookimpl
     def machinery_register_backends(self, register: Any) -> None:
-        register("oldstyle", "machinery.builtin.memory.backend:MemoryBackend", section="")
+        register("oldstyle", f"{__name__}:AloneBackend", section="")
 
     @hookimpl
     def machinery_fused_publisher(self, broker: Any, backend: Any) -> Any:
-        if isinstance(broker, MemoryBroker) and broker.url.startswith("oldstyle"):
+        if isinstance(broker, AloneBroker) and broker.url.startswith("oldstyle"):
             return lambda body, sig: (backend.set_state_pending(sig), broker.publish(body, sig), FUSED.append(sig.uuid))
         return None
 
@@ -226,7 +240,7 @@ def test_old_style_role_registration_still_works(host: PluginHost) -> None:
     host.pm.register(_OldStylePlugin(), name="oldstyle-plugin")
     assert host.transport_class("oldstyle://x") is None
     server = Server(Config(broker="oldstyle://x", result_backend="oldstyle://x"), plugins=host)
-    assert type(server.broker) is MemoryBroker and server.broker.transport is None
+    assert type(server.broker) is AloneBroker and server.broker.transport is None
     FUSED.clear()
     sent = server.send_task(Signature("add", args=[]))
     assert [sent.signature.uuid] == FUSED  # the hook still fuses role classes registered alone

@@ -19,6 +19,10 @@ callbacks, chains and chords are sent, and each is run in turn. Unlike a real qu
   returns; so a task must not wait for the result of a task it sends itself.
 * An unregistered task name raises :class:`~machinery.errors.TaskNotRegisteredError` from
   ``send_task`` (a real worker would requeue it for another worker).
+
+``eager://`` is a transport like ``memory://`` (:class:`EagerTransport`, registered by
+:mod:`machinery.builtin.memory`): its backend and lock are the memory ones on stores of their
+own, and its broker is :class:`EagerBroker`.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.builtin.memory.backend import MemoryBackend
 from machinery.builtin.memory.lock import MemoryLock
+from machinery.builtin.memory.transport import MemoryTransport
 from machinery.errors import PublishError, TaskNotRegisteredError
 from machinery.interfaces import Broker, Delivery
 
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
     from machinery.signature import Signature
     from machinery.worker import Worker
 
-__all__ = ["EagerBackend", "EagerBroker", "EagerLock"]
+__all__ = ["EagerBackend", "EagerBroker", "EagerLock", "EagerTransport"]
 
 
 class EagerBroker(Broker):
@@ -51,8 +56,9 @@ class EagerBroker(Broker):
     redelivers_unacked: ClassVar[bool] = False
     supports_purge: ClassVar[bool] = False
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: EagerTransport | None = None) -> None:
         super().__init__(url, config)
+        self.transport = EagerTransport.attach(self, url, config, transport)
         self._server: Server | None = None
         self._worker: Worker | None = None
         self._local = threading.local()
@@ -108,22 +114,35 @@ class EagerBroker(Broker):
         """Nothing to give back."""
 
     def close(self) -> None:
-        """Stop the event loop thread the worker started for ``async def`` tasks, if any."""
+        """Stop the event loop thread the worker started for ``async def`` tasks, if any, and
+        release the transport."""
         worker, self._worker = self._worker, None
         loop = worker._loop if worker is not None else None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
+        if self.transport is not None:
+            self.transport.release(self)
+
+
+class EagerTransport(MemoryTransport):
+    """``eager://``: the memory transport's stores under a namespace of their own, and
+    :class:`EagerBroker` as the broker."""
+
+    role_classes: ClassVar[Mapping[str, type[Any] | str]] = {
+        "broker": "machinery.eager:EagerBroker",
+        "backend": "machinery.eager:EagerBackend",
+        "lock": "machinery.eager:EagerLock",
+    }
+    namespace: ClassVar[str] = "\x00eager/"
 
 
 class EagerBackend(MemoryBackend):
-    """``eager://`` results: the in-process memory backend, in its own namespace."""
+    """``eager://`` results: the in-process memory backend, on the eager stores."""
 
-    def __init__(self, url: str, config: Config) -> None:
-        from machinery.builtin.memory._store import _backends, _BackendStore, _name, _store
-
-        super().__init__(url, config)
-        self._s = _store(_backends, "memory://\x00eager/" + _name(url), _BackendStore)
+    transport_class: ClassVar[type[MemoryTransport]] = EagerTransport
 
 
 class EagerLock(MemoryLock):
-    """``eager://`` lock: the in-process memory lock."""
+    """``eager://`` lock: the in-process memory lock, on the eager stores."""
+
+    transport_class: ClassVar[type[MemoryTransport]] = EagerTransport

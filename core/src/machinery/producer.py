@@ -97,14 +97,16 @@ class Producer:
         self.broker.publish(body, signature)
 
     def _fused_publisher(self) -> Callable[[bytes, Signature], None] | None:
-        # The transport's capability when the broker and the backend come from the same one,
-        # else a plugin's ``machinery_fused_publisher`` (role classes registered one by one).
+        # The transport's capability when the broker and the backend come from the same one
+        # (asked first, as the hookspec says), else a plugin's ``machinery_fused_publisher``.
         broker, backend = self.broker, self.backend
         transport = broker.transport
-        if transport is not None and transport is backend.transport:
-            if transport.supports_publish_with_state(broker, backend):
-                return functools.partial(transport.publish_with_state, broker, backend)
-            return None
+        if (
+            transport is not None
+            and transport is backend.transport
+            and transport.supports_publish_with_state(broker, backend)
+        ):
+            return functools.partial(transport.publish_with_state, broker, backend)
         plugins = self._plugins
         return plugins.fused_publisher(broker, backend) if plugins is not None else None
 

@@ -37,7 +37,13 @@ from machinery.testing.backend import BackendConformance
 from machinery.testing.broker import BrokerConformance, require_capability
 from machinery.testing.control import ControlConformance
 from machinery.testing.lock import LockConformance
-from machinery.testing.oracle import BackendOracle, BrokerOracle, require_server
+from machinery.testing.oracle import (
+    BackendOracle,
+    BrokerOracle,
+    MemoryBackendOracle,
+    MemoryBrokerOracle,
+    require_server,
+)
 from machinery.testing.pools import PoolConformance
 from machinery.testing.workflow import WorkflowConformance
 
@@ -48,6 +54,8 @@ __all__ = [
     "BrokerOracle",
     "ControlConformance",
     "LockConformance",
+    "MemoryBackendOracle",
+    "MemoryBrokerOracle",
     "PoolConformance",
     "WorkflowConformance",
     "check_periodic_ticks_once",

@@ -89,7 +89,7 @@ def use_transport(server: Server, url: str = "", *, eager: bool = False) -> Iter
         server.config = saved[0]
         server._bind(*saved[1:])
         if own_store:
-            name = memory._name(url)
+            name = memory.store_name(url)
             with memory._registry_lock:
                 for table in (memory._brokers, memory._backends, memory._locks):
                     table.pop(name, None)

@@ -19,7 +19,7 @@ import pytest
 
 from machinery.config import redact_url
 
-__all__ = ["BackendOracle", "BrokerOracle", "require_server"]
+__all__ = ["BackendOracle", "BrokerOracle", "MemoryBackendOracle", "MemoryBrokerOracle", "require_server"]
 
 
 class BrokerOracle(ABC):
@@ -51,6 +51,57 @@ class BackendOracle(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the raw client."""
+
+
+class MemoryBrokerOracle(BrokerOracle):
+    """The oracle of the ``memory://`` reference: reads the named store directly.
+
+    :param url: the ``memory://name`` URL under test.
+    """
+
+    def __init__(self, url: str) -> None:
+        from machinery.builtin.memory._store import store_name
+
+        self.name = store_name(url)
+
+    def message_count(self, queue: str) -> int:
+        """Ready plus delivered-but-unacknowledged messages of ``queue`` in the store."""
+        from machinery.builtin.memory._store import _brokers
+
+        store = _brokers.get(self.name)
+        if store is None:
+            return 0
+        with store.cond:
+            q = store.queues.get(queue)
+            ready = len(q.ready) if q else 0
+            return ready + sum(1 for (qname, _, _) in store.unacked.values() if qname == queue)
+
+
+class MemoryBackendOracle(BackendOracle):
+    """The oracle of the ``memory://`` reference: a stored state as Go's JSON object.
+
+    :param url: the ``memory://name`` URL under test.
+    """
+
+    def __init__(self, url: str) -> None:
+        from machinery.builtin.memory._store import store_name
+
+        self.name = store_name(url)
+
+    def raw_state(self, task_uuid: str) -> Mapping[str, Any] | None:
+        """The state stored for ``task_uuid``, encoded as Go would read it."""
+        import json
+
+        from machinery.builtin.memory._store import _backends
+        from machinery.signature import encode_task_state
+        from machinery.state import TaskState
+
+        store = _backends.get(self.name)
+        entry = store.records.get(task_uuid) if store else None
+        if entry is None or not isinstance(entry[1], TaskState):
+            return None
+        result: dict[str, Any] = json.loads(encode_task_state(entry[1]))
+        return result
 
 
 def _host_port(url: str) -> tuple[str, int | None]:

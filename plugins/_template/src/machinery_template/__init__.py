@@ -1,54 +1,54 @@
-"""The template transport for machinery: ``template://<name>``.
+"""The template transport for machinery: ``template://host[:port]``.
 
-This module holds only the hook implementations (and re-exports). Classes are registered as
-``"module:Class"`` strings, so your client library is imported only when a ``template://`` URL is
-actually used. TEMPLATE: rename the scheme and the classes; drop the hooks for the roles your
-transport does not serve (a result backend only keeps ``machinery_register_backends``).
+This module holds only the hook implementation (and lazy re-exports). The transport is
+registered as a ``"module:Class"`` string with its config section and environment variables as
+plain data, so neither your client library nor your classes are imported until a
+``template://`` URL is used, and reading a configuration imports nothing of them.
+TEMPLATE: rename the scheme and the classes; keep in ``roles`` only those you serve.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from machinery import hookimpl
+from machinery.plugin import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugin import Register
+    from machinery.plugin import TransportRegistry
     from machinery_template.backend import TemplateBackend
-    from machinery_template.broker import TemplateBroker, TemplateOptions
+    from machinery_template.broker import TemplateBroker
     from machinery_template.lock import TemplateLock
+    from machinery_template.transport import TemplateOptions, TemplateTransport
 
-__all__ = ["TemplateBackend", "TemplateBroker", "TemplateLock", "TemplateOptions"]
+__all__ = ["TemplateBackend", "TemplateBroker", "TemplateLock", "TemplateOptions", "TemplateTransport"]
 
-#: Environment variables of the ``template:`` section (Go-style names -> option keys), declared
-#: with the registration as plain data, so that reading a configuration never imports your
-#: client library. TEMPLATE: keep it equal to the classes' ``env_options`` (the suite checks).
-ENV_OPTIONS: dict[str, str] = {"TEMPLATE_POLL_INTERVAL": "poll_interval"}
+#: Environment variables of the ``template:`` section -> option keys (Go Machinery's names where
+#: Go has the option). TEMPLATE: keep it equal to the roles' ``env_options``.
+ENV_OPTIONS: dict[str, str] = {
+    "TEMPLATE_CONNECT_TIMEOUT": "connect_timeout",
+    "TEMPLATE_VISIBILITY_TIMEOUT": "visibility_timeout",
+}
 
 _MODULES = {
     "TemplateBroker": "broker",
-    "TemplateOptions": "broker",
     "TemplateBackend": "backend",
     "TemplateLock": "lock",
+    "TemplateOptions": "transport",
+    "TemplateTransport": "transport",
 }
 
 
 @hookimpl
-def machinery_register_brokers(register: Register) -> None:
-    """``template://`` broker."""
-    register("template", "machinery_template.broker:TemplateBroker", section="template", env=ENV_OPTIONS)
-
-
-@hookimpl
-def machinery_register_backends(register: Register) -> None:
-    """``template://`` result backend."""
-    register("template", "machinery_template.backend:TemplateBackend", section="")  # reads no section
-
-
-@hookimpl
-def machinery_register_locks(register: Register) -> None:
-    """``template://`` lock (for periodic tasks)."""
-    register("template", "machinery_template.lock:TemplateLock", section="")  # reads no section
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """``template://``: broker, result backend and lock on one server."""
+    registry.add(
+        "template",
+        "machinery_template.transport:TemplateTransport",
+        roles={"broker", "backend", "lock"},  # TEMPLATE: the roles you serve
+        section="template",
+        env=ENV_OPTIONS,
+        aliases=(),  # TEMPLATE: more schemes of the same server, e.g. ("templates",) for TLS
+    )
 
 
 def __getattr__(name: str) -> object:

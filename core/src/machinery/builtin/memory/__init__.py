@@ -6,8 +6,11 @@ server in the process that uses the same name (``memory://`` is the unnamed one)
 ETA, priority, queues, result expiry and the exactly-once chord trigger, with real threads.
 It cannot survive the process, so it declares ``redelivers_unacked = False``.
 
-Classes are named as ``"module:Class"`` strings, with their (empty) configuration section
-declared as plain data, so nothing is imported until a ``memory://`` URL is used.
+:class:`~machinery.builtin.memory.transport.MemoryTransport` (the name, parsed once, and the
+named store as its connection) hands out the broker, backend and lock. It is registered as a
+``"module:Class"`` string reading no configuration section, so nothing is imported until a
+``memory://`` URL is used. ``eager://`` (:mod:`machinery.eager`) is registered here too: it is
+the memory transport on stores of its own, with a broker that runs tasks when they are sent.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ if TYPE_CHECKING:
     from machinery.builtin.memory.backend import MemoryBackend
     from machinery.builtin.memory.broker import MemoryBroker
     from machinery.builtin.memory.lock import MemoryLock
-    from machinery.plugins import Register
+    from machinery.builtin.memory.transport import MemoryTransport
+    from machinery.transport import TransportRegistry
 
-__all__ = ["MemoryBackend", "MemoryBroker", "MemoryLock", "reset"]
+__all__ = ["MemoryBackend", "MemoryBroker", "MemoryLock", "MemoryTransport", "reset"]
 
 _LAZY = {
     "MemoryBroker": "machinery.builtin.memory.broker",
     "MemoryBackend": "machinery.builtin.memory.backend",
     "MemoryLock": "machinery.builtin.memory.lock",
+    "MemoryTransport": "machinery.builtin.memory.transport",
     "reset": "machinery.builtin.memory._store",
 }
 
@@ -44,21 +49,8 @@ def __getattr__(name: str) -> Any:
 
 
 @hookimpl
-def machinery_register_brokers(register: Register) -> None:
-    """``memory://`` broker, and ``eager://`` (:mod:`machinery.eager`: tasks run when sent)."""
-    register("memory", "machinery.builtin.memory.broker:MemoryBroker", section="")  # reads no section
-    register("eager", "machinery.eager:EagerBroker", section="")
-
-
-@hookimpl
-def machinery_register_backends(register: Register) -> None:
-    """``memory://`` backend, and ``eager://`` (an in-process one for eager mode)."""
-    register("memory", "machinery.builtin.memory.backend:MemoryBackend", section="")
-    register("eager", "machinery.eager:EagerBackend", section="")
-
-
-@hookimpl
-def machinery_register_locks(register: Register) -> None:
-    """``memory://`` lock, and ``eager://``."""
-    register("memory", "machinery.builtin.memory.lock:MemoryLock", section="")
-    register("eager", "machinery.eager:EagerLock", section="")
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """``memory://``: broker, backend and lock in this process; ``eager://``: tasks run when sent."""
+    roles = {"broker", "backend", "lock"}
+    registry.add("memory", "machinery.builtin.memory.transport:MemoryTransport", roles=roles)
+    registry.add("eager", "machinery.eager:EagerTransport", roles=roles)

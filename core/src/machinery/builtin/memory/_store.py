@@ -1,5 +1,7 @@
 """The memory transport's stores: one per ``memory://name`` and role, shared by every server of
-this process that uses the same name (``memory://`` is the unnamed one)."""
+this process that uses the same name (``memory://`` is the unnamed one). A
+:class:`~machinery.builtin.memory.transport.MemoryTransport`'s connection is the
+:class:`NamedStore` of its name."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from machinery.interfaces import DeadLetter
 
-__all__ = ["reset"]
+__all__ = ["NamedStore", "named_store", "reset", "store_name"]
 
 
 @dataclass
@@ -50,17 +52,54 @@ _locks: dict[str, _LockStore] = {}
 _registry_lock = threading.Lock()
 
 
-def _name(url: str) -> str:
+def store_name(url: str) -> str:
+    """The store a ``memory://name`` URL names ("" for ``memory://``)."""
     return url.partition("://")[2].strip("/")
 
 
-def _store(table: dict[str, Any], url: str, factory: type[Any]) -> Any:
-    name = _name(url)
+_name = store_name  # the name machinery.testing.fixtures reads
+
+
+def _store(table: dict[str, Any], name: str, factory: type[Any]) -> Any:
     with _registry_lock:
         st = table.get(name)
         if st is None:
             st = table[name] = factory()
         return st
+
+
+@dataclass(frozen=True)
+class NamedStore:
+    """The stores of one name: what a memory transport connects to. Each role's store is made on
+    first use and looked up on every access, so a role made after :func:`reset` gets a new one.
+
+    :param name: the store's name.
+    """
+
+    name: str
+
+    @property
+    def broker(self) -> _BrokerStore:
+        """The queues, delayed and unacknowledged messages and dead letters."""
+        st: _BrokerStore = _store(_brokers, self.name, _BrokerStore)
+        return st
+
+    @property
+    def backend(self) -> _BackendStore:
+        """The task states, group records, worker registry, revocations and rate limits."""
+        st: _BackendStore = _store(_backends, self.name, _BackendStore)
+        return st
+
+    @property
+    def lock(self) -> _LockStore:
+        """The held locks."""
+        st: _LockStore = _store(_locks, self.name, _LockStore)
+        return st
+
+
+def named_store(name: str) -> NamedStore:
+    """The stores called ``name``."""
+    return NamedStore(name)
 
 
 def reset() -> None:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from machinery.builtin.memory._store import _backends, _BackendStore, _store
+from machinery.builtin.memory._store import _BackendStore
+from machinery.builtin.memory.transport import MemoryTransport
 from machinery.interfaces import Backend
 from machinery.state import GroupMeta, TaskState
 
@@ -26,9 +27,21 @@ class MemoryBackend(Backend):
     supports_revocation: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
 
-    def __init__(self, url: str, config: Config) -> None:
+    #: The transport class it attaches to when built directly (``eager://`` has its own).
+    transport_class: ClassVar[type[MemoryTransport]] = MemoryTransport
+
+    def __init__(self, url: str, config: Config, *, transport: MemoryTransport | None = None) -> None:
         super().__init__(url, config)
-        self._s: _BackendStore = _store(_backends, url, _BackendStore)
+        held = type(self).transport_class.attach(self, url, config, transport)
+        self.transport = held
+        self._s: _BackendStore = held.connection_for(self).backend
+
+    def close(self) -> None:
+        """Release the transport (the store stays for the next server of that name). Idempotent."""
+        super().close()
+        held = self.transport
+        if held is not None:
+            held.release(self)
 
     def _expiry(self) -> float:
         secs = self.lifetime()

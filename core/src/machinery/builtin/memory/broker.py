@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, ClassVar
 
-from machinery.builtin.memory._store import _brokers, _BrokerStore, _Queue, _store
+from machinery.builtin.memory._store import _BrokerStore, _Queue
+from machinery.builtin.memory.transport import MemoryTransport
 from machinery.consume import PollingBroker
 from machinery.interfaces import DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature
@@ -32,9 +33,21 @@ class MemoryBroker(PollingBroker):
     supports_dead_letters: ClassVar[bool] = True
     redelivers_unacked: ClassVar[bool] = False
 
-    def __init__(self, url: str, config: Config) -> None:
+    #: The transport class it attaches to when built directly (``eager://`` has its own).
+    transport_class: ClassVar[type[MemoryTransport]] = MemoryTransport
+
+    def __init__(self, url: str, config: Config, *, transport: MemoryTransport | None = None) -> None:
         super().__init__(url, config)
-        self._s: _BrokerStore = _store(_brokers, url, _BrokerStore)
+        held = type(self).transport_class.attach(self, url, config, transport)
+        self.transport = held
+        self._s: _BrokerStore = held.connection_for(self).broker
+
+    def close(self) -> None:
+        """Release the transport (the store stays for the next server of that name). Idempotent."""
+        super().close()
+        held = self.transport
+        if held is not None:
+            held.release(self)
 
     def publish(self, body: bytes, signature: Signature) -> None:
         """Queue the message (or hold it until its ETA)."""

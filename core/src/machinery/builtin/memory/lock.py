@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from machinery.builtin.memory._store import _locks, _LockStore, _store
+from machinery.builtin.memory._store import _LockStore
+from machinery.builtin.memory.transport import MemoryTransport
 from machinery.interfaces import Lock
 
 if TYPE_CHECKING:
@@ -18,9 +19,21 @@ __all__ = ["MemoryLock"]
 class MemoryLock(Lock):
     """In-process lock with expiry."""
 
-    def __init__(self, url: str, config: Config) -> None:
+    #: The transport class it attaches to when built directly (``eager://`` has its own).
+    transport_class: ClassVar[type[MemoryTransport]] = MemoryTransport
+
+    def __init__(self, url: str, config: Config, *, transport: MemoryTransport | None = None) -> None:
         super().__init__(url, config)
-        self._s: _LockStore = _store(_locks, url, _LockStore)
+        held = type(self).transport_class.attach(self, url, config, transport)
+        self.transport = held
+        self._s: _LockStore = held.connection_for(self).lock
+
+    def close(self) -> None:
+        """Release the transport (the store stays for the next server of that name). Idempotent."""
+        super().close()
+        held = self.transport
+        if held is not None:
+            held.release(self)
 
     def acquire(self, key: str, ttl: timedelta) -> bool:
         """Take the key unless another owner holds an unexpired claim."""

@@ -1,7 +1,9 @@
 """The embedded default transport (``sqlite://``), registered like any plugin.
 
-Classes are named as ``"module:Class"`` strings so nothing is imported until a ``sqlite://``
-URL is used.
+:class:`~machinery.builtin.sqlite.transport.SQLiteTransport` (the URL, the ``sqlite:`` options
+and the database handle) hands out the broker, the result backend and the lock; it is named as
+a ``"module:Class"`` string with its section and environment variables as plain data, so
+nothing is imported until a ``sqlite://`` URL is used.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 from machinery._hookimpl import hookimpl
 
 if TYPE_CHECKING:
-    from machinery.plugins import Register
+    from machinery.transport import TransportRegistry
 
 #: Environment variables of the ``sqlite:`` section (declared with the registration, so reading
 #: a configuration imports nothing of the transport).
@@ -24,18 +26,12 @@ ENV_OPTIONS: dict[str, str] = {
 
 
 @hookimpl
-def machinery_register_brokers(register: Register) -> None:
-    """``sqlite://`` broker."""
-    register("sqlite", "machinery.builtin.sqlite.broker:SQLiteBroker", section="sqlite", env=ENV_OPTIONS)
-
-
-@hookimpl
-def machinery_register_backends(register: Register) -> None:
-    """``sqlite://`` backend."""
-    register("sqlite", "machinery.builtin.sqlite.backend:SQLiteBackend", section="sqlite")
-
-
-@hookimpl
-def machinery_register_locks(register: Register) -> None:
-    """``sqlite://`` lock."""
-    register("sqlite", "machinery.builtin.sqlite.lock:SQLiteLock", section="sqlite")
+def machinery_register_transports(registry: TransportRegistry) -> None:
+    """``sqlite://``: broker, result backend and lock on one database file."""
+    registry.add(
+        "sqlite",
+        "machinery.builtin.sqlite.transport:SQLiteTransport",
+        roles={"broker", "backend", "lock"},
+        section="sqlite",
+        env=ENV_OPTIONS,
+    )

@@ -1,13 +1,19 @@
-"""Shared plumbing of the embedded transport: the schema, connections, and the :class:`Transport`
-mixin (URL and options in :mod:`~machinery.builtin.sqlite._options`, errors in
-:mod:`~machinery.builtin.sqlite._errors`, both re-exported here).
+"""The embedded transport's database: the schema and :class:`Database`, the handle a
+:class:`~machinery.builtin.sqlite.transport.SQLiteTransport` opens for its file and its roles
+share (the URL and options are parsed in :mod:`~machinery.builtin.sqlite.transport`, errors
+described in :mod:`~machinery.builtin.sqlite._errors`).
 
 One database file can hold the queue, the results and the locks. Every process opens it in WAL
 mode (readers never block the writer), with ``busy_timeout`` so writers from several processes
-wait for each other instead of failing. Inside a process, writers queue on a
-:class:`threading.Lock` before asking SQLite for the write lock, so threads hand the lock over
-at once rather than sleeping in SQLite's busy handler. Connections come from a small pool per
-file (no connection is opened per message) and are never carried across ``fork()``.
+wait for each other instead of failing. Inside a process, the threads writing through one
+handle queue on a :class:`threading.Lock` before asking SQLite for the write lock, so they hand
+the lock over at once rather than sleeping in SQLite's busy handler, and publishes and stored
+states wake that handle's waiting consumers at once. Connections come from a small pool per
+handle (no connection is opened per message) and are never carried across ``fork()``. The
+core keeps one transport, so one handle, per URL and configuration: the broker, backend and
+lock of a server share it; servers with other configurations in the same process get handles
+of their own and see each other as another process would (``busy_timeout``, and
+``PRAGMA data_version`` checks every ``poll_interval`` at most).
 
 Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
 
@@ -32,38 +38,15 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from machinery.builtin.sqlite._errors import (
-    PERMANENT_PROBLEMS,
-    SQLiteBackendError,
-    SQLiteBrokerError,
-    SQLiteLockError,
-    describe_error,
-    is_busy,
-)
-from machinery.builtin.sqlite._options import SQLiteOptions, parse_url
+from machinery.builtin.sqlite._errors import describe_error, is_busy
 from machinery.errors import ConfigError
 
 if TYPE_CHECKING:
-    from machinery.config import Config
+    from machinery.builtin.sqlite.transport import SQLiteOptions
 
-__all__ = [
-    "HAS_RETURNING",
-    "PERMANENT_PROBLEMS",
-    "SQLiteBackendError",
-    "SQLiteBrokerError",
-    "SQLiteLockError",
-    "SCHEMA_VERSION",
-    "Database",
-    "SQLiteOptions",
-    "Transport",
-    "describe_error",
-    "is_busy",
-    "open_database",
-    "release_database",
-    "parse_url",
-]
+__all__ = ["HAS_RETURNING", "SCHEMA_VERSION", "Database", "rows_by_chunks"]
 
 _log = logging.getLogger("machinery.sqlite")
 
@@ -124,52 +107,9 @@ CREATE TABLE IF NOT EXISTS machinery_locks (
 """
 
 
-class Transport:
-    """Mixin of the three sqlite classes: URL parsing, the lazily opened shared database, and
-    error translation.
-
-    :cvar error_class: the error type raised (a broker, backend or lock error subclass).
-    """
-
-    error_class: ClassVar[type[SQLiteBrokerError] | type[SQLiteBackendError] | type[SQLiteLockError]]
-    path: str
-    options: SQLiteOptions
-
-    def _setup(self, url: str, config: Config) -> None:
-        self.path, self.options = parse_url(url, config)
-        self._db_obj: Database | None = None
-        self._db_guard = threading.Lock()
-
-    @property
-    def _db(self) -> Database:
-        db = self._db_obj
-        if db is None:
-            with self._db_guard:
-                if self._db_obj is None:
-                    self._db_obj = open_database(self.path, self.options)
-                db = self._db_obj
-        return db
-
-    def _close_db(self) -> None:
-        with self._db_guard:
-            db, self._db_obj = self._db_obj, None
-        if db is not None:
-            release_database(db)
-
-    @contextlib.contextmanager
-    def _guard(self, op: str) -> Iterator[None]:
-        """Translate SQLite errors raised inside into :attr:`error_class`, naming the file."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            problem, reason = describe_error(exc, self.options.busy_timeout)
-            raise type(self).error_class(self.path, problem, reason, op) from exc
-
-
 # -- database ------------------------------------------------------------------------------------
 
-_databases: dict[tuple[str, float, str], Database] = {}
-_databases_lock = threading.Lock()
+#: Every live handle, for the reset in a forked child.
 _all: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -177,7 +117,9 @@ class Database:
     """One SQLite file as seen from this process: a connection pool, a process-wide write lock,
     and an in-process notifier so publishes and stored states wake waiting threads at once.
 
-    Use :func:`open_database` to share one instance per file (and per options) in a process.
+    Opened by :meth:`SQLiteTransport.open
+    <machinery.builtin.sqlite.transport.SQLiteTransport.open>`: one per transport, shared by
+    its roles.
     """
 
     def __init__(self, path: str, options: SQLiteOptions) -> None:
@@ -189,7 +131,6 @@ class Database:
             )
         self.path = path
         self.options = options
-        self.refs = 0
         self._reset()
         _all.add(self)
 
@@ -435,29 +376,6 @@ class Database:
             return False
         self._last_sweep = now
         return True
-
-
-def open_database(path: str, options: SQLiteOptions) -> Database:
-    """The process's shared :class:`Database` for ``path`` (one per path and connection options)."""
-    key = (path, options.busy_timeout, options.synchronous.lower())
-    with _databases_lock:
-        db = _databases.get(key)
-        if db is None:
-            db = _databases[key] = Database(path, options)
-        db.refs += 1
-        return db
-
-
-def release_database(db: Database) -> None:
-    """Drop one reference; the last one closes the pool."""
-    with _databases_lock:
-        db.refs -= 1
-        if db.refs > 0:
-            return
-        key = (db.path, db.options.busy_timeout, db.options.synchronous.lower())
-        if _databases.get(key) is db:
-            del _databases[key]
-    db.close()
 
 
 def _after_fork_in_child() -> None:

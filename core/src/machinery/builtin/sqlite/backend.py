@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.backend_ops import Completion
-from machinery.builtin.sqlite._db import SQLiteBackendError, Transport, rows_by_chunks
+from machinery.builtin.sqlite import ENV_OPTIONS
+from machinery.builtin.sqlite._db import rows_by_chunks
+from machinery.builtin.sqlite._errors import SQLiteBackendError
+from machinery.builtin.sqlite.transport import SQLiteRole, SQLiteTransport
 from machinery.errors import DecodeError
 from machinery.interfaces import Backend
 from machinery.signature import decode_group_meta, decode_task_state, encode_group_meta, encode_task_state
@@ -46,11 +49,12 @@ _UPSERT_STATE = (
 )
 
 
-class SQLiteBackend(Transport, Backend):
+class SQLiteBackend(SQLiteRole, Backend):
     """Result backend on a SQLite file (same URLs and ``sqlite:`` options as the broker).
 
     :param url: the ``sqlite://`` URL.
     :param config: the core configuration (``results_expire_in`` sets the expiry).
+    :param transport: the transport handing it out (None: the shared one of ``url`` and ``config``).
     :raises ConfigError: a malformed URL or option.
     """
 
@@ -60,11 +64,12 @@ class SQLiteBackend(Transport, Backend):
     supports_revocation: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
     config_section: ClassVar[str | None] = "sqlite"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     error_class = SQLiteBackendError
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: SQLiteTransport | None = None) -> None:
         super().__init__(url, config)
-        self._setup(url, config)
+        self._attach(url, config, transport)
         self._workers_ready = False
         self._revoked_ready = False
         self._rates_ready = False
@@ -312,5 +317,5 @@ class SQLiteBackend(Transport, Backend):
             step = min(step * 1.25, limit)
 
     def close(self) -> None:
-        """Release the database handle. Idempotent."""
-        self._close_db()
+        """Release the transport (its database handle is closed with the last role). Idempotent."""
+        self._release_transport()

@@ -23,16 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from machinery.builtin.sqlite import ENV_OPTIONS
-from machinery.builtin.sqlite._db import (
-    DELAYED,
-    HAS_RETURNING,
-    READY,
-    SQLiteBackendError,
-    SQLiteBrokerError,
-    SQLiteLockError,
-    SQLiteOptions,
-    Transport,
-)
+from machinery.builtin.sqlite._db import DELAYED, HAS_RETURNING, READY
+from machinery.builtin.sqlite._errors import SQLiteBackendError, SQLiteBrokerError, SQLiteLockError
+from machinery.builtin.sqlite.transport import SQLiteOptions, SQLiteRole, SQLiteTransport
 from machinery.consume import PollingBroker
 from machinery.interfaces import DeadLetter, Delivery
 from machinery.signature import Signature, decode_signature
@@ -83,14 +76,16 @@ def _tag(delivery: Delivery) -> tuple[int, int]:
     return int(tag[0]), int(tag[1])
 
 
-class SQLiteBroker(Transport, PollingBroker):
+class SQLiteBroker(SQLiteRole, PollingBroker):
     """Broker on a SQLite file (``sqlite:///relative.db``, ``sqlite:////absolute/path.db``).
 
     Options come from the ``sqlite:`` config section, overridden by the URL's query string
-    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.builtin.sqlite._options.SQLiteOptions`.
+    (``sqlite:///q.db?visibility_timeout=60``); see :class:`~machinery.builtin.sqlite.transport.SQLiteOptions`.
 
     :param url: the ``sqlite://`` URL.
     :param config: the core configuration.
+    :param transport: the :class:`~machinery.builtin.sqlite.transport.SQLiteTransport` handing
+        it out (None: the shared one of ``url`` and ``config``).
     :raises ConfigError: a malformed URL or option.
     """
 
@@ -109,9 +104,9 @@ class SQLiteBroker(Transport, PollingBroker):
     #: Stop is noticed within 0.1 s (an idle fetch wakes on publishes and commits anyway).
     fetch_wait: ClassVar[float] = 0.1
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: SQLiteTransport | None = None) -> None:
         super().__init__(url, config)
-        self._setup(url, config)
+        self._attach(url, config, transport)
         #: The template's heartbeat renews the leases of what this consumer holds.
         self.extend_interval = self.options.heartbeat
         #: Per queue: the last claim filled its batch (skip the cheap read check).
@@ -375,12 +370,13 @@ class SQLiteBroker(Transport, PollingBroker):
             return cur.rowcount > 0
 
     def close(self) -> None:
-        """Stop renewing leases and release the database handle. Idempotent.
+        """Stop renewing leases and release the transport (its database handle is closed with
+        the last role). Idempotent.
 
         Messages still leased by this instance come back to their queue when the lease ends.
         """
         super().close()
-        self._close_db()
+        self._release_transport()
 
 
 def _dead_letter(row: Sequence[Any]) -> DeadLetter:

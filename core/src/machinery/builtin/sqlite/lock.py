@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from machinery.builtin.sqlite._db import SQLiteLockError, Transport
+from machinery.builtin.sqlite import ENV_OPTIONS
+from machinery.builtin.sqlite._errors import SQLiteLockError
+from machinery.builtin.sqlite.transport import SQLiteRole, SQLiteTransport
 from machinery.interfaces import Lock
 
 if TYPE_CHECKING:
@@ -21,20 +23,22 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteLock", "SQLiteLockError"]
 
 
-class SQLiteLock(Transport, Lock):
+class SQLiteLock(SQLiteRole, Lock):
     """Lock with expiry and owner token on a SQLite file (same URLs as the broker).
 
     :param url: the ``sqlite://`` URL.
     :param config: the core configuration.
+    :param transport: the transport handing it out (None: the shared one of ``url`` and ``config``).
     :raises ConfigError: a malformed URL or option.
     """
 
     config_section: ClassVar[str | None] = "sqlite"
+    env_options: ClassVar[dict[str, str]] = ENV_OPTIONS
     error_class = SQLiteLockError
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, *, transport: SQLiteTransport | None = None) -> None:
         super().__init__(url, config)
-        self._setup(url, config)
+        self._attach(url, config, transport)
 
     def acquire(self, key: str, ttl: timedelta) -> bool:
         """Take ``key`` for ``ttl`` unless another owner holds an unexpired claim."""
@@ -68,5 +72,5 @@ class SQLiteLock(Transport, Lock):
             return cur.rowcount == 1
 
     def close(self) -> None:
-        """Release the database handle. Idempotent."""
-        self._close_db()
+        """Release the transport (its database handle is closed with the last role). Idempotent."""
+        self._release_transport()
