@@ -264,3 +264,18 @@ def test_complete_chord_member_with_a_counter_and_no_record_uses_the_counted_sta
     b.set_state_success(d, [TaskResult("int64", 1)])
     fired = b.complete_chord_member("g_cnt2", 2)
     assert fired.kind == "fire" and [s.task_uuid for s in fired.states] == [e.uuid, d.uuid]
+
+
+def test_a_state_without_a_uuid_is_refused_not_stored_under_the_empty_key() -> None:
+    backend = MemoryBackend(f"memory://{uuid.uuid4().hex}", Config())
+    try:
+        for store in (
+            lambda: backend.set_state_pending(Signature("add", [1])),
+            lambda: backend.set_states_pending([Signature("add", [1], uuid="task_x"), Signature("add", [2])]),
+            lambda: backend.set_state_started(Signature("add", [1])),
+        ):
+            with pytest.raises(ValueError, match="'add' has no UUID"):
+                store()
+        assert backend.get_state("") is None and backend.get_state("task_x") is None
+    finally:
+        backend.close()

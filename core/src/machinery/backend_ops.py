@@ -223,6 +223,8 @@ class BackendOps(ABC):
 
     @final
     def _state(self, signature: Signature, state: str, **fields: Any) -> TaskState:
+        if not signature.uuid:
+            raise ValueError(f"task {signature.name!r} has no UUID: its state would be stored under the empty key")
         return TaskState(
             task_uuid=signature.uuid,
             state=state,
@@ -252,6 +254,9 @@ class BackendOps(ABC):
     @final
     def set_states_pending(self, signatures: Sequence[Signature]) -> None:
         """Store PENDING for several tasks (groups), in one round trip where the store allows."""
+        for s in signatures:
+            if not s.uuid:
+                raise ValueError(f"task {s.name!r} has no UUID: its state would be stored under the empty key")
         now = datetime.now(timezone.utc)
         ttl = self._ttl()
         self._store_states(

@@ -789,7 +789,7 @@ def test_broker_backend_and_lock_share_one_transport_closed_with_the_last(url: s
     assert isinstance(transport, RedisTransport)
     assert srv.backend.transport is transport and srv.lock.transport is transport  # by construction
     assert srv.broker.options is transport.options  # parsed once
-    srv.backend.set_state_pending(Signature("add", [1]))  # opens the one pool
+    srv.backend.set_state_pending(Signature("add", [1], uuid=f"task_{uuid.uuid4().hex}"))  # opens the one pool
     assert srv.broker.client is srv.backend.client is transport.client
     # built directly (as the conformance suite does) with an equal config: the same transport
     direct = RedisBackend(url, Config(broker=url, default_queue=queue, no_unix_signals=True))
