@@ -167,7 +167,7 @@ def test_reserve_never_exceeds_the_concurrency_and_stops() -> None:
     assert got == [True, False]
 
 
-def test_stop_runs_what_is_waiting_then_ends_the_threads() -> None:
+def test_stop_lets_the_running_task_finish_returns_the_waiting_and_ends_the_threads() -> None:
     d = Dispatcher(4, stall=30.0)
     a = _Thread(d, "a")
     assert _parked(d, 1)
@@ -175,12 +175,12 @@ def test_stop_runs_what_is_waiting_then_ends_the_threads() -> None:
     assert _until(lambda: a.got == [1])
     _put(d, 2)
     _put(d, 3)
-    d.stop()
-    for _ in range(3):
-        a.finish.release()
+    assert d.stop() == [2, 3]  # not started: the worker gives them back to the broker
+    a.finish.release()
     a.thread.join(5)
     assert not a.thread.is_alive()
-    assert a.got == [1, 2, 3]
+    assert a.got == [1]
+    assert d.in_flight == 0
 
 
 @pytest.mark.parametrize("concurrency", [64])
@@ -229,3 +229,72 @@ def test_in_flight_counts_handed_deliveries_not_the_consumers_reserved_slot() ->
     assert _until(lambda: d.in_flight == 0)
     d.unreserve()
     d.stop()
+
+
+def _reserves(d: Dispatcher) -> int:
+    """How many more slots the consumer can reserve now (then gives them back)."""
+    n = 0
+    while True:
+        with d._lock:
+            if d._held >= d._limit:
+                break
+        assert d.reserve(threading.Event())
+        n += 1
+    for _ in range(n):
+        d.unreserve()
+    return n
+
+
+def test_quick_tasks_read_ahead_long_ones_do_not() -> None:
+    """``prefetch`` slots beyond the concurrency, only while the tasks finish quickly."""
+    d = Dispatcher(1, stall=30.0, prefetch=2)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    assert _reserves(d) == 1  # no task finished yet: no read-ahead
+    for i in range(3):  # quick tasks
+        _put(d, i)
+        assert _until(lambda i=i: a.got[-1:] == [i])
+        a.finish.release()
+    assert _until(lambda: d.in_flight == 0)
+    assert _reserves(d) == 3  # the concurrency and 2 read ahead
+    _put(d, "slow")
+    assert _until(lambda: a.got[-1:] == ["slow"])
+    _put(d, "ahead")  # read ahead while the slow one runs
+    time.sleep(0.3)
+    a.finish.release()  # 300 ms: the average is no longer quick
+    assert _until(lambda: a.got[-1:] == ["ahead"])
+    a.finish.release()
+    assert _until(lambda: d.in_flight == 0)
+    assert _reserves(d) == 1
+    d.stop()
+
+
+def test_without_prefetch_the_concurrency_bounds_what_is_held() -> None:
+    d = Dispatcher(2, stall=30.0)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    for i in range(3):
+        _put(d, i)
+        assert _until(lambda i=i: a.got[-1:] == [i])
+        a.finish.release()
+    assert _until(lambda: d.in_flight == 0)
+    assert _reserves(d) == 2
+    d.stop()
+
+
+def test_stop_returns_the_deliveries_not_started() -> None:
+    d = Dispatcher(1, stall=30.0, prefetch=1)
+    a = _Thread(d, "a")
+    assert _parked(d, 1)
+    _put(d, 0)
+    assert _until(lambda: a.got == [0])
+    a.finish.release()
+    _put(d, 1)
+    assert _until(lambda: a.got == [0, 1])
+    _put(d, 2)  # read ahead: waits for the running thread
+    assert d.waiting == 1
+    assert d.stop() == [2]
+    assert d.waiting == 0 and d.in_flight == 1  # the running one finishes
+    a.finish.release()
+    assert _until(lambda: not a.thread.is_alive())
+    assert a.got == [0, 1]

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -882,3 +883,82 @@ def test_the_requeue_delay_of_an_unknown_task_is_jittered() -> None:
     assert all(2.5 <= d < 7.5 for d in delays)
     assert max(delays) - min(delays) > 2.0  # spread over more than a second
     assert _jittered(0.0) == 0.0
+
+
+def test_quit_gives_back_a_message_read_ahead_and_not_started(server: Server) -> None:
+    """Read-ahead (``worker.prefetch``): while tasks are quick the worker takes one message
+    beyond its concurrency; a warm shutdown finishes the running task and hands that one back."""
+    ran: list[Any] = []
+    started, release = threading.Event(), threading.Event()
+
+    @server.task("quick")
+    def quick(n: int) -> int:
+        ran.append(n)
+        return n
+
+    @server.task("block")
+    def block() -> None:
+        started.set()
+        release.wait(10)
+        ran.append("block")
+
+    w = server.new_worker("ra", 1)
+    assert w.prefetch == 1  # the default
+    w.launch_in_background()
+    try:
+        for n in range(5):
+            assert server.send_task(Signature("quick", args=[n])).get(timeout=10) == n
+        server.send_task(Signature("block"))
+        assert started.wait(10)
+        server.send_task(Signature("quick", args=[99]))
+        deadline = time.monotonic() + 5
+        while w._dispatch.waiting != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w._dispatch.waiting == 1  # read ahead while "block" runs
+        w.quit(wait=False)
+        while not w._dispatch._stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        release.set()
+        w.quit(timeout=10)
+    assert ran == [0, 1, 2, 3, 4, "block"]
+    assert [s.args[0].value for s in server.get_pending_tasks()] == [99]
+
+
+def test_prefetch_zero_takes_a_message_only_for_a_free_thread(server: Server) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @server.task("block")
+    def block() -> None:
+        started.set()
+        release.wait(10)
+
+    w = server.new_worker("no-ra", 1)
+    w.prefetch = 0
+    w.launch_in_background()
+    try:
+        for _ in range(3):
+            assert server.send_task(Signature("add", args=[1])).get(timeout=10) == 1
+        server.send_task(Signature("block"))
+        assert started.wait(10)
+        server.send_task(Signature("add", args=[2]))
+        time.sleep(0.3)
+        assert w._dispatch.waiting == 0 and len(server.get_pending_tasks()) == 1
+    finally:
+        release.set()
+        w.quit(timeout=10)
+
+
+def test_prefetch_setting_from_config_environment_and_cli() -> None:
+    from machinery.cli import build_parser
+    from machinery.errors import ConfigError
+
+    assert Config().worker_prefetch == 1
+    cfg = Config.from_env({"MACHINERY_WORKER_PREFETCH": "4"})
+    assert cfg.worker_prefetch == 4
+    assert Server(cfg.replace(broker="memory://pf", result_backend="memory://pf")).new_worker().prefetch == 4
+    with pytest.raises(ConfigError, match="worker_prefetch"):
+        Config(worker_prefetch=-1)
+    assert build_parser().parse_args(["worker", "--app", "m", "--prefetch", "0"]).prefetch == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "--app", "m", "--prefetch", "-2"])

@@ -157,6 +157,12 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--app", required=True, metavar="MODULE[:ATTR]", help="module holding the Server")
     p.add_argument("--queue", "-Q", help="queue to consume (default: the config's default_queue)")
     p.add_argument("--concurrency", "-c", type=_positive_int, default=0, help="task threads (0: 8)")
+    p.add_argument(
+        "--prefetch",
+        type=_positive_int,
+        metavar="N",
+        help="messages taken ahead of the task threads while tasks are quick (default 1; 0: none)",
+    )
     p.add_argument("--consumer-tag", help="name of this worker in logs")
     p.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")
     p.add_argument(

@@ -78,6 +78,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _pool_options(worker: Any, args: argparse.Namespace) -> None:
     """Apply the worker command's pool and time-limit options (docs/pools.md) over the config's."""
     worker.app = args.app
+    if args.prefetch is not None:
+        worker.prefetch = args.prefetch
     if args.pool is not None:
         worker.pool = args.pool
     if args.time_limit is not None:

@@ -53,6 +53,7 @@ _CORE_ENV = {
 
     # worker pools and time limits (Python only; docs/pools.md)
     "MACHINERY_WORKER_POOL": "worker_pool",
+    "MACHINERY_WORKER_PREFETCH": "worker_prefetch",
     "MACHINERY_TIME_LIMIT": "time_limit",
     "MACHINERY_SOFT_TIME_LIMIT": "soft_time_limit",
     "MACHINERY_MAX_ABANDONED_THREADS": "max_abandoned_threads",
@@ -68,6 +69,7 @@ _POOL_FIELDS: dict[str, type] = {
     "max_abandoned_threads": int,
     "max_tasks_per_child": int,
     "max_crashes": int,
+    "worker_prefetch": int,
 }
 
 
@@ -113,6 +115,8 @@ class Config:
     :param no_unix_signals: do not install SIGINT/SIGTERM handlers in workers.
     :param timezone: time zone of periodic schedules (IANA name), UTC by default.
     :param worker_pool: ``threads`` (default) or ``processes`` (Python only, docs/pools.md).
+    :param worker_prefetch: messages a worker takes beyond its concurrency while its tasks are
+        quick, so a thread that finishes finds the next one waiting (docs/worker.md; 0: none).
     :param time_limit: workers' default hard time limit per task in seconds, 0 for none.
     :param soft_time_limit: workers' default soft time limit in seconds, 0 for none.
     :param max_abandoned_threads: threads pool: past this many threads abandoned by the hard
@@ -142,6 +146,7 @@ class Config:
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0
     max_crashes: int = 3
+    worker_prefetch: int = 1
     transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eager: bool = False
 

@@ -153,6 +153,8 @@ class Worker:
         self.max_memory_per_child: int = cfg.max_memory_per_child
         #: Processes pool: child deaths while running a task before it is stored as FAILURE.
         self.max_crashes: int = cfg.max_crashes
+        #: Messages taken beyond the concurrency while tasks are quick (:mod:`machinery.dispatch`).
+        self.prefetch: int = cfg.worker_prefetch
         #: The exit status the worker asks for when it stops (:data:`~machinery.timelimit.EXIT_RESTART`).
         self.exit_code = 0
         self._watchdog: Any = None
@@ -258,7 +260,8 @@ class Worker:
         elif self.pool != "threads":
             raise ValueError(f"unknown worker pool {self.pool!r} (threads or processes)")
         # a processes pool's task threads always wait for a child: every one is worth waking
-        self._dispatch = Dispatcher(n, 0.0 if self._pool is not None else self.dispatch_stall)
+        stall = 0.0 if self._pool is not None else self.dispatch_stall
+        self._dispatch = Dispatcher(n, stall, prefetch=self.prefetch)
         for i in range(n):
             t = threading.Thread(target=self._task_thread, name=f"{self.consumer_tag}-task-{i}", daemon=True)
             t.start()
@@ -356,7 +359,7 @@ class Worker:
         backoff = 0.1
         while not stop.is_set():
             try:
-                it = broker.consume(self.queue, prefetch=self.concurrency, stop=stop)
+                it = broker.consume(self.queue, prefetch=self.concurrency + self.prefetch, stop=stop)
                 try:
                     while not stop.is_set():
                         if not dispatch.reserve(stop):

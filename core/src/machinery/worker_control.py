@@ -81,7 +81,12 @@ def _shutdown(self: Worker) -> None:
     self._stop.set()
     if self._scheduler is not None:
         self._scheduler.stop()
-    self._dispatch.stop()  # the threads run what was handed in, then end
+    waiting = self._dispatch.stop()  # the threads finish their tasks, then end
+    for delivery in waiting:  # read ahead, not started: back to the broker
+        try:
+            self.server.broker.nack(delivery, requeue=True)
+        except Exception as exc:  # noqa: BLE001 - unacknowledged, it comes back when the broker redelivers
+            log.warning("could not give back a message not started: %s", exc)
     for t in self._threads:
         t.join()
     with self._settlers_lock:
