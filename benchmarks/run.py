@@ -1227,7 +1227,7 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
                   "(prefork with 32 or 64 processes on 2 cores is not a setting anyone runs); Dramatiq `--processes 1 --threads C`; "
                   "Taskiq `--workers 1 --max-async-tasks C` and arq `max_jobs = C` (their I/O task awaits `asyncio.sleep`); "
                   "Huey `-k thread -w C`. RQ (one job at a time per forked work horse) has no concurrency knob in one worker and is left out. "
-                  "On RabbitMQ (results in Redis) machinery's worker and Go Machinery (`AMQP_PREFETCH_COUNT`) prefetch C messages."]
+                  "machinery's worker runs with its defaults: it takes C messages, plus one read ahead while its tasks are quick (`--prefetch`); on RabbitMQ (results in Redis) its `basic.qos` is 4 x that, and Go Machinery's `AMQP_PREFETCH_COUNT` is C."]
     go, mach = by.get("go-machinery"), by.get("machinery")
     if go is not None and mach is not None:
         lines += ["", "## Go Machinery v2 beside machinery (Redis broker and backend, -c 8)", "",
