@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 
 from machinery import Config, Server, Signature
-from machinery.dispatch import Dispatcher, Seat
+from machinery.dispatch import Dispatcher, Seat, task_code_ran
 
 
 class _Thread:
     """A task thread driven by the test: it takes a delivery, then waits for ``finish``."""
 
-    def __init__(self, d: Dispatcher, name: str) -> None:
+    def __init__(self, d: Dispatcher, name: str, code: float = 0.0) -> None:
         self.d = d
         self.name = name
+        self.code = code  # seconds its tasks' own code "ran", told to the dispatcher
         self.seat = Seat()
         self.got: list[Any] = []
         self.finish = threading.Semaphore(0)
@@ -34,6 +35,8 @@ class _Thread:
                 return
             self.got.append(item)
             self.finish.acquire()
+            if self.code:
+                task_code_ran(self.code)
             finished = True
 
 
@@ -298,3 +301,86 @@ def test_stop_returns_the_deliveries_not_started() -> None:
     a.finish.release()
     assert _until(lambda: not a.thread.is_alive())
     assert a.got == [0, 1]
+
+
+def _three_running(d: Dispatcher, code: float = 0.0) -> list[_Thread]:
+    # three threads, each running one delivery (woken one after another as the tasks stall)
+    ts = [_Thread(d, n, code) for n in "abc"]
+    assert _parked(d, 3)
+    for i in (1, 2, 3):
+        _put(d, i)
+    assert _until(lambda: sorted(x for t in ts for x in t.got) == [1, 2, 3])
+    return ts
+
+
+def test_quick_tasks_get_no_more_threads_while_python_is_saturated() -> None:
+    """A quick task waiting for the GIL looks stalled: while the process is busy (its CPU at or
+    above ``saturation``) that wakes nobody beyond ``eager`` threads (the -c 64 cliff)."""
+    d = Dispatcher(8, stall=0.01, eager=1, saturation=0.0, long=30.0)
+    ts = [_Thread(d, n) for n in "ab"]
+    assert _parked(d, 2)
+    _put(d, 1)
+    assert _until(lambda: sum(len(t.got) for t in ts) == 1)
+    _put(d, 2)
+    time.sleep(0.3)  # stalled 30 times over, but saturated: left for the running thread
+    assert d.waiting == 1 and sum(len(t.got) for t in ts) == 1
+    first = next(t for t in ts if t.got)
+    first.finish.release()
+    assert _until(lambda: first.got == [1, 2])
+    first.finish.release()
+    d.stop()
+
+
+def test_a_task_running_longer_than_long_does_not_count_as_keeping_python_busy() -> None:
+    d = Dispatcher(8, stall=0.01, eager=1, saturation=0.0, long=0.2)
+    ts = [_Thread(d, n) for n in "ab"]
+    assert _parked(d, 2)
+    _put(d, 1)
+    assert _until(lambda: sum(len(t.got) for t in ts) == 1)
+    t0 = time.monotonic()
+    _put(d, 2)  # once the first task is older than ``long``, a thread is woken for it
+    assert _until(lambda: sum(len(t.got) for t in ts) == 2)
+    assert time.monotonic() - t0 >= 0.15
+    for t in ts:
+        t.finish.release()
+    d.stop()
+
+
+def test_while_saturated_a_thread_done_with_a_quick_task_rests() -> None:
+    d = Dispatcher(8, stall=0.01, eager=1, saturation=float("inf"), long=30.0)
+    a, b, c = _three_running(d)
+    d.saturation = 0.0  # from now on Python counts as saturated
+    _put(d, 4)
+    _put(d, 5)
+    by_item = {t.got[0]: t for t in (a, b, c)}
+    by_item[1].finish.release()  # two others run: it parks, leaving 4 and 5 to them
+    assert _parked(d, 1)
+    by_item[2].finish.release()  # one other runs (``eager``): it parks too
+    assert _parked(d, 2)
+    time.sleep(0.1)
+    assert d.waiting == 2
+    by_item[3].finish.release()  # the last one running takes what waits, one after the other
+    assert _until(lambda: by_item[3].got == [3, 4])
+    by_item[3].finish.release()
+    assert _until(lambda: by_item[3].got == [3, 4, 5])
+    assert by_item[1].got == [1] and by_item[2].got == [2]
+    by_item[3].finish.release()
+    d.stop()
+
+
+def test_tasks_that_block_in_their_own_code_keep_their_threads_when_saturated() -> None:
+    """I/O-bound tasks wait outside Python: more threads help them however busy the process is."""
+    d = Dispatcher(8, stall=0.01, eager=1, saturation=float("inf"), long=30.0)
+    a, b, c = _three_running(d, code=1.0)  # each task's own code ran a second (blocked)
+    d.saturation = 0.0
+    _put(d, 4)
+    _put(d, 5)
+    by_item = {t.got[0]: t for t in (a, b, c)}
+    by_item[1].finish.release()  # it takes 4 itself
+    assert _until(lambda: by_item[1].got == [1, 4])
+    by_item[2].finish.release()
+    assert _until(lambda: by_item[2].got == [2, 5])
+    for t in (a, b, c):
+        t.finish.release()
+        t.finish.release()
+    d.stop()

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from machinery.config import redact_url
+from machinery.dispatch import task_code_ran
 from machinery.errors import (
     ArgumentTypeError,
     BackendError,
@@ -62,14 +63,12 @@ def error_string(exc: BaseException) -> str:
     a Go error always has text, and an empty error string would hide that the task failed.
     The class and the traceback are in the worker's log line.
     """
-    msg = str(exc)
-    return msg if msg else type(exc).__name__
+    return str(exc) or type(exc).__name__
 
 
 def _describe(exc: BaseException) -> str:
     """``"ValueError: message"``, for log lines (not stored)."""
-    msg = str(exc)
-    name = type(exc).__name__
+    msg, name = str(exc), type(exc).__name__
     return f"{name}: {msg}" if msg else name
 
 
@@ -329,6 +328,7 @@ def _process(
                 else:
                     value = task.fn(*values)
             finally:
+                task_code_ran(time.perf_counter() - t0)
                 if ctx is not None:
                     ctx.finish()  # no progress report after this (it would hide the final state)
                 running.finish(sig.uuid, run)  # raises TaskRevoked if it was terminated
