@@ -510,3 +510,32 @@ def test_backend_and_lock_share_one_dynamodb_transport() -> None:
     assert transport.holders == 2
     server.close()
     assert transport.holders == 0 and not transport.is_open
+
+
+def test_lock_release_whose_first_answer_was_lost_counts_as_released() -> None:
+    """A release the client sent twice (the first answer lost: a dropped connection, a 5xx)
+    deleted the item the first time; the retry fails its condition, and that is still a release.
+    A release that fails its condition without a retry stays False."""
+    lock = DynamoDBLock("dynamodb://us-east-1", Config(transport_options={"dynamodb": table_options()}))
+    key = f"{RUN}_lost_answer_{uuid.uuid4().hex[:8]}"
+    assert lock.acquire(key, timedelta(seconds=30))
+    client = lock.tables.db(lock._table)
+    sent: list[int] = []
+
+    def retry_once(attempts: int, **_: Any) -> float | None:
+        sent.append(attempts)
+        return 0 if sent == [1] else None  # as if the first call's first answer never came
+
+    client.meta.events.register_first("needs-retry.dynamodb.DeleteItem", retry_once)
+    try:
+        assert lock.release(key) is True
+        assert sent == [1, 2]  # the delete went out twice and the first one deleted the item
+        assert lock.release(key) is False  # not held, and no retry this time
+        assert sent == [1, 2, 1]
+        other = DynamoDBLock("dynamodb://us-east-1", Config(transport_options={"dynamodb": table_options()}))
+        assert other.acquire(key, timedelta(seconds=30))  # the key is free again
+        assert other.release(key)
+        other.close()
+    finally:
+        client.meta.events.unregister("needs-retry.dynamodb.DeleteItem", retry_once)
+        lock.close()

@@ -32,6 +32,12 @@ def _names(*refs: str) -> dict[str, str]:
     return {r: _NAMES[r] for r in refs}
 
 
+def _retried(exc: Exception) -> bool:
+    """True when botocore sent the request more than once before this answer."""
+    meta = getattr(exc, "response", {}).get("ResponseMetadata", {})
+    return bool(meta.get("RetryAttempts"))
+
+
 class DynamoDBLock(Lock):
     """A lock with expiry on a DynamoDB table; safe across processes and machines."""
 
@@ -54,7 +60,9 @@ class DynamoDBLock(Lock):
         """Release the transport (its client is closed with the last role). Idempotent."""
         self.transport.release(self)
 
-    def _write(self, op: str, what: str, params: Callable[[], dict[str, Any]]) -> bool:
+    def _write(
+        self, op: str, what: str, params: Callable[[], dict[str, Any]], *, retried_means_done: bool = False
+    ) -> bool:
         # params() runs once the client (and, with create_tables, the table) is ready, so the
         # expiry it computes is not shortened by connection or table set-up.
         try:
@@ -62,7 +70,7 @@ class DynamoDBLock(Lock):
             getattr(db, op)(TableName=self._table[0], **params())
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
-                return False
+                return retried_means_done and _retried(exc)
             err = self.tables.error(exc, what, self._table[0])
             raise LockError(str(err)) from exc
         return True
@@ -90,7 +98,13 @@ class DynamoDBLock(Lock):
         return self._write("put_item", f"acquire lock {key!r}", params)
 
     def release(self, key: str) -> bool:
-        """Conditional ``DeleteItem``: only while this owner holds the key."""
+        """Conditional ``DeleteItem``: only while this owner holds the key.
+
+        The only write here that a retry can turn around: when the client sent the delete
+        again (the first answer was lost: a dropped connection, a 5xx), the first one may have
+        deleted the item, and the retry then fails its condition. That failure, after a retry,
+        counts as released: the key is not held by this owner either way.
+        """
         return self._write(
             "delete_item",
             f"release lock {key!r}",
@@ -100,6 +114,7 @@ class DynamoDBLock(Lock):
                 "ExpressionAttributeNames": _names("#o", "#e"),
                 "ExpressionAttributeValues": self._values(),
             },
+            retried_means_done=True,
         )
 
     def extend(self, key: str, ttl: timedelta) -> bool:
