@@ -40,6 +40,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from machinery.builtin.sqlite._commit import GroupCommit
 from machinery.builtin.sqlite._errors import describe_error, is_busy
 from machinery.errors import ConfigError
 
@@ -113,8 +114,9 @@ CREATE TABLE IF NOT EXISTS machinery_locks (
 _all: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
-class Database:
+class Database(GroupCommit):
     """One SQLite file as seen from this process: a connection pool, a process-wide write lock,
+    a group commit for small writes (:class:`~machinery.builtin.sqlite._commit.GroupCommit`),
     and an in-process notifier so publishes and stored states wake waiting threads at once.
 
     Opened by :meth:`SQLiteTransport.open
@@ -149,6 +151,7 @@ class Database:
         self._last_relief = 0.0
         #: A write failed on a full disk: checkpoint the WAL before writes until that succeeds.
         self._disk_full = False
+        self._reset_commit()
 
     # -- connections ------------------------------------------------------------------------
 

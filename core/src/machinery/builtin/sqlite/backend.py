@@ -48,6 +48,10 @@ _UPSERT_STATE = (
     "ON CONFLICT (uuid) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
 )
 
+_DELETE_STATE = "DELETE FROM machinery_states WHERE uuid = ?"
+_STATES = frozenset({"machinery_states"})
+_GROUPS = frozenset({"machinery_groups"})
+
 
 class SQLiteBackend(SQLiteRole, Backend):
     """Result backend on a SQLite file (same URLs and ``sqlite:`` options as the broker).
@@ -106,23 +110,19 @@ class SQLiteBackend(SQLiteRole, Backend):
     # -- primitives -----------------------------------------------------------------------------
 
     def _store_state(self, state: TaskState) -> None:
-        """Write (replace) the state as Go JSON, with its expiry."""
-        data = encode_task_state(state)
-        with self._guard("store state"), self._db.write(begin=False) as conn:
-            conn.execute(_UPSERT_STATE, (state.task_uuid, data, self._expires_at(time.time())))
-        self._db.notify_states()
+        """Write (replace) the state as Go JSON, with its expiry, in the next group commit."""
+        row = (state.task_uuid, encode_task_state(state), self._expires_at(time.time()))
+        self._db.submit(_UPSERT_STATE, [row], self, "store state", tables=_STATES, key=0)
         self._sweep()
 
     def _store_states(self, states: Sequence[TaskState], *, wait: bool = True) -> Completion:
-        """Write several states in one transaction (``wait`` makes no difference)."""
+        """Write several states in the next group commit (``wait=False``: a pending completion
+        while another thread commits, resolved on that thread)."""
         if not states:
             return Completion.stored()
         expires = self._expires_at(time.time())
         rows = [(st.task_uuid, encode_task_state(st), expires) for st in states]
-        with self._guard("store states"), self._db.write() as conn:
-            conn.executemany(_UPSERT_STATE, rows)
-        self._db.notify_states()
-        return Completion.stored()
+        return self._db.submit(_UPSERT_STATE, rows, self, "store states", tables=_STATES, key=0, wait=wait)
 
     def _load_state(self, task_uuid: str) -> TaskState | None:
         """Read a live (unexpired) state."""
@@ -185,9 +185,11 @@ class SQLiteBackend(SQLiteRole, Backend):
 
     def _delete(self, uuid: str) -> None:
         """Delete a state or group record (absent is fine)."""
-        with self._guard("delete"), self._db.write() as conn:
-            conn.execute("DELETE FROM machinery_states WHERE uuid = ?", (uuid,))
-            conn.execute("DELETE FROM machinery_groups WHERE uuid = ?", (uuid,))
+        # In the group commit, after any state of it still waiting there.
+        db = self._db
+        states = db.submit(_DELETE_STATE, [(uuid,)], self, "delete", tables=_STATES, wait=False)
+        db.submit("DELETE FROM machinery_groups WHERE uuid = ?", [(uuid,)], self, "delete", tables=_GROUPS)
+        states.result()
 
     # -- worker registry --------------------------------------------------------------------------
 

@@ -67,6 +67,8 @@ _NEXT_DUE = (
     "SELECT min(visible_at) AS t FROM machinery_messages WHERE queue = ? AND state = 1 UNION ALL "
     "SELECT min(visible_at) FROM machinery_messages WHERE queue = ? AND state = 2)"
 )
+_ACK = "DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?"
+_MESSAGES = frozenset({"machinery_messages"})
 
 
 def _tag(delivery: Delivery) -> tuple[int, int]:
@@ -147,20 +149,27 @@ class SQLiteBroker(SQLiteRole, PollingBroker):
 
     # -- consuming ----------------------------------------------------------------------------
 
-    def _claim(self, conn: sqlite3.Connection, queue: str, limit: int) -> list[Delivery]:
+    def _claim(self, queue: str, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` messages, in the group commit: while a task thread commits stored
+        states and acknowledgements, the claim goes into its next transaction with them."""
         now = time.time()
         until = now + self.lease
-        with self._guard("claim"), self._db.write(conn) as c:
+        rows: list[Any] = []
+
+        def claim(c: sqlite3.Connection) -> None:
             c.execute(_PROMOTE, (queue, now))
             if self.use_returning:
-                rows = c.execute(_CLAIM_RETURNING, (until, queue, limit)).fetchall()
-                rows.sort(key=lambda r: (-r[2], r[0]))
+                got = c.execute(_CLAIM_RETURNING, (until, queue, limit)).fetchall()
+                got.sort(key=lambda r: (-r[2], r[0]))
             else:
-                rows = [(i, d + 1, p, b) for i, d, p, b in c.execute(_SELECT_READY, (queue, limit)).fetchall()]
+                got = [(i, d + 1, p, b) for i, d, p, b in c.execute(_SELECT_READY, (queue, limit)).fetchall()]
                 c.executemany(
                     "UPDATE machinery_messages SET state = 2, visible_at = ?, deliveries = ? WHERE id = ?",
-                    [(until, d, i) for i, d, _, _ in rows],
+                    [(until, d, i) for i, d, _, _ in got],
                 )
+            rows[:] = got  # a transaction retried replaces what a failed one read
+
+        self._db.submit(claim, [], self, "claim", tables=_MESSAGES)
         return [
             Delivery(body=bytes(body), queue=queue, tag=(msg_id, deliveries), redelivered=deliveries > 1)
             for msg_id, deliveries, _, body in rows
@@ -191,7 +200,7 @@ class SQLiteBroker(SQLiteRole, PollingBroker):
                 gen = db.message_gen
                 version = self._data_version(conn)
                 if self._full.get(queue) or self._claimable(conn, queue):
-                    got = self._claim(conn, queue, max_n)
+                    got = self._claim(queue, max_n)
                     # A full batch: skip the cheap read check next time.
                     self._full[queue] = len(got) == max_n
                     if got:
@@ -266,13 +275,29 @@ class SQLiteBroker(SQLiteRole, PollingBroker):
     # -- acknowledgement ----------------------------------------------------------------------
 
     def _ack(self, delivery: Delivery) -> None:
-        """Delete the message (only while this delivery's lease is the current one).
+        """Delete the message (only while this delivery's lease is the current one), in the next
+        group commit: while another thread commits, this returns at once and that thread
+        deletes it in its next transaction.
 
         If the delete fails, the message comes back when the lease ends (at-least-once): the
-        template stops renewing the lease either way.
+        template stops renewing the lease either way. A failure known here raises; one met
+        by the committing thread is logged.
         """
-        with self._guard("ack"), self._db.write(begin=False) as conn:
-            conn.execute("DELETE FROM machinery_messages WHERE id = ? AND deliveries = ?", _tag(delivery))
+        tag = _tag(delivery)
+        done = self._db.submit(_ACK, [tag], self, "ack", tables=_MESSAGES, wait=False)
+        if done.done():
+            done.result()
+        else:
+            done.add_done_callback(lambda error: self._ack_failed(tag, error))
+
+    def _ack_failed(self, tag: tuple[int, int], error: BaseException | None) -> None:
+        if error is not None:
+            log.error(
+                "message %d could not be acknowledged (%s); it is delivered again in about %gs and its task runs again",
+                tag[0],
+                error,
+                self.lease,
+            )
 
     def _defer(self, delivery: Delivery, delay: float) -> None:
         """Hold the message until ``delay`` seconds from now (it counts as delivered)."""

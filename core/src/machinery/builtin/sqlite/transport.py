@@ -191,6 +191,14 @@ class SQLiteRole:
         db: Database = self._transport.connection_for(self)
         return db
 
+    def _translated(self, exc: sqlite3.Error, op: str) -> Exception:
+        """``exc`` as :attr:`error_class`, naming the file and ``op`` (for a failure met on
+        another thread: a group commit's)."""
+        problem, reason = describe_error(exc, self.options.busy_timeout)
+        error = type(self).error_class(self.path, problem, reason, op)
+        error.__cause__ = exc
+        return error
+
     def _guard(self, op: str) -> contextlib.AbstractContextManager[None]:
         """Translate SQLite errors raised inside into :attr:`error_class`, naming the file."""
         return self._transport.translate(op, type(self).error_class)
