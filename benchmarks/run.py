@@ -1502,8 +1502,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_procs and not args.smoke:
             print("== one vs two worker processes", flush=True)
             bench.run_procs()
-        print("== plugin discovery at start-up: machinery._entrypoints vs importlib.metadata", flush=True)
-        bench.run_startup(3 if (args.smoke or args.quick) else args.startup_runs)
+        startup_runs = 3 if (args.smoke or args.quick) else args.startup_runs
+        if startup_runs > 0:  # --startup-runs 0 leaves the section out
+            print("== plugin discovery at start-up: machinery._entrypoints vs importlib.metadata", flush=True)
+            bench.run_startup(startup_runs)
         if not (args.no_scale or args.smoke or args.quick):
             print(f"== scale: 10,000 and {args.scale_n:,} queued tasks", flush=True)
             bench.run_scale(args.scale_n)
