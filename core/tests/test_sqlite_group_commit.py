@@ -292,6 +292,40 @@ def test_a_waited_write_from_a_completion_callback_on_the_committing_thread_does
     assert db._leader is None and db._waiting == []
 
 
+def test_a_write_that_raises_fails_its_round_and_the_leader_goes_on(
+    roles: tuple[SQLiteBroker, SQLiteBackend], raw: Raw
+) -> None:
+    _, backend = roles
+    db = backend._db
+    db._write_lock.acquire()
+    raised: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            backend.set_state_pending(Signature("add", uuid="task_lead"))
+        except BaseException as exc:  # asserted below
+            raised.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    _await_leader(db)
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM machinery_messages")
+        raise ValueError("a bug in a write")
+
+    bad = db.submit(broken, [], backend, "test", tables=frozenset({"machinery_messages"}), wait=False)
+    same_round = backend.set_state_success(Signature("add", uuid="task_b"), [], wait=False)
+    db._write_lock.release()
+    leader.join(5)
+    assert not leader.is_alive() and raised == []  # its own write was stored: it did not raise
+    assert isinstance(bad.exception(5), ValueError) and isinstance(same_round.exception(5), ValueError)
+    assert db._leader is None and db._waiting == []
+    later = backend.set_state_success(Signature("add", uuid="task_c"), [], wait=False)
+    assert later.exception(5) is None  # the group commit still works
+    assert raw("SELECT uuid FROM machinery_states ORDER BY uuid") == [("task_c",), ("task_lead",)]
+
+
 def test_a_forked_child_starts_with_no_leader_and_nothing_waiting(db_path: Path) -> None:
     db = Database(str(db_path), SQLiteBackend(f"sqlite:///{db_path}", Config()).options)
     db._waiting.append(_w("SELECT 1", "x"))

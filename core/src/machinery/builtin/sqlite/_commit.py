@@ -176,26 +176,16 @@ class GroupCommit:
             w.done.result()
         return w.done
 
-    def commit(self) -> None:
-        """Commit what is waiting now, on this thread (returns at once if another thread leads)."""
-        with self._commit_lock:
-            if self._leader is not None or not self._waiting:
-                return
-            self._leader = threading.get_ident()
-        self._lead()
-
     def _lead(self) -> None:
         try:
             while self._next_round():
                 pass
         except BaseException as exc:
-            # Not an SQLite error (those fail their round only): an interrupt. Whatever waits
-            # fails with it rather than wait for a leader that is gone.
+            # An interrupt (errors fail their round only): what waits fails with it rather than
+            # wait for a leader that is gone.
             with self._commit_lock:
                 left, self._waiting, self._leader = self._waiting, [], None
-            for w in left:
-                if not w.done.done():
-                    w.done.resolve(exc)
+            _fail(left, exc)
             raise
 
     def _next_round(self) -> bool:
@@ -206,7 +196,13 @@ class GroupCommit:
                 self._leader = None
                 return False
             self._waiting = []
-        self._round(batch)
+        try:
+            self._round(batch)
+        except Exception as exc:  # noqa: BLE001 - a write's own bug fails its round, not the leader
+            _fail(batch, exc)
+        except BaseException as exc:
+            _fail(batch, exc)
+            raise
         return True
 
     def _round(self, batch: list[Write]) -> None:
@@ -240,3 +236,12 @@ class GroupCommit:
         except sqlite3.Error as exc:
             return exc
         return None
+
+
+def _fail(writes: list[Write], exc: BaseException) -> None:
+    """Resolve the writes not yet resolved with ``exc`` (as a RuntimeError when it is not an
+    Exception: another thread's interrupt is not raised in the writer's thread)."""
+    error = exc if isinstance(exc, Exception) else RuntimeError(f"the committing thread stopped: {exc!r}")
+    for w in writes:
+        if not w.done.done():
+            w.done.resolve(error)
