@@ -413,6 +413,15 @@ class PollingBroker(Broker):
         else:
             self._release([delivery])
 
+    @final
+    def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Return messages handed out and never started through :meth:`_give_back` (Redis: to
+        the head of the queue, in order), as ``consume`` does with what it did not hand out."""
+        for d in deliveries:
+            self.__settling(d)
+        if deliveries:
+            self._give_back(list(deliveries))
+
     def close(self) -> None:
         """Stop the heartbeat and give back at once the messages held for a delay. Idempotent."""
         self.__closed.set()

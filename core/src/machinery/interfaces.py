@@ -168,6 +168,14 @@ class Broker(ABC):
             :attr:`supports_native_delay` is True and they republish with the ETA instead.
         """
 
+    def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Return messages this consumer was handed and never started (what a worker read ahead,
+        when it stops), in the order they were handed out. A broker that can put them back at the
+        head of their queue does, so they keep their place; the default gives each back with
+        ``nack(requeue=True)``."""
+        for d in deliveries:
+            self.nack(d, requeue=True)
+
     def pending_tasks(self, queue: str | None = None) -> list[Signature]:
         """Signatures waiting in ``queue`` (default queue if None), oldest first."""
         raise NotImplementedError(f"{type(self).__name__} cannot list pending tasks")

@@ -82,11 +82,11 @@ def _shutdown(self: Worker) -> None:
     if self._scheduler is not None:
         self._scheduler.stop()
     waiting = self._dispatch.stop()  # the threads finish their tasks, then end
-    for delivery in waiting:  # read ahead, not started: back to the broker
+    if waiting:  # read ahead, not started: back to the broker, keeping their place where it can
         try:
-            self.server.broker.nack(delivery, requeue=True)
-        except Exception as exc:  # noqa: BLE001 - unacknowledged, it comes back when the broker redelivers
-            log.warning("could not give back a message not started: %s", exc)
+            self.server.broker.give_back(waiting)
+        except Exception as exc:  # noqa: BLE001 - unacknowledged, they come back when the broker redelivers
+            log.warning("could not give back %d message(s) not started: %s", len(waiting), exc)
     for t in self._threads:
         t.join()
     with self._settlers_lock:

@@ -1142,3 +1142,39 @@ def test_commands_are_packed_as_redis_py_packs_them(url: str, raw: redis.Redis) 
     finally:
         raw.connection_pool.release(conn)
         raw.delete(key, key + "l", key + "z")
+
+
+def test_a_message_read_ahead_keeps_its_place_when_the_worker_stops(server: Server, queue: str) -> None:
+    """A warm shutdown gives back what the worker read ahead and never started to the head of the
+    queue (``Broker.give_back``), ahead of what was published after it; ``nack`` would have put it
+    at the tail, as Go's requeue does."""
+    started, release = threading.Event(), threading.Event()
+    ran: list[Any] = []
+
+    @server.task("quick")
+    def quick(n: int) -> int:
+        ran.append(n)
+        return n
+
+    @server.task("block")
+    def block() -> None:
+        started.set()
+        release.wait(10)
+
+    worker = server.new_worker("keep-place", 1)
+    worker.launch_in_background()
+    try:
+        for n in range(5):  # quick tasks: the worker reads one ahead
+            assert server.send_task(Signature("quick", [n])).get(timeout=10) == n
+        server.send_task(Signature("block"))
+        assert started.wait(10)
+        server.send_task(Signature("quick", [99]))
+        wait_until(lambda: worker._dispatch.waiting == 1)  # 99 read ahead while "block" runs
+        server.send_task(Signature("quick", [100]))  # behind it, in the queue
+        worker.quit(wait=False)
+        wait_until(lambda: worker._dispatch._stopping)
+    finally:
+        release.set()
+        worker.quit(timeout=10)
+    assert ran == [0, 1, 2, 3, 4]
+    assert [s.args[0].value for s in server.get_pending_tasks(queue)] == [99, 100]
