@@ -953,7 +953,7 @@ def test_prefetch_setting_from_config_environment_and_cli() -> None:
     from machinery.cli import build_parser
     from machinery.errors import ConfigError
 
-    assert Config().worker_prefetch == 1
+    assert Config().worker_prefetch is None  # the broker's default
     cfg = Config.from_env({"MACHINERY_WORKER_PREFETCH": "4"})
     assert cfg.worker_prefetch == 4
     assert Server(cfg.replace(broker="memory://pf", result_backend="memory://pf")).new_worker().prefetch == 4
@@ -962,3 +962,23 @@ def test_prefetch_setting_from_config_environment_and_cli() -> None:
     assert build_parser().parse_args(["worker", "--app", "m", "--prefetch", "0"]).prefetch == 0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["worker", "--app", "m", "--prefetch", "-2"])
+
+
+def test_the_read_ahead_defaults_to_the_brokers(tmp_path: Any) -> None:
+    """Without ``worker_prefetch`` a worker reads ahead what its broker asks for: 1 on most, its
+    concurrency on the embedded sqlite transport (each claim is a write transaction there); a
+    ``worker_prefetch`` set in the config, 0 included, wins."""
+    url = f"sqlite:///{tmp_path / 'ra.db'}"
+    memory = Server(Config(broker="memory://ra", result_backend="memory://ra"))
+    sqlite = Server(Config(broker=url, result_backend=url))
+    try:
+        assert memory.new_worker("m", 8).prefetch == 1
+        assert sqlite.new_worker("s", 8).prefetch == 8
+        assert sqlite.new_worker("s", 3).prefetch == 3
+        for set_to in (0, 2):
+            pinned = Server(Config(broker=url, result_backend=url, worker_prefetch=set_to))
+            assert pinned.new_worker("p", 8).prefetch == set_to
+            pinned.close()
+    finally:
+        memory.close()
+        sqlite.close()

@@ -161,7 +161,8 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
         "--prefetch",
         type=_positive_int,
         metavar="N",
-        help="messages taken ahead of the task threads while tasks are quick (default 1; 0: none)",
+        help="messages taken ahead of the task threads while tasks are quick "
+        "(default: the broker's, 1, or -c on sqlite://; 0: none)",
     )
     p.add_argument("--consumer-tag", help="name of this worker in logs")
     p.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")

@@ -36,8 +36,7 @@ __all__ = [
 ]
 
 
-#: Section names Go Machinery's config files use. A file may carry them even when the plugin
-#: is not installed (they are then ignored); any other unknown key is an error.
+#: Go Machinery's config sections: ignored where their plugin is not installed (other unknown keys are errors).
 GO_SECTIONS = frozenset({"amqp", "redis", "sqs", "gcp_pubsub", "mongodb", "dynamodb", "tls"})
 
 _CORE_ENV = {
@@ -50,7 +49,6 @@ _CORE_ENV = {
     "NO_UNIX_SIGNALS": "no_unix_signals",
     "MACHINERY_TIMEZONE": "timezone",
     "MACHINERY_EAGER": "eager",
-
     # worker pools and time limits (Python only; docs/pools.md)
     "MACHINERY_WORKER_POOL": "worker_pool",
     "MACHINERY_WORKER_PREFETCH": "worker_prefetch",
@@ -115,8 +113,8 @@ class Config:
     :param no_unix_signals: do not install SIGINT/SIGTERM handlers in workers.
     :param timezone: time zone of periodic schedules (IANA name), UTC by default.
     :param worker_pool: ``threads`` (default) or ``processes`` (Python only, docs/pools.md).
-    :param worker_prefetch: messages a worker takes beyond its concurrency while its tasks are
-        quick, so a thread that finishes finds the next one waiting (docs/worker.md; 0: none).
+    :param worker_prefetch: messages a worker takes beyond its concurrency while tasks are quick
+        (docs/worker.md; 0: none; None: the broker's ``default_read_ahead``, 1 but on sqlite).
     :param time_limit: workers' default hard time limit per task in seconds, 0 for none.
     :param soft_time_limit: workers' default soft time limit in seconds, 0 for none.
     :param max_abandoned_threads: threads pool: past this many threads abandoned by the hard
@@ -146,7 +144,7 @@ class Config:
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0
     max_crashes: int = 3
-    worker_prefetch: int = 1
+    worker_prefetch: int | None = None
     transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eager: bool = False
 
@@ -175,6 +173,8 @@ class Config:
             if url and "://" not in url:
                 raise ConfigError(url_key, f"not a URL (expected scheme://...): {redact_url(url)!r}")
         for name, typ in _POOL_FIELDS.items():
+            if name == "worker_prefetch" and self.worker_prefetch is None:
+                continue  # the broker's default (Broker.default_read_ahead)
             v = _coerce(name, getattr(self, name), typ)
             if v < 0:
                 raise ConfigError(name, f"must be >= 0, got {v!r}")

@@ -168,6 +168,14 @@ class Broker(ABC):
             :attr:`supports_native_delay` is True and they republish with the ETA instead.
         """
 
+    @classmethod
+    def default_read_ahead(cls, concurrency: int) -> int:
+        """The read-ahead a worker of ``concurrency`` threads uses on this broker unless
+        ``worker_prefetch`` sets one: messages taken beyond its concurrency while tasks are quick
+        (:mod:`machinery.dispatch`). 1 by default; a broker whose every fetch is costly (one
+        write transaction) may ask for more."""
+        return 1
+
     def give_back(self, deliveries: Sequence[Delivery]) -> None:
         """Return messages this consumer was handed and never started (what a worker read ahead,
         when it stops), in the order they were handed out. A broker that can put them back at the

@@ -154,7 +154,11 @@ class Worker:
         #: Processes pool: child deaths while running a task before it is stored as FAILURE.
         self.max_crashes: int = cfg.max_crashes
         #: Messages taken beyond the concurrency while tasks are quick (:mod:`machinery.dispatch`).
-        self.prefetch: int = cfg.worker_prefetch
+        self.prefetch: int = (
+            cfg.worker_prefetch
+            if cfg.worker_prefetch is not None
+            else type(server.broker).default_read_ahead(self.concurrency)
+        )
         #: The exit status the worker asks for when it stops (:data:`~machinery.timelimit.EXIT_RESTART`).
         self.exit_code = 0
         self._watchdog: Any = None

@@ -116,6 +116,13 @@ class SQLiteBroker(SQLiteRole, PollingBroker):
         #: Claim with ``UPDATE ... RETURNING`` (False: SELECT then UPDATE, for SQLite < 3.35).
         self.use_returning = HAS_RETURNING
 
+    @classmethod
+    def default_read_ahead(cls, concurrency: int) -> int:
+        """As many messages as task threads: every claim is a write transaction, and a claim for a
+        few free threads at a time made the worker commit more claims than tasks it finished
+        (10,000 no-op tasks, ``-c 8``: 3,599/s with a read-ahead of 1, 4,821/s with 8)."""
+        return concurrency
+
     @property
     def lease(self) -> float:
         """Seconds a claimed message stays leased without a heartbeat (the redelivery timeout)."""
