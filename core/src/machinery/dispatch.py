@@ -235,7 +235,7 @@ class Dispatcher:
                     code = getattr(_here, "seconds", 0.0)
                     _here.seconds = 0.0
                     self._code += _ALPHA * (code - self._code)
-                blocking = self._code > self.stall  # the tasks block in their own code
+                blocking = self._blocking
                 wake_consumer = self._consumer_waiting and (
                     not self._ready or self._limit - self._held >= self._refill
                 )
@@ -287,6 +287,11 @@ class Dispatcher:
             if seat.item is not None:
                 item, seat.item = seat.item, None
                 return item
+
+    @property
+    def _blocking(self) -> bool:
+        # The tasks block in their own code (I/O, sleep): their moving average is over ``stall``.
+        return self._code > self.stall
 
     def _ran(self, seconds: float) -> None:
         # Under the lock: a task ran ``seconds``; read ahead only while the average is quick.
@@ -354,7 +359,7 @@ class Dispatcher:
             elif now < self._fresh_until:  # a running thread will be free soon
                 self._arm()
                 return []
-            elif self._code <= self.stall and self._saturated(now):
+            elif not self._blocking and self._saturated(now):
                 # the running threads keep Python busy: more would wait for the GIL; those in
                 # long tasks (blocked, sleeping) do not count
                 n = min(len(ready), len(idle), self.eager - self._active(now))
