@@ -365,10 +365,8 @@ class PollingBroker(Broker):
         finally:
             rest = list(buffer) + [d for *_, d in due]
             if rest:
-                for d in rest:
-                    self.__settling(d)
                 try:
-                    self._give_back(rest)
+                    self.give_back(rest)
                 except Exception as exc:  # noqa: BLE001 - they come back after the redelivery timeout
                     log.warning("could not give back %d message(s) on stop: %s", len(rest), exc)
             try:
@@ -415,8 +413,9 @@ class PollingBroker(Broker):
 
     @final
     def give_back(self, deliveries: Sequence[Delivery]) -> None:
-        """Return messages handed out and never started through :meth:`_give_back` (Redis: to
-        the head of the queue, in order), as ``consume`` does with what it did not hand out."""
+        """Return messages never started through :meth:`_give_back` (Redis: to the head of the
+        queue, in order): what a stopping worker read ahead, and what ``consume`` fetched and
+        did not hand out."""
         for d in deliveries:
             self.__settling(d)
         if deliveries:

@@ -162,8 +162,16 @@ class SQLiteTransport(Transport):
         try:
             yield
         except sqlite3.Error as exc:
-            problem, reason = describe_error(exc, self.options.busy_timeout)
-            raise error(self.path, problem, reason, op) from exc
+            raise self.translated(exc, op, error) from exc
+
+    def translated(
+        self, exc: sqlite3.Error, op: str, error: type[SQLiteBrokerError | SQLiteBackendError | SQLiteLockError]
+    ) -> SQLiteBrokerError | SQLiteBackendError | SQLiteLockError:
+        """``exc`` as ``error``, naming the file and ``op`` (its cause set to ``exc``)."""
+        problem, reason = describe_error(exc, self.options.busy_timeout)
+        out = error(self.path, problem, reason, op)
+        out.__cause__ = exc
+        return out
 
 
 class SQLiteRole:
@@ -194,10 +202,7 @@ class SQLiteRole:
     def _translated(self, exc: sqlite3.Error, op: str) -> Exception:
         """``exc`` as :attr:`error_class`, naming the file and ``op`` (for a failure met on
         another thread: a group commit's)."""
-        problem, reason = describe_error(exc, self.options.busy_timeout)
-        error = type(self).error_class(self.path, problem, reason, op)
-        error.__cause__ = exc
-        return error
+        return self._transport.translated(exc, op, type(self).error_class)
 
     def _guard(self, op: str) -> contextlib.AbstractContextManager[None]:
         """Translate SQLite errors raised inside into :attr:`error_class`, naming the file."""
