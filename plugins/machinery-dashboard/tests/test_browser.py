@@ -70,6 +70,12 @@ def until(driver: Any, cond: Any, timeout: float = 30) -> Any:
     return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(cond)
 
 
+def click(driver: Any, by: str, selector: str) -> None:
+    """Find and click in one step, again if the element went stale: a live region may redraw
+    between the find and the click (the dead-letter list refreshes itself, the graph redraws)."""
+    until(driver, lambda d: d.find_element(by, selector).click() or True)
+
+
 def shot(driver: Any, env: Env, name: str) -> None:
     scheme = env.server.broker_url.split(":", 1)[0]
     driver.save_screenshot(str(SHOTS / f"{name}-{scheme}.png"))
@@ -91,13 +97,13 @@ def test_chord_with_a_failed_member_is_a_graph_with_that_node_red(browser: Any, 
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, pending))
     until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.edge.chord")) == 5)
     until(browser, lambda d: d.find_element(By.ID, "graph-summary").text == "chord of 6 tasks")
-    until(browser, lambda d: d.find_element(By.CSS_SELECTOR, failed).click() or True)
+    click(browser, By.CSS_SELECTOR, failed)
     until(browser, lambda d: "ValueError: member exploded: no fuel" in d.find_element(
         By.CSS_SELECTOR, "#node-detail pre.traceback").text)
     until(browser, lambda d: "member exploded" in d.find_element(By.CSS_SELECTOR, "#node-detail pre.error").text)
     shot(browser, env, "chord-failed-member")
     # the node's link leads to the task page, which has the traceback too
-    until(browser, lambda d: d.find_element(By.ID, "node-link").click() or True)
+    click(browser, By.ID, "node-link")
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "pre.traceback"))
     assert "explode" in browser.find_element(By.CLASS_NAME, "task-name").text
 
@@ -144,7 +150,7 @@ def test_dead_letter_replays(browser: Any, env: Env) -> None:
     until(browser, lambda d: sig.uuid in d.find_element(By.ID, "live").text)  # the live refresh shows it
     shot(browser, env, "dead-letters")
     flag.write_text("up")
-    browser.find_element(By.CSS_SELECTOR, "button.replay").click()
+    click(browser, By.CSS_SELECTOR, "button.replay")  # inside the live region, which refreshes itself
     flash = until(browser, lambda d: d.find_elements(By.ID, "flash"))[0]
     assert f"as task {sig.uuid}" in flash.text
     assert env.server.async_result(sig.uuid).get(timeout=30) == "charged"
