@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
+from machinery._broadcast import Broadcast
 from machinery.errors import MachineryError, PluginLoadError, UnknownSchemeError
 from machinery.interfaces import Backend, Broker, Lock
 from machinery.transport import Transport, TransportRegistry, TransportSpec
@@ -154,6 +155,13 @@ class PluginHost:
         self._meta: dict[tuple[str, str], tuple[str | None, Mapping[str, str]]] = {}
         self.failures: list[PluginLoadError] = []
         self._infos: dict[str, PluginInfo] = {}
+        # the task hooks run several times per task: called without pluggy's dispatch
+        hook = self.pm.hook
+        self._task_received = Broadcast(hook.machinery_task_received)
+        self._task_started = Broadcast(hook.machinery_task_started)
+        self._task_succeeded = Broadcast(hook.machinery_task_succeeded)
+        self._task_failed = Broadcast(hook.machinery_task_failed)
+        self._task_retried = Broadcast(hook.machinery_task_retried)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -394,23 +402,23 @@ class PluginHost:
 
     def task_received(self, event: TaskEvent) -> None:
         """Broadcast ``machinery_task_received``."""
-        self.pm.hook.machinery_task_received(event=event)
+        self._task_received(event)
 
     def task_started(self, event: TaskEvent) -> None:
         """Broadcast ``machinery_task_started``."""
-        self.pm.hook.machinery_task_started(event=event)
+        self._task_started(event)
 
     def task_succeeded(self, event: TaskEvent) -> None:
         """Broadcast ``machinery_task_succeeded``."""
-        self.pm.hook.machinery_task_succeeded(event=event)
+        self._task_succeeded(event)
 
     def task_failed(self, event: TaskEvent) -> None:
         """Broadcast ``machinery_task_failed``."""
-        self.pm.hook.machinery_task_failed(event=event)
+        self._task_failed(event)
 
     def task_retried(self, event: TaskEvent) -> None:
         """Broadcast ``machinery_task_retried``."""
-        self.pm.hook.machinery_task_retried(event=event)
+        self._task_retried(event)
 
     def worker_started(self, event: WorkerEvent) -> None:
         """Broadcast ``machinery_worker_started``."""
