@@ -1444,7 +1444,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="Markdown file to write (default benchmarks/RESULTS.md; --quick: a temporary file)")
     p.add_argument("--plot", default=str(HERE / "results.png"), help="PNG to write ('' for none)")
     p.add_argument("--json", default="", help="also write the raw numbers here")
-    p.add_argument("--pairs", type=int, default=3,
+    p.add_argument("--pairs", type=int, default=7,
                    help="extra drains without/with each observability plugin, alternated, for its overhead target (0: none)")
     p.add_argument("--drain-cap", type=float, default=45.0,
                    help="seconds after which a drain is measured over the tasks done so far (0: never)")
