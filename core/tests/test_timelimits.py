@@ -12,7 +12,7 @@ import pytest
 
 from machinery import Config, ConfigError, RetryTaskLater, Server, Signature, SoftTimeLimitExceeded, TimeLimitExceeded
 from machinery.cli import build_parser
-from machinery.config import parse_memory
+from machinery.settings import parse_memory
 from machinery.errors import WorkerLostError
 from machinery.signature import decode_signature, encode_signature
 from machinery.task import Task

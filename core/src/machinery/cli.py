@@ -32,6 +32,7 @@ from machinery.cli_common import (
     EXIT_OK,
     EXIT_USAGE,
     CLIError,
+    _cpu_affinity,
     _memory,
     _positive_int,
     _priority,
@@ -163,6 +164,13 @@ def build_parser(*, with_plugins: bool = False) -> argparse.ArgumentParser:
         metavar="N",
         help="messages taken ahead of the task threads while tasks are quick "
         "(default: the broker's, 1, or -c on sqlite://; 0: none)",
+    )
+    p.add_argument(
+        "--cpu-affinity",
+        type=_cpu_affinity,
+        metavar="auto|none|CPUS",
+        help="keep the worker's threads on one CPU: auto (the worker picks one), a list such as 0 or 2-3, "
+        "or none (default: $MACHINERY_WORKER_CPU_AFFINITY, else none; docs/worker.md)",
     )
     p.add_argument("--consumer-tag", help="name of this worker in logs")
     p.add_argument("--beat", action="store_true", help="also run the periodic scheduler in this worker")

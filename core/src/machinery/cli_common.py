@@ -262,8 +262,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _cpu_affinity(text: str) -> str:
+    from machinery.settings import parse_cpu_affinity
+
+    try:
+        return parse_cpu_affinity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _memory(text: str) -> int:
-    from machinery.config import parse_memory
+    from machinery.settings import parse_memory
 
     try:
         return parse_memory(text)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from machinery.errors import ConfigError
+from machinery.settings import parse_cpu_affinity, parse_memory
 
 # Defined with the stored states they apply to (so the backend contract needs no config import);
 # re-exported here, where users look for them.
@@ -52,6 +53,7 @@ _CORE_ENV = {
     # worker pools and time limits (Python only; docs/pools.md)
     "MACHINERY_WORKER_POOL": "worker_pool",
     "MACHINERY_WORKER_PREFETCH": "worker_prefetch",
+    "MACHINERY_WORKER_CPU_AFFINITY": "worker_cpu_affinity",
     "MACHINERY_TIME_LIMIT": "time_limit",
     "MACHINERY_SOFT_TIME_LIMIT": "soft_time_limit",
     "MACHINERY_MAX_ABANDONED_THREADS": "max_abandoned_threads",
@@ -71,33 +73,6 @@ _POOL_FIELDS: dict[str, type] = {
 }
 
 
-def parse_memory(value: object) -> int:
-    """A memory size in KiB: a whole number is KiB (Celery's ``--max-memory-per-child``), or a
-    number with a unit ``K``/``KB``/``KiB``, ``M``/``MB``/``MiB``, ``G``/``GB``/``GiB`` (binary
-    multiples: ``200MB`` is 204800 KiB).
-
-    :raises ValueError: not a size.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected a memory size, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {value}")
-        return value
-    text = str(value).strip().lower().replace(" ", "")
-    units = {"": 1, "k": 1, "kb": 1, "kib": 1, "m": 1024, "mb": 1024, "mib": 1024}
-    units.update({"g": 1024**2, "gb": 1024**2, "gib": 1024**2})
-    num = text.rstrip("kmgib")
-    unit = text[len(num) :]
-    try:
-        n = float(num)
-    except ValueError:
-        raise ValueError(f"expected a memory size such as 512000 (KiB), 200MB or 1G, got {value!r}") from None
-    if unit not in units or n < 0 or n != n:
-        raise ValueError(f"expected a memory size such as 512000 (KiB), 200MB or 1G, got {value!r}")
-    return int(n * units[unit])
-
-
 @dataclass(frozen=True)
 class Config:
     """Core configuration.
@@ -115,6 +90,8 @@ class Config:
     :param worker_pool: ``threads`` (default) or ``processes`` (Python only, docs/pools.md).
     :param worker_prefetch: messages a worker takes beyond its concurrency while tasks are quick
         (docs/worker.md; 0: none; None: the broker's ``default_read_ahead``, 1 but on sqlite).
+    :param worker_cpu_affinity: keep the worker's threads on one CPU: ``auto``, a CPU list such
+        as ``0`` or ``2-3``, or ``""`` for none (the default; :mod:`machinery.affinity`).
     :param time_limit: workers' default hard time limit per task in seconds, 0 for none.
     :param soft_time_limit: workers' default soft time limit in seconds, 0 for none.
     :param max_abandoned_threads: threads pool: past this many threads abandoned by the hard
@@ -145,6 +122,7 @@ class Config:
     max_memory_per_child: int = 0
     max_crashes: int = 3
     worker_prefetch: int | None = None
+    worker_cpu_affinity: str = ""
     transport_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eager: bool = False
 
@@ -183,6 +161,10 @@ class Config:
             object.__setattr__(self, "max_memory_per_child", parse_memory(self.max_memory_per_child))
         except ValueError as exc:
             raise ConfigError("max_memory_per_child", str(exc)) from None
+        try:
+            object.__setattr__(self, "worker_cpu_affinity", parse_cpu_affinity(self.worker_cpu_affinity))
+        except ValueError as exc:
+            raise ConfigError("worker_cpu_affinity", str(exc)) from None
         if self.worker_pool not in ("threads", "processes"):
             raise ConfigError("worker_pool", f"expected threads or processes, got {self.worker_pool!r}")
         if not isinstance(self.transport_options, Mapping):

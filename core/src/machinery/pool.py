@@ -159,9 +159,11 @@ class ProcessPool:
         parent, child_end = self._ctx.Pipe()
         w = self.worker
         measure = w.max_memory_per_child > 0
+        cpus = w._pinned.original if w._pinned is not None else None
         proc = self._ctx.Process(
             target=_ChildMain(),
-            args=(w.app, w.server.config, child_end, w.consumer_tag, logging.getLogger().level, measure),
+            # a worker kept on one CPU (--cpu-affinity) gives its children the CPUs it had before
+            args=(w.app, w.server.config, child_end, w.consumer_tag, logging.getLogger().level, measure, cpus),
             name=f"{w.consumer_tag}-child",
             daemon=True,
         )

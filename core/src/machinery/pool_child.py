@@ -62,10 +62,21 @@ def _rss_kib() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def child_main(app: str, config: Config, conn: Connection, consumer_tag: str, level: int, measure: bool) -> None:
+def child_main(
+    app: str,
+    config: Config,
+    conn: Connection,
+    consumer_tag: str,
+    level: int,
+    measure: bool,
+    cpus: frozenset[int] | None = None,
+) -> None:
     """A child's main loop: import the app, then run ``(name, values, body, soft)`` requests
-    until ``None`` or the pipe closes. Not for direct use."""
+    until ``None`` or the pipe closes. Not for direct use. ``cpus``: the CPUs to run on (those
+    the supervisor had before it kept its own threads on one, ``--cpu-affinity``)."""
     global _soft_limit, _running
+    if cpus:  # before any thread: they inherit it
+        os.sched_setaffinity(0, cpus)
     # Ctrl-C reaches the whole process group, and systemd's default KillMode sends SIGTERM to
     # every process of the unit: the supervisor decides (warm shutdown lets the task finish)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

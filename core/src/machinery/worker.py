@@ -159,6 +159,9 @@ class Worker:
             if cfg.worker_prefetch is not None
             else type(server.broker).default_read_ahead(self.concurrency)
         )
+        #: ``auto``, a CPU list or ``""``: the CPUs its threads are kept on (:mod:`machinery.affinity`).
+        self.cpu_affinity: str = cfg.worker_cpu_affinity
+        self._pinned: Any = None
         #: The exit status the worker asks for when it stops (:data:`~machinery.timelimit.EXIT_RESTART`).
         self.exit_code = 0
         self._watchdog: Any = None
@@ -251,6 +254,10 @@ class Worker:
     def _start_threads(self) -> None:
         if self._threads:
             raise RuntimeError("worker already launched")
+        if self.cpu_affinity:  # first: the threads started below inherit the CPU
+            from machinery.affinity import pin_worker
+
+            self._pinned = pin_worker(self.cpu_affinity)
         if self.beat and self._scheduler is None and self.server.periodic_entries:
             from machinery.schedule import Scheduler  # type: ignore[import-not-found,unused-ignore]
 

@@ -104,6 +104,9 @@ def _shutdown(self: Worker) -> None:
         self._registry = None
     if self._revocations is not None:
         self._revocations.stop()
+    if self._pinned is not None:  # a worker stopped inside a longer-lived process
+        self._pinned.undo()
+        self._pinned = None
     self._safe_hook(self._hooks.worker_stopped, self._event())
     self._stopped.set()
 
