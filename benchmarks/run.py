@@ -42,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,9 +74,13 @@ TRANSPORT_PEERS = ["celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "drama
 AMQP_ROWS = ["machinery-amqp", "go-machinery-amqp", "celery-amqp", "dramatiq-amqp", "celery-amqp-confirm", "dramatiq-amqp-confirm"]
 SQLITE_ROWS = ["machinery-sqlite", "huey-sqlite"]
 #: The concurrency sweep: systems with a concurrency knob, and the settings swept.
-SWEEP_SYSTEMS = ["machinery", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "arq", "machinery-amqp", "go-machinery-amqp"]
+SWEEP_SYSTEMS = ["machinery", "machinery-affinity", "go-machinery", "celery", "dramatiq", "taskiq", "huey", "arq", "machinery-amqp",
+                 "go-machinery-amqp"]  # fmt: skip
 SWEEP_C = [1, 8, 32, 64]
 SWEEP_TASKS = {"count": "no-op", "sleep_count": "I/O-bound (10 ms sleep)"}
+#: The sweep's systems whose cells are the median of ``--sweep-repeats`` drains, run alternated
+#: with one another at each setting: the pair behind the "Redis drain ≥ Go Machinery's" targets.
+SWEEP_REPEATED = ("machinery", "machinery-affinity", "go-machinery")
 #: The plugin discovery section: the plugin host's load with machinery._entrypoints (as shipped),
 #: with importlib.metadata's reader swapped in, and the module import alone.
 _LOAD = "from machinery.plugins import get_plugin_host; get_plugin_host().load()"
@@ -344,6 +349,8 @@ class Bench:
         self._gobench: str | NA | None = None
         #: the extra sections: sweep[(system, task)][c] = (rate, cpu µs/task, capped task count or 0)
         self.sweep: dict[tuple[str, str], dict[int, tuple[float, float | None, int] | NA]] = {}
+        #: every drain behind a repeated cell (SWEEP_REPEATED): sweep_runs[(system, task)][c] = rates
+        self.sweep_runs: dict[tuple[str, str], dict[int, list[float]]] = {}
         self.procs: dict[str, float | NA] = {}  # one vs two worker processes
         self.scale: dict[str, Any] = {}  # the backlog run (not with --no-scale)
         #: plugin discovery at start-up: reader -> sorted seconds of fresh interpreters
@@ -731,30 +738,56 @@ class Bench:
 
     def run_sweep(self, systems: list[str], cs: list[int]) -> None:
         """Drain a no-op and an I/O-bound (10 ms sleep) task at each concurrency in ``cs``.
-        The I/O-bound drain gets min(N, 400 x c) tasks (about 4 s at the ideal c x 100/s)."""
+        The I/O-bound drain gets min(N, 400 x c) tasks (about 4 s at the ideal c x 100/s).
+
+        Setting by setting (task, then c), every system drains once in turn; machinery and Go
+        Machinery (:data:`SWEEP_REPEATED`) then drain ``--sweep-repeats - 1`` more times,
+        alternated, and their cell is the median drain (its CPU the median CPU): a drain
+        disturbed by the machine (one cell of a full run once read 170 µs of CPU per task
+        against 106 in the main table, same worker and setting) then decides no ratio alone."""
+        bases = []
         for base in build_variants(self, systems, self.args.arq_python):
             if "BENCH_UNAVAILABLE" in base.env or self.available(base):
                 reason = base.env.get("BENCH_UNAVAILABLE") or self.available(base) or ""
                 for task in SWEEP_TASKS:
                     self.sweep[(base.name, task)] = {c: NA(f"n/a: {reason}") for c in cs}
                 continue
-            for task in SWEEP_TASKS:
-                cells = self.sweep.setdefault((base.name, task), {})
-                for c in cs:
-                    n = self.args.n if task == "count" else min(self.args.n, 400 * c)
-                    v = Variant(
-                        f"{base.name}-c{c}-{task}", base.module, base.label, python=base.python,
-                        env={**base.env, "BENCH_CONCURRENCY": str(c), "BENCH_TASK": task, "BENCH_QUEUE_NAME": base.name},
-                        cleanup=base.cleanup,
-                    )
-                    try:
-                        rate, cpu, done, _ = self.drain_once(v, n)
-                        cells[c] = (rate, cpu, done if done < n else 0)
-                    except Exception as exc:
-                        cells[c] = failed(str(exc))
-                    got = cells[c]
-                    shown = got if isinstance(got, NA) else f"{got[0]:,.0f}/s" + (f", {got[1]:.0f} µs CPU/task" if got[1] else "")
-                    print(f"   sweep {base.name} {SWEEP_TASKS[task]} c={c}: {shown}", flush=True)
+            bases.append(base)
+        repeats = max(1, self.args.sweep_repeats)
+        for task in SWEEP_TASKS:
+            for c in cs:
+                n = self.args.n if task == "count" else min(self.args.n, 400 * c)
+                runs: dict[str, list[tuple[float, float | None, int]]] = {}
+                errors: dict[str, str] = {}
+                for rep in range(repeats):
+                    for base in bases:
+                        if rep and base.name not in SWEEP_REPEATED:
+                            continue
+                        v = Variant(
+                            f"{base.name}-c{c}-{task}", base.module, base.label, python=base.python,
+                            env={**base.env, "BENCH_CONCURRENCY": str(c), "BENCH_TASK": task, "BENCH_QUEUE_NAME": base.name},
+                            cleanup=base.cleanup,
+                        )
+                        try:
+                            rate, cpu, done, _ = self.drain_once(v, n)
+                            got: tuple[float, float | None, int] | NA = (rate, cpu, done if done < n else 0)
+                            runs.setdefault(base.name, []).append(got)  # type: ignore[arg-type]
+                        except Exception as exc:
+                            got = failed(str(exc))
+                            errors[base.name] = got
+                        shown = got if isinstance(got, NA) else f"{got[0]:,.0f}/s" + (f", {got[1]:.0f} µs CPU/task" if got[1] else "")
+                        print(f"   sweep {base.name} {SWEEP_TASKS[task]} c={c}" + (f" ({rep + 1}/{repeats})" if base.name in SWEEP_REPEATED and repeats > 1 else "") + f": {shown}", flush=True)
+                for base in bases:
+                    cells = self.sweep.setdefault((base.name, task), {})
+                    got_runs = runs.get(base.name, [])
+                    if not got_runs:
+                        cells[c] = NA(errors.get(base.name, "FAILED: no drain"))
+                        continue
+                    cpus = [r[1] for r in got_runs if r[1] is not None]
+                    cells[c] = (statistics.median(r[0] for r in got_runs), statistics.median(cpus) if cpus else None,
+                                max(r[2] for r in got_runs))
+                    if base.name in SWEEP_REPEATED and repeats > 1:
+                        self.sweep_runs.setdefault((base.name, task), {})[c] = [r[0] for r in got_runs]
 
     def run_procs(self) -> None:
         """machinery (redis), ``-c 8``: N no-op tasks counted in Redis (probe.count_shared) drained
@@ -859,6 +892,12 @@ def build_variants(bench: Bench, names: list[str], arq_python: str) -> list[Vari
             out.append(Variant("floor", "floor", "floor: redis-py LPUSH + BRPOP", results_off="no results to switch off"))
         elif name == "machinery":
             out.append(plain_machinery(bench))
+        elif name == "machinery-affinity":  # the sweep's: the worker's threads kept on one CPU
+            plain = plain_machinery(bench)
+            out.append(Variant(
+                name, "machinery", "machinery (redis) --cpu-affinity auto",
+                env={**plain.env, "BENCH_CPU_AFFINITY": "auto"}, off_env=plain.off_env,
+            ))  # fmt: skip
         elif name in OBSERVABILITY:
             plugin = OBSERVABILITY[name]
             others = ",".join(p for p in OBSERVABILITY.values() if p != plugin)
@@ -1125,6 +1164,16 @@ def issue23_targets(bench: Bench, rows: list[Row]) -> list[tuple[str, str, str]]
             out.append(t)
     else:
         missing("I/O-bound (10 ms) drain at c = 64", "sweep not run")
+    # the same targets with the worker's threads kept on one CPU (an option, off by default)
+    for c in SWEEP_C:
+        t = ratio_target(f"Redis drain ≥ Go Machinery's at c = {c}, `--cpu-affinity auto`",
+                         sweep_rate(bench, "machinery-affinity", "count", c), sweep_rate(bench, "go-machinery", "count", c), 1.0, "Go")
+        if t:
+            out.append(t)
+    io64a = sweep_rate(bench, "machinery-affinity", "sleep_count", 64)
+    if io64a is not None:
+        out.append(("I/O-bound (10 ms) drain at c = 64 ≥ 80% of the ideal 6,400/s, `--cpu-affinity auto`",
+                    f"{io64a / 6400:.0%} ({io64a:,.0f}/s)", "met" if io64a >= 0.8 * 6400 else "NOT met"))
     m = by.get("machinery")
     cpu = numeric(m, "cpu_us") if m else None
     if cpu is not None:
@@ -1206,6 +1255,7 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
             r8, rl = sweep_rate(bench, system, task, 8), sweep_rate(bench, system, task, cs[-1])
             rel = f"{rl / r8:.0%}" if r8 and rl and cs[-1] != 8 else "-"
             label = {"go-machinery": "Go Machinery v2", "go-machinery-amqp": "Go Machinery v2 (RabbitMQ)",
+                     "machinery-affinity": "machinery `--cpu-affinity auto`",
                      "machinery-amqp": "machinery (RabbitMQ)"}.get(system, system)
             lines.append(f"| {label} | {SWEEP_TASKS[task]} | " + " | ".join(vals) + f" | {rel} |")
         if stars:
@@ -1222,12 +1272,17 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
                         for c, cell in cells.items() if isinstance(cell, NA) and cell.startswith("FAILED")})
         if notes:
             lines += ["", *notes]
-        lines += ["", "Each cell: min(N, 400 x c) tasks for the I/O-bound one, N for the no-op; a fresh worker per cell. "
+        lines += ["", "Each cell: min(N, 400 x c) tasks for the I/O-bound one, N for the no-op; a fresh worker per drain; "
+                  "setting by setting, the systems drain in turn"
+                  + (f", and machinery's and Go Machinery's cells are the median of {a.sweep_repeats} drains, alternated "
+                     "(each drain is listed under \"Go Machinery v2 beside machinery\")" if bench.sweep_runs else "") + ". "
                   "Settings: machinery `worker -c C` (threads); Go Machinery `NewWorker(tag, C)`; Celery `--pool threads -c C` "
                   "(prefork with 32 or 64 processes on 2 cores is not a setting anyone runs); Dramatiq `--processes 1 --threads C`; "
                   "Taskiq `--workers 1 --max-async-tasks C` and arq `max_jobs = C` (their I/O task awaits `asyncio.sleep`); "
                   "Huey `-k thread -w C`. RQ (one job at a time per forked work horse) has no concurrency knob in one worker and is left out. "
-                  "machinery's worker runs with its defaults: it takes C messages, plus one read ahead while its tasks are quick (`--prefetch`); on RabbitMQ (results in Redis) its `basic.qos` is 4 x that, and Go Machinery's `AMQP_PREFETCH_COUNT` is C."]
+                  "machinery's worker runs with its defaults: it takes C messages, plus one read ahead while its tasks are quick (`--prefetch`); on RabbitMQ (results in Redis) its `basic.qos` is 4 x that, and Go Machinery's `AMQP_PREFETCH_COUNT` is C. "
+                  "The `--cpu-affinity auto` row is the same worker with one option set: its threads kept on one CPU, which it picks "
+                  "(docs/worker.md; off by default, since the tasks' C code that releases the GIL and their child processes are then kept there too)."]
     go, mach = by.get("go-machinery"), by.get("machinery")
     if go is not None and mach is not None:
         lines += ["", "## Go Machinery v2 beside machinery (Redis broker and backend, -c 8)", "",
@@ -1236,16 +1291,22 @@ def render_sections(bench: Bench, rows: list[Row]) -> list[str]:
         for r in (mach, go):
             lines.append(f"| {r.variant.label} | " + " | ".join(fmt(r.cells.get(k), k) for k in ("enqueue", "drain_on", "cpu_us", "rt_p50", "rt_p99", "rss")) + " |")
         pairs = []
-        for broker, gname, mname in (("Redis", "go-machinery", "machinery"), ("RabbitMQ", "go-machinery-amqp", "machinery-amqp")):
+        for broker, gname, mname in (("Redis", "go-machinery", "machinery"), ("Redis, `--cpu-affinity auto`", "go-machinery", "machinery-affinity"),
+                                     ("RabbitMQ", "go-machinery-amqp", "machinery-amqp")):
             for task in SWEEP_TASKS:
                 for c in SWEEP_C:
                     g, m = sweep_rate(bench, gname, task, c), sweep_rate(bench, mname, task, c)
                     if g and m:
-                        pairs.append(f"| {broker} | {c} | {SWEEP_TASKS[task]} | {g:,.0f} | {m:,.0f} | {m / g:.2f} |")
+                        each = [bench.sweep_runs.get((name, task), {}).get(c) for name in (gname, mname)]
+                        runs = " / ".join(", ".join(f"{x:,.0f}" for x in r) for r in each) if all(each) else "-"
+                        pairs.append(f"| {broker} | {c} | {SWEEP_TASKS[task]} | {g:,.0f} | {m:,.0f} | {m / g:.2f} | {runs} |")
         if pairs:
-            lines += ["", "Drains of the sweep (tasks/s; results on, in Redis):", "",
-                      "| broker | concurrency | task | Go Machinery v2 | machinery | ratio |",
-                      "| --- | ---: | --- | ---: | ---: | ---: |", *pairs]
+            repeats = a.sweep_repeats if bench.sweep_runs else 1
+            lines += ["", "Drains of the sweep (tasks/s; results on, in Redis"
+                      + (f"; on Redis, each cell the median of {repeats} drains, Go's and machinery's alternated" if repeats > 1 else "")
+                      + "):", "",
+                      "| broker | concurrency | task | Go Machinery v2 | machinery | ratio | each drain (Go / machinery) |",
+                      "| --- | ---: | --- | ---: | ---: | ---: | --- |", *pairs]
     trows = [by[n] for n in (*AMQP_ROWS, *SQLITE_ROWS) if n in by]
     if trows:
         confirms = {"machinery-amqp": "yes (always)", "go-machinery-amqp": "yes (always)", "celery-amqp": "no (kombu's default)",
@@ -1433,6 +1494,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-systems", default=",".join(SWEEP_SYSTEMS),
                    help=f"systems of the concurrency sweep ('' for none), a subset of: {', '.join(SWEEP_SYSTEMS)}")
     p.add_argument("--sweep-c", default=",".join(map(str, SWEEP_C)), help="concurrencies of the sweep")
+    p.add_argument("--sweep-repeats", type=int, default=3,
+                   help=f"drains per sweep cell of {' and '.join(SWEEP_REPEATED)}, alternated; the cell is their median (--quick: 1)")
     p.add_argument("--no-procs", action="store_true", help="skip the one vs two worker processes drain")
     p.add_argument("--no-scale", action="store_true", help="skip the --scale-n backlog (peak RSS vs 10k; about 2 minutes)")
     p.add_argument("--scale-n", type=int, default=1_000_000, help="the backlog of the scale section")
@@ -1464,6 +1527,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.rt, args.eta, args.eta_spread = min(args.n, 300), min(args.rt, 30), min(args.eta, 20), min(args.eta_spread, 1.0)
         args.warmup, args.rt_warmup, args.import_runs, args.eta_grace, args.pairs = 10, 3, 2, 5.0, 0
+        args.sweep_repeats = 1
         if "--systems" not in args.argv:
             args.systems = "floor,machinery,go-machinery"
         if "--sweep-systems" not in args.argv:
@@ -1521,6 +1585,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             raw["_sweep"] = {f"{s} {t}": {str(c): (list(x) if isinstance(x, tuple) else str(x)) for c, x in cells.items()}
                              for (s, t), cells in bench.sweep.items()}
+            raw["_sweep_runs"] = {f"{s} {t}": {str(c): x for c, x in cells.items()} for (s, t), cells in bench.sweep_runs.items()}
             raw["_procs"] = {k: (x if isinstance(x, float) else str(x)) for k, x in bench.procs.items()}
             raw["_startup"] = bench.startup if isinstance(bench.startup, dict) else str(bench.startup)
             raw["_scale"] = {k: (x if isinstance(x, dict) else str(x)) for k, x in bench.scale.items()}

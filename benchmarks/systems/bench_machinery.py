@@ -65,6 +65,8 @@ def worker_cmd(python: str, results: bool) -> list[str]:
     pool = os.environ.get("BENCH_POOL", "")  # the pool variants: threads or processes, -c BENCH_CONCURRENCY
     concurrency = os.environ.get("BENCH_CONCURRENCY", "") or "8"
     extra = ["--pool", pool] if pool else []
+    if os.environ.get("BENCH_CPU_AFFINITY"):  # the sweep's machinery-affinity system
+        extra += ["--cpu-affinity", os.environ["BENCH_CPU_AFFINITY"]]
     return [
         python, "-m", "machinery", "worker", "--app", "bench_machinery:server", "-c", concurrency, *extra,
         "--loglevel", "warning",
@@ -79,6 +81,8 @@ elif _POOL:
     WORKER_NOTE = f"`machinery worker -c {_CONCURRENCY} --pool {_POOL}` ({_CONCURRENCY} task threads, one process)"
 else:
     WORKER_NOTE = f"`machinery worker -c {_CONCURRENCY}` ({_CONCURRENCY} task threads, one process)"
+if os.environ.get("BENCH_CPU_AFFINITY"):
+    WORKER_NOTE += f", `--cpu-affinity {os.environ['BENCH_CPU_AFFINITY']}` (its threads kept on one CPU)"
 if os.environ.get("BENCH_OTEL_SDK") == "1":
     WORKER_NOTE += (
         "; tracing on in the producer and the worker: opentelemetry-sdk `TracerProvider` with its default "
