@@ -110,10 +110,8 @@ CLAIMER = textwrap.dedent(
 @two_cpus
 def test_auto_workers_take_different_cpus(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", CLAIMER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
-    ]
+    cmd = [sys.executable, "-c", CLAIMER]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     try:
         got = [p.stdout.readline().strip() for p in procs if p.stdout is not None]
     finally:

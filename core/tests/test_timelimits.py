@@ -12,8 +12,8 @@ import pytest
 
 from machinery import Config, ConfigError, RetryTaskLater, Server, Signature, SoftTimeLimitExceeded, TimeLimitExceeded
 from machinery.cli import build_parser
-from machinery.settings import parse_memory
 from machinery.errors import WorkerLostError
+from machinery.settings import parse_memory
 from machinery.signature import decode_signature, encode_signature
 from machinery.task import Task
 from machinery.timelimit import SOFT_TIME_LIMIT_HEADER, TIME_LIMIT_HEADER, limits_for, with_time_limit
