@@ -768,10 +768,12 @@ class Bench:
                             env={**base.env, "BENCH_CONCURRENCY": str(c), "BENCH_TASK": task, "BENCH_QUEUE_NAME": base.name},
                             cleanup=base.cleanup,
                         )
+                        got: tuple[float, float | None, int] | NA
                         try:
                             rate, cpu, done, _ = self.drain_once(v, n)
-                            got: tuple[float, float | None, int] | NA = (rate, cpu, done if done < n else 0)
-                            runs.setdefault(base.name, []).append(got)  # type: ignore[arg-type]
+                            drained = (rate, cpu, done if done < n else 0)
+                            runs.setdefault(base.name, []).append(drained)
+                            got = drained
                         except Exception as exc:
                             got = failed(str(exc))
                             errors[base.name] = got

@@ -40,6 +40,11 @@ def test_bad_settings_are_refused_with_the_forms(bad: object) -> None:
         parse_cpu_affinity(bad)
 
 
+def test_a_cpu_number_past_any_machine_is_refused() -> None:
+    with pytest.raises(ValueError, match="CPU 99999999 is out of range"):
+        parse_cpu_affinity("0-99999999")
+
+
 def test_config_and_environment() -> None:
     assert Config().worker_cpu_affinity == ""
     assert Config(worker_cpu_affinity="2-3").worker_cpu_affinity == "2,3"
@@ -185,4 +190,15 @@ def test_a_background_worker_gives_the_cpus_back_when_it_stops() -> None:
     deadline = time.monotonic() + 5
     while set(_cpus_of_every_thread().values()) != {ALLOWED} and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert set(_cpus_of_every_thread().values()) == {ALLOWED}
+
+
+@linux
+@two_cpus
+def test_a_worker_that_fails_to_start_gives_the_cpus_back() -> None:
+    srv = Server(Config(broker="memory://aff2", result_backend="memory://aff2", worker_cpu_affinity=str(min(ALLOWED))))
+    w = srv.new_worker("aff2", 1)
+    w.pool = "fork"  # not a pool: the start fails after the pinning
+    with pytest.raises(ValueError, match="unknown worker pool"):
+        w.launch_in_background()
     assert set(_cpus_of_every_thread().values()) == {ALLOWED}

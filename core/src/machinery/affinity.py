@@ -99,14 +99,12 @@ def pin_worker(setting: str) -> Pinned | None:
 
 
 def _set_all_threads(cpus: frozenset[int]) -> None:
-    # sched_setaffinity(0) sets the calling thread's CPUs only: every thread already running
-    # (a plugin's, the scheduler's) is set by its thread id; threads started later inherit.
-    os.sched_setaffinity(0, cpus)
-    tids = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+    # sched_setaffinity sets one thread's CPUs: every thread already running (a plugin's, the
+    # scheduler's, this one) is set by its thread id; threads started later inherit.
     try:
-        tids.update(int(tid) for tid in os.listdir("/proc/self/task"))
-    except OSError:
-        pass
+        tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: the threads Python knows of
+        tids = [t.native_id for t in threading.enumerate() if t.native_id is not None]
     for tid in tids:
         try:
             os.sched_setaffinity(tid, cpus)

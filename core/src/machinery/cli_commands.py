@@ -80,7 +80,7 @@ def _pool_options(worker: Any, args: argparse.Namespace) -> None:
     worker.app = args.app
     if args.prefetch is not None:
         worker.prefetch = args.prefetch
-    if getattr(args, "cpu_affinity", None) is not None:
+    if args.cpu_affinity is not None:
         worker.cpu_affinity = args.cpu_affinity
     if args.pool is not None:
         worker.pool = args.pool

@@ -11,6 +11,8 @@ __all__ = ["AUTO", "cpu_list", "parse_cpu_affinity", "parse_memory"]
 #: The CPU-affinity setting that lets the worker choose its CPU (:mod:`machinery.affinity`).
 AUTO = "auto"
 _OFF = ("", "none", "off")
+#: CPU numbers at or above this are refused (Linux's own limit, ``NR_CPUS``, is at most 8192).
+MAX_CPU = 8192
 
 
 def parse_memory(value: object) -> int:
@@ -54,6 +56,8 @@ def cpu_list(spec: str) -> frozenset[int]:
             raise ValueError(f"expected auto, none or a CPU list such as 0, 2-3 or 0,4; got {spec!r}") from None
         if first < 0 or last < first:
             raise ValueError(f"expected auto, none or a CPU list such as 0, 2-3 or 0,4; got {spec!r}")
+        if last >= MAX_CPU:
+            raise ValueError(f"CPU {last} is out of range (CPUs are numbered below {MAX_CPU}); got {spec!r}")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
 

@@ -258,6 +258,15 @@ class Worker:
             from machinery.affinity import pin_worker
 
             self._pinned = pin_worker(self.cpu_affinity)
+        try:
+            self._start_parts()
+        except BaseException:
+            if self._pinned is not None:  # not started: the process gets its CPUs back
+                self._pinned.undo()
+                self._pinned = None
+            raise
+
+    def _start_parts(self) -> None:
         if self.beat and self._scheduler is None and self.server.periodic_entries:
             from machinery.schedule import Scheduler  # type: ignore[import-not-found,unused-ignore]
 
