@@ -21,6 +21,7 @@ Attributes follow the messaging semantic conventions (``messaging.system``,
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ __all__ = ["after_publish", "before_publish", "task_ended", "task_started"]
 SYSTEM = "machinery"
 
 _tracer: Any = None
+#: ``MACHINERY_OTEL_LIGHT_SPANS=0``: always the SDK's own spans (see :mod:`machinery_opentelemetry.light`)
+LIGHT_SPANS = os.environ.get("MACHINERY_OTEL_LIGHT_SPANS", "1").strip().lower() not in ("0", "false", "no", "off")
+_light: Any = None
+_EMPTY = otel_context.Context()
 _sends: dict[int, Any] = {}
 _runs: dict[str, Any] = {}
 
@@ -51,6 +56,39 @@ def tracer() -> trace.Tracer:
     if _tracer is None:
         _tracer = trace.get_tracer("machinery_opentelemetry", __version__)
     return _tracer  # type: ignore[no-any-return]
+
+
+def _start(
+    name: str,
+    kind: SpanKind,
+    attributes: dict[str, Any],
+    context: otel_context.Context | None = None,
+    parent: SpanContext | None = None,
+) -> trace.Span:
+    """``tracer().start_span(...)``: a light span where the tracer is the SDK's and nothing needs
+    the SDK's own span (:func:`machinery_opentelemetry.light.pipeline_for`). ``parent``, when
+    given, is the remote parent read from a message (``context`` is then ignored)."""
+    global _light
+    tr = _tracer or tracer()
+    if _light is None:
+        real = getattr(tr, "_tracer", tr) if type(tr) is trace.ProxyTracer else tr
+        if LIGHT_SPANS and type(real).__module__ == "opentelemetry.sdk.trace":
+            from machinery_opentelemetry import light
+
+            _light = light
+    pipe = _light.pipeline_for(tr) if _light is not None else None
+    if pipe is not None:
+        if parent is not None:
+            return pipe.start(name, kind, attributes, None, parent)  # type: ignore[no-any-return]
+        return pipe.start(name, kind, attributes, context)  # type: ignore[no-any-return]
+    if parent is not None:
+        context = trace.set_span_in_context(NonRecordingSpan(parent), _EMPTY)
+    return tr.start_span(name, context=context, kind=kind, attributes=attributes)
+
+
+def _set_own(span: trace.Span, attributes: dict[str, Any]) -> None:
+    # the plugin's own attributes are valid: a light span need not validate them again
+    getattr(span, "set_own_attributes", span.set_attributes)(attributes)
 
 
 def _attributes(sig: Signature, operation: str) -> dict[str, Any]:
@@ -93,7 +131,7 @@ _CARRIER = _Carrier()
 
 def before_publish(sig: Signature) -> None:
     """Start the send span and put its context into the headers."""
-    span = tracer().start_span(f"send {sig.name}", kind=SpanKind.PRODUCER, attributes=_attributes(sig, "send"))
+    span = _start(f"send {sig.name}", SpanKind.PRODUCER, _attributes(sig, "send"))
     textmap = propagate.get_global_textmap()
     # Go's opentracing carrier (and some propagators) want plain strings; drop a stale context
     # from an earlier hop (a retried or re-sent signature) before injecting the new one.
@@ -112,7 +150,7 @@ def after_publish(sig: Signature, error: BaseException | None) -> None:
     span, routing_key = entry
     if sig.routing_key and sig.routing_key != routing_key:
         # the broker chose the queue after the span started (``adjust_routing_key``)
-        span.set_attribute("messaging.destination.name", sig.routing_key)
+        _set_own(span, {"messaging.destination.name": sig.routing_key})
     if error is not None:
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -130,7 +168,16 @@ _checked: tuple[Any, bool] = (None, False)
 
 
 def _parent_context(headers: dict[str, Any]) -> otel_context.Context:
-    """The sender's context from ``headers``: what the global propagator's ``extract`` returns.
+    """The sender's context from ``headers``: what the global propagator's ``extract`` returns."""
+    context, parent = _sender(headers)
+    if parent is not None:
+        return trace.set_span_in_context(NonRecordingSpan(parent), _EMPTY)
+    return context  # type: ignore[return-value]
+
+
+def _sender(headers: dict[str, Any]) -> tuple[otel_context.Context | None, SpanContext | None]:
+    """The sender's context from ``headers``: ``(None, its span context)`` when that is all it
+    holds, else ``(the context the global propagator's extract returns, None)``.
 
     With the default propagator (W3C trace context then baggage: ``OTEL_PROPAGATORS`` unset), a
     message that carries a version-00 ``traceparent`` and no ``tracestate`` or ``baggage`` (what
@@ -153,9 +200,9 @@ def _parent_context(headers: dict[str, Any]) -> otel_context.Context:
                 trace_id, span_id, flags = match.groups()
                 span_context = SpanContext(int(trace_id, 16), int(span_id, 16), True, _FLAGS[flags])
                 if span_context.is_valid:
-                    return trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+                    return None, span_context
             # anything else (all-zero ids, another version, spaces...): the propagator decides
-    return textmap.extract(headers, getter=_CARRIER)  # type: ignore[arg-type]
+    return textmap.extract(headers, getter=_CARRIER), None  # type: ignore[arg-type]
 
 
 def task_started(event: TaskEvent) -> None:
@@ -176,15 +223,15 @@ def task_started(event: TaskEvent) -> None:
         attrs["messaging.destination.name"] = sig.routing_key
     if sig.group_uuid:
         attrs["machinery.group.uuid"] = sig.group_uuid
-    span = (_tracer or tracer()).start_span(
-        f"run {sig.name}", context=_parent_context(sig.headers), kind=SpanKind.CONSUMER, attributes=attrs
-    )
+    context, parent = _sender(sig.headers)
+    span = _start(f"run {sig.name}", SpanKind.CONSUMER, attrs, context, parent)
     # what the end hook compares with: only a changed retry count is written again there
     _runs[sig.uuid] = (span, retry_count)
-    # Current in this thread from here on, without a detach: the previous task of this thread
-    # stayed current until now, so the follow-ups its worker sent after the end hook (chain
-    # steps, chord callbacks) were its children; it is simply replaced.
-    otel_context.attach(trace.set_span_in_context(span))
+    # Current in this thread from here on, in the sender's context (its baggage, say), without a
+    # detach: the previous task of this thread stayed current until now, so the follow-ups its
+    # worker sent after the end hook (chain steps, chord callbacks) were its children; it is
+    # simply replaced.
+    otel_context.attach(trace.set_span_in_context(span, context or _EMPTY))
 
 
 def task_ended(event: TaskEvent, state: str) -> None:
@@ -199,7 +246,7 @@ def task_ended(event: TaskEvent, state: str) -> None:
         return
     span, retry_count = entry
     if state == "SUCCESS":
-        span.set_attribute("machinery.task.state", state)
+        _set_own(span, {"machinery.task.state": state})
         span.end()
         return
     attrs: dict[str, Any] = {"machinery.task.state": state}
@@ -207,7 +254,7 @@ def task_ended(event: TaskEvent, state: str) -> None:
         attrs["machinery.task.retry_count"] = sig.retry_count
     if state == "RETRY":
         attrs["machinery.task.retry_in"] = event.retry_in
-    span.set_attributes(attrs)
+    _set_own(span, attrs)
     if event.exc is not None:
         span.record_exception(event.exc)
     if state == "FAILURE":
