@@ -76,7 +76,8 @@ class Pipeline:
         self.processors = processors
         self.sampler = tracer.sampler
         self.ids = tracer.id_generator
-        self.on_end = tracer.span_processor.on_end
+        # one processor (the usual): its own ``on_end``, without the loop over one
+        self.on_end = processors[0].on_end if len(processors) == 1 else tracer.span_processor.on_end
         self.limits = tracer._span_limits
         self.scope = tracer._instrumentation_scope
         self.info = tracer.instrumentation_info
@@ -98,25 +99,28 @@ class Pipeline:
         :param parent: the parent's span context when the caller has it (a remote parent read
             from a message), instead of ``context``.
         """
-        tracer = self.tracer
+        ids = self.ids
+        default = self.default_sampler
         if parent is _FROM_CONTEXT:
             parent = trace.get_current_span(context).get_span_context()
-        elif context is None and parent is not None and not self.default_sampler:
+        elif context is None and parent is not None and not default:
             context = trace.set_span_in_context(NonRecordingSpan(parent), _EMPTY)  # type: ignore[arg-type]
-        if not tracer._is_enabled():
+        if not self.tracer._is_enabled():
             return NonRecordingSpan(parent)  # type: ignore[arg-type]
         if parent is None or not parent.is_valid:  # type: ignore[attr-defined]
             parent = None
-            trace_id = self.ids.generate_trace_id()
-            random_id = self.ids.is_trace_id_random() if _RANDOM_FLAG else False
+            trace_id = ids.generate_trace_id()
+            random_id = ids.is_trace_id_random() if _RANDOM_FLAG else False
+            parent_flags = _SAMPLED
+            trace_state = None
         else:
-            trace_id = parent.trace_id  # type: ignore[attr-defined]
-            random_id = parent.trace_flags.random_trace_id if _RANDOM_FLAG else False  # type: ignore[attr-defined]
-        if self.default_sampler:
-            # ``ParentBased(ALWAYS_ON)``, the SDK's default: the parent's decision, else sampled
-            sampled = parent is None or parent.trace_flags.sampled  # type: ignore[attr-defined]
-            recording = sampled
-            trace_state = parent.trace_state if parent is not None else None  # type: ignore[attr-defined]
+            # a SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...)
+            trace_id, _, _, parent_flags, trace_state = parent[:5]  # type: ignore[index]
+            random_id = parent_flags.random_trace_id if _RANDOM_FLAG else False
+        if default:
+            # ``ParentBased(ALWAYS_ON)``, the SDK's default: the parent's decision, else sampled;
+            # the parent's trace state
+            sampled = recording = parent_flags.sampled
         else:
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes, ())
             sampled, recording = result.decision.is_sampled(), result.decision.is_recording()
@@ -125,7 +129,7 @@ class Pipeline:
         flags = _SAMPLED if sampled else _NOT_SAMPLED
         if random_id:
             flags = TraceFlags(flags | _RANDOM_FLAG)
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), False, flags, trace_state)
+        span_context = SpanContext(trace_id, ids.generate_span_id(), False, flags, trace_state)
         if not recording:
             return NonRecordingSpan(span_context)
         return LightSpan(self, name, span_context, parent, kind, attributes)  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ _tracer: Any = None
 #: ``MACHINERY_OTEL_LIGHT_SPANS=0``: always the SDK's own spans (see :mod:`machinery_opentelemetry.light`)
 LIGHT_SPANS = os.environ.get("MACHINERY_OTEL_LIGHT_SPANS", "1").strip().lower() not in ("0", "false", "no", "off")
 _light: Any = None
+_LightSpan: Any = None
 _EMPTY = otel_context.Context()
 _sends: dict[int, Any] = {}
 _runs: dict[str, Any] = {}
@@ -68,13 +69,14 @@ def _start(
     """``tracer().start_span(...)``: a light span where the tracer is the SDK's and nothing needs
     the SDK's own span (:func:`machinery_opentelemetry.light.pipeline_for`). ``parent``, when
     given, is the remote parent read from a message (``context`` is then ignored)."""
-    global _light
+    global _light, _LightSpan
     tr = _tracer or tracer()
     if _light is None:
         real = getattr(tr, "_tracer", tr) if type(tr) is trace.ProxyTracer else tr
         if LIGHT_SPANS and type(real).__module__ == "opentelemetry.sdk.trace":
             from machinery_opentelemetry import light
 
+            _LightSpan = light.LightSpan
             _light = light
     pipe = _light.pipeline_for(tr) if _light is not None else None
     if pipe is not None:
@@ -246,7 +248,11 @@ def task_ended(event: TaskEvent, state: str) -> None:
         return
     span, retry_count = entry
     if state == "SUCCESS":
-        _set_own(span, {"machinery.task.state": state})
+        if type(span) is _LightSpan and span._end_time is None:
+            # nothing ended it yet (the end hook is the only one): the one attribute, then the end
+            span._attributes["machinery.task.state"] = state
+        else:
+            _set_own(span, {"machinery.task.state": state})
         span.end()
         return
     attrs: dict[str, Any] = {"machinery.task.state": state}
