@@ -270,3 +270,19 @@ def test_a_light_span_ended_is_frozen(caplog: pytest.LogCaptureFixture) -> None:
     spans, _ = _run(True, scenario)
     assert [s.name for s in spans] == ["run t"] and "late" not in spans[0].attributes  # type: ignore[operator]
     assert "on an ended span" in caplog.text
+
+
+@pytest.mark.parametrize("use_light", [True, False], ids=["light", "sdk"])
+def test_the_senders_baggage_is_current_in_the_task(use_light: bool) -> None:
+    from opentelemetry import baggage
+
+    seen: list[Any] = []
+
+    def scenario() -> None:
+        sig = Signature("b", headers={"traceparent": f"00-{TRACE}-{PARENT}-01", "baggage": "user=alice"})
+        _task(sig, lambda: seen.append((baggage.get_all(), trace.get_current_span().get_span_context())))
+
+    spans, _ = _run(use_light, scenario)
+    (values, ctx), = seen
+    assert dict(values) == {"user": "alice"}
+    assert ctx.trace_id == int(TRACE, 16) and spans[0].parent.span_id == int(PARENT, 16)  # type: ignore[union-attr]
