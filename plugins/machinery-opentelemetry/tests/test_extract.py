@@ -1,4 +1,4 @@
-"""The worker's quick read of a W3C ``traceparent`` (``tracing._parent_context``) gives the
+"""The worker's quick read of a W3C ``traceparent`` (``tracing._sender``) gives the
 context that the global propagator's own ``extract`` gives, and is taken only where it may be."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import baggage, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from machinery_opentelemetry import tracing
@@ -33,6 +34,15 @@ HEADERS: list[dict[str, Any]] = [
     {"baggage": "user=alice"},
     {},
 ]
+
+
+def _parent_context(headers: dict[str, Any]) -> Any:
+    """The context the worker starts a run span in: the span context ``tracing._sender`` read
+    itself, as the parent of an empty context, else the context the propagator extracted."""
+    context, parent = tracing._sender(headers)
+    if parent is not None:
+        return trace.set_span_in_context(trace.NonRecordingSpan(parent), Context())
+    return context
 
 
 def _same(a: Any, b: Any) -> None:
@@ -69,15 +79,15 @@ def counted() -> Iterator[list[int]]:
 @pytest.mark.parametrize("headers", HEADERS, ids=[str(i) for i in range(len(HEADERS))])
 def test_same_context_as_the_default_propagator(headers: dict[str, Any]) -> None:
     expected = propagate.get_global_textmap().extract(headers, getter=tracing._CARRIER)  # type: ignore[arg-type]
-    _same(tracing._parent_context(headers), expected)
+    _same(_parent_context(headers), expected)
 
 
 def test_the_plain_traceparent_skips_the_propagator(counted: list[int]) -> None:
-    ctx = tracing._parent_context({"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    ctx = _parent_context({"traceparent": f"00-{TRACE}-{SPAN}-01"})
     span_context = trace.get_current_span(ctx).get_span_context()
     assert f"{span_context.trace_id:032x}" == TRACE and span_context.is_remote and span_context.trace_flags.sampled
     assert counted == []
-    tracing._parent_context({"traceparent": f"00-{TRACE}-{SPAN}-01", "tracestate": "vendor=x"})
+    _parent_context({"traceparent": f"00-{TRACE}-{SPAN}-01", "tracestate": "vendor=x"})
     assert counted == [1]
 
 
@@ -92,10 +102,10 @@ def test_another_propagator_is_always_asked() -> None:
 
     propagate.set_global_textmap(Counting())
     try:
-        ctx = tracing._parent_context({"traceparent": f"00-{TRACE}-{SPAN}-01"})
+        ctx = _parent_context({"traceparent": f"00-{TRACE}-{SPAN}-01"})
         assert calls == [1]
         assert f"{trace.get_current_span(ctx).get_span_context().span_id:016x}" == SPAN
     finally:
         propagate.set_global_textmap(default)
-    tracing._parent_context({})
+    _parent_context({})
     assert tracing._checked[0] is default

@@ -45,7 +45,6 @@ _tracer: Any = None
 #: ``MACHINERY_OTEL_LIGHT_SPANS=0``: always the SDK's own spans (see :mod:`machinery_opentelemetry.light`)
 LIGHT_SPANS = os.environ.get("MACHINERY_OTEL_LIGHT_SPANS", "1").strip().lower() not in ("0", "false", "no", "off")
 _light: Any = None
-_LightSpan: Any = None
 _EMPTY = otel_context.Context()
 _sends: dict[int, Any] = {}
 _runs: dict[str, Any] = {}
@@ -69,14 +68,13 @@ def _start(
     """``tracer().start_span(...)``: a light span where the tracer is the SDK's and nothing needs
     the SDK's own span (:func:`machinery_opentelemetry.light.pipeline_for`). ``parent``, when
     given, is the remote parent read from a message (``context`` is then ignored)."""
-    global _light, _LightSpan
+    global _light
     tr = _tracer or tracer()
     if _light is None:
         real = getattr(tr, "_tracer", tr) if type(tr) is trace.ProxyTracer else tr
         if LIGHT_SPANS and type(real).__module__ == "opentelemetry.sdk.trace":
             from machinery_opentelemetry import light
 
-            _LightSpan = light.LightSpan
             _light = light
     pipe = _light.pipeline_for(tr) if _light is not None else None
     if pipe is not None:
@@ -160,21 +158,13 @@ def after_publish(sig: Signature, error: BaseException | None) -> None:
 
 
 # The W3C ``traceparent`` that OpenTelemetry's own propagator writes (version 00, no extra field),
-# read by ``_parent_context``; anything else goes through the global propagator.
+# read by ``_sender``; anything else goes through the global propagator.
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
 _W3C_DEFAULT = (TraceContextTextMapPropagator, W3CBaggagePropagator)
 #: (the global propagator last looked at, whether it is the default W3C one): one tuple, so
 #: threads never see the verdict of one propagator paired with another
 _checked: tuple[Any, bool] = (None, False)
-
-
-def _parent_context(headers: dict[str, Any]) -> otel_context.Context:
-    """The sender's context from ``headers``: what the global propagator's ``extract`` returns."""
-    context, parent = _sender(headers)
-    if parent is not None:
-        return trace.set_span_in_context(NonRecordingSpan(parent), _EMPTY)
-    return context  # type: ignore[return-value]
 
 
 def _sender(headers: dict[str, Any]) -> tuple[otel_context.Context | None, SpanContext | None]:
@@ -248,11 +238,7 @@ def task_ended(event: TaskEvent, state: str) -> None:
         return
     span, retry_count = entry
     if state == "SUCCESS":
-        if type(span) is _LightSpan and span._end_time is None:
-            # nothing ended it yet (the end hook is the only one): the one attribute, then the end
-            span._attributes["machinery.task.state"] = state
-        else:
-            _set_own(span, {"machinery.task.state": state})
+        _set_own(span, {"machinery.task.state": state})
         span.end()
         return
     attrs: dict[str, Any] = {"machinery.task.state": state}
